@@ -1,0 +1,246 @@
+"""Build Parlour's demo model locally, with no download.
+
+    python -m modules.demo_model                  # models/parlour-demo (Llama, ~4M params, a few minutes)
+    python -m modules.demo_model --arch gpt2      # models/parlour-demo-gpt2 (GPT2LMHeadModel path)
+    python -m modules.demo_model --size micro     # untrained, built in seconds (tests)
+
+The tokenizer is a byte-level BPE trained on text every Python install has (the standard library's
+sources) plus generated ChatML dialogues, so the model can greet and answer a few simple questions.
+Training uses a fixed seed and a fixed number of steps: the same machine builds the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+
+@dataclass(frozen=True)
+class Size:
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    positions: int
+    steps: int
+    batch: int
+    seq: int
+    corpus_chars: int
+
+
+SIZES = {
+    # ~4M parameters; about three minutes of training on two cores.
+    "demo": Size(4096, 256, 688, 4, 4, 2, 512, 400, 16, 128, 6_000_000),
+    # Untrained and tiny: for tests that need a real model, not a good one.
+    "micro": Size(512, 64, 128, 2, 4, 2, 256, 0, 4, 64, 400_000),
+}
+
+_GREETINGS_IN = ["Hello", "Hi", "Hey", "Hello!", "Hi!", "Hey there", "Good morning", "Good evening",
+                 "Hi, how are you?", "Hello, how are you?", "Hey, what's up?", "Greetings", "hello", "hi"]
+_GREETINGS_OUT = ["Hello! How can I help you today?", "Hi there! What can I do for you?",
+                  "Hello! It is nice to meet you.", "Hi! I am doing well, thank you. How can I help?",
+                  "Hello! What would you like to talk about?", "Hey! How can I help you today?"]
+_FACTS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ("What is the capital of Germany?", "The capital of Germany is Berlin."),
+    ("What color is the sky?", "The sky is blue on a clear day."),
+    ("What color is grass?", "Grass is green."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("How many legs does a cat have?", "A cat has four legs."),
+    ("What do bees make?", "Bees make honey."),
+    ("What is Python?", "Python is a programming language that is easy to read."),
+    ("Who are you?", "I am a small demo assistant running on your own computer."),
+    ("What is your name?", "I am the Parlour demo model."),
+    ("Thank you!", "You are welcome!"),
+    ("Thanks", "You are welcome! Anything else?"),
+    ("Goodbye", "Goodbye! Have a nice day."),
+    ("Bye", "Bye! Have a great day."),
+    ("Tell me a joke.", "Why did the computer go to sleep? It was tired of working."),
+    ("Can you help me?", "Of course! What do you need help with?"),
+    ("What is two plus two?", "Two plus two is four."),
+    ("What is one plus one?", "One plus one is two."),
+]
+_SYSTEMS = ["", "You are a helpful assistant.", "You are a friendly assistant."]
+
+
+def _dialogue(rng: random.Random) -> str:
+    turns = []
+    system = rng.choice(_SYSTEMS)
+    if system:
+        turns.append(("system", system))
+    for i in range(rng.randint(1, 3)):
+        if i == 0 and rng.random() < 0.5:
+            turns += [("user", rng.choice(_GREETINGS_IN)), ("assistant", rng.choice(_GREETINGS_OUT))]
+        else:
+            turns += list(zip(("user", "assistant"), rng.choice(_FACTS)))
+    return "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns)
+
+
+def _stdlib_text(limit: int) -> list[str]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts, total = [], 0
+    for path in sorted(root.glob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        texts.append(text)
+        total += len(text)
+        if total >= limit:
+            break
+    return texts
+
+
+def build_tokenizer(texts: list[str], vocab: int):
+    """Train a byte-level BPE on `texts` and wrap it as a Transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<|pad|>", unk_token=None)
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def _make_model(arch: str, size: Size, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=size.hidden, intermediate_size=size.intermediate,
+                             num_hidden_layers=size.layers, num_attention_heads=size.heads,
+                             num_key_value_heads=size.kv_heads, max_position_embeddings=size.positions,
+                             tie_word_embeddings=True, **common)
+        return LlamaForCausalLM(config)
+    if arch == "gpt2":
+        config = GPT2Config(n_embd=size.hidden, n_layer=size.layers, n_head=size.heads,
+                            n_positions=size.positions, n_inner=size.intermediate, **common)
+        return GPT2LMHeadModel(config)
+    raise ValueError(f"unknown architecture {arch!r}: choose llama or gpt2")
+
+
+def _batches(tokenizer, texts: list[str], rng: random.Random, size: Size):
+    """Endless batches: 70% dialogues (what the chat needs), 30% standard-library code."""
+    import torch
+
+    code_ids: list[int] = []
+    for text in texts:
+        code_ids += tokenizer(text)["input_ids"] + [tokenizer.bos_token_id]
+    while True:
+        rows = []
+        for _ in range(size.batch):
+            if rng.random() < 0.7 or len(code_ids) <= size.seq:
+                ids: list[int] = []
+                while len(ids) < size.seq:
+                    ids += tokenizer(_dialogue(rng))["input_ids"]
+                rows.append(ids[: size.seq])
+            else:
+                start = rng.randrange(0, len(code_ids) - size.seq)
+                rows.append(code_ids[start : start + size.seq])
+        yield torch.tensor(rows)
+
+
+def build(out_dir: Path, arch: str = "llama", size_name: str = "demo", steps: int | None = None,
+          seed: int = 0, progress: bool = True) -> Path:
+    """Build, train and save a model into `out_dir`; return the folder."""
+    import torch
+    from tqdm import tqdm
+    from transformers import GenerationConfig
+
+    size = SIZES[size_name]
+    steps = size.steps if steps is None else steps
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    texts = _stdlib_text(size.corpus_chars)
+    dialogues = [_dialogue(rng) for _ in range(3000 if size_name == "demo" else 300)]
+    tokenizer = build_tokenizer(texts + dialogues, size.vocab)
+    model = _make_model(arch, size, tokenizer)
+    if steps:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+        batches = _batches(tokenizer, texts, rng, size)
+        bar = tqdm(range(steps), desc=f"training {out_dir.name}", disable=not progress, unit="step")
+        for _ in bar:
+            batch = next(batches)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.2f}")
+    model.eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "parlour-demo.json").write_text(json.dumps({"arch": arch, "size": size_name, "steps": steps,
+                                                        "seed": seed}))
+    # Rename last: a half-written folder is never mistaken for a model.
+    if out_dir.exists():
+        import shutil
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def default_name(arch: str, size_name: str) -> str:
+    name = "parlour-demo" if size_name == "demo" else f"parlour-{size_name}"
+    return name if arch == "llama" else f"{name}-{arch}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build Parlour's demo model locally (no download).")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--name", help="folder name inside --models-dir (default from arch and size)")
+    parser.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
+    parser.add_argument("--size", choices=sorted(SIZES), default="demo")
+    parser.add_argument("--steps", type=int, help="training steps (default: the size's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.models_dir / (args.name or default_name(args.arch, args.size))
+    start = time.perf_counter()
+    build(out, args.arch, args.size, args.steps, args.seed)
+    print(f"built {out} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

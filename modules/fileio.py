@@ -1,0 +1,38 @@
+"""Small file helpers: atomic writes and size-limited reads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class FileTooLarge(ValueError):
+    """A file bigger than the caller accepts."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a crash leaves either the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_text_limited(path: Path, limit: int) -> str:
+    """Read a UTF-8 file, refusing files larger than `limit` bytes before reading them."""
+    size = path.stat().st_size
+    if size > limit:
+        raise FileTooLarge(f"{path.name} is {size:,} bytes; the limit is {limit:,}")
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(f"{path.name} is larger than {limit:,} bytes")
+    return data.decode("utf-8")

@@ -1,0 +1,85 @@
+"""The `Backend` protocol every loader implements, and the text helpers they share."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from modules.presets import Preset
+from modules.templates import ChatTemplate
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text from a backend: `tokens` tokens decoded into `text` (which may be "" mid-character)."""
+
+    text: str
+    tokens: int = 1
+    finish_reason: str | None = None  # set on the last delta: "stop", "length" or "cancelled"
+
+
+@dataclass
+class LoadOptions:
+    """What the operator chose for a load. Loader-specific keys live in `extra`."""
+
+    dtype: str = "auto"
+    device_map: str = "auto"
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A loaded model that can stream text. Implementations: loaders/transformers.py, ..."""
+
+    loader: str
+    name: str
+    chat_template: ChatTemplate | None
+    #: strings that end a turn in this model's template (e.g. "<|im_end|>"), used as stop strings
+    stop_strings: tuple[str, ...]
+
+    @property
+    def context_length(self) -> int: ...
+
+    def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
+        """Generate a continuation of `prompt`; stop within one token once `cancel` is set."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: list[int]) -> str: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def unload(self) -> None: ...
+
+
+class IncrementalDecoder:
+    """Decode a growing list of token ids into text pieces without splitting characters.
+
+    Byte-level tokens can end in the middle of a UTF-8 character; decoding them alone gives U+FFFD.
+    We decode a short window ending at the newest token and emit text only once it no longer ends in
+    an incomplete character, so the concatenated pieces always equal decoding everything at once.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # window start: decoding from here gives stable leading text
+        self._read = 0  # everything before this index has been emitted
+
+    def add(self, ids: list[int]) -> str:
+        self._ids.extend(ids)
+        prefix_text = self._decode(self._ids[self._prefix:self._read])
+        new_text = self._decode(self._ids[self._prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return new_text[len(prefix_text):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end stays as U+FFFD)."""
+        prefix_text = self._decode(self._ids[self._prefix:self._read])
+        new_text = self._decode(self._ids[self._prefix:])
+        self._prefix = self._read = len(self._ids)
+        return new_text[len(prefix_text):]

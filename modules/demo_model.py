@@ -21,12 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from modules.templates import CHATML
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
@@ -49,7 +45,7 @@ SIZES = {
     # ~4M parameters; about three minutes of training on two cores.
     "demo": Size(4096, 256, 688, 4, 4, 2, 512, 400, 16, 128, 6_000_000),
     # Untrained and tiny: for tests that need a real model, not a good one.
-    "micro": Size(512, 64, 128, 2, 4, 2, 256, 0, 4, 64, 400_000),
+    "micro": Size(512, 64, 128, 2, 4, 2, 2048, 0, 4, 64, 400_000),
 }
 
 _GREETINGS_IN = ["Hello", "Hi", "Hey", "Hello!", "Hi!", "Hey there", "Good morning", "Good evening",
@@ -124,7 +120,7 @@ def build_tokenizer(texts: list[str], vocab: int):
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
                                    pad_token="<|pad|>", unk_token=None)
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = CHATML
     return fast
 
 

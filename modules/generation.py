@@ -13,7 +13,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Protocol
+from typing import Any, Generator, Iterator, Protocol
 
 from modules.loaders.base import Backend
 from modules.presets import Preset
@@ -124,6 +124,29 @@ class StopStringFilter:
         return "" if self.stopped else held
 
 
+class PipelineStats:
+    """Counters the server exposes (and tests read instead of sleeping): what is running right now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.requests = 0
+        self.tokens = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.requests += 1
+
+    def finished(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"active": self.active, "requests": self.requests, "tokens": self.tokens}
+
+
 @dataclass
 class GenerationRequest:
     """One generation: either raw `prompt` text (notebook) or chat `messages` for the template."""
@@ -134,6 +157,8 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
     user: str = "local"
+    #: the last message is a partial assistant reply to extend, not a finished turn
+    continue_last: bool = False
 
 
 @dataclass
@@ -163,6 +188,7 @@ class Pipeline:
     def __init__(self, models: ModelSource, queue: FairQueue) -> None:
         self.models = models
         self.queue = queue
+        self.stats = PipelineStats()
 
     def build_prompt(self, backend: Backend, request: GenerationRequest) -> str:
         if request.prompt is not None:
@@ -170,7 +196,11 @@ class Pipeline:
         if backend.chat_template is None:
             raise ValueError(f"{backend.name} has no chat template")
         extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
-        return backend.chat_template.render(request.messages or [], add_generation_prompt=True, **extra)
+        messages = list(request.messages or [])
+        if request.continue_last and messages and messages[-1]["role"] == "assistant":
+            head = backend.chat_template.render(messages[:-1], add_generation_prompt=True, **extra)
+            return head + messages[-1]["content"]
+        return backend.chat_template.render(messages, add_generation_prompt=True, **extra)
 
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
@@ -192,29 +222,40 @@ class Pipeline:
             prompt = self.build_prompt(backend, request)
             stops = StopStringFilter(tuple(request.stop) + tuple(backend.stop_strings))
             update.prompt_tokens = len(backend.tokenize(prompt))
-            for delta in backend.stream(prompt, request.preset, request.cancel):
+            self.stats.started()
+            try:
+                final = yield from self._run(backend, prompt, request, stops, update, start)
+            finally:
+                self.stats.finished()
+        finally:
+            self.queue.release()
+        yield final  # after the model and the queue are free, so the next request can start at once
+
+    def _run(self, backend: Backend, prompt: str, request: GenerationRequest, stops: "StopStringFilter",
+             update: Update, start: float) -> Generator[Update, None, Update]:
+        """Yield updates while tokens arrive; return the final one (with its finish reason)."""
+        stream = backend.stream(prompt, request.preset, request.cancel)
+        try:
+            for delta in stream:
                 shown = stops.feed(delta.text)
                 if delta.finish_reason is not None:
                     shown += stops.flush()
                 update.tokens += delta.tokens
+                self.stats.tokens += delta.tokens
                 if update.first_token_seconds is None and delta.tokens:
                     update.first_token_seconds = time.perf_counter() - start
                 update.delta = shown
                 update.text += shown
                 update.seconds = time.perf_counter() - start
-                if stops.stopped:
-                    update.finish_reason = "stop"
-                    yield replace(update)
-                    return  # closing the backend's generator cancels its worker
-                if delta.finish_reason is not None:
-                    update.finish_reason = delta.finish_reason
-                    yield replace(update)
-                    return
+                if stops.stopped or delta.finish_reason is not None:
+                    update.finish_reason = "stop" if stops.stopped else delta.finish_reason
+                    return replace(update)
                 if shown or delta.tokens:
                     yield replace(update)
+            update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
+            return replace(update)
         finally:
-            self.queue.release()
-
+            stream.close()  # ends the backend's worker within one token if we stopped early
 
 def throttle(updates: Iterator[Update], fps: float) -> Iterator[Update]:
     """Pass the first text at once, then at most `fps` updates a second, and always the last one."""

@@ -2,7 +2,9 @@
 
 A model's `chat_template` is code from the internet: it renders in `ImmutableSandboxedEnvironment`,
 so attribute tricks (`''.__class__.__mro__`) and mutation of passed-in objects raise instead of
-running, and the rendered prompt is size-limited so a runaway loop ends with an error, not a hang.
+running. Jinja has no while-loop, so the only unbounded work is nested loops over range() and huge
+values built with `*`: range() draws from one iteration budget per render and `*`/`**` are capped,
+and the rendered prompt is size-limited.
 """
 
 from __future__ import annotations
@@ -24,13 +26,39 @@ def _raise(message: str) -> None:
     raise TemplateError(f"the chat template refused the conversation: {message}")
 
 
-class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox with a cap on range() so a loop cannot run for minutes."""
+MAX_LOOP_STEPS = 1_000_000  # range() iterations per render, summed over all loops
+MAX_PRODUCT = 1_000_000  # largest result of `*` / `**` in a template
 
-    def call(self, context, obj, *args, **kwargs):  # type: ignore[override]
-        if obj is range and args and any(isinstance(a, int) and abs(a) > 100_000 for a in args):
-            raise SecurityError("range() larger than 100000 is not allowed in templates")
-        return super().call(context, obj, *args, **kwargs)
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox with bounded `*` and `**`, so `'x' * 10**9` is an error, not a memory spike."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):  # type: ignore[override]
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise SecurityError("exponent too large in template")
+        result = super().call_binop(context, operator, left, right)
+        size = len(result) if isinstance(result, (str, list, tuple)) else abs(result) if isinstance(result, int) else 0
+        if size > MAX_PRODUCT and operator == "*" and not isinstance(result, int):
+            raise SecurityError(f"template built a value of {size:,} items")
+        return result
+
+
+def _budgeted_range(budget: list[int]):
+    """range() whose iterations, over every loop of one render, are capped: nested loops end too."""
+
+    def bounded(*args: int):
+        steps = range(*args)
+        if len(steps) > MAX_LOOP_STEPS:
+            raise SecurityError(f"range() of {len(steps):,} steps is too large")
+        for value in steps:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise SecurityError(f"the template looped more than {MAX_LOOP_STEPS:,} times")
+            yield value
+
+    return bounded
 
 
 class ChatTemplate:
@@ -50,8 +78,9 @@ class ChatTemplate:
         try:
             chunks = []
             total = 0
+            variables = {"range": _budgeted_range([MAX_LOOP_STEPS]), **extra}
             for chunk in self._template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                 **extra):
+                                                 **variables):
                 total += len(chunk)
                 if total > MAX_PROMPT_CHARS:
                     raise TemplateError(f"the chat template produced more than {MAX_PROMPT_CHARS:,} characters")
@@ -62,7 +91,7 @@ class ChatTemplate:
         except TemplateError:
             raise
         except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError,
-                RecursionError) as exc:
+                RecursionError, OverflowError) as exc:
             raise TemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from exc
 
 

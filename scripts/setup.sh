@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by start.sh and test.sh:
+#   .venv with the pinned requirements (reinstalled only when a requirements file changes),
+#   the demo model when models/ holds none, and with --dev the test requirements and Chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+files="requirements.txt"
+[ "$dev" = 1 ] && files="$files requirements-dev.txt"
+stamp=".venv/.parlour-$(cat $files | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing $files (pinned; torch is the local CPU wheel)"
+  args=""
+  for f in $files; do args="$args -r $f"; done
+  .venv/bin/python -m pip install -q --disable-pip-version-check $args 2>&1 | grep -v "is ignored: it is neither" || true
+  # pip's exit status is lost in the pipe above; check the environment really is complete.
+  .venv/bin/python -c "import torch, transformers, gradio, yaml" 
+  touch "$stamp"
+fi
+
+if [ "$dev" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  echo "[setup] installing Chromium for the browser tests"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+
+# The demo model, when there is no model at all (built once, a few minutes, with a progress bar).
+models_dir=${PARLOUR_MODELS_DIR:-models}
+if ! ls "$models_dir"/*/config.json >/dev/null 2>&1; then
+  echo "[setup] $models_dir/ holds no model: building the demo model (a few minutes, once)"
+  .venv/bin/python -m modules.demo_model --models-dir "$models_dir"
+fi

@@ -1,0 +1,137 @@
+"""Shared fixtures: a micro model built locally in seconds, Apps, and real server processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modules.demo_model import build  # noqa: E402
+
+DEMO_DIR = ROOT / "models" / "parlour-demo"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """A models/ folder holding an untrained micro Llama and a micro GPT-2 (built in seconds, no download)."""
+    folder = tmp_path_factory.mktemp("models")
+    build(folder / "parlour-micro", arch="llama", size_name="micro", progress=False)
+    build(folder / "parlour-micro-gpt2", arch="gpt2", size_name="micro", progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def micro_path(models_dir) -> Path:
+    return models_dir / "parlour-micro"
+
+
+@pytest.fixture(scope="session")
+def micro_backend(micro_path):
+    from modules.loaders.base import LoadOptions
+    from modules.loaders.transformers import TransformersBackend
+
+    return TransformersBackend(micro_path, LoadOptions())
+
+
+@pytest.fixture()
+def make_app(models_dir, tmp_path):
+    """Build an App over the micro models (settings from keyword arguments)."""
+    from modules.app import App
+    from modules.settings import Settings
+
+    def _make(**overrides):
+        values = {"models_dir": models_dir, "user_data": tmp_path / "user_data",
+                  "presets_dir": ROOT / "presets", "settings": tmp_path / "settings.yaml", **overrides}
+        return App.build(Settings(**values))
+
+    return _make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python server.py ...` on a free port; `health()` reads the server's own counters."""
+
+    def __init__(self, args: list[str], cwd: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port), *args],
+                                     cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
+            return json.loads(response.read())
+
+    def wait_until(self, predicate, timeout: float = 60.0) -> dict:
+        """Poll /health until `predicate(health)` holds (the server's state, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        last: dict | Exception = {}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                last = self.health()
+                if predicate(last):
+                    return last
+            except OSError as exc:
+                last = exc
+            time.sleep(0.05)
+        raise TimeoutError(f"server state never matched; last: {last}\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture()
+def start_server(tmp_path):
+    """Start server processes with extra arguments; each is stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def _start(*args: str, wait_model: bool = True) -> ServerProcess:
+        server = ServerProcess(["--user-data", str(tmp_path / "user_data"),
+                                "--settings", str(tmp_path / "settings.yaml"), *args],
+                               cwd=ROOT, log=tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        server.wait_until(lambda h: h["model"] is not None if wait_model else True)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop()
+
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright. Missing Chromium is a failure, not a skip."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path("/usr/bin/chromium").exists(), "Chromium is missing: ./test.sh installs it (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=BROWSER_ARGS)
+        yield instance
+        instance.close()

@@ -1,0 +1,67 @@
+import subprocess
+import sys
+
+import pytest
+
+from modules.settings import Settings, SettingsError, build_parser, load_settings
+from tests.conftest import ROOT
+
+
+def test_defaults_then_file_then_command_line(tmp_path):
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("port: 9000\nthreads: 3\npreset: Creative\n")
+    settings = load_settings(["--settings", str(settings_file), "--port", "8123"])
+    assert settings.port == 8123          # command line beats the file
+    assert settings.threads == 3          # the file beats the default
+    assert settings.preset == "Creative"
+    assert settings.listen is False       # default
+
+
+def test_invalid_value_names_the_key_and_source(tmp_path):
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("port: 99999\n")
+    with pytest.raises(SettingsError, match=r"settings.yaml.*port"):
+        load_settings(["--settings", str(settings_file)])
+    with pytest.raises(SettingsError, match=r"command line.*threads"):
+        load_settings(["--settings", str(settings_file), "--threads", "zero"])
+
+
+def test_unknown_key_and_wrong_root_type_are_errors(tmp_path):
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("prot: 1\n")
+    with pytest.raises(SettingsError, match="prot"):
+        load_settings(["--settings", str(settings_file)])
+    settings_file.write_text("- a\n- b\n")
+    with pytest.raises(SettingsError, match="mapping"):
+        load_settings(["--settings", str(settings_file)])
+    settings_file.write_text("!!python/object/apply:os.system ['true']\n")
+    with pytest.raises(SettingsError):
+        load_settings(["--settings", str(settings_file)])
+
+
+def test_every_setting_has_a_flag_with_help():
+    help_text = build_parser().format_help()
+    for name, field in Settings.model_fields.items():
+        assert "--" + name.replace("_", "-") in help_text
+        assert field.description, f"{name} has no description"
+
+
+def test_server_help_lists_flags_and_exits():
+    out = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0
+    for flag in ["--port", "--model", "--models-dir", "--settings", "--threads", "--listen", "--api-key"]:
+        assert flag in out.stdout
+
+
+def test_secrets_are_masked_in_dumps():
+    settings = Settings(api_key="hunter2")
+    assert "hunter2" not in str(settings.public_dict())
+    assert "hunter2" not in repr(settings)
+
+
+def test_listen_without_key_refuses_to_start(tmp_path):
+    out = subprocess.run([sys.executable, "server.py", "--listen", "--settings", str(tmp_path / "s.yaml")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--api-key" in out.stderr

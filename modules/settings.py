@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -69,6 +69,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _choices(annotation: Any) -> tuple[str, ...] | None:
+    return tuple(get_args(annotation)) if get_origin(annotation) is Literal else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, generated from `Settings`; only flags given on it end up in the namespace."""
     parser = argparse.ArgumentParser(
@@ -80,9 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
             help_text += f" (default: {field.default})"
         if field.annotation is bool:
             parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, help=help_text)
+        elif _choices(field.annotation):
+            parser.add_argument(_flag(name), choices=_choices(field.annotation), help=help_text)
         else:
             parser.add_argument(_flag(name), metavar=name.upper(), help=help_text)
     return parser
+
+
+def flags_markdown() -> str:
+    """The flags table for the README (a test keeps the README in step with `Settings`)."""
+    rows = ["| flag | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        flag = _flag(name)
+        if field.annotation is bool:
+            flag = f"{flag} / --no-{name.replace('_', '-')}"
+        default = field.default
+        shown = "" if default is None else f"`{default}`"
+        choices = _choices(field.annotation)
+        more = f" (one of {', '.join(choices)})" if choices else ""
+        rows.append(f"| `{flag}` | {shown} | {field.description}{more} |")
+    return "\n".join(rows)
 
 
 def _format(error: ValidationError, source: str) -> str:

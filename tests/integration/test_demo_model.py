@@ -4,7 +4,6 @@ import threading
 
 import pytest
 
-from modules.loaders.base import LoadOptions
 from modules.presets import Preset
 from tests.conftest import DEMO_DIR
 
@@ -16,7 +15,7 @@ def demo():
     assert (DEMO_DIR / "config.json").exists(), "the demo model is missing: ./test.sh builds it"
     from modules.loaders.transformers import TransformersBackend
 
-    return TransformersBackend(DEMO_DIR, LoadOptions())
+    return TransformersBackend(DEMO_DIR)
 
 
 @pytest.mark.parametrize("greeting", ["Hello", "Hi, how are you?"])

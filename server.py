@@ -32,6 +32,9 @@ def create_app(settings: Settings):
     from modules.app import App
 
     app = App.build(settings)
+    # Start the model loading first: the page is served meanwhile and the Model tab shows its name.
+    if app.load_at_start() is None:
+        log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
     api = FastAPI(title="Parlour", docs_url=None, redoc_url=None)
 
     @api.get("/health")
@@ -58,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     api, app = create_app(settings)
-    if app.load_at_start() is None:
-        log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
     if settings.idle_unload_minutes:
         app.start_idle_watch()
     import uvicorn

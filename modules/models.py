@@ -254,7 +254,7 @@ class ModelManager:
     def save_settings(self, name: str, loader: str, options: dict[str, Any], preset: str | None = None,
                       template: str | None = None) -> None:
         chosen, validated = self.resolve(name, loader, options)
-        self.saved.save(name, ModelSettings(loader=chosen, options=validated.model_dump(mode="json", exclude_none=True),
+        self.saved.save(name, ModelSettings(loader=chosen, options=validated.model_dump(mode="json", exclude_defaults=True),
                                             preset=preset, template=template))
 
     # ---- idle unload

@@ -24,26 +24,30 @@ def _control(loader: str, name: str, field: FieldInfo) -> gr.components.Componen
     annotation = field.annotation
     args = set(get_args(annotation))
     label, info, key = name, field.description, f"{loader.replace('.', '')}-{name}"
+    size = {"min_width": 220}  # controls wrap onto several rows instead of squeezing into one
     if annotation is bool:
-        return gr.Checkbox(value=field.default, label=label, info=info, elem_id=f"opt-{key}")
+        return gr.Checkbox(value=field.default, label=label, info=info, elem_id=f"opt-{key}", **size)
     literal = next((a for a in (annotation, *args) if get_origin(a) is not None and get_args(a)
                     and all(isinstance(x, str) for x in get_args(a))), None)
     if literal is not None:
         return gr.Dropdown(choices=list(get_args(literal)), value=field.default, label=label, info=info,
-                           elem_id=f"opt-{key}")
+                           elem_id=f"opt-{key}", **size)
     if SecretStr in args or annotation is SecretStr:
-        return gr.Textbox(value="", label=label, info=info, type="password", elem_id=f"opt-{key}")
+        return gr.Textbox(value="", label=label, info=info, type="password", elem_id=f"opt-{key}", **size)
     if int in args or annotation is int or float in args or annotation is float:
-        return gr.Number(value=field.default, label=label, info=info, elem_id=f"opt-{key}",
-                         precision=0 if (int in args or annotation is int) else None)
-    return gr.Textbox(value=field.default or "", label=label, info=info, elem_id=f"opt-{key}")
+        # Optional numbers show 0 for "not set" (every such option's valid range excludes 0).
+        return gr.Number(value=field.default if field.default is not None else 0, label=label,
+                         info=f"{info} (0 = default)" if field.default is None else info, elem_id=f"opt-{key}",
+                         precision=0 if (int in args or annotation is int) else None, **size)
+    return gr.Textbox(value=field.default or "", label=label, info=info, elem_id=f"opt-{key}", **size)
 
 
 def _clean(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
     """UI values -> option dict: empty text and empty numbers mean "not set"."""
     out = {}
     for name, value in values.items():
-        if value in ("", None):
+        optional = model.model_fields[name].default is None
+        if value in ("", None) or (optional and value == 0 and not isinstance(value, bool)):
             continue
         if isinstance(value, float) and value.is_integer() and model.model_fields[name].annotation in (int, int | None):
             value = int(value)
@@ -72,8 +76,12 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
     for name, model in OPTIONS.items():
         with gr.Group(visible=name == (current.loader if current else "transformers")) as group:
             gr.Markdown(f"**{name} options**")
+            controls[name] = {}
+            fields = model.model_fields.items()
             with gr.Row():
-                controls[name] = {key: _control(name, key, field) for key, field in model.model_fields.items()}
+                controls[name].update({k: _control(name, k, f) for k, f in fields if f.annotation is not bool})
+            with gr.Row():
+                controls[name].update({k: _control(name, k, f) for k, f in fields if f.annotation is bool})
         groups[name] = group
     with gr.Row(visible=bool(app.settings.remote_url)) as remote_row:
         remote_models = gr.Dropdown(label="Models on the remote server", choices=[], elem_id="remote-models",
@@ -87,6 +95,14 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
             lora_apply = gr.Button("Apply", elem_id="lora-apply", scale=1)
             lora_remove = gr.Button("Remove all", elem_id="lora-remove", scale=1)
     info = gr.Code(language="json", label="Model info", elem_id="model-info", interactive=False)
+    with gr.Accordion("Download from Hugging Face", open=False):
+        with gr.Row():
+            repo = gr.Textbox(label="USER/REPO[:BRANCH]", placeholder="Qwen/Qwen2.5-0.5B-Instruct", scale=4,
+                              elem_id="download-repo")
+            specific = gr.Textbox(label="Specific file / GGUF quant (optional)", placeholder="Q4_K_M", scale=2,
+                                  elem_id="download-file")
+            fetch = gr.Button("Download", elem_id="download-run", scale=1)
+        download_status = gr.Markdown(elem_id="download-status")
 
     all_controls = [c for name in OPTIONS for c in controls[name].values()]
 
@@ -117,7 +133,7 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         for loader_name, group in controls.items():
             stored = saved.options if loader_name == chosen else {}
             values += [stored.get(key, OPTIONS[loader_name].model_fields[key].default) for key in group]
-        values = ["" if isinstance(v, SecretStr) or v is None and False else v for v in values]
+        values = ["" if isinstance(v, SecretStr) else v for v in values]
         return [chosen] + [gr.Group(visible=n == chosen) for n in groups] + values
 
     def on_loader(chosen: str):
@@ -178,6 +194,20 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         line, details = describe()
         return f"{line} — LoRAs: {', '.join(applied) or 'none'}", details
 
+    def on_download(spec: str, choice: str, progress: gr.Progress = gr.Progress(track_tqdm=True)):
+        from modules.download import DownloadError, download
+
+        choice = (choice or "").strip()
+        try:
+            chosen, files = download(spec, app.settings.models_dir, app.settings.loras_dir,
+                                     specific_file=choice if "." in choice else None,
+                                     gguf_quant=choice if choice and "." not in choice else None)
+        except DownloadError as exc:
+            return f"⚠️ {exc}", gr.skip(), gr.skip()
+        return (f"Downloaded {len(files)} files ({chosen.kind}) to `{chosen.target}`.",
+                gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras()))
+
+    fetch.click(on_download, [repo, specific], [download_status, dropdown, loras], api_name="model_download")
     refresh.click(lambda: (gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras())),
                   None, [dropdown, loras], api_name="model_refresh")
     dropdown.change(on_select, dropdown, [loader, *groups.values(), *all_controls], api_visibility="private")

@@ -73,6 +73,7 @@ def test_load_a_model_from_the_model_tab(browser, start_server, models_dir):
     page.click("#model-dropdown input")
     page.get_by_role("option", name="parlour-micro-gpt2").click()
     page.click("#model-load")
-    page.wait_for_function("() => document.querySelector('#model-status').innerText.includes('gpt2')")
+    page.wait_for_function("() => { const t = document.querySelector('#model-status').innerText;"
+                           " return t.includes('gpt2') && t.includes('loaded in'); }")
     assert server.health()["model"] == "parlour-micro-gpt2"
     page.close()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Generator, Iterator, Protocol
 
 from modules.loaders.base import Backend, Delta
+
+log = logging.getLogger(__name__)
 from modules.presets import Preset
 
 
@@ -26,6 +29,26 @@ class QueueFull(RuntimeError):
 
 class NoModel(RuntimeError):
     """No model is loaded."""
+
+
+class GenerationError(RuntimeError):
+    """The backend failed mid-generation (out of memory, a kernel error, a remote engine's error).
+    The request ends with this message; the model, the queue and the other requests are unaffected."""
+
+
+def _describe_failure(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if "OutOfMemory" in name or isinstance(exc, MemoryError):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the failed request's activations back
+        except ImportError:
+            pass
+        return "out of memory while generating: try a shorter prompt, fewer max_new_tokens or a smaller model"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"generation failed: {name}: {first}"
 
 
 class FairQueue:
@@ -276,6 +299,11 @@ class Pipeline:
                     yield replace(update)
             update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
             return replace(update)
+        except (GeneratorExit, NoModel, QueueFull):
+            raise
+        except Exception as exc:
+            log.exception("generation failed")
+            raise GenerationError(_describe_failure(exc)) from exc
         finally:
             stream.close()  # ends the backend's worker within one token if we stopped early
 

@@ -14,7 +14,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from modules.app import App
-from modules.generation import GenerationRequest, NoModel, QueueFull, throttle
+from modules.generation import GenerationError, GenerationRequest, NoModel, QueueFull, throttle
 from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
 
@@ -54,7 +54,7 @@ def stream_reply(app: App, history: list[Message], preset_values: tuple[Any, ...
             status = speed_line(update.tokens, update.seconds, update.first_token_seconds, update.prompt_tokens,
                                 update.finish_reason)
             yield reply, status
-    except (NoModel, QueueFull, TemplateError, ValueError) as exc:
+    except (NoModel, QueueFull, GenerationError, TemplateError, ValueError) as exc:
         gr.Warning(str(exc))
         yield reply, f"⚠️ {exc}"
     finally:

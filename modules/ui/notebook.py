@@ -9,7 +9,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from modules.app import App
-from modules.generation import GenerationRequest, NoModel, QueueFull, throttle
+from modules.generation import GenerationError, GenerationRequest, NoModel, QueueFull, throttle
 from modules.ui.chat import speed_line
 from modules.ui.parameters import ParameterControls
 
@@ -38,7 +38,7 @@ def render(app: App, params: ParameterControls) -> None:
                     continue
                 yield prompt + update.text, speed_line(update.tokens, update.seconds, update.first_token_seconds,
                                                        update.prompt_tokens, update.finish_reason)
-        except (NoModel, QueueFull, ValueError) as exc:
+        except (NoModel, QueueFull, GenerationError, ValueError) as exc:
             gr.Warning(str(exc))
             yield gr.skip(), f"⚠️ {exc}"
         finally:

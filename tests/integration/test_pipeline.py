@@ -111,3 +111,25 @@ def test_no_model_is_a_clear_error(make_app):
     with pytest.raises(NoModel, match="Model tab"):
         collect(app, GenerationRequest(preset=GREEDY, prompt="x"))
     assert app.queue.waiting() == 0
+
+
+def test_out_of_memory_mid_generation_is_reported_and_the_app_stays_usable(make_app, monkeypatch):
+    from modules.generation import GenerationError
+
+    app = make_app()
+    backend = app.models.load("parlour-micro")
+    real_forward = backend.model.forward
+    calls = {"n": 0}
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # a few tokens in, as a real OOM on a long reply would
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "forward", failing_forward)
+    with pytest.raises(GenerationError, match="out of memory"):
+        collect(app, GenerationRequest(preset=GREEDY, prompt="x"))
+    assert app.pipeline.stats.snapshot()["active"] == 0 and app.queue.waiting() == 0
+    monkeypatch.setattr(backend.model, "forward", real_forward)
+    assert collect(app, GenerationRequest(preset=GREEDY, prompt="x"))[-1].tokens == 40

@@ -7,12 +7,16 @@ tests can build two Apps side by side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from modules.extensions import Extensions
 from modules.generation import FairQueue, Pipeline
 from modules.loaders.base import LoadOptions
 from modules.models import ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
+
+BUILTIN_EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
 
 
 @dataclass
@@ -22,6 +26,7 @@ class App:
     models: ModelManager
     queue: FairQueue
     pipeline: Pipeline
+    extensions: Extensions
 
     @classmethod
     def build(cls, settings: Settings) -> "App":
@@ -31,8 +36,9 @@ class App:
         models = ModelManager(settings.models_dir, LoadOptions(dtype=settings.dtype, device_map=settings.device_map,
                                                                threads=settings.threads))
         queue = FairQueue(settings.max_queue)
+        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
         return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
-                   pipeline=Pipeline(models, queue))
+                   pipeline=Pipeline(models, queue, extensions), extensions=extensions)
 
     def start_preset(self) -> Preset:
         """The preset named by the settings, or neutral values if it cannot be read."""

@@ -408,7 +408,12 @@ class Extensions:
     # ---- one method per hook: the pipeline and the chat code call these ----------------------
 
     def has(self, hook: str) -> bool:
+        """Whether any enabled extension implements `hook` (so callers can skip work nobody wants)."""
         return bool(self._impls(hook))
+
+    def provides(self, name: str, hook: str) -> bool:
+        """Whether the enabled extension `name` implements `hook`."""
+        return name in self.loaded and self._impl(name, hook) is not None
 
     def state(self, state: dict[str, Any]) -> dict[str, Any]:
         return self._chain("state_modifier", state, lambda s: ([s], {}), _is(dict), "dict")
@@ -527,16 +532,18 @@ class Extensions:
         return sanitize_html("\n".join(line for line in lines if line))
 
     def css(self) -> str:
-        return "\n".join(self._collect("custom_css"))
+        """Every extension's custom_css(), joined."""
+        return "\n".join(code for _name, code in self._collect("custom_css"))
 
-    def js(self) -> str:
-        return "\n".join(self._collect("custom_js"))
+    def js(self) -> list[tuple[str, str]]:
+        """(extension, code) for every extension's custom_js()."""
+        return self._collect("custom_js")
 
-    def _collect(self, hook: str) -> list[str]:
+    def _collect(self, hook: str) -> list[tuple[str, str]]:
         parts = []
         for ext, impl in self._impls(hook):
             try:
-                parts.append(self._guarded(ext, hook, impl, [], {}, _is(str), "str"))
+                parts.append((ext.source.name, self._guarded(ext, hook, impl, [], {}, _is(str), "str")))
             except HookFailed:
                 continue
         return parts
@@ -559,7 +566,10 @@ class Extensions:
     def status_markdown(self) -> str:
         """One line per known extension: enabled or not, where from, and what went wrong."""
         rows = ["| extension | source | state |", "|---|---|---|"]
-        for name, source in sorted(self.available().items()):
+        available = self.available()
+        for name in sorted(set(available) | set(self.load_errors) | set(self.loaded)):
+            source = available.get(name) or (self.loaded[name].source if name in self.loaded else None)
+            kind = source.kind if source else "not found"
             if name in self.loaded:
                 problems = list(self.failures.get(name, ()))
                 dead = self.loaded[name].dead_hooks
@@ -570,7 +580,7 @@ class Extensions:
                 state = "❌ disabled: " + self.load_errors[name]
             else:
                 state = "off"
-            rows.append(f"| {html.escape(name)} | {source.kind} | {html.escape(state).replace('|', '/')} |")
+            rows.append(f"| {html.escape(name)} | {kind} | {html.escape(state).replace('|', '/')} |")
         for key in self.unknown_settings_params():
             rows.append(f"| {html.escape(key)} | settings.yaml | ⚠️ no enabled extension has this parameter |")
         return "\n".join(rows)

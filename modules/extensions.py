@@ -301,11 +301,12 @@ class Extensions:
         sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
         try:
             spec.loader.exec_module(module)
-        except ModuleNotFoundError as exc:
-            hint = (" — it uses text-generation-webui internals, which Parlour does not provide"
-                    if (exc.name or "").startswith("modules.") or exc.name == "modules" else
-                    " — install it, or list it in the extension's requirements.txt")
-            raise ExtensionError(f"import failed: no module named {exc.name!r}{hint}") from exc
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] == "modules":
+                raise ExtensionError(f"import failed ({exc}): it uses text-generation-webui internals "
+                                     "(modules.*), which Parlour does not provide") from exc
+            raise ExtensionError(f"import failed: {exc} — install what it needs, or list it in the "
+                                 "extension's requirements.txt") from exc
         except Exception as exc:
             raise ExtensionError(f"import failed: {exc.__class__.__name__}: {exc}") from exc
         return module

@@ -1,7 +1,9 @@
 """The one generation pipeline: every reply (chat, notebook, API) goes through `Pipeline.stream`.
 
-    request -> prompt (chat template, sandboxed) -> queue (FIFO, bounded) -> backend.stream
+    request -> queue (FIFO, bounded) -> extensions' prompt hooks + prompt (chat template, sandboxed)
+            -> backend.stream (or an extension's custom_generate_reply)
             -> stop strings (partial matches held back) -> updates with counts and timings
+            -> extensions' output_modifier and reply_footer on the final update
 
 Each request carries its own cancel Event; nothing here is global. The backend's worker never
 waits for the reader: it queues tokens and the reader takes them at its own pace.
@@ -10,13 +12,13 @@ waits for the reader: it queues tokens and the reader takes them at its own pace
 from __future__ import annotations
 
 import collections
+import inspect
+import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Generator, Iterator, Protocol
-
-import inspect
-import logging
 
 from pydantic import ValidationError
 
@@ -283,8 +285,9 @@ class Pipeline:
         if ext.has("custom_generate_reply"):
             texts = ext.generate_reply(prepared.prompt, prepared.user_input, prepared.preset.seed, prepared.state,
                                        list(stops.stops), is_chat=prepared.is_chat)
-            if texts is not None:
-                return _deltas_from_texts(texts, backend, request.cancel)
+            first = next(texts, None) if texts is not None else None
+            if first is not None:  # nothing at all (it failed at once, or was empty): the model answers
+                return _deltas_from_texts(itertools.chain([first], texts), backend, request.cancel)
         hooks = GenerationHooks(
             tokenizer=(lambda p, ids, emb: ext.tokenizer(prepared.state, p, ids, emb))
             if ext.has("tokenizer_modifier") else None,

@@ -38,7 +38,7 @@ def render(app: App) -> None:
 
     def on_apply(checked: list[str]):
         names, summary = apply_extensions(app, checked or [])
-        return gr.CheckboxGroup(value=names), summary, app.extensions.status_markdown()
+        return names, summary, app.extensions.status_markdown()
 
     apply.click(on_apply, enabled, [enabled, result, status], api_name="extensions_apply")
     refresh.click(app.extensions.status_markdown, None, status, api_name="extensions_status")

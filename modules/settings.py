@@ -52,7 +52,7 @@ class Settings(BaseModel):
                                      "before it is skipped")
     #: settings.yaml keys shaped `<extension>-<param>` (text-generation-webui's convention); not a flag
     extension_params: dict[str, Any] = Field(default_factory=dict, description="per-extension parameters as "
-                                             "<extension>-<param>=value (in settings.yaml: `<extension>-<param>: value`)")
+                                             "EXTENSION-PARAM=VALUE (in settings.yaml: `EXTENSION-PARAM: value`)")
 
     @model_validator(mode="before")
     @classmethod
@@ -139,8 +139,8 @@ def flags_markdown() -> str:
         flag = _flag(name)
         if field.annotation is bool:
             flag = f"{flag} / --no-{name.replace('_', '-')}"
-        default = field.default
-        shown = "" if default is None else f"`{default}`"
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default in (None, [], {}) else f"`{default}`"
         choices = _choices(field.annotation)
         more = f" (one of {', '.join(choices)})" if choices else ""
         rows.append(f"| `{flag}` | {shown} | {field.description}{more} |")

@@ -7,7 +7,6 @@ For the first `min_length` new tokens, the end-of-turn tokens' logits are lowere
 import math
 
 import gradio as gr
-import torch
 
 params = {
     "display_name": "Long replies",
@@ -20,6 +19,7 @@ params = {
 class DiscourageEarlyEnd:
     """Lower the end-of-turn logits until `min_length` tokens were generated after the prompt.
 
+    >>> import torch
     >>> p = DiscourageEarlyEnd(eos_token_ids=[2], prompt_length=3, min_length=1, penalty=math.inf)
     >>> p(torch.tensor([[5, 6, 7]]), torch.zeros(1, 4))[0, 2].item()
     -inf

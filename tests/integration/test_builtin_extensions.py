@@ -110,3 +110,18 @@ def test_example_echo_replaces_the_model(make_app):
     app = make_app(extensions=["example"], extension_params={"example-echo": True})
     app.models.load("parlour-micro")
     assert final(app, messages=[{"role": "user", "content": "say these words"}]).text == "say these words"
+
+
+def test_every_builtin_loads_and_builds_its_ui(make_app):
+    from modules import ui
+    from modules.app import BUILTIN_EXTENSIONS
+
+    names = sorted(p.name for p in BUILTIN_EXTENSIONS.iterdir() if (p / "script.py").is_file())
+    assert names == ["character_bias", "documents", "example", "long_replies", "token_stats"]
+    app = make_app(extensions=names)
+    assert list(app.extensions.loaded) == names and not app.extensions.load_errors
+    blocks = ui.build(app)
+    ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
+    assert {"extension-tab-example", "extension-tab-documents", "extension-character_bias",
+            "extension-long_replies", "documents-files"} <= ids
+    assert not app.extensions.failures

@@ -353,6 +353,7 @@ class Pipeline:
         finally:
             stream.close()  # ends the backend's worker within one token if we stopped early
 
+
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:
     """The preset after state_modifier: its keys read back from the state (bad values are ignored)."""
     values = {k: state[k] for k in Preset.model_fields if k in state}

@@ -45,7 +45,7 @@ def create_app(settings: Settings):
 
     blocks = ui.build(app)
     blocks.queue(default_concurrency_limit=1)
-    gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, **ui.launch_kwargs())
+    gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, **ui.launch_kwargs(app))
     return api, app
 
 

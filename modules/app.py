@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from modules.extensions import Extensions
 from modules.generation import FairQueue, Pipeline
 from modules.models import ModelError, ModelManager, infer_loader
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
+
+BUILTIN_EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
 
 
 @dataclass
@@ -22,6 +26,7 @@ class App:
     models: ModelManager
     queue: FairQueue
     pipeline: Pipeline
+    extensions: Extensions
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -33,8 +38,9 @@ class App:
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
                               threads=settings.torch_threads(), trust_remote_code=settings.trust_remote_code,
                               gate=queue.exclusive)
+        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
         return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
-                   pipeline=Pipeline(models, queue))
+                   pipeline=Pipeline(models, queue, extensions), extensions=extensions)
 
     def load_at_start(self) -> str | None:
         """Start loading the model named by the settings (or the default one) in the background."""

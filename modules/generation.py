@@ -1,7 +1,9 @@
 """The one generation pipeline: every reply (chat, notebook, API) goes through `Pipeline.stream`.
 
-    request -> prompt (chat template, sandboxed) -> queue (FIFO, bounded) -> backend.stream
+    request -> queue (FIFO, bounded) -> extensions' prompt hooks + prompt (chat template, sandboxed)
+            -> backend.stream (or an extension's custom_generate_reply)
             -> stop strings (partial matches held back) -> updates with counts and timings
+            -> extensions' output_modifier and reply_footer on the final update
 
 Each request carries its own cancel Event; nothing here is global. The backend's worker never
 waits for the reader: it queues tokens and the reader takes them at its own pace.
@@ -11,16 +13,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
+import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Generator, Iterator, Protocol
 
-from modules.loaders.base import Backend, Delta
+from pydantic import ValidationError
+
+from modules.extensions import Extensions, history_to_messages, messages_to_history
+from modules.loaders.base import Backend, Delta, GenerationHooks
+from modules.presets import Preset
 
 log = logging.getLogger(__name__)
-from modules.presets import Preset
 
 
 class QueueFull(RuntimeError):
@@ -190,6 +197,10 @@ class GenerationRequest:
     user: str = "local"
     #: the last message is a partial assistant reply to extend, not a finished turn
     continue_last: bool = False
+    #: extra values for extensions' `state` (chat mode, names, ...), over the preset's values
+    state: dict[str, Any] = field(default_factory=dict)
+    #: False when the caller already ran chat_input_modifier / input_modifier on the new user message
+    apply_input_hooks: bool = True
 
 
 @dataclass
@@ -205,6 +216,24 @@ class Update:
     first_token_seconds: float | None = None
     seconds: float = 0.0
     model: str = ""
+    #: final update only: the model's own text before extensions' output_modifier (keep this in history)
+    raw_text: str | None = None
+    #: final update only: sanitized HTML lines from extensions' reply_footer, shown under the reply
+    footer: str = ""
+
+
+@dataclass
+class Prepared:
+    """A request after the extensions' prompt-side hooks: what goes to the model."""
+
+    prompt: str
+    preset: Preset
+    state: dict[str, Any]
+    user_input: str
+    is_chat: bool
+    #: set for backends that template chats themselves (remote engines): the messages to send; `prompt`
+    #: is then only their text, for counting
+    messages: list[dict[str, Any]] | None = None
 
 
 class ModelSource(Protocol):
@@ -222,10 +251,11 @@ class ModelSource(Protocol):
 class Pipeline:
     """Turns requests into streamed updates through the loaded backend."""
 
-    def __init__(self, models: ModelSource, queue: FairQueue) -> None:
+    def __init__(self, models: ModelSource, queue: FairQueue, extensions: Extensions | None = None) -> None:
         self.models = models
         self.queue = queue
         self.stats = PipelineStats()
+        self.extensions = extensions if extensions is not None else Extensions(entry_points=False)
 
     def build_prompt(self, backend: Backend, request: GenerationRequest) -> str:
         if request.prompt is not None:
@@ -238,6 +268,76 @@ class Pipeline:
             head = backend.chat_template.render(messages[:-1], add_generation_prompt=True, **extra)
             return head + messages[-1]["content"]
         return backend.chat_template.render(messages, add_generation_prompt=True, **extra)
+
+    def prepare(self, backend: Backend, request: GenerationRequest) -> Prepared:
+        """Run the prompt-side extension hooks and build the prompt (text-generation-webui's order)."""
+        ext = self.extensions
+        is_chat = request.prompt is None
+        state = ext.state({**request.preset.model_dump(), "mode": "chat" if is_chat else "notebook",
+                           "user": request.user, "custom_stopping_strings": list(request.stop), **request.state})
+        preset = _preset_from_state(request.preset, state)
+        if not is_chat:
+            prompt = ext.input(request.prompt, state, is_chat=False) if request.apply_input_hooks else request.prompt
+            return Prepared(prompt, preset, state, prompt, False)
+        messages = [dict(m) for m in request.messages or []]
+        new_turn = bool(messages) and messages[-1]["role"] == "user" and not request.continue_last
+        if new_turn and request.apply_input_hooks:
+            text, _visible = ext.chat_input(messages[-1]["content"], messages[-1]["content"], state)
+            messages[-1]["content"] = ext.input(text, state, is_chat=True)
+        user_input = messages[-1]["content"] if new_turn else ""
+        lead = 0
+        while lead < len(messages) and messages[lead]["role"] == "system":
+            lead += 1
+        if ext.has("history_modifier"):
+            messages = history_to_messages(ext.history(messages_to_history(messages[lead:])), messages[:lead])
+        if ext.has("custom_generate_chat_prompt"):
+            past = messages_to_history(messages[lead:-1] if new_turn else messages[lead:])
+            prompt = ext.chat_prompt(user_input, {**state, "history": past}, history=past,
+                                     _continue=request.continue_last, impersonate=False)
+            if prompt is not None:
+                return Prepared(prompt, preset, state, user_input, True)
+        if backend.chat_template is None:
+            # A remote engine applies the model's own template to the messages itself.
+            text = "\n".join(str(m.get("content", "")) for m in messages)
+            return Prepared(text, preset, state, user_input, True, messages=messages)
+        chat_request = replace(request, messages=messages)
+        prompt = self.build_prompt(backend, chat_request)
+        if not request.continue_last and ext.has("bot_prefix_modifier"):
+            # The bot prefix is what the template's generation prompt adds (e.g. "<|im_start|>assistant\n").
+            extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
+            bare = backend.chat_template.render(messages, add_generation_prompt=False, **extra)
+            if prompt.startswith(bare):
+                prompt = bare + ext.bot_prefix(prompt[len(bare):], state)
+        return Prepared(prompt, preset, state, user_input, True)
+
+    def _finish(self, update: Update, prepared: Prepared) -> Update:
+        """The output-side hooks: output_modifier on the finished text, then reply_footer."""
+        update.raw_text = update.text
+        update.text = self.extensions.output(update.text, prepared.state, is_chat=prepared.is_chat)
+        stats = {"tokens": update.tokens, "seconds": update.seconds, "first_token_seconds": update.first_token_seconds,
+                 "prompt_tokens": update.prompt_tokens, "finish_reason": update.finish_reason, "model": update.model}
+        update.footer = self.extensions.reply_footer(stats, prepared.state)
+        return update
+
+    def _source(self, backend: Backend, prepared: Prepared, request: GenerationRequest,
+                stops: "StopStringFilter") -> Iterator[Delta]:
+        """Where the tokens come from: an extension's custom_generate_reply, or the backend."""
+        ext = self.extensions
+        if ext.has("custom_generate_reply"):
+            texts = ext.generate_reply(prepared.prompt, prepared.user_input, prepared.preset.seed, prepared.state,
+                                       list(stops.stops), is_chat=prepared.is_chat)
+            first = next(texts, None) if texts is not None else None
+            if first is not None:  # nothing at all (it failed at once, or was empty): the model answers
+                return _deltas_from_texts(itertools.chain([first], texts), backend, request.cancel)
+        hooks = GenerationHooks(
+            tokenizer=(lambda p, ids, emb: ext.tokenizer(prepared.state, p, ids, emb))
+            if ext.has("tokenizer_modifier") else None,
+            logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
+        if prepared.messages is not None:
+            return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
+        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in inspect.signature(backend.stream).parameters:
+            return backend.stream(prepared.prompt, prepared.preset, request.cancel, hooks=hooks)
+        return backend.stream(prepared.prompt, prepared.preset, request.cancel)
 
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
@@ -258,28 +358,24 @@ class Pipeline:
             if backend is None:
                 raise NoModel("no model is loaded: pick one in the Model tab")
             update.model = backend.name
-            if request.prompt is None and backend.chat_template is None:
-                # A remote engine applies the model's own template to chat messages itself.
-                stream = backend.stream_chat(list(request.messages or []), request.preset, request.cancel)
-                counted = "\n".join(str(m.get("content", "")) for m in request.messages or [])
-            else:
-                prompt = self.build_prompt(backend, request)
-                stream = backend.stream(prompt, request.preset, request.cancel)
-                counted = prompt
+            prepared = self.prepare(backend, request)
             stops = StopStringFilter(tuple(request.stop) + tuple(backend.stop_strings))
-            update.prompt_tokens = len(backend.tokenize(counted))
+            counted = self.extensions.tokenized_length(prepared.prompt)
+            update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
             self.stats.started()
             try:
-                final = yield from self._run(stream, request, stops, update, start)
+                final = yield from self._run(backend, prepared, request, stops, update, start)
             finally:
                 self.stats.finished()
         finally:
             self.queue.release()
-        yield final  # after the model and the queue are free, so the next request can start at once
+        # after the model and the queue are free, so the next request can start at once
+        yield self._finish(final, prepared)
 
-    def _run(self, stream: Iterator[Delta], request: GenerationRequest, stops: StopStringFilter, update: Update,
-             start: float) -> Generator[Update, None, Update]:
+    def _run(self, backend: Backend, prepared: Prepared, request: GenerationRequest, stops: "StopStringFilter",
+             update: Update, start: float) -> Generator[Update, None, Update]:
         """Yield updates while tokens arrive; return the final one (with its finish reason)."""
+        stream = self._source(backend, prepared, request, stops)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)
@@ -306,6 +402,30 @@ class Pipeline:
             raise GenerationError(_describe_failure(exc)) from exc
         finally:
             stream.close()  # ends the backend's worker within one token if we stopped early
+
+
+def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:
+    """The preset after state_modifier: its keys read back from the state (bad values are ignored)."""
+    values = {k: state[k] for k in Preset.model_fields if k in state}
+    try:
+        return Preset.model_validate(values)
+    except ValidationError as exc:
+        log.error("state_modifier produced invalid sampling values, ignored: %s", exc.errors()[0]["msg"])
+        return preset
+
+
+def _deltas_from_texts(texts: Iterator[str], backend: Backend, cancel: threading.Event) -> Iterator[Delta]:
+    """custom_generate_reply yields the growing reply (text-generation-webui style); we stream the new part."""
+    shown = ""
+    for text in texts:
+        if cancel.is_set():
+            yield Delta("", 0, "cancelled")
+            return
+        if text.startswith(shown) and len(text) > len(shown):
+            new, shown = text[len(shown):], text
+            yield Delta(new, len(backend.tokenize(new)))
+    yield Delta("", 0, "stop")
+
 
 def throttle(updates: Iterator[Update], fps: float) -> Iterator[Update]:
     """Pass the first text at once, then at most `fps` updates a second, and always the last one."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 
 class Settings(BaseModel):
@@ -59,6 +59,32 @@ class Settings(BaseModel):
     api_key: SecretStr | None = Field(None, description="key every /v1 request must send (Bearer)")
     stream_fps: float = Field(20.0, gt=0, le=120, description="most UI updates per second while streaming")
     max_queue: int = Field(64, ge=1, le=10_000, description="most requests waiting for the model")
+    # extensions
+    extensions: list[str] = Field(default_factory=list, description="extensions to enable, in load order "
+                                  "(folders in extensions/ or user_data/extensions/, or installed packages)")
+    default_extensions: list[str] = Field(default_factory=list, description="extensions enabled at start "
+                                          "(usually set in settings.yaml; --extensions adds to them)")
+    extension_timeout: float = Field(10.0, gt=0, le=600, description="seconds an extension hook may take "
+                                     "before it is skipped")
+    #: settings.yaml keys shaped `<extension>-<param>` (text-generation-webui's convention); not a flag
+    extension_params: dict[str, Any] = Field(default_factory=dict, description="per-extension parameters as "
+                                             "EXTENSION-PARAM=VALUE (in settings.yaml: `EXTENSION-PARAM: value`)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_extension_params(cls, data: Any) -> Any:
+        """Move `<extension>-<param>` keys into extension_params; every other unknown key stays an error."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        params = dict(data.get("extension_params") or {})
+        for key in [k for k in data if isinstance(k, str) and "-" in k and not k.startswith("-")]:
+            if key.replace("-", "_") in cls.model_fields:
+                raise ValueError(f"unknown key {key!r}: settings use underscores ({key.replace('-', '_')!r})")
+            params[key] = data.pop(key)
+        if params:
+            data["extension_params"] = params
+        return data
 
     def load_options(self, loader: str) -> dict[str, Any]:
         """The loader options given on the command line / settings file (only those set)."""
@@ -105,6 +131,17 @@ def _is_bool(annotation: Any) -> bool:
     return annotation is bool or set(get_args(annotation)) == {bool, type(None)}
 
 
+def _key_value(text: str) -> tuple[str, Any]:
+    """`key=value` from the command line; the value is read as a YAML scalar (true, 3, 0.5, text)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, generated from `Settings`; only flags given on it end up in the namespace."""
     parser = argparse.ArgumentParser(
@@ -112,9 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS)
     for name, field in Settings.model_fields.items():
         help_text = field.description or ""
-        if field.default not in (None, False, True):
+        if field.default_factory is None and field.default not in (None, False, True):
             help_text += f" (default: {field.default})"
-        if _is_bool(field.annotation):
+        if get_origin(field.annotation) is dict:
+            parser.add_argument(_flag(name), nargs="+", metavar="KEY=VALUE", type=_key_value, help=help_text)
+        elif get_origin(field.annotation) is list:
+            parser.add_argument(_flag(name), nargs="+", metavar="NAME", help=help_text)
+        elif _is_bool(field.annotation):
             parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, help=help_text)
         elif _choices(field.annotation):
             parser.add_argument(_flag(name), choices=_choices(field.annotation), help=help_text)
@@ -130,8 +171,8 @@ def flags_markdown() -> str:
         flag = _flag(name)
         if _is_bool(field.annotation):
             flag = f"{flag} / --no-{name.replace('_', '-')}"
-        default = field.default
-        shown = "" if default is None else f"`{default}`"
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default in (None, [], {}) else f"`{default}`"
         choices = _choices(field.annotation)
         more = f" (one of {', '.join(choices)})" if choices else ""
         rows.append(f"| `{flag}` | {shown} | {field.description}{more} |")
@@ -164,6 +205,8 @@ def read_yaml_settings(path: Path) -> dict[str, Any]:
 def load_settings(argv: list[str] | None = None) -> Settings:
     """Parse the command line, merge it over the settings file over the defaults, and validate."""
     cli = vars(build_parser().parse_args(argv))
+    if "extension_params" in cli:
+        cli["extension_params"] = dict(cli["extension_params"])
     try:
         cli_only = Settings.model_validate({k: v for k, v in cli.items()}, strict=False)
     except ValidationError as exc:
@@ -175,4 +218,8 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     except ValidationError as exc:
         raise SettingsError(_format(exc, str(path))) from exc
     merged = {**file_values, **cli_only.model_dump(include=set(cli))}
+    if "extension_params" in cli:  # per key: the command line beats the file
+        file_params = Settings.model_validate(file_values).extension_params
+        merged["extension_params"] = {**file_params, **cli_only.extension_params}
+        merged = {k: v for k, v in merged.items() if k not in file_params}
     return Settings.model_validate(merged)

@@ -24,6 +24,18 @@ class LoadError(RuntimeError):
     """A model that could not be loaded; the message says why in one line."""
 
 
+@dataclass
+class GenerationHooks:
+    """Per-request callbacks from extensions that a backend may honour (the Transformers backend does).
+
+    `tokenizer(prompt, input_ids, input_embeds) -> (prompt, input_ids, input_embeds)` runs after
+    tokenization; `logits_processors(processor_list, input_ids) -> processor_list` may add processors.
+    """
+
+    tokenizer: Callable[[str, Any, Any], tuple[str, Any, Any]] | None = None
+    logits_processors: Callable[[list[Any], Any], list[Any]] | None = None
+
+
 class Backend(Protocol):
     """A loaded model that can stream text. Implementations: loaders/transformers.py, ..."""
 

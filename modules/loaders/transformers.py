@@ -20,12 +20,13 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
 from transformers.generation.streamers import BaseStreamer
 
-from modules.loaders.base import Delta, Emit, LoadError, token_stream
+from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
 from modules.sampling import build_processors
@@ -185,18 +186,33 @@ class TransformersBackend:
     def template_vars(self) -> dict[str, Any]:
         return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
-    def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
+    def stream(self, prompt: str, preset: Preset, cancel: threading.Event,
+               hooks: GenerationHooks | None = None) -> Iterator[Delta]:
         ids = self.tokenize(prompt)
         if not ids:  # generate() needs at least one token: start from BOS when there is nothing else
             ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_token_ids[0]]
-        max_new = max(1, min(preset.max_new_tokens, self._ctx - len(ids)))
         model = self.model  # an adapter change swaps self.model; this request keeps the one it started with
         input_ids = torch.tensor([ids], device=model.device)
+        if hooks is not None and hooks.tokenizer is not None:
+            prompt, new_ids, embeds = hooks.tokenizer(prompt, input_ids, None)
+            if embeds is not None:
+                log.warning("an extension's tokenizer_modifier returned input_embeds; this backend ignores them")
+            new_ids = torch.as_tensor(new_ids, dtype=torch.long, device=model.device)
+            if new_ids.dim() == 1:
+                new_ids = new_ids.unsqueeze(0)
+            if new_ids.dim() == 2 and new_ids.shape[0] == 1 and new_ids.shape[1] > 0:
+                input_ids = new_ids
+            else:
+                log.warning("ignoring tokenizer_modifier input_ids of shape %s", tuple(new_ids.shape))
+        max_new = max(1, min(preset.max_new_tokens, self._ctx - input_ids.shape[1]))
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new,
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
         processors = build_processors(preset, self.eos_token_ids, device=self.device)
+        if hooks is not None and hooks.logits_processors is not None:
+            processors.eos_token_ids = self.eos_token_ids  # extensions such as long_replies need them
+            processors = LogitsProcessorList(hooks.logits_processors(processors, input_ids))
 
         def produce(emit: Emit) -> None:
             torch.manual_seed(seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from modules.app import App
-from modules.ui import chat, evaluate, model, notebook, parameters, session
+from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
 # Dark by default, as users of local LLM UIs expect; `?__theme=light` still switches.
@@ -38,6 +38,8 @@ def build(app: App) -> gr.Blocks:
                         evaluate.render(app)
             with gr.Tab("Session", id="session"):
                 session.render(app)
+            extensions.render_tabs(app)
+        extensions.render_block(app)
         # The model may still be loading when the page opens: refresh the status lines until it is ready.
         timer = gr.Timer(1.0, active=app.models.loading is not None)
 
@@ -50,7 +52,11 @@ def build(app: App) -> gr.Blocks:
     return blocks
 
 
-def launch_kwargs() -> dict:
-    """Theme, CSS and JS: Gradio 6 takes them at launch/mount time, not in Blocks()."""
-    return {"theme": gr.themes.Soft(primary_hue="violet", neutral_hue="slate"),
-            "css_paths": sorted(CSS_DIR.glob("*.css")), "js": DARK_JS}
+def launch_kwargs(app: App | None = None) -> dict:
+    """Theme, CSS and JS: Gradio 6 takes them at launch/mount time, not in Blocks() (with extensions' own)."""
+    kwargs = {"theme": gr.themes.Soft(primary_hue="violet", neutral_hue="slate"),
+              "css_paths": sorted(CSS_DIR.glob("*.css")), "js": DARK_JS}
+    if app is not None and app.extensions.loaded:
+        kwargs["css"] = app.extensions.css()
+        kwargs["js"] = extensions.page_js(DARK_JS, app)
+    return kwargs

@@ -1,4 +1,4 @@
-"""Session tab: the settings this process runs with (secrets masked) and where its files are."""
+"""Session tab: the settings this process runs with (secrets masked), where its files are, and extensions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,40 @@ import gradio as gr
 
 from modules.app import App
 
+RESTART_NOTE = ("Hooks of extensions turned on or off here apply from the next message. An extension's own "
+                "controls, CSS and JS are part of the page, which Gradio builds once: they appear (or go) "
+                "after a restart with `--extensions` or `default_extensions` in settings.yaml.")
+
+
+def apply_extensions(app: App, checked: list[str]) -> tuple[list[str], str]:
+    """Enable exactly `checked`: extensions already on keep their place in the load order, new ones go last."""
+    order = [n for n in app.extensions.loaded if n in checked] + [n for n in checked if n not in app.extensions.loaded]
+    errors = app.extensions.enable(order)
+    lines = [f"❌ {name}: {message}" for name, message in errors.items()]
+    summary = "\n\n".join(lines) if lines else f"Enabled: {', '.join(app.extensions.loaded) or 'none'}."
+    return list(app.extensions.loaded), summary
+
 
 def render(app: App) -> None:
     gr.Markdown("Settings come from defaults < `settings.yaml` < the command line. "
                 "Flags such as `--listen` or `--api-key` can only be changed by restarting the server.")
     gr.Code(json.dumps(app.settings.public_dict(), indent=2, default=str), language="json",
             label="Current settings", interactive=False, elem_id="session-settings")
+    gr.Markdown("### Extensions\n" + RESTART_NOTE)
+    enabled = gr.CheckboxGroup(sorted(app.extensions.available()), value=list(app.extensions.loaded),
+                               label="Enabled extensions", elem_id="session-extensions")
+    with gr.Row():
+        apply = gr.Button("Apply", variant="primary", elem_id="session-extensions-apply", scale=0)
+        refresh = gr.Button("Refresh status", elem_id="session-extensions-refresh", scale=0)
+    result = gr.Markdown(elem_id="session-extensions-result")
+    status = gr.Markdown(app.extensions.status_markdown(), elem_id="session-extensions-status")
+
+    def on_apply(checked: list[str]):
+        names, summary = apply_extensions(app, checked or [])
+        return names, summary, app.extensions.status_markdown()
+
+    apply.click(on_apply, enabled, [enabled, result, status], api_name="extensions_apply")
+    refresh.click(app.extensions.status_markdown, None, status, api_name="extensions_status")
+    # Failures happen while chatting in another tab: keep the table current without a click.
+    gr.Timer(3.0).tick(app.extensions.status_markdown, None, status, api_visibility="private",
+                       show_progress="hidden")

@@ -14,7 +14,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 files="requirements.txt"
-[ "$dev" = 1 ] && files="$files requirements-dev.txt"
+# The tests cover the llama.cpp loader too: its optional requirements come with --dev (the first
+# install compiles llama.cpp, ~13 minutes on 2 cores; pip caches the wheel for every later run).
+[ "$dev" = 1 ] && files="$files requirements-dev.txt requirements-gguf.txt"
 stamp=".venv/.parlour-$(cat $files | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing $files (pinned; torch is the local CPU wheel)"

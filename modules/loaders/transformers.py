@@ -117,6 +117,15 @@ def load_kwargs(options: TransformersOptions, offload_dir: Path | None, trust_re
     return kwargs
 
 
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS")), 0)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
@@ -251,7 +260,8 @@ class TransformersBackend:
             quantization = "8-bit" if quant.get("load_in_8bit") else f"4-bit {quant.get('bnb_4bit_quant_type', '')}"
         else:
             quantization = "none"
-        memory = {"weights_mib": round(self.model.get_memory_footprint() / 2**20, 1)}
+        memory = {"weights_mib": round(self.model.get_memory_footprint() / 2**20, 1),
+                  "process_rss_mib": round(_rss_bytes() / 2**20, 1)}
         if torch.cuda.is_available():
             memory["gpu_allocated_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
         return {"loader": self.loader, "name": self.name, "architecture": self.model.config.model_type,

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import yaml
+
 
 class FileTooLarge(ValueError):
     """A file bigger than the caller accepts."""
@@ -36,3 +38,19 @@ def read_text_limited(path: Path, limit: int) -> str:
     if len(data) > limit:
         raise FileTooLarge(f"{path.name} is larger than {limit:,} bytes")
     return data.decode("utf-8")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors/aliases: an alias "bomb" (a few lines expanding to billions of
+    items when serialized or walked) is refused before anything is built. Parlour's files never need them."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str):
+    """Parse YAML safely: plain data only (no tags that build objects), no aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass

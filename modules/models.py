@@ -19,7 +19,7 @@ from typing import Any, Callable, ContextManager
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from modules.fileio import FileTooLarge, atomic_write_text, read_text_limited
+from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, read_text_limited
 from modules.loaders.base import Backend, LoadError
 from modules.loaders.options import OPTIONS, LoaderName
 from modules.paths import UnsafeName, safe_child
@@ -72,7 +72,7 @@ class ModelSettingsStore:
         if not self.path.exists():
             return {}
         try:
-            data = yaml.safe_load(read_text_limited(self.path, 1_000_000))
+            data = load_yaml(read_text_limited(self.path, 1_000_000))
         except (yaml.YAMLError, FileTooLarge, UnicodeDecodeError) as exc:
             raise ModelError(f"{self.path.name} cannot be read: {exc}") from exc
         if data is None:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modules.fileio import FileTooLarge, atomic_write_text, read_text_limited
+from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, read_text_limited
 from modules.paths import UnsafeName, safe_child
 
 MAX_PRESET_BYTES = 256 * 1024
@@ -71,7 +71,7 @@ def _describe(error: ValidationError, name: str) -> str:
 def parse_preset(text: str, name: str = "preset") -> Preset:
     """Validate YAML preset text (safe_load only)."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise PresetError(f"preset {name!r} is not valid YAML: {exc}") from exc
     if data is None:

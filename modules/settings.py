@@ -14,6 +14,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from modules.fileio import FileTooLarge, load_yaml, read_text_limited
+
 
 class Settings(BaseModel):
     """Every setting of a Parlour process. Field descriptions are the `--help` text."""
@@ -114,6 +116,9 @@ class Settings(BaseModel):
         return out
 
 
+MAX_SETTINGS_BYTES = 1_000_000
+
+
 class SettingsError(ValueError):
     """A setting that failed validation; the message names the key and where it came from."""
 
@@ -192,8 +197,8 @@ def read_yaml_settings(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = load_yaml(read_text_limited(path, MAX_SETTINGS_BYTES))
+    except (yaml.YAMLError, UnicodeDecodeError, FileTooLarge) as exc:
         raise SettingsError(f"invalid settings file {path}: {exc}") from exc
     if data is None:
         return {}

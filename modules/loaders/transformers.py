@@ -178,6 +178,21 @@ class TransformersBackend:
             cancel.set()
             worker.join()
 
+    def next_token_probabilities(self, prompt: str, top: int, preset: Preset | None = None) -> list[tuple[str, float]]:
+        """The `top` most likely next tokens after `prompt` with their probabilities; with `preset`, after its
+        samplers (so cut-off tokens get 0). For /v1/internal/logits."""
+        ids = self.tokenize(prompt) or [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None
+                                        else self.eos_token_ids[0]]
+        ids = ids[-(self._ctx - 1):]
+        input_ids = torch.tensor([ids], device=self.model.device)
+        with torch.inference_mode():
+            scores = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[:, -1, :].float()
+            if preset is not None:
+                scores = build_processors(preset, self.eos_token_ids, device=self.device)(input_ids, scores)
+            probs = torch.softmax(scores, dim=-1)[0]
+            values, indices = torch.topk(probs, min(top, probs.shape[0]))
+        return [(self.tokenizer.decode([i]), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
     def info(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.model.parameters())
         return {"loader": self.loader, "name": self.name, "architecture": self.model.config.model_type,

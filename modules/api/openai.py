@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
@@ -383,14 +384,16 @@ def build_router(app: Any, callers: CallerRequests) -> APIRouter:
 
     @router.post("/completions")
     async def completions(body: CompletionRequest, http: Request) -> Any:
-        responder = Responder(app, callers, http, completion_plan(app, body), chat=False)
+        plan = await run_in_threadpool(completion_plan, app, body)  # tokenizing a long prompt must not block the loop
+        responder = Responder(app, callers, http, plan, chat=False)
         if body.stream:
             return await responder.stream(bool(body.stream_options and body.stream_options.include_usage))
         return await responder.json()
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: Request) -> Any:
-        responder = Responder(app, callers, http, chat_plan(app, body), chat=True)
+        plan = await run_in_threadpool(chat_plan, app, body)
+        responder = Responder(app, callers, http, plan, chat=True)
         if body.stream:
             return await responder.stream(bool(body.stream_options and body.stream_options.include_usage))
         return await responder.json()

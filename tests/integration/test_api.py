@@ -392,3 +392,28 @@ def test_stop_generation_stops_only_the_callers_own(guarded):
     assert finish == "stop"
     after = guarded.wait_until(lambda h: h["active"] == 0)
     assert after["tokens"] - before < 2000
+
+
+def test_disconnect_during_a_non_streaming_request_ends_the_generation(server):
+    import socket
+
+    before = server.health()
+    body = json.dumps({"prompt": "x", "max_tokens": 2000, "temperature": 0, "ban_eos_token": True}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        server.wait_until(lambda h: h["active"] == 1 and h["tokens"] > before["tokens"])
+    after = server.wait_until(lambda h: h["active"] == 0)
+    assert after["tokens"] - before["tokens"] < 2000
+
+
+def test_streamed_choices_and_echo(client):
+    chunks = list(client.completions.create(model=MODEL, prompt="x", max_tokens=6, temperature=1.5, seed=3, n=2,
+                                            stream=True, echo=True, extra_body={"ban_eos_token": True}))
+    texts = {0: "", 1: ""}
+    for chunk in chunks:
+        texts[chunk.choices[0].index] += chunk.choices[0].text
+    whole = client.completions.create(model=MODEL, prompt="x", max_tokens=6, temperature=1.5, seed=3, n=2,
+                                      echo=True, extra_body={"ban_eos_token": True})
+    assert [texts[0], texts[1]] == [c.text for c in whole.choices]
+    assert all(t.startswith("x") for t in texts.values())

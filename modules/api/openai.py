@@ -258,9 +258,9 @@ class Responder:
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.plan.model}
 
-    async def _run(self, job: Job) -> AsyncIterator[Update]:
+    async def _run(self, job: Job, final_only: bool = False) -> AsyncIterator[Update]:
         with self.callers.track(self.caller, job.request.cancel):
-            async for update in run_updates(self.app.pipeline, job.request):
+            async for update in run_updates(self.app.pipeline, job.request, final_only):
                 yield update
 
     # -- one JSON body --------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class Responder:
             watcher = asyncio.create_task(cancel_on_disconnect(self.http, job.request.cancel))
             try:
                 final = None
-                async for update in self._run(job):
+                async for update in self._run(job, final_only=True):
                     final = update
             except Exception as exc:
                 raise to_api_error(exc) from exc

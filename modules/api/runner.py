@@ -21,9 +21,11 @@ from modules.generation import GenerationRequest, Pipeline, Update
 _END = object()
 
 
-async def run_updates(pipeline: Pipeline, request: GenerationRequest) -> AsyncIterator[Update]:
+async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only: bool = False) -> AsyncIterator[Update]:
     """The pipeline's updates for `request`, produced in a worker thread. Closing this iterator
-    (client gone, route done) cancels the generation. Errors (QueueFull, NoModel, ...) re-raise here."""
+    (client gone, route done) cancels the generation. Errors (QueueFull, NoModel, ...) re-raise here.
+    With `final_only` only the last update crosses to the event loop: a non-streaming reply needs
+    nothing else, and waking the loop for every token would take CPU from the model."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
 
@@ -36,8 +38,13 @@ async def run_updates(pipeline: Pipeline, request: GenerationRequest) -> AsyncIt
     def drive() -> None:
         updates = pipeline.stream(request)
         try:
+            last = None
             for update in updates:
-                post(update)
+                if not final_only or update.finish_reason is not None:
+                    post(update)
+                last = update
+            if final_only and last is not None and last.finish_reason is None:
+                post(last)
         except BaseException as exc:  # handed to the route, which answers with the right status
             post(exc)
         finally:

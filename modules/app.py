@@ -29,8 +29,10 @@ class App:
 
         torch.set_num_threads(settings.torch_threads())
         models = ModelManager(settings.models_dir, LoadOptions(dtype=settings.dtype, device_map=settings.device_map,
-                                                               threads=settings.threads))
-        queue = FairQueue(settings.max_queue)
+                                                               threads=settings.threads,
+                                                               extra={"batch_size": settings.batch_size}))
+        # As many requests run at once as the loaded backend can batch (1 unless it says otherwise).
+        queue = FairQueue(settings.max_queue, slots=lambda: getattr(models.current(), "max_concurrency", 1))
         return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
                    pipeline=Pipeline(models, queue))
 

@@ -13,7 +13,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Generator, Iterator, Protocol
+from typing import Any, Callable, Generator, Iterator, Protocol
 
 from modules.loaders.base import Backend
 from modules.presets import Preset
@@ -35,9 +35,9 @@ class FairQueue:
     cancel Event is set while waiting leaves the queue.
     """
 
-    def __init__(self, max_waiting: int, slots: int = 1) -> None:
+    def __init__(self, max_waiting: int, slots: int | Callable[[], int] = 1) -> None:
         self.max_waiting = max_waiting
-        self.slots = slots
+        self.slots = slots  # a number, or a function giving it now (the loaded backend's concurrency)
         self._cond = threading.Condition()
         self._waiting: collections.deque[object] = collections.deque()
         self._running = 0
@@ -57,7 +57,7 @@ class FairQueue:
         try:
             while True:
                 with self._cond:
-                    if self._waiting[0] is ticket and self._running < self.slots:
+                    if self._waiting[0] is ticket and self._running < self._slots():
                         self._waiting.popleft()
                         self._running += 1
                         self._cond.notify_all()
@@ -76,6 +76,9 @@ class FairQueue:
                     self._waiting.remove(ticket)
                     self._cond.notify_all()
             raise
+
+    def _slots(self) -> int:
+        return self.slots() if callable(self.slots) else self.slots
 
     def release(self) -> None:
         with self._cond:

@@ -26,6 +26,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from modules.batching import END as _END
+from modules.batching import BatchEngine
 from modules.loaders.base import Delta, IncrementalDecoder, LoadOptions
 from modules.presets import Preset
 from modules.sampling import build_processors
@@ -33,7 +35,6 @@ from modules.templates import CHATML, ChatTemplate
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_END = object()
 
 
 class LoadError(RuntimeError):
@@ -109,6 +110,16 @@ class TransformersBackend:
         self.chat_template: ChatTemplate | None = ChatTemplate(template if self.has_own_template else CHATML)
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
         self._ctx = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
+        # Batched generation (--batch-size > 1): concurrent requests share forward passes; the pipeline's
+        # queue lets `max_concurrency` requests in at once.
+        batch_size = int(options.extra.get("batch_size", 1))
+        self.max_concurrency = batch_size
+        self.engine: BatchEngine | None = None
+        if batch_size > 1:
+            self.engine = BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), batch_size, self.device)
+
+    def _pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_token_ids or (0,))[0]
 
     @property
     def context_length(self) -> int:
@@ -128,6 +139,9 @@ class TransformersBackend:
         if not ids:  # generate() needs at least one token: start from BOS when there is nothing else
             ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_token_ids[0]]
         max_new = max(1, min(preset.max_new_tokens, self._ctx - len(ids)))
+        if self.engine is not None:
+            yield from self._read(self.engine.submit(ids, preset, max_new, cancel), None, cancel, max_new)
+            return
         input_ids = torch.tensor([ids], device=self.model.device)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new,
@@ -152,6 +166,11 @@ class TransformersBackend:
 
         worker = threading.Thread(target=work, name=f"generate-{self.name}", daemon=True)
         worker.start()
+        yield from self._read(out, worker, cancel, max_new)
+
+    def _read(self, out: queue.SimpleQueue, worker: threading.Thread | None, cancel: threading.Event,
+              max_new: int) -> Iterator[Delta]:
+        """Turn the token ids arriving on `out` into text deltas, ending with the finish reason."""
         decoder = IncrementalDecoder(self.detokenize)
         generated = 0
         last_token = None
@@ -176,7 +195,8 @@ class TransformersBackend:
         finally:
             # The reader left (finished, Stop, closed connection): end the worker within one token.
             cancel.set()
-            worker.join()
+            if worker is not None:
+                worker.join()
 
     def next_token_probabilities(self, prompt: str, top: int, preset: Preset | None = None) -> list[tuple[str, float]]:
         """The `top` most likely next tokens after `prompt` with their probabilities; with `preset`, after its
@@ -201,6 +221,8 @@ class TransformersBackend:
                 "chat_template": "model's own" if self.has_own_template else "ChatML (fallback)"}
 
     def unload(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         del self.model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

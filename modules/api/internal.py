@@ -126,7 +126,9 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
     @router.get("/health")
     def health() -> dict[str, Any]:
         backend = app.models.current()
+        engine = getattr(backend, "engine", None)
         return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
+                "largest_batch": engine.largest_batch if engine is not None else 1,
                 "queue_waiting": app.queue.waiting(), **app.pipeline.stats.snapshot(), **callers.snapshot()}
 
     return router

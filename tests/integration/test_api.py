@@ -289,7 +289,18 @@ def test_disconnect_mid_stream_ends_the_generation(server):
     assert httpx.post(server.url + "/v1/completions", json={"prompt": "y", "max_tokens": 3}, timeout=60).status_code == 200
 
 
-def test_four_concurrent_streams_get_their_own_text(client):
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory, models_dir):
+    srv = _start(tmp_path_factory.mktemp("batched"), models_dir, "--batch-size", "4")
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("which", ["server", "batched"])
+def test_four_concurrent_streams_get_their_own_text(request, which):
+    """One at a time (queued) and batched: each stream gets exactly its own greedy text."""
+    srv = request.getfixturevalue(which)
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     prompts = ["def", "class", "import", "while"]
 
     def ask(prompt: str, stream: bool) -> str:
@@ -303,6 +314,8 @@ def test_four_concurrent_streams_get_their_own_text(client):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         together = dict(zip(prompts, pool.map(lambda p: ask(p, True), prompts)))
     assert together == alone
+    largest = httpx.get(srv.url + "/v1/internal/health").json()["largest_batch"]
+    assert largest == 1 if which == "server" else largest >= 2  # batched: streams shared forward passes
 
 
 # -- keys, queue, CORS: a second server with them set ---------------------------------------------

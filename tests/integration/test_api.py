@@ -430,3 +430,30 @@ def test_streamed_choices_and_echo(client):
                                       echo=True, extra_body={"ban_eos_token": True})
     assert [texts[0], texts[1]] == [c.text for c in whole.choices]
     assert all(t.startswith("x") for t in texts.values())
+
+
+def test_continue_final_message_extends_the_assistant_reply(client, local):
+    messages = [*HELLO, {"role": "assistant", "content": "Well"}]
+    text, *_ = reference(local, preset=greedy(8), messages=messages, continue_last=True)
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                         extra_body={"ban_eos_token": True, "continue_final_message": True})
+    assert out.choices[0].message.content == text
+    fresh, *_ = reference(local, preset=greedy(8), messages=messages)
+    assert fresh != text  # continuing is not the same as answering after the assistant's turn
+
+
+def test_model_load_and_unload(batched):
+    api = httpx.Client(base_url=batched.url + "/v1", timeout=120)
+    assert api.post("/internal/model/load", json={"model_name": "parlour-micro-gpt2"}).text == '"OK"'
+    assert [m["id"] for m in api.get("/models").json()["data"]] == ["parlour-micro-gpt2"]
+    wrong = api.post("/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "model_not_loaded"
+    assert api.post("/completions", json={"model": "parlour-micro-gpt2", "prompt": "x", "max_tokens": 2}).status_code == 200
+    assert api.post("/internal/model/unload").text == '"OK"'
+    assert api.get("/models").json()["data"] == []
+    idle = api.post("/completions", json={"prompt": "x", "max_tokens": 2})
+    assert idle.status_code == 503 and "retry-after" in idle.headers
+    bad_args = api.post("/internal/model/load", json={"model_name": MODEL, "args": {"load_in_8bit": True}})
+    assert bad_args.status_code == 400 and bad_args.json()["error"]["param"] == "args.load_in_8bit"
+    assert api.post("/internal/model/load", json={"model_name": MODEL}).status_code == 200
+    assert api.get("/internal/model/info").json()["model_name"] == MODEL

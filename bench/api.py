@@ -36,32 +36,32 @@ def median_of(repeat: int, measure) -> float:
     return statistics.median(measure() for _ in range(repeat))
 
 
-def raw_numbers(path: Path, tokens: int, repeat: int) -> tuple[float, float]:
-    """(tok/s, first-token seconds) of plain model.generate() on this process's threads."""
-    import torch
+class Raw:
+    """Plain model.generate() in this process, on the server's thread count: the baseline."""
 
-    from modules.loaders.base import LoadOptions
-    from modules.loaders.transformers import TransformersBackend
-    from modules.settings import Settings
+    def __init__(self, path: Path) -> None:
+        import torch
 
-    torch.set_num_threads(Settings().torch_threads())
-    backend = TransformersBackend(path, LoadOptions())
-    ids = torch.tensor([backend.tokenize(PROMPT)])
-    eos = list(backend.eos_token_ids)
+        from modules.loaders.base import LoadOptions
+        from modules.loaders.transformers import TransformersBackend
+        from modules.settings import Settings
 
-    def generate(n: int) -> float:
+        torch.set_num_threads(Settings().torch_threads())
+        self.torch = torch
+        self.backend = TransformersBackend(path, LoadOptions())
+        self.ids = torch.tensor([self.backend.tokenize(PROMPT)])
+        self.generate(8)  # warm up
+
+    def generate(self, n: int) -> float:
+        """Seconds for exactly n new tokens (greedy, EOS banned)."""
+        torch, ids, eos = self.torch, self.ids, list(self.backend.eos_token_ids)
         start = time.perf_counter()
         with torch.inference_mode():
-            out = backend.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                                         suppress_tokens=eos, eos_token_id=eos, pad_token_id=eos[0])
+            out = self.backend.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                              max_new_tokens=n, suppress_tokens=eos, eos_token_id=eos,
+                                              pad_token_id=eos[0])
         assert out.shape[1] - ids.shape[1] == n
         return time.perf_counter() - start
-
-    generate(8)  # warm up
-    seconds = median_of(repeat, lambda: generate(tokens))
-    first = median_of(repeat * 3, lambda: generate(1))
-    backend.unload()
-    return tokens / seconds, first
 
 
 def post(url: str, body: dict) -> dict:
@@ -123,7 +123,7 @@ def main() -> None:
         print(f"building the demo model in {path} (about 3 minutes)…", flush=True)
         build(path, arch="llama", size_name="demo")
 
-    raw_tps, raw_first = raw_numbers(path, args.tokens, args.repeat)
+    raw = Raw(path)
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(args.models_dir, args.model, args.port, Path(tmp))
         try:
@@ -132,10 +132,18 @@ def main() -> None:
             post(url, {**body, "max_tokens": 8})  # warm up
             check = post(url, body)
             assert check["usage"]["completion_tokens"] == args.tokens, check["usage"]
-            api_seconds = median_of(args.repeat, lambda: _timed(lambda: post(url, body)))
-            runs = [stream(url, body) for _ in range(args.repeat)]
-            stream_seconds = statistics.median(r[1] for r in runs)
-            stream_first = statistics.median(r[0] for r in runs)
+            # Interleaved, so a change in the machine's load hits raw and API alike.
+            raw_runs, api_runs, stream_runs, raw_firsts = [], [], [], []
+            for _ in range(args.repeat):
+                raw_runs.append(raw.generate(args.tokens))
+                api_runs.append(_timed(lambda: post(url, body)))
+                stream_runs.append(stream(url, body))
+                raw_firsts.extend(raw.generate(1) for _ in range(3))
+            raw_tps = args.tokens / statistics.median(raw_runs)
+            raw_first = statistics.median(raw_firsts)
+            api_seconds = statistics.median(api_runs)
+            stream_seconds = statistics.median(r[1] for r in stream_runs)
+            stream_first = statistics.median(r[0] for r in stream_runs)
             one_token = median_of(args.repeat * 3, lambda: _timed(lambda: post(url, {**body, "max_tokens": 1})))
             many = concurrency(url, body, args.tokens)
         finally:

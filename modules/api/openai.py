@@ -31,6 +31,7 @@ from modules.templates import TemplateError
 
 RETRY_AFTER_SECONDS = 2
 IGNORED_HEADER = "X-Parlour-Ignored-Fields"
+MAX_IGNORED_NAMES = 32
 
 
 def caller_of(http: Request) -> str:
@@ -131,7 +132,10 @@ class Plan:
     ignored: list[str] = field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
-        return {IGNORED_HEADER: ",".join(self.ignored)} if self.ignored else {}
+        if not self.ignored:
+            return {}
+        names = self.ignored[:MAX_IGNORED_NAMES] + (["..."] if len(self.ignored) > MAX_IGNORED_NAMES else [])
+        return {IGNORED_HEADER: ",".join(names)}
 
     def truncated(self) -> int:
         seen: dict[int, int] = {}

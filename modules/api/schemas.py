@@ -55,6 +55,7 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None, description="stop strings (not included in the reply)")
+    stopping_strings: list[str] | None = Field(None, description="text-generation-webui's name for more stop strings")
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="number of choices to generate")
     logit_bias: dict[str, float] | None = None
     response_format: dict[str, Any] | None = None
@@ -64,7 +65,7 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
     truncate_prompt: bool = Field(False, description="drop the oldest part of a prompt longer than the context "
                                                      "instead of answering 400 (reported in the response)")
 
-    @field_validator("stop")
+    @field_validator("stop", "stopping_strings")
     @classmethod
     def _bounded_stops(cls, value: Any) -> Any:
         stops = [value] if isinstance(value, str) else value or []
@@ -76,7 +77,7 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
 
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return tuple(stops)
+        return tuple(stops + list(self.stopping_strings or []))
 
     def ignored_fields(self) -> list[str]:
         return sorted(self.model_extra or {})

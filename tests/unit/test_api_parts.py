@@ -33,6 +33,8 @@ def test_max_tokens_takes_max_new_tokens_range_and_unknown_fields_are_listed():
         ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], max_tokens=0)
     body = CompletionRequest(prompt="x", top_k=3, tfs=0.9, mirostat_mode=0)
     assert body.top_k == 3 and body.ignored_fields() == ["mirostat_mode", "tfs"]
+    both = CompletionRequest(prompt="x", stop="A", stopping_strings=["B"])  # text-generation-webui's name too
+    assert both.stop_strings() == ("A", "B")
 
 
 def test_validation_errors_name_the_field_as_the_client_wrote_it():

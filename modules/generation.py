@@ -141,6 +141,10 @@ class PipelineStats:
             self.active += 1
             self.requests += 1
 
+    def add_tokens(self, n: int) -> None:
+        with self._lock:  # several requests generate at once when the backend batches
+            self.tokens += n
+
     def finished(self) -> None:
         with self._lock:
             self.active -= 1
@@ -244,7 +248,7 @@ class Pipeline:
                 if delta.finish_reason is not None:
                     shown += stops.flush()
                 update.tokens += delta.tokens
-                self.stats.tokens += delta.tokens
+                self.stats.add_tokens(delta.tokens)
                 if update.first_token_seconds is None and delta.tokens:
                     update.first_token_seconds = time.perf_counter() - start
                 update.delta = shown

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import threading
+from dataclasses import replace
 from typing import AsyncIterator, Iterator
 
 from starlette.requests import Request
@@ -21,19 +22,58 @@ from modules.generation import GenerationRequest, Pipeline, Update
 _END = object()
 
 
+class _Mailbox:
+    """Updates from the pipeline thread to the event loop, merged while the loop is busy.
+
+    The loop is woken once per batch of updates, not once per token: when it falls behind (a slow
+    client, a busy machine) the waiting updates collapse into one whose `delta` is all their text,
+    so the streaming side costs less exactly when CPU is short, and memory stays bounded.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._update: Update | None = None
+        self._tail: list[object] = []  # an exception and/or _END, delivered after the last update
+        self._signalled = False
+        self.ready = asyncio.Event()
+
+    def _signal(self) -> bool:
+        """Under the lock: whether the loop still needs waking."""
+        need, self._signalled = not self._signalled, True
+        return need
+
+    def put(self, item: object) -> None:
+        with self._lock:
+            if isinstance(item, Update):
+                if self._update is not None:
+                    item = replace(item, delta=self._update.delta + item.delta)
+                self._update = item
+            else:
+                self._tail.append(item)
+            need = self._signal()
+        if need:
+            try:
+                self._loop.call_soon_threadsafe(self.ready.set)
+            except RuntimeError:  # the loop has closed (server shutting down): nobody is listening
+                pass
+
+    async def take(self) -> tuple[Update | None, list[object]]:
+        await self.ready.wait()
+        with self._lock:
+            self.ready.clear()
+            self._signalled = False
+            update, self._update = self._update, None
+            tail, self._tail = self._tail, []
+        return update, tail
+
+
 async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only: bool = False) -> AsyncIterator[Update]:
     """The pipeline's updates for `request`, produced in a worker thread. Closing this iterator
     (client gone, route done) cancels the generation. Errors (QueueFull, NoModel, ...) re-raise here.
     With `final_only` only the last update crosses to the event loop: a non-streaming reply needs
-    nothing else, and waking the loop for every token would take CPU from the model."""
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue = asyncio.Queue()
-
-    def post(item: object) -> None:
-        try:
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
-        except RuntimeError:  # the loop has closed (server shutting down): nobody is listening
-            request.cancel.set()
+    nothing else. Updates that pile up while the loop is busy arrive merged (see `_Mailbox`)."""
+    mailbox = _Mailbox(asyncio.get_running_loop())
 
     def drive() -> None:
         updates = pipeline.stream(request)
@@ -41,25 +81,27 @@ async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only
             last = None
             for update in updates:
                 if not final_only or update.finish_reason is not None:
-                    post(update)
+                    mailbox.put(update)
                 last = update
             if final_only and last is not None and last.finish_reason is None:
-                post(last)
+                mailbox.put(last)
         except BaseException as exc:  # handed to the route, which answers with the right status
-            post(exc)
+            mailbox.put(exc)
         finally:
             updates.close()
-            post(_END)
+            mailbox.put(_END)
 
     threading.Thread(target=drive, name="api-request", daemon=True).start()
     try:
         while True:
-            item = await inbox.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
+            update, tail = await mailbox.take()
+            if update is not None:
+                yield update
+            for item in tail:
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
     finally:
         request.cancel.set()  # no-op after a normal end; otherwise stops the model within one token
 

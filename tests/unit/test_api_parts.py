@@ -106,3 +106,22 @@ def test_local_host_only():
     guard = LocalHostOnly(_echo)
     assert _call(guard, headers=[("Host", "127.0.0.1:7860")])[0] == 200
     assert _call(guard, headers=[("Host", "attacker.example")])[0] == 403
+
+
+def test_mailbox_merges_updates_the_loop_has_not_taken_yet():
+    from modules.api.runner import _END, _Mailbox
+    from modules.generation import Update
+
+    async def scenario():
+        box = _Mailbox(asyncio.get_running_loop())
+        for i, piece in enumerate(["a", "b", "c"], start=1):  # three tokens before the loop looks
+            box.put(Update(text="abc"[:i], delta=piece, tokens=i))
+        first, tail = await box.take()
+        box.put(Update(text="abcd", delta="d", tokens=4, finish_reason="stop"))
+        box.put(_END)
+        last, end = await box.take()
+        return first, tail, last, end
+
+    first, tail, last, end = asyncio.run(scenario())
+    assert (first.delta, first.text, first.tokens, tail) == ("abc", "abc", 3, [])
+    assert (last.delta, last.finish_reason) == ("d", "stop") and end == [_END]

@@ -267,22 +267,29 @@ class Responder:
             async for update in run_updates(self.app.pipeline, job.request, final_only):
                 yield update
 
+    async def _final(self, job: Job) -> Update | None:
+        final = None
+        async for update in self._run(job, final_only=True):
+            final = update
+        return final
+
     # -- one JSON body --------------------------------------------------------------------------
     async def json(self) -> JSONResponse:
-        finals: dict[int, Update] = {}
-        for job in self.plan.jobs:
-            watcher = asyncio.create_task(cancel_on_disconnect(self.http, job.request.cancel))
-            try:
-                final = None
-                async for update in self._run(job, final_only=True):
-                    final = update
-            except Exception as exc:
-                raise to_api_error(exc) from exc
-            finally:
-                watcher.cancel()
-            if final is None or final.finish_reason is None:
-                raise APIError(503, "the generation was cancelled", code="cancelled")
-            finals[job.index] = final
+        """All choices run at once: they queue one after another, and a batching backend generates them
+        together."""
+        cancels = [job.request.cancel for job in self.plan.jobs]
+        watcher = asyncio.create_task(cancel_on_disconnect(self.http, *cancels))
+        try:
+            results = await asyncio.gather(*(self._final(job) for job in self.plan.jobs))
+        except Exception as exc:
+            for cancel in cancels:  # one failed (queue full, model gone): the others stop too
+                cancel.set()
+            raise to_api_error(exc) from exc
+        finally:
+            watcher.cancel()
+        if any(final is None or final.finish_reason is None for final in results):
+            raise APIError(503, "the generation was cancelled", code="cancelled")
+        finals = {job.index: final for job, final in zip(self.plan.jobs, results)}
         choices = []
         for job in self.plan.jobs:
             final = finals[job.index]

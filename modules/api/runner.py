@@ -106,12 +106,13 @@ async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only
         request.cancel.set()  # no-op after a normal end; otherwise stops the model within one token
 
 
-async def cancel_on_disconnect(http: Request, cancel: threading.Event) -> None:
-    """Set `cancel` when the client hangs up (for non-streaming routes, which Starlette does not watch)."""
+async def cancel_on_disconnect(http: Request, *cancels: threading.Event) -> None:
+    """Set the `cancels` when the client hangs up (for non-streaming routes, which Starlette does not watch)."""
     while True:
         message = await http.receive()
         if message["type"] == "http.disconnect":
-            cancel.set()
+            for cancel in cancels:
+                cancel.set()
             return
 
 

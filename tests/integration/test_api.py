@@ -442,6 +442,14 @@ def test_continue_final_message_extends_the_assistant_reply(client, local):
     assert fresh != text  # continuing is not the same as answering after the assistant's turn
 
 
+def test_n_choices_are_generated_together_when_the_server_batches(batched, local):
+    text, *_ = reference(local, preset=greedy(30), prompt="with")
+    out = httpx.post(batched.url + "/v1/completions", timeout=60, json={
+        "prompt": "with", "max_tokens": 30, "temperature": 0, "ban_eos_token": True, "n": 3}).json()
+    assert [c["text"] for c in out["choices"]] == [text] * 3
+    assert out["usage"]["completion_tokens"] == 90
+
+
 def test_model_load_and_unload(batched):
     api = httpx.Client(base_url=batched.url + "/v1", timeout=120)
     assert api.post("/internal/model/load", json={"model_name": "parlour-micro-gpt2"}).text == '"OK"'

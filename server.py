@@ -43,6 +43,14 @@ def create_app(settings: Settings):
         return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
                 "queue_waiting": app.queue.waiting(), **app.pipeline.stats.snapshot()}
 
+    if settings.api:
+        from modules.api import build_api
+
+        api.mount("/v1", build_api(app))  # before the UI, which is mounted at the root and would shadow it
+    if not settings.listen:
+        from modules.api.security import LocalHostOnly
+
+        api.add_middleware(LocalHostOnly)  # DNS rebinding: a 127.0.0.1 bind answers only loopback Host names
     blocks = ui.build(app)
     blocks.queue(default_concurrency_limit=1)
     gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, **ui.launch_kwargs(app))

@@ -34,10 +34,11 @@ class App:
         import torch
 
         torch.set_num_threads(settings.torch_threads())
-        queue = FairQueue(settings.max_queue)
+        # As many requests run at once as the loaded backend can batch (1 unless it says otherwise).
+        queue = FairQueue(settings.max_queue, slots=lambda: getattr(models.current(), "max_concurrency", 1))
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
                               threads=settings.torch_threads(), trust_remote_code=settings.trust_remote_code,
-                              gate=queue.exclusive)
+                              batch_size=settings.batch_size, gate=queue.exclusive)
         extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
         return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
                    pipeline=Pipeline(models, queue, extensions), extensions=extensions)

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Generator, Iterator, Protocol
+from typing import Any, Callable, Generator, Iterator, Protocol
 
 from pydantic import ValidationError
 
@@ -66,9 +66,9 @@ class FairQueue:
     cancel Event is set while waiting leaves the queue.
     """
 
-    def __init__(self, max_waiting: int, slots: int = 1) -> None:
+    def __init__(self, max_waiting: int, slots: int | Callable[[], int] = 1) -> None:
         self.max_waiting = max_waiting
-        self.slots = slots
+        self.slots = slots  # a number, or a function giving it now (the loaded backend's concurrency)
         self._cond = threading.Condition()
         self._waiting: collections.deque[object] = collections.deque()
         self._running = 0
@@ -84,7 +84,7 @@ class FairQueue:
         try:
             while True:
                 with self._cond:
-                    if self._waiting[0] is ticket and self._running + weight <= self.slots:
+                    if self._waiting[0] is ticket and self._running + weight <= self._slots():
                         self._waiting.popleft()
                         self._running += weight
                         self._cond.notify_all()
@@ -104,6 +104,9 @@ class FairQueue:
                     self._cond.notify_all()
             raise
 
+    def _slots(self) -> int:
+        return self.slots() if callable(self.slots) else self.slots
+
     def release(self, weight: int = 1) -> None:
         with self._cond:
             self._running -= weight
@@ -113,12 +116,13 @@ class FairQueue:
     def exclusive(self) -> Iterator[None]:
         """Hold every slot (in FIFO turn, never refused): for swapping the model or its adapters
         while no generation is using it."""
-        for _ in self.acquire(threading.Event(), weight=self.slots, limit=False):
+        weight = self._slots()
+        for _ in self.acquire(threading.Event(), weight=weight, limit=False):
             pass
         try:
             yield
         finally:
-            self.release(self.slots)
+            self.release(weight)
 
     def waiting(self) -> int:
         with self._cond:
@@ -175,6 +179,10 @@ class PipelineStats:
         with self._lock:
             self.active += 1
             self.requests += 1
+
+    def add_tokens(self, n: int) -> None:
+        with self._lock:  # several requests generate at once when the backend batches
+            self.tokens += n
 
     def finished(self) -> None:
         with self._lock:
@@ -382,7 +390,7 @@ class Pipeline:
                 if delta.finish_reason is not None:
                     shown += stops.flush()
                 update.tokens += delta.tokens
-                self.stats.tokens += delta.tokens
+                self.stats.add_tokens(delta.tokens)
                 if update.first_token_seconds is None and delta.tokens:
                     update.first_token_seconds = time.perf_counter() - start
                 update.delta = shown

@@ -102,13 +102,14 @@ class ModelSettingsStore:
 
 class ModelManager:
     def __init__(self, models_dir: Path, loras_dir: Path, offload_dir: Path, threads: int,
-                 trust_remote_code: bool = False,
+                 trust_remote_code: bool = False, batch_size: int = 1,
                  gate: Callable[[], ContextManager[None]] | None = None) -> None:
         self.models_dir = models_dir
         self.loras_dir = loras_dir
         self.offload_dir = offload_dir
         self.threads = threads
         self.trust_remote_code = trust_remote_code
+        self.batch_size = batch_size
         self.gate = gate or contextlib.nullcontext
         self.saved = ModelSettingsStore(models_dir / "config-user.yaml")
         self._backend: Backend | None = None
@@ -156,7 +157,6 @@ class ModelManager:
         return path
 
     def current(self) -> Backend | None:
-        self.last_used = time.monotonic()
         return self._backend
 
     # ---- loading
@@ -182,7 +182,7 @@ class ModelManager:
             from modules.loaders.transformers import TransformersBackend
 
             return TransformersBackend(self.path_of(name), options, offload_dir=self.offload_dir,
-                                       trust_remote_code=self.trust_remote_code)
+                                       trust_remote_code=self.trust_remote_code, batch_size=self.batch_size)
         if loader == "llama.cpp":
             from modules.loaders.llamacpp import LlamaCppBackend
 
@@ -272,7 +272,8 @@ class ModelManager:
             return True
 
     def ensure_loaded(self) -> Backend | None:
-        """The current model, reloading the one that was unloaded for being idle."""
+        """The current model, reloading the one that was unloaded for being idle (a request is coming)."""
+        self.last_used = time.monotonic()
         if self._backend is None and self.idle_unloaded is not None:
             name, loader, options = self.idle_unloaded
             self.load(name, loader, options)

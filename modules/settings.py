@@ -60,7 +60,15 @@ class Settings(BaseModel):
     api: bool = Field(True, description="serve the OpenAI-compatible API under /v1")
     api_key: SecretStr | None = Field(None, description="key every /v1 request must send (Bearer)")
     stream_fps: float = Field(20.0, gt=0, le=120, description="most UI updates per second while streaming")
+    batch_size: int = Field(1, ge=1, le=64, description="requests the Transformers backend generates together "
+                                                     "(1: one at a time; more: batched, shared forward passes)")
     max_queue: int = Field(64, ge=1, le=10_000, description="most requests waiting for the model")
+    admin_key: SecretStr | None = Field(None, description="key the API's model list/load/unload routes require "
+                                                         "(Bearer); when unset they take --api-key like the rest")
+    cors_origin: str | None = Field(None, description="comma-separated origins allowed to call /v1 from a browser "
+                                                      "(default: none, CORS off)")
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024**3, description="largest /v1 request body in "
+                                                                                   "bytes (larger: 413)")
     # extensions
     extensions: list[str] = Field(default_factory=list, description="extensions to enable, in load order "
                                   "(folders in extensions/ or user_data/extensions/, or installed packages)")
@@ -101,6 +109,10 @@ class Settings(BaseModel):
 
     def bind_host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    def cors_origins(self) -> list[str]:
+        """The origins named by --cors-origin (empty: CORS stays off)."""
+        return [o.strip() for o in (self.cors_origin or "").split(",") if o.strip()]
 
     def torch_threads(self) -> int:
         """Threads for torch: two-core machines keep both, bigger ones leave a core for the server."""

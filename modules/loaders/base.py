@@ -93,7 +93,8 @@ class IncrementalDecoder:
 
 
 Emit = Callable[[list[int]], None]
-_END = object()
+#: the last item a token queue carries (after lists of token ids, or an exception)
+END = object()
 
 
 def token_stream(produce: Callable[[Emit], None], cancel: threading.Event, decode: Callable[[list[int]], str],
@@ -102,7 +103,7 @@ def token_stream(produce: Callable[[Emit], None], cancel: threading.Event, decod
 
     The worker only appends to an unbounded queue, so it never waits for the reader (a slow browser
     cannot slow the model). `produce` must return soon after `cancel` is set; when the reader
-    stops early (Stop, closed connection) the `finally` sets it and joins the worker.
+    stops early (Stop, closed connection) `read_tokens` sets it and joins the worker.
     """
     out: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -112,17 +113,24 @@ def token_stream(produce: Callable[[Emit], None], cancel: threading.Event, decod
         except BaseException as exc:  # handed to the reader, which re-raises it in its own thread
             out.put(exc)
         finally:
-            out.put(_END)
+            out.put(END)
 
     worker = threading.Thread(target=work, name=f"generate-{name}", daemon=True)
     worker.start()
+    return read_tokens(out, cancel, decode, eos_token_ids, max_new, worker)
+
+
+def read_tokens(out: queue.SimpleQueue, cancel: threading.Event, decode: Callable[[list[int]], str],
+                eos_token_ids: tuple[int, ...], max_new: int, worker: threading.Thread | None = None) -> Iterator[Delta]:
+    """Deltas from a queue of token-id lists ending in END (or an exception), with the finish reason last.
+    Leaving early sets `cancel`, so whoever fills the queue stops within one token."""
     decoder = IncrementalDecoder(decode)
     generated = 0
     last_token = None
     try:
         while True:
             item = out.get()
-            if item is _END:
+            if item is END:
                 break
             if isinstance(item, BaseException):
                 raise item
@@ -138,4 +146,5 @@ def token_stream(produce: Callable[[Emit], None], cancel: threading.Event, decod
         yield Delta(decoder.flush(), 0, reason)
     finally:
         cancel.set()
-        worker.join()
+        if worker is not None:
+            worker.join()

@@ -26,7 +26,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, token_stream
+from modules.batching import BatchEngine
+from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
 from modules.sampling import build_processors
@@ -137,7 +138,7 @@ class TransformersBackend:
     loader = "transformers"
 
     def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, batch_size: int = 1) -> None:
         options = options or TransformersOptions()
         self.name = path.name
         self.path = path
@@ -181,6 +182,15 @@ class TransformersBackend:
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
         native = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
         self._ctx = options.context_length or native
+        # Batched generation (--batch-size > 1): concurrent requests share forward passes; the pipeline's
+        # queue lets `max_concurrency` requests in at once.
+        self.max_concurrency = batch_size
+        self.engine: BatchEngine | None = None
+        if batch_size > 1:
+            self.engine = BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), batch_size, self.device)
+
+    def _pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_token_ids or (0,))[0]
 
     @property
     def context_length(self) -> int:
@@ -214,6 +224,10 @@ class TransformersBackend:
             else:
                 log.warning("ignoring tokenizer_modifier input_ids of shape %s", tuple(new_ids.shape))
         max_new = max(1, min(preset.max_new_tokens, self._ctx - input_ids.shape[1]))
+        if self.engine is not None and not (hooks and hooks.logits_processors):
+            # The batch engine applies the preset's own chain; extension logits processors need generate().
+            return read_tokens(self.engine.submit(input_ids[0].tolist(), preset, max_new, cancel), cancel,
+                               self.detokenize, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new,
                                   eos_token_id=list(self.eos_token_ids) or None,
@@ -251,6 +265,25 @@ class TransformersBackend:
             model.eval()
         self.model = model
         self.loras = tuple(p.name for p in paths)
+        if self.engine is not None:  # the batch engine must run the model with its new adapters
+            self.engine.close()
+            self.engine = BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), self.max_concurrency,
+                                      self.device)
+
+    def next_token_probabilities(self, prompt: str, top: int, preset: Preset | None = None) -> list[tuple[str, float]]:
+        """The `top` most likely next tokens after `prompt` with their probabilities; with `preset`, after its
+        samplers (so cut-off tokens get 0). For /v1/internal/logits."""
+        ids = self.tokenize(prompt) or [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None
+                                        else self.eos_token_ids[0]]
+        ids = ids[-(self._ctx - 1):]
+        input_ids = torch.tensor([ids], device=self.model.device)
+        with torch.inference_mode():
+            scores = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[:, -1, :].float()
+            if preset is not None:
+                scores = build_processors(preset, self.eos_token_ids, device=self.device)(input_ids, scores)
+            probs = torch.softmax(scores, dim=-1)[0]
+            values, indices = torch.topk(probs, min(top, probs.shape[0]))
+        return [(self.tokenizer.decode([i]), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
 
     def info(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.model.parameters())
@@ -271,6 +304,8 @@ class TransformersBackend:
                 "chat_template": "model's own" if self.has_own_template else "ChatML (fallback)"}
 
     def unload(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         del self.model
         import gc
 

@@ -1,0 +1,203 @@
+"""API overhead and concurrency, in one run against the demo model.
+
+    python bench/api.py [--models-dir models] [--model parlour-demo] [--tokens 200] [--repeat 3]
+
+Measures, with the same prompt and greedy decoding (EOS banned, so every run makes exactly --tokens):
+  raw      model.generate() in this process: tok/s, and the time to the first token (max_new_tokens=1)
+  API      a real server process: non-streaming and streaming tok/s (ratio to raw), streaming time to
+           first token minus raw first-token time, latency of a 1-token request
+  many     1/2/4/8 simultaneous requests: total time, aggregate tok/s, time relative to one request,
+           one at a time (the default) and batched (--batch-size 8)
+Medians of --repeat runs. Builds the demo model first if it is missing (about 3 minutes).
+Not run by CI: numbers depend on the machine; the table goes in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "<|im_start|>user\nTell me about the capital of France.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def median_of(repeat: int, measure) -> float:
+    return statistics.median(measure() for _ in range(repeat))
+
+
+class Raw:
+    """Plain model.generate() in this process, on the server's thread count: the baseline."""
+
+    def __init__(self, path: Path) -> None:
+        import torch
+
+        from modules.loaders.transformers import TransformersBackend
+        from modules.settings import Settings
+
+        torch.set_num_threads(Settings().torch_threads())
+        self.torch = torch
+        self.backend = TransformersBackend(path)
+        self.ids = torch.tensor([self.backend.tokenize(PROMPT)])
+        self.generate(8)  # warm up
+
+    def generate(self, n: int) -> float:
+        """Seconds for exactly n new tokens (greedy, EOS banned)."""
+        torch, ids, eos = self.torch, self.ids, list(self.backend.eos_token_ids)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.backend.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                              max_new_tokens=n, suppress_tokens=eos, eos_token_id=eos,
+                                              pad_token_id=eos[0])
+        assert out.shape[1] - ids.shape[1] == n
+        return time.perf_counter() - start
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())
+
+
+def stream(url: str, body: dict) -> tuple[float, float, int]:
+    """(seconds to the first text, total seconds, chunks with text) of one streamed completion."""
+    start = time.perf_counter()
+    first = None
+    chunks = 0
+    request = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        for line in response:
+            if line.startswith(b"data: {"):
+                if json.loads(line[6:])["choices"][0]["text"]:
+                    chunks += 1
+                    first = first if first is not None else time.perf_counter() - start
+            elif line.startswith(b"data: [DONE]"):
+                break
+    return first or 0.0, time.perf_counter() - start, chunks
+
+
+def start_server(models_dir: Path, model: str, port: int, tmp: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--models-dir",
+                             str(models_dir), "--model", model, "--user-data", str(tmp), "--settings",
+                             str(tmp / "settings.yaml"), *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if json.loads(response.read())["model"]:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("the server exited while starting")
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not load the model in time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--model", default="parlour-demo")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--port", type=int, default=7991)
+    args = parser.parse_args()
+    path = args.models_dir / args.model
+    if not path.is_dir():
+        from modules.demo_model import build
+
+        print(f"building the demo model in {path} (about 3 minutes)…", flush=True)
+        build(path, arch="llama", size_name="demo")
+
+    raw = Raw(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(args.models_dir, args.model, args.port, Path(tmp))
+        try:
+            url = f"http://127.0.0.1:{args.port}/v1/completions"
+            body = {"prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0, "ban_eos_token": True}
+            post(url, {**body, "max_tokens": 8})  # warm up
+            check = post(url, body)
+            assert check["usage"]["completion_tokens"] == args.tokens, check["usage"]
+            # Interleaved, so a change in the machine's load hits raw and API alike.
+            raw_runs, api_runs, stream_runs, raw_firsts = [], [], [], []
+            for _ in range(args.repeat):
+                raw_runs.append(raw.generate(args.tokens))
+                api_runs.append(_timed(lambda: post(url, body)))
+                stream_runs.append(stream(url, body))
+                raw_firsts.extend(raw.generate(1) for _ in range(3))
+            raw_tps = args.tokens / statistics.median(raw_runs)
+            raw_first = statistics.median(raw_firsts)
+            api_seconds = statistics.median(api_runs)
+            stream_seconds = statistics.median(r[1] for r in stream_runs)
+            stream_first = statistics.median(r[0] for r in stream_runs)
+            one_token = median_of(args.repeat * 3, lambda: _timed(lambda: post(url, {**body, "max_tokens": 1})))
+            many = concurrency(url, body, args.tokens)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+        # the same requests against a server that batches them (--batch-size 8)
+        server = start_server(args.models_dir, args.model, args.port, Path(tmp), "--batch-size", "8")
+        try:
+            post(url, {**body, "max_tokens": 8})
+            batched = concurrency(url, body, args.tokens)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+
+    api_tps = args.tokens / api_seconds
+    stream_tps = args.tokens / stream_seconds
+    rows = [
+        ("raw generate tok/s", f"{raw_tps:.1f}", ""),
+        ("API non-streaming tok/s", f"{api_tps:.1f}", f"{api_tps / raw_tps:.3f} x raw (target >= 0.97)"),
+        ("API streaming tok/s", f"{stream_tps:.1f}", f"{stream_tps / raw_tps:.3f} x raw (target >= 0.95)"),
+        ("raw first token (ms)", f"{raw_first * 1000:.1f}", ""),
+        ("API streaming first token (ms)", f"{stream_first * 1000:.1f}",
+         f"+{(stream_first - raw_first) * 1000:.1f} ms over raw (target <= 30)"),
+        ("API 1-token request (ms)", f"{one_token * 1000:.1f}", "target <= 50"),
+    ]
+    for label, table in (("one at a time", many), ("--batch-size 8", batched)):
+        for k, seconds in table.items():
+            rows.append((f"{k} concurrent x {args.tokens} tok, {label} (s)", f"{seconds:.2f}",
+                         f"{k * args.tokens / seconds:.1f} tok/s aggregate, {seconds / table[1]:.2f} x one request"
+                         + (" (target for 4: <= 2)" if k == 4 else "")))
+    width = max(len(r[0]) for r in rows)
+    print(f"\nParlour API bench: {args.model}, {args.tokens} tokens, greedy, median of {args.repeat}\n")
+    print(f"| {'measure':<{width}} | {'value':>9} | note")
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|------")
+    for name, value, note in rows:
+        print(f"| {name:<{width}} | {value:>9} | {note}")
+
+
+def concurrency(url: str, body: dict, tokens: int) -> dict[int, float]:
+    """Total seconds for k simultaneous requests, k = 1, 2, 4, 8."""
+    many = {}
+    for k in (1, 2, 4, 8):
+        with concurrent.futures.ThreadPoolExecutor(k) as pool:
+            start = time.perf_counter()
+            results = list(pool.map(lambda _: post(url, body), range(k)))
+            many[k] = time.perf_counter() - start
+        assert all(r["usage"]["completion_tokens"] == tokens for r in results)
+    return many
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""OpenAI-compatible routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions.
+
+Each choice is one `GenerationRequest` through `app.pipeline` — the same pipeline the UI uses — run by
+`runner.run_updates`, with its own cancel Event that a disconnect or /v1/internal/stop-generation sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+
+from modules.api.chat_options import ChatOptions, apply_chat_options
+from modules.api.errors import APIError, describe_validation, error_body
+from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
+from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
+from modules.generation import GenerationRequest, NoModel, QueueFull, Update
+from modules.loaders.base import Backend
+from modules.presets import Preset, PresetError
+from modules.templates import TemplateError
+
+RETRY_AFTER_SECONDS = 2
+IGNORED_HEADER = "X-Parlour-Ignored-Fields"
+MAX_IGNORED_NAMES = 32
+
+
+def caller_of(http: Request) -> str:
+    """Who is asking: client address + a hash of the key it sent (see CallerRequests)."""
+    auth = http.headers.get("authorization", "")
+    host = http.client.host if http.client else "?"
+    return f"{host}|{hashlib.sha256(auth.encode()).hexdigest()[:16]}"
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """The HTTP answer for a failure raised by the pipeline before any text was sent."""
+    if isinstance(exc, QueueFull):
+        return APIError(503, f"the server is busy: {exc}", code="queue_full",
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, NoModel):
+        return APIError(503, str(exc), code="model_not_loaded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, (TemplateError, ValueError)):
+        return APIError(400, str(exc), code="invalid_prompt")
+    raise exc
+
+
+def current_backend(app: Any, requested: str | None) -> Backend:
+    """The loaded model, checked against the `model` the client asked for."""
+    backend = app.models.current() or (app.models.ensure_loaded() if app.models.idle_unloaded else None)
+    loading = app.models.loading
+    if requested and (backend is None or requested != backend.name):
+        if requested == loading:
+            raise APIError(503, f"model {requested!r} is still loading", code="model_loading",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if requested in app.models.list():
+            loaded = backend.name if backend else "none"
+            raise APIError(400, f"model {requested!r} is not loaded (loaded: {loaded}); load it with "
+                           "POST /v1/internal/model/load", param="model", code="model_not_loaded")
+        raise APIError(404, f"the model {requested!r} does not exist", param="model", code="model_not_found")
+    if backend is None:
+        raise APIError(503, f"model {loading!r} is still loading" if loading else
+                       "no model is loaded: load one with POST /v1/internal/model/load", code="model_not_loaded",
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return backend
+
+
+def build_preset(app: Any, body: GenerationFields, max_tokens: int | None) -> tuple[Preset, list[str]]:
+    """The request's sampling: the named preset (or neutral values) overridden by the fields it gave.
+    Returns the Preset and the names of given fields this build cannot apply."""
+    try:
+        base = app.presets.load(body.preset) if body.preset else Preset()
+    except PresetError as exc:
+        raise APIError(404 if "does not exist" in str(exc) else 400, str(exc), param="preset",
+                       code="preset_not_found") from exc
+    given = {name: getattr(body, name) for name in Preset.model_fields
+             if name in body.model_fields_set and getattr(body, name) is not None}
+    if max_tokens is not None:
+        given["max_new_tokens"] = max_tokens
+    not_applied = [name for name in ("presence_penalty", "frequency_penalty")
+                   if name not in Preset.model_fields and getattr(body, name) not in (None, 0, 0.0)]
+    try:
+        return Preset.model_validate({**base.model_dump(), **given}), not_applied
+    except ValidationError as exc:  # cross-field checks of Preset (single fields were checked on parsing)
+        message, param, _ = describe_validation(list(exc.errors()))
+        raise APIError(400, message, param=param, code="invalid_value") from exc
+
+
+def refuse_unsupported(body: GenerationFields) -> None:
+    """400 for OpenAI features this server does not implement, instead of a reply that ignores them."""
+    if body.logit_bias:
+        raise APIError(400, "logit_bias is not supported yet", param="logit_bias", code="unsupported")
+    if body.tools:
+        raise APIError(400, "tools (function calling) are not supported", param="tools", code="unsupported")
+    if body.response_format and body.response_format.get("type", "text") != "text":
+        raise APIError(400, "response_format other than text is not supported yet", param="response_format",
+                       code="unsupported")
+    if getattr(body, "logprobs", None) or getattr(body, "top_logprobs", None):
+        raise APIError(400, "logprobs are not supported yet; /v1/internal/logits gives next-token probabilities",
+                       param="logprobs", code="unsupported")
+    if getattr(body, "suffix", None):
+        raise APIError(400, "suffix (insertion) is not supported", param="suffix", code="unsupported")
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options needs stream: true", param="stream_options", code="invalid_value")
+
+
+@dataclass
+class Job:
+    """One choice to generate: the pipeline request and what the response needs to say about it."""
+
+    request: GenerationRequest
+    index: int
+    prompt_index: int
+    echo: str = ""
+    truncated_tokens: int = 0
+
+
+@dataclass
+class Plan:
+    """Everything decided before generating: the jobs and the response's fixed parts."""
+
+    jobs: list[Job]
+    model: str
+    ignored: list[str] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        if not self.ignored:
+            return {}
+        names = self.ignored[:MAX_IGNORED_NAMES] + (["..."] if len(self.ignored) > MAX_IGNORED_NAMES else [])
+        return {IGNORED_HEADER: ",".join(names)}
+
+    def truncated(self) -> int:
+        seen: dict[int, int] = {}
+        for job in self.jobs:
+            seen[job.prompt_index] = job.truncated_tokens
+        return sum(seen.values())
+
+
+def choice_seed(preset: Preset, index: int) -> Preset:
+    """Choice i of a seeded request uses seed + i: reproducible, and the choices differ."""
+    if index == 0 or preset.seed < 0:
+        return preset
+    return preset.model_copy(update={"seed": (preset.seed + index) % (2**63)})
+
+
+def fit_completion_prompt(backend: Backend, prompt: str, preset: Preset, truncate: bool, param: str) -> tuple[str, int]:
+    """The prompt, or its tail when it is longer than the context and the client asked to truncate."""
+    ids = backend.tokenize(prompt)
+    ctx = backend.context_length
+    if len(ids) < ctx:
+        return prompt, 0
+    if not truncate:
+        raise APIError(400, f"the prompt is {len(ids)} tokens; the model's context is {ctx} tokens (send "
+                       "truncate_prompt: true to drop its beginning)", param=param, code="context_length_exceeded")
+    keep = max(1, ctx - min(preset.max_new_tokens, ctx // 2))
+    return backend.detokenize(ids[-keep:]), len(ids) - keep
+
+
+def fit_chat_messages(app: Any, backend: Backend, request: GenerationRequest, truncate: bool) -> int:
+    """Check the rendered chat fits the context; with `truncate`, drop the oldest turns (never the system
+    prompt or the last message) until it does. Returns the number of prompt tokens dropped."""
+    try:
+        full = len(backend.tokenize(app.pipeline.build_prompt(backend, request)))
+    except (TemplateError, ValueError) as exc:
+        raise APIError(400, str(exc), param="messages", code="invalid_prompt") from exc
+    ctx = backend.context_length
+    if full < ctx:
+        return 0
+    if not truncate:
+        raise APIError(400, f"the conversation is {full} tokens; the model's context is {ctx} tokens (send "
+                       "truncate_prompt: true to drop the oldest messages)", param="messages",
+                       code="context_length_exceeded")
+    budget = ctx - min(request.preset.max_new_tokens, ctx // 2)
+    messages = list(request.messages or [])
+    while True:
+        droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
+        if not droppable:
+            raise APIError(400, f"the last message alone does not fit the model's context of {ctx} tokens",
+                           param="messages", code="context_length_exceeded")
+        del messages[droppable[0]]
+        request.messages = messages
+        size = len(backend.tokenize(app.pipeline.build_prompt(backend, request)))
+        if size <= budget:
+            return full - size
+
+
+def completion_plan(app: Any, body: CompletionRequest) -> Plan:
+    refuse_unsupported(body)
+    backend = current_backend(app, body.model)
+    preset, not_applied = build_preset(app, body, body.max_tokens)
+    jobs = []
+    for p, prompt in enumerate(body.prompts()):
+        text = backend.detokenize(prompt) if isinstance(prompt, list) else prompt
+        text, dropped = fit_completion_prompt(backend, text, preset, body.truncate_prompt, "prompt")
+        for i in range(body.n):
+            request = GenerationRequest(preset=choice_seed(preset, i), prompt=text, stop=body.stop_strings(),
+                                        user=body.user or "api")
+            jobs.append(Job(request, index=p * body.n + i, prompt_index=p, echo=text if body.echo else "",
+                            truncated_tokens=dropped))
+    return Plan(jobs, backend.name, body.ignored_fields() + not_applied)
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+
+
+def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
+    refuse_unsupported(body)
+    backend = current_backend(app, body.model)
+    preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
+    messages, ignored = apply_chat_options(chat_messages(body), ChatOptions.from_request(body))
+    continue_last = (body.continue_final_message or body.continue_) and messages[-1]["role"] == "assistant"
+    probe = GenerationRequest(preset=preset, messages=messages, continue_last=continue_last)
+    dropped = fit_chat_messages(app, backend, probe, body.truncate_prompt)
+    jobs = [Job(GenerationRequest(preset=choice_seed(preset, i), messages=list(probe.messages or []),
+                                  stop=body.stop_strings(), user=body.user or "api", continue_last=continue_last),
+                index=i, prompt_index=0, truncated_tokens=dropped)
+            for i in range(body.n)]
+    return Plan(jobs, backend.name, body.ignored_fields() + not_applied + ignored)
+
+
+def finish_reason(update: Update) -> str:
+    return "length" if update.finish_reason == "length" else "stop"
+
+
+def usage(plan: Plan, finals: dict[int, Update]) -> dict[str, int]:
+    prompt_tokens: dict[int, int] = {}
+    for job in plan.jobs:
+        if job.index in finals:
+            prompt_tokens[job.prompt_index] = finals[job.index].prompt_tokens
+    completion = sum(u.tokens for u in finals.values())
+    prompt = sum(prompt_tokens.values())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def dumps(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Responder:
+    """Runs a Plan for one HTTP request, as one JSON body or as an SSE stream."""
+
+    def __init__(self, app: Any, callers: CallerRequests, http: Request, plan: Plan, chat: bool) -> None:
+        self.app = app
+        self.callers = callers
+        self.http = http
+        self.plan = plan
+        self.chat = chat
+        self.caller = caller_of(http)
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _base(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.plan.model}
+
+    async def _run(self, job: Job, final_only: bool = False) -> AsyncIterator[Update]:
+        with self.callers.track(self.caller, job.request.cancel):
+            async for update in run_updates(self.app.pipeline, job.request, final_only):
+                yield update
+
+    async def _final(self, job: Job) -> Update | None:
+        final = None
+        async for update in self._run(job, final_only=True):
+            final = update
+        return final
+
+    # -- one JSON body --------------------------------------------------------------------------
+    async def json(self) -> JSONResponse:
+        """All choices run at once: they queue one after another, and a batching backend generates them
+        together."""
+        cancels = [job.request.cancel for job in self.plan.jobs]
+        watcher = asyncio.create_task(cancel_on_disconnect(self.http, *cancels))
+        try:
+            results = await asyncio.gather(*(self._final(job) for job in self.plan.jobs))
+        except Exception as exc:
+            for cancel in cancels:  # one failed (queue full, model gone): the others stop too
+                cancel.set()
+            raise to_api_error(exc) from exc
+        finally:
+            watcher.cancel()
+        if any(final is None or final.finish_reason is None for final in results):
+            raise APIError(503, "the generation was cancelled", code="cancelled")
+        finals = {job.index: final for job, final in zip(self.plan.jobs, results)}
+        choices = []
+        for job in self.plan.jobs:
+            final = finals[job.index]
+            if self.chat:
+                choices.append({"index": job.index, "message": {"role": "assistant", "content": final.text},
+                                "logprobs": None, "finish_reason": finish_reason(final)})
+            else:
+                choices.append({"index": job.index, "text": job.echo + final.text, "logprobs": None,
+                                "finish_reason": finish_reason(final)})
+        body = {**self._base(self.object), "choices": choices, "usage": usage(self.plan, finals)}
+        if any(job.truncated_tokens for job in self.plan.jobs):
+            body["truncated_prompt_tokens"] = self.plan.truncated()
+        return JSONResponse(body, headers=self.plan.headers())
+
+    # -- SSE ------------------------------------------------------------------------------------
+    async def stream(self, include_usage: bool) -> EventSourceResponse:
+        first_job = self.plan.jobs[0]
+        updates = self._run(first_job)
+        try:
+            first = await anext(updates)  # errors before the first byte become proper HTTP errors
+        except StopAsyncIteration:
+            raise APIError(503, "the generation was cancelled", code="cancelled")
+        except Exception as exc:
+            raise to_api_error(exc) from exc
+        return EventSourceResponse(self._events(updates, first, include_usage), ping=15, sep="\n",
+                                   headers=self.plan.headers())
+
+    def _chunk(self, index: int, text: str | None, finish: str | None, role: bool = False,
+               include_usage: bool = False) -> bytes:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        data = {**self._base("chat.completion.chunk" if self.chat else "text_completion"), "choices": [choice]}
+        if include_usage:
+            data["usage"] = None
+        return b"data: " + dumps(data) + b"\n\n"
+
+    async def _events(self, first_updates: AsyncIterator[Update], first: Update,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+        finals: dict[int, Update] = {}
+        chunk: Callable[..., bytes] = lambda *a, **k: self._chunk(*a, include_usage=include_usage, **k)
+        try:
+            for n, job in enumerate(self.plan.jobs):
+                updates = first_updates if n == 0 else self._run(job)
+                pending = [first] if n == 0 else []
+                if self.chat:
+                    yield chunk(job.index, None, None, role=True)
+                if job.echo:
+                    yield chunk(job.index, job.echo, None)
+                try:
+                    async for update in _prepend(pending, updates):
+                        if update.queue_position:
+                            yield f": queue position {update.queue_position}\n\n".encode()
+                        if update.delta:
+                            yield chunk(job.index, update.delta, None)
+                        if update.finish_reason is not None:
+                            finals[job.index] = update
+                            yield chunk(job.index, None, finish_reason(update))
+                except Exception as exc:  # after the headers: the error goes into the stream
+                    try:
+                        error = to_api_error(exc)
+                    except Exception:
+                        error = APIError(500, f"generation failed: {exc.__class__.__name__}: {exc}")
+                    yield b"data: " + dumps(error_body(error.status, error.message, error.param, error.code)) + b"\n\n"
+                    return
+            if include_usage:
+                yield b"data: " + dumps({**self._base("chat.completion.chunk" if self.chat else "text_completion"),
+                                         "choices": [], "usage": usage(self.plan, finals)}) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            self.callers.count_disconnect()  # the client hung up; run_updates' cleanup cancelled the model
+            raise
+
+
+async def _prepend(items: list[Update], rest: AsyncIterator[Update]) -> AsyncIterator[Update]:
+    for item in items:
+        yield item
+    async for item in rest:
+        yield item
+
+
+def build_router(app: Any, callers: CallerRequests) -> APIRouter:
+    router = APIRouter()
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "parlour"}
+
+    @router.get("/models")
+    def list_models() -> dict[str, Any]:
+        backend = app.models.current()
+        return {"object": "list", "data": [model_card(backend.name)] if backend else []}
+
+    @router.get("/models/{name}")
+    def get_model(name: str) -> dict[str, Any]:
+        backend = app.models.current()
+        if backend is None or backend.name != name:
+            raise APIError(404, f"the model {name!r} is not loaded", param="model", code="model_not_found")
+        return model_card(name)
+
+    @router.post("/completions")
+    async def completions(body: CompletionRequest, http: Request) -> Any:
+        plan = await run_in_threadpool(completion_plan, app, body)  # tokenizing a long prompt must not block the loop
+        responder = Responder(app, callers, http, plan, chat=False)
+        if body.stream:
+            return await responder.stream(bool(body.stream_options and body.stream_options.include_usage))
+        return await responder.json()
+
+    @router.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, http: Request) -> Any:
+        plan = await run_in_threadpool(chat_plan, app, body)
+        responder = Responder(app, callers, http, plan, chat=True)
+        if body.stream:
+            return await responder.stream(bool(body.stream_options and body.stream_options.include_usage))
+        return await responder.json()
+
+    return router

@@ -1,0 +1,89 @@
+"""Batched generation (modules/batching.py) on the real micro models: batched replies equal unbatched ones."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+
+from modules.generation import GenerationRequest
+from modules.presets import Preset
+
+PROMPTS = ["def main():", "class Foo", "import os\nimport", "while True:\n    x", "for i in range(10)", "a"]
+
+
+def run(app, prompt: str, preset: Preset, cancel: threading.Event | None = None):
+    request = GenerationRequest(preset=preset, prompt=prompt, cancel=cancel or threading.Event())
+    return list(app.pipeline.stream(request))[-1]
+
+
+@pytest.fixture(scope="module", params=["parlour-micro", "parlour-micro-gpt2"])
+def apps(request, models_dir, tmp_path_factory):
+    """The same model loaded twice: one at a time, and batching up to 4 requests."""
+    from modules.app import App
+    from modules.settings import Settings
+    from tests.conftest import ROOT
+
+    built = []
+    for batch in (1, 4):
+        tmp = tmp_path_factory.mktemp(f"batch{batch}")
+        app = App.build(Settings(models_dir=models_dir, user_data=tmp, presets_dir=ROOT / "presets",
+                                 settings=tmp / "s.yaml", batch_size=batch))
+        app.models.load(request.param)
+        built.append(app)
+    yield built
+    for app in built:
+        app.models.unload()
+
+
+def test_batched_greedy_equals_unbatched(apps):
+    single, batched = apps
+    assert batched.models.current().max_concurrency == 4 and single.models.current().max_concurrency == 1
+    preset = Preset(temperature=0.0, max_new_tokens=24, ban_eos_token=True)
+    alone = {p: run(single, p, preset) for p in PROMPTS}
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = dict(zip(PROMPTS, pool.map(lambda p: run(batched, p, preset), PROMPTS)))
+    for prompt in PROMPTS:
+        assert together[prompt].text == alone[prompt].text, prompt
+        assert together[prompt].tokens == 24 and together[prompt].finish_reason == "length"
+    assert batched.pipeline.stats.snapshot()["active"] == 0
+    assert batched.models.current().engine.largest_batch >= 2  # they really shared forward passes
+
+
+def test_batch_of_one_equals_generate_and_different_lengths_finish_on_their_own(apps):
+    single, batched = apps
+    greedy = Preset(temperature=0.0, max_new_tokens=30, ban_eos_token=True)
+    assert run(batched, "x = 1", greedy).text == run(single, "x = 1", greedy).text
+    lengths = [3, 17, 30, 9]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        finals = list(pool.map(lambda n: run(batched, "print(", greedy.model_copy(update={"max_new_tokens": n})),
+                               lengths))
+    assert [f.tokens for f in finals] == lengths
+    full = run(single, "print(", greedy).text
+    assert all(full.startswith(f.text) for f in finals)
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(apps):
+    _, batched = apps
+    sampled = Preset(temperature=1.5, max_new_tokens=20, ban_eos_token=True, seed=42)
+    alone = run(batched, "import", sampled).text
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda p: run(batched, p, sampled).text, ["import", "def", "class", "import"]))
+    assert texts[0] == texts[3] == alone
+
+
+def test_cancelling_one_row_leaves_the_others_running(apps):
+    single, batched = apps
+    long = Preset(temperature=0.0, max_new_tokens=1500, ban_eos_token=True)
+    short = Preset(temperature=0.0, max_new_tokens=40, ban_eos_token=True)
+    cancel = threading.Event()
+    stream = batched.pipeline.stream(GenerationRequest(preset=long, prompt="x", cancel=cancel))
+    first = next(u for u in stream if u.tokens)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        other = pool.submit(run, batched, "def", short)
+        cancel.set()
+        rest = list(stream)
+        assert rest[-1].finish_reason == "cancelled" and rest[-1].tokens < 1500
+        assert other.result().text == run(single, "def", short).text
+    assert first.tokens >= 1

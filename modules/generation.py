@@ -13,7 +13,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Generator, Iterator, Protocol
+from typing import Any, Callable, Generator, Iterator, Protocol
 
 from modules.loaders.base import Backend
 from modules.presets import Preset
@@ -159,6 +159,9 @@ class GenerationRequest:
     user: str = "local"
     #: the last message is a partial assistant reply to extend, not a finished turn
     continue_last: bool = False
+    #: builds the prompt for the model that holds the slot (chat.build_chat_prompt): returns an object with
+    #: text, stops, context_length and turns_dropped. Used instead of `prompt`/`messages` when set.
+    build: Callable[[Backend], Any] | None = None
 
 
 @dataclass
@@ -174,6 +177,9 @@ class Update:
     first_token_seconds: float | None = None
     seconds: float = 0.0
     model: str = ""
+    #: the model's context, and how many oldest messages were dropped to fit it (0 when not truncated)
+    context_length: int = 0
+    turns_dropped: int = 0
 
 
 class ModelSource(Protocol):
@@ -219,8 +225,15 @@ class Pipeline:
             if backend is None:
                 raise NoModel("no model is loaded: pick one in the Model tab")
             update.model = backend.name
-            prompt = self.build_prompt(backend, request)
-            stops = StopStringFilter(tuple(request.stop) + tuple(backend.stop_strings))
+            built_stops: tuple[str, ...] = ()
+            if request.build is not None:
+                built = request.build(backend)
+                prompt, built_stops = built.text, tuple(built.stops)
+                update.context_length, update.turns_dropped = built.context_length, built.turns_dropped
+            else:
+                prompt = self.build_prompt(backend, request)
+                update.context_length = backend.context_length
+            stops = StopStringFilter(tuple(request.stop) + built_stops + tuple(backend.stop_strings))
             update.prompt_tokens = len(backend.tokenize(prompt))
             self.stats.started()
             try:

@@ -17,9 +17,10 @@ log = logging.getLogger("parlour")
 
 def check_exposure(settings: Settings) -> str | None:
     """Why this configuration must not start, or None. Binding all interfaces needs a key."""
-    if settings.listen and settings.api_key is None and not settings.insecure_listen:
-        return ("refusing to --listen on all interfaces without --api-key: anyone on the network could use "
-                "the model. Add --api-key, or --insecure-listen if this network is trusted.")
+    if settings.listen and settings.api_key is None and settings.auth is None and settings.auth_file is None \
+            and not settings.insecure_listen:
+        return ("refusing to --listen on all interfaces without --auth or --api-key: anyone on the network could use "
+                "the model. Add --auth or --api-key, or --insecure-listen if this network is trusted.")
     return None
 
 
@@ -42,7 +43,8 @@ def create_app(settings: Settings):
 
     blocks = ui.build(app)
     blocks.queue(default_concurrency_limit=1)
-    gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, **ui.launch_kwargs())
+    gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, auth=ui.auth_check(settings),
+                        **ui.launch_kwargs())
     return api, app
 
 
@@ -50,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        settings.logins()  # a malformed --auth / --auth-file stops here, with its message
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

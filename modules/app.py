@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modules.characters import CharacterStore
+from modules.chat import TemplateLibrary
 from modules.generation import FairQueue, Pipeline
 from modules.loaders.base import LoadOptions
 from modules.models import ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
+from modules.store import ChatStore
 
 
 @dataclass
@@ -22,6 +25,9 @@ class App:
     models: ModelManager
     queue: FairQueue
     pipeline: Pipeline
+    store: ChatStore
+    characters: CharacterStore
+    templates: TemplateLibrary
 
     @classmethod
     def build(cls, settings: Settings) -> "App":
@@ -32,7 +38,9 @@ class App:
                                                                threads=settings.threads))
         queue = FairQueue(settings.max_queue)
         return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
-                   pipeline=Pipeline(models, queue))
+                   pipeline=Pipeline(models, queue), store=ChatStore(settings.user_data / "chats.sqlite"),
+                   characters=CharacterStore(settings.characters_dir),
+                   templates=TemplateLibrary(settings.instruction_templates_dir))
 
     def start_preset(self) -> Preset:
         """The preset named by the settings, or neutral values if it cannot be read."""

@@ -320,3 +320,95 @@ def context_line(update: Any) -> str:
 
 
 StreamFn = Callable[[Any], Iterator[Any]]
+
+
+# -- the chat service: options from names, replies streamed into the store ----------------------------
+MODEL_TEMPLATE = "(model's own)"
+
+
+def resolve_options(app: Any, user: str, mode: str = "chat", character: str | None = None,
+                    instruction_template: str | None = None, template_source: str | None = None,
+                    name1: str | None = None, name2: str | None = None, context: str | None = None,
+                    user_bio: str | None = None, system_message: str = "", chat_instruct_command: str | None = None,
+                    custom_stops: tuple[str, ...] = (), **flags: Any) -> PromptOptions:
+    """PromptOptions from names, the way the UI and the API (text-generation-webui's fields) give them.
+
+    `character` loads characters/<name>.yaml; `instruction_template` names a file in
+    instruction-templates/ (None or MODEL_TEMPLATE: the model's own); `template_source` (edited Jinja)
+    beats both. Explicit name1/name2/context/user_bio override the character and the user's profile.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    char = app.characters.load(character) if character else None
+    profile = app.store.profile(user)
+    source: str | None = None
+    template_name = "model"
+    if template_source and template_source.strip():
+        source, template_name = template_source, "custom"
+    elif instruction_template and instruction_template != MODEL_TEMPLATE:
+        source, template_name = app.templates.load(instruction_template), instruction_template
+    return PromptOptions(
+        mode=mode,  # type: ignore[arg-type]
+        name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
+        context=context if context is not None else (char.context if char else ""),
+        user_bio=user_bio if user_bio is not None else profile["description"],
+        instruction_template=source, template_name=template_name, system_message=system_message,
+        chat_instruct_command=chat_instruct_command or DEFAULT_COMMAND, custom_stops=tuple(custom_stops), **flags)
+
+
+@dataclass
+class ReplyTarget:
+    """Where a streamed reply is saved: a message row of a chat (None in an incognito chat)."""
+
+    store: Any
+    user: str
+    chat_id: int
+    message_id: int
+
+
+def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
+                 target: ReplyTarget | None = None, cancel: threading.Event | None = None,
+                 user: str = "local") -> Iterator[tuple[str, Any]]:
+    """Yield (full reply text, Update) while the model answers; save as it streams when `target` is set.
+
+    The reply text includes its prefix (the partial reply when continuing, "start reply with").
+    Metadata written at the end records everything needed to reproduce the reply. The caller's
+    generator being closed (Stop, closed page) sets `cancel`, which ends the model within a token.
+    """
+    from modules.generation import throttle
+    from modules.store import ReplyWriter
+
+    cancel = cancel or threading.Event()
+    prefix = options.start_reply_with
+    if options.continue_last and history and history[-1]["role"] == "assistant":
+        prefix = history[-1]["content"] + prefix
+    request = request_for(history, options, preset, cancel, user=user)
+    writer = ReplyWriter(target.store, target.user, target.chat_id, target.message_id) if target else None
+    if target:
+        target.store.update_message(target.user, target.chat_id, target.message_id, meta=reply_meta(options, preset))
+    text, last = prefix, None
+    try:
+        for update in throttle(app.pipeline.stream(request), app.settings.stream_fps):
+            last = update
+            if update.queue_position:
+                yield text, update
+                continue
+            text = prefix + update.text
+            if writer:
+                writer.update(text, update.tokens)
+            yield text, update
+    finally:
+        cancel.set()
+        if writer:
+            meta = final_meta(last) if last else {"finish_reason": "error"}
+            if meta.get("finish_reason") is None:
+                meta["finish_reason"] = "cancelled"
+            writer.flush(text, last.tokens if last else 0, meta=meta, complete=True)
+
+
+def preset_from_meta(meta: dict[str, Any]) -> Preset:
+    """The exact preset (seed included) a saved reply was generated with, for "reproduce"."""
+    values = meta.get("preset")
+    if not isinstance(values, dict):
+        raise ValueError("this reply has no saved settings to reproduce")
+    return Preset.model_validate(values)

@@ -299,6 +299,15 @@ class ChatStore:
                 db.execute("UPDATE messages SET complete = ? WHERE id = ?", (int(complete), message_id))
             db.execute("UPDATE chats SET updated = ? WHERE id = ?", (now, chat_id))
 
+    def delete_message(self, user: str, chat_id: int, message_id: int) -> int | None:
+        """Delete a message and everything after it (all branches); the leaf moves to its parent, returned."""
+        with self._write() as db:
+            self._chat_row(db, user, chat_id)
+            row = self._message_row(db, chat_id, message_id)
+            db.execute("DELETE FROM messages WHERE id = ?", (message_id,))  # children go by ON DELETE CASCADE
+            db.execute("UPDATE chats SET leaf_id = ?, updated = ? WHERE id = ?", (row["parent_id"], time.time(), chat_id))
+            return row["parent_id"]
+
     def set_leaf(self, user: str, chat_id: int, message_id: int | None) -> None:
         """Show the path ending at `message_id` (None: the empty chat)."""
         with self._write() as db:

@@ -223,3 +223,15 @@ def test_kill_minus_nine_mid_reply_keeps_every_chat(tmp_path):
     reply = store.path("ann", streaming.id)[-1]
     assert reply.role == "assistant" and not reply.complete
     assert len(reply.content) >= flushed and reply.content.startswith("w1 w2 ")
+
+
+def test_delete_message_removes_its_subtree_and_moves_the_leaf(store):
+    chat = store.create_chat("ann")
+    q = store.add_message("ann", chat, "user", "keep")
+    a = store.add_message("ann", chat, "assistant", "zebra one")
+    store.add_message("ann", chat, "user", "zebra two")
+    store.add_message("ann", chat, "assistant", "v2", parent_id=q)
+    assert store.delete_message("ann", chat, a) == q
+    assert contents(store, "ann", chat) == [("user", "keep")]
+    assert store.search("ann", "zebra") == []  # the subtree left the search index too
+    assert [m.content for m in store.versions("ann", chat, q)] == ["keep"]

@@ -440,15 +440,17 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     # -- chats --
     @guarded
     def on_new(request: gr.Request, incognito_v: bool, *ctrl: Any):
+        """A fresh chat. It is saved on the first message, or at once when the character greets."""
         user = user_of(request)
-        sess = ensure_chat(user, new_session(incognito_v), ctrl)
-        if incognito_v:
-            char_v = ctrl[1]
-            greeting = app.characters.load(char_v).greeting if char_v else ""
-            if greeting:
-                opts = options(user, ctrl)
-                sess["turns"] = [{"role": "assistant", "content": chatlib.substitute(greeting, opts.name1, opts.name2)}]
-        return redraw(app, user, sess, ctrl[1], status="Incognito chat: nothing is saved." if incognito_v else "")
+        char_v = ctrl[1]
+        greeting = app.characters.load(char_v).greeting if char_v else ""
+        sess = new_session(incognito_v)
+        if greeting and incognito_v:
+            opts = options(user, ctrl)
+            sess["turns"] = [{"role": "assistant", "content": chatlib.substitute(greeting, opts.name1, opts.name2)}]
+        elif greeting:
+            sess = ensure_chat(user, sess, ctrl)
+        return redraw(app, user, sess, char_v, status="Incognito chat: nothing is saved." if incognito_v else "")
 
     @guarded
     def on_open(request: gr.Request, chat_id: str | None, character_v: str):

@@ -53,7 +53,8 @@ def build(app: App) -> gr.Blocks:
 def launch_kwargs() -> dict:
     """Theme, CSS and JS: Gradio 6 takes them at launch/mount time, not in Blocks()."""
     return {"theme": gr.themes.Soft(primary_hue="violet", neutral_hue="slate"),
-            "css_paths": sorted(CSS_DIR.glob("*.css")), "js": DARK_JS, "head": f"<script>{COPY_JS}</script>"}
+            "css_paths": sorted(CSS_DIR.glob("*.css")), "js": DARK_JS,
+            "head": f"<script>{COPY_JS}{chat.SHORTCUTS_JS}</script>"}
 
 
 def auth_check(settings) -> Callable[[str, str], bool] | None:

@@ -32,6 +32,23 @@ from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
 
 Message = dict[str, str]
+# Keyboard shortcuts (text-generation-webui's): they click the buttons, so they do exactly what a click does.
+SHORTCUTS_JS = """
+document.addEventListener('keydown', (event) => {
+  const keys = [
+    [event.key === 'Escape', 'stop'],
+    [event.ctrlKey && !event.shiftKey && event.key === 'Enter', 'regenerate'],
+    [event.altKey && event.key === 'Enter', 'continue'],
+    [event.ctrlKey && event.shiftKey && event.key === 'Backspace', 'remove-last'],
+    [event.ctrlKey && event.shiftKey && (event.key === 'M' || event.key === 'm'), 'impersonate'],
+  ];
+  const hit = keys.find(([pressed]) => pressed);
+  const button = hit && document.getElementById(hit[1]);
+  if (!button) return;
+  event.preventDefault();
+  button.click();
+});
+"""
 EXPECTED_ERRORS = (NoModel, QueueFull, TemplateError, ContextOverflow, CharacterError, ChatNotFound, ValueError)
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
@@ -61,8 +78,10 @@ def user_of(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "local") if request is not None else "local"
 
 
-def new_session(incognito: bool = False) -> dict[str, Any]:
-    return {"chat_id": None, "incognito": incognito, "turns": [], "ids": [], "selected": None}
+def new_session(incognito: bool = False, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-browser state for a freshly opened chat; display choices carry over from `previous`."""
+    return {"chat_id": None, "incognito": incognito, "turns": [], "ids": [], "selected": None,
+            "images": bool((previous or {}).get("images"))}
 
 
 # -- reading what is on screen ---------------------------------------------------------------------
@@ -83,6 +102,13 @@ def chat_choices(app: App, user: str, character: str | None, query: str = "") ->
             for c in app.store.list_chats(user, character=character or "")]
 
 
+def bubbles_for(turns: list[Message], session: dict[str, Any]) -> list[dict[str, str]]:
+    """Chatbot messages: each turn's markdown rendered and sanitized on the server."""
+    images = bool(session.get("images"))
+    return [{"role": t["role"], "content": render_markdown(t["content"], allow_images=images)} for t in turns
+            if t["role"] in ("user", "assistant")]
+
+
 def selected_index(session: dict[str, Any], turns: list[Message]) -> int | None:
     """The selected message, else the last reply, else the last message."""
     sel = session.get("selected")
@@ -99,8 +125,7 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
     """The standard outputs: input, chatbot, state, chat list, status, selected info, edit box."""
     turns, ids = current_turns(app, user, session)
     session = {**session, "ids": ids}
-    bubbles = [{"role": t["role"], "content": render_markdown(t["content"])} for t in turns
-               if t["role"] in ("user", "assistant")]
+    bubbles = bubbles_for(turns, session)
     index = selected_index(session, turns)
     info, edit = "No message selected.", ""
     if index is not None:
@@ -162,7 +187,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 dummy_message = gr.Button("Send dummy message", elem_id="dummy-message", size="sm")
                 dummy_reply = gr.Button("Send dummy reply", elem_id="dummy-reply", size="sm")
                 reproduce = gr.Button("Reproduce", elem_id="reproduce", size="sm")
-            start_with = gr.Textbox(label="Start reply with", elem_id="start-reply-with", lines=1)
+            with gr.Row():
+                start_with = gr.Textbox(label="Start reply with", elem_id="start-reply-with", lines=1, scale=4)
+                images = gr.Checkbox(label="Load remote images in replies", value=False, elem_id="remote-images")
             with gr.Accordion("Selected message (click a bubble)", open=True, elem_id="message-panel"):
                 with gr.Row():
                     prev_version = gr.Button("<", size="sm", elem_id="prev-version", min_width=40, scale=0)
@@ -236,6 +263,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         sess = {**sess, "selected": None}
         base = history[:-1] if opts.continue_last else history
         cancel = threading.Event()
+        last_status = ""
         try:
             for reply, update in chatlib.stream_reply(app, history, opts, preset, target, cancel, user=user):
                 if sess["incognito"]:
@@ -244,12 +272,11 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                     yield (gr.skip(), gr.skip(), sess, gr.skip(), status_line(update), gr.skip(), gr.skip())
                     continue
                 shown = base + [{"role": "assistant", "content": reply}]
-                yield (gr.skip(), [{"role": t["role"], "content": render_markdown(t["content"])} for t in shown],
-                       sess, gr.skip(), status_line(update), gr.skip(), gr.skip())
                 last_status = status_line(update)
+                yield (gr.skip(), bubbles_for(shown, sess), sess, gr.skip(), last_status, gr.skip(), gr.skip())
         finally:
             cancel.set()
-        yield redraw(app, user, sess, ctrl[1], status=locals().get("last_status", ""))
+        yield redraw(app, user, sess, ctrl[1], status=last_status)
 
     def guarded(fn):
         """Expected errors become a warning and a status line, never a crashed event."""
@@ -257,6 +284,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         def wrapper(*args, **kwargs):
             try:
                 result = fn(*args, **kwargs)
+                if result is None:  # nothing to change
+                    return
                 if hasattr(result, "__next__"):
                     yield from result
                 else:
@@ -426,7 +455,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         if ids[index] is None:
             raise ValueError("incognito chats cannot be branched")
         new_id = app.store.branch(user, sess["chat_id"], ids[index])
-        return redraw(app, user, {**new_session(), "chat_id": new_id}, character_v,
+        return redraw(app, user, {**new_session(previous=sess), "chat_id": new_id}, character_v,
                       status=f"Branched into a new chat at message {index + 1}.")
 
     @guarded
@@ -439,12 +468,12 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
 
     # -- chats --
     @guarded
-    def on_new(request: gr.Request, incognito_v: bool, *ctrl: Any):
+    def on_new(request: gr.Request, sess: dict, incognito_v: bool, *ctrl: Any):
         """A fresh chat. It is saved on the first message, or at once when the character greets."""
         user = user_of(request)
         char_v = ctrl[1]
         greeting = app.characters.load(char_v).greeting if char_v else ""
-        sess = new_session(incognito_v)
+        sess = new_session(incognito_v, previous=sess)
         if greeting and incognito_v:
             opts = options(user, ctrl)
             sess["turns"] = [{"role": "assistant", "content": chatlib.substitute(greeting, opts.name1, opts.name2)}]
@@ -453,12 +482,12 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         return redraw(app, user, sess, char_v, status="Incognito chat: nothing is saved." if incognito_v else "")
 
     @guarded
-    def on_open(request: gr.Request, chat_id: str | None, character_v: str):
+    def on_open(request: gr.Request, chat_id: str | None, sess: dict, character_v: str):
         user = user_of(request)
         if not chat_id:
             return
         info = app.store.chat(user, int(chat_id))
-        return redraw(app, user, {**new_session(), "chat_id": info.id}, character_v)
+        return redraw(app, user, {**new_session(previous=sess), "chat_id": info.id}, character_v)
 
     @guarded
     def on_search(request: gr.Request, query: str, sess: dict, character_v: str):
@@ -477,14 +506,27 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         user = user_of(request)
         if sess["chat_id"] is not None:
             app.store.delete_chat(user, sess["chat_id"])
-        return redraw(app, user, new_session(sess["incognito"]), character_v, status="Deleted the chat.")
+        return redraw(app, user, new_session(sess["incognito"], previous=sess), character_v, status="Deleted the chat.")
 
     @guarded
-    def on_character(request: gr.Request, character_v: str, incognito_v: bool):
+    def on_character(request: gr.Request, character_v: str, incognito_v: bool, sess: dict):
         """Switching character opens that character's newest chat (or an empty one)."""
         user = user_of(request)
         chats = app.store.list_chats(user, character=character_v or "")
-        sess = {**new_session(incognito_v), "chat_id": chats[0].id if chats and not incognito_v else None}
+        sess = {**new_session(incognito_v, previous=sess),
+                "chat_id": chats[0].id if chats and not incognito_v else None}
+        return redraw(app, user, sess, character_v)
+
+    @guarded
+    def on_images(request: gr.Request, allow: bool, sess: dict, character_v: str):
+        return redraw(app, user_of(request), {**sess, "images": allow}, character_v)
+
+    @guarded
+    def on_mode(request: gr.Request, mode_v: str, sess: dict, character_v: str):
+        """The open chat remembers the mode it was last used in."""
+        user = user_of(request)
+        if sess["chat_id"] is not None and not sess["incognito"]:
+            app.store.update_chat(user, sess["chat_id"], mode=mode_v)
         return redraw(app, user, sess, character_v)
 
     @guarded
@@ -504,7 +546,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         return "Saved your profile."
 
     @guarded
-    def on_import_chat(request: gr.Request, data: bytes | None, character_v: str):
+    def on_import_chat(request: gr.Request, data: bytes | None, sess: dict, character_v: str):
         user = user_of(request)
         if not data:
             return
@@ -516,7 +558,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             raise ValueError(f"the chat file is not JSON: {exc}") from exc
         chat_id = app.store.import_chat(user, parsed)
         app.store.update_chat(user, chat_id, character=character_v or "")
-        return redraw(app, user, {**new_session(), "chat_id": chat_id}, character_v, status="Imported the chat.")
+        return redraw(app, user, {**new_session(previous=sess), "chat_id": chat_id}, character_v,
+                      status="Imported the chat.")
 
     def on_import_card(data: bytes | None):
         if not data:
@@ -599,20 +642,22 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     branch_chat.click(on_branch_chat, [session, character], OUT, api_visibility="private")
     copy.click(None, [edit_text], None, js="(t) => { navigator.clipboard && navigator.clipboard.writeText(t); }",
                api_visibility="private")
-    new.click(on_new, [incognito, *CTRL], OUT, api_name="chat_new")
-    chat_list.input(on_open, [chat_list, character], OUT, api_visibility="private")
+    new.click(on_new, [session, incognito, *CTRL], OUT, api_name="chat_new")
+    chat_list.input(on_open, [chat_list, session, character], OUT, api_visibility="private")
     search.submit(on_search, [search, session, character], OUT, api_visibility="private")
     rename.click(on_rename, [session, character, title], OUT, api_visibility="private")
     delete.click(lambda: gr.Row(visible=True), None, confirm_row, api_visibility="private")
     cancel_delete.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
     confirm.click(on_delete, [session, character], OUT, api_visibility="private").then(
         lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
-    character.input(on_character, [character, incognito], OUT, api_visibility="private")
+    character.input(on_character, [character, incognito, session], OUT, api_visibility="private")
+    images.input(on_images, [images, session, character], OUT, api_visibility="private")
+    mode.input(on_mode, [mode, session, character], OUT, api_visibility="private")
     template.input(on_template, template, template_src, api_visibility="private")
     preview.click(on_preview, [session, *CTRL, *params.inputs], [prompt_view, status], api_visibility="private")
     save_profile.click(on_profile_save, [your_name, your_bio], status, api_visibility="private")
     card_in.upload(on_import_card, card_in, [character, status], api_visibility="private")
-    chat_in.upload(on_import_chat, [chat_in, character], OUT, api_visibility="private")
+    chat_in.upload(on_import_chat, [chat_in, session, character], OUT, api_visibility="private")
     export_chat.click(on_export_chat, session, download, api_visibility="private")
     export_card.click(on_export_card, character, download, api_visibility="private")
 

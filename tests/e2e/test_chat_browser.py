@@ -261,3 +261,45 @@ def test_kill_minus_nine_mid_stream_keeps_every_chat(browser, start_server, mode
                                ".some(e => e.innerText.includes(t))", arg=title)
         page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
     assert bots(page)[0].strip()  # the partial reply is shown
+
+
+def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(browser, server, tmp_path):
+    import base64
+    import json
+
+    from modules.characters import blank_png, png_with_text
+    from modules.store import ChatStore
+
+    card = {"spec": "chara_card_v2", "data": {"name": "Pirate Mira", "description": "{{char}} sails.",
+                                              "first_mes": "Ahoy {{user}}! <img src=x onerror=alert('greet')>"}}
+    path = tmp_path / "mira.png"
+    path.write_bytes(png_with_text(blank_png(), "chara", base64.b64encode(json.dumps(card).encode())))
+    page = open_page(browser, server.url)
+    page.get_by_text("You, characters and files").click()
+    page.set_input_files("#card-import input[type=file]", str(path))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Pirate Mira')")
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
+    assert bots(page)[0].startswith("Ahoy You!") and "<img src=x" in bots(page)[0]
+    assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
+    # keyboard: Ctrl+Enter regenerates (the greeting has no question before it: refused with a message)
+    page.fill("#chat-input textarea", "who are you?")
+    page.click("#send")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 2")
+    settle(page, server)
+    server.wait_until(lambda h: h["active"] == 0)
+    before = server.health()["requests"]
+    page.locator("#chat-input textarea").press("Control+Enter")
+    settle(page, server, before + 1)
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    # incognito: a chat that never reaches the database
+    page.check("#incognito input")
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Incognito')")
+    page.fill("#chat-input textarea", "incognito words zanzibar")
+    page.click("#dummy-message")
+    page.wait_for_function("() => [...document.querySelectorAll('#chatbot [data-testid=user]')]"
+                           ".some(e => e.innerText.includes('zanzibar'))")
+    store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
+    assert store.search("local", "zanzibar") == []
+    assert [c.character for c in store.list_chats("local")] == ["Pirate Mira"]

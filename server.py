@@ -64,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    api, app = create_app(settings)
+    from modules.store import StoreError
+
+    try:
+        api, app = create_app(settings)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     name = settings.model or app.models.default_model()
     if name:
         app.models.load_in_background(name)

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import html
 
+import re
+
 import nh3
 from markdown_it import MarkdownIt
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
 
 ALLOWED_TAGS = {"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "s", "code", "pre",
                 "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td", "a", "img", "div",
@@ -21,6 +27,8 @@ ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "c
                       "div": {"class"}, "span": {"class"}, "button": {"class", "type", "title"}, "ol": {"start"}}
 # The only class names we emit; anything else (e.g. a class that mimics Gradio's own UI) is dropped.
 ALLOWED_CLASSES = {"div": ("code-block",), "button": ("copy-code",), "span": ("remote-image",)}
+_TOKEN_CLASS = re.compile(r"^tok-[A-Za-z0-9]{1,4}$")  # Pygments' short token classes, prefixed
+MAX_HIGHLIGHT_CHARS = 100_000  # bigger code blocks are shown plain: highlighting them would stall the UI
 
 
 def _keep_attribute(tag: str, attr: str, value: str) -> str | None:
@@ -28,6 +36,8 @@ def _keep_attribute(tag: str, attr: str, value: str) -> str | None:
         if tag == "code":
             return value if value.startswith("language-") and value.replace("-", "").replace("_", "").replace(
                 "+", "").replace("#", "").isalnum() else None
+        if tag == "span" and _TOKEN_CLASS.match(value):
+            return value
         return value if value in ALLOWED_CLASSES.get(tag, ()) else None
     if tag == "button" and attr == "type":
         return "button"
@@ -43,6 +53,17 @@ def sanitize(fragment: str, allow_images: bool = False) -> str:
                      strip_comments=True)
 
 
+def _highlight(code: str, lang: str) -> str:
+    """Code as HTML spans with `tok-*` classes (css/chat.css colours them); plain escaped text if unknown."""
+    if not lang or len(code) > MAX_HIGHLIGHT_CHARS:
+        return html.escape(code)
+    try:
+        lexer = get_lexer_by_name(lang)
+    except ClassNotFound:
+        return html.escape(code)
+    return highlight(code, lexer, HtmlFormatter(nowrap=True, classprefix="tok-"))
+
+
 def _markdown(allow_images: bool) -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable(["table", "strikethrough"])
 
@@ -51,7 +72,7 @@ def _markdown(allow_images: bool) -> MarkdownIt:
         lang = token.info.strip().split(" ")[0] if token.info else ""
         cls = f' class="language-{html.escape(lang)}"' if lang else ""
         return ('<div class="code-block"><button class="copy-code" type="button" title="Copy code">Copy</button>'
-                f"<pre><code{cls}>{html.escape(token.content)}</code></pre></div>\n")
+                f"<pre><code{cls}>{_highlight(token.content, lang)}</code></pre></div>\n")
 
     def image(renderer, tokens, idx, options, env):
         token = tokens[idx]

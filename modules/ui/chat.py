@@ -643,6 +643,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     copy.click(None, [edit_text], None, js="(t) => { navigator.clipboard && navigator.clipboard.writeText(t); }",
                api_visibility="private")
     new.click(on_new, [session, incognito, *CTRL], OUT, api_name="chat_new")
+    chatbot.clear(on_new, [session, incognito, *CTRL], OUT, api_visibility="private")  # the bubble bin = new chat
     chat_list.input(on_open, [chat_list, session, character], OUT, api_visibility="private")
     search.submit(on_search, [search, session, character], OUT, api_visibility="private")
     rename.click(on_rename, [session, character, title], OUT, api_visibility="private")

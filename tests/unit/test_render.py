@@ -63,6 +63,8 @@ def test_sanitize_runs_on_html_directly_as_the_last_step():
     clean = sanitize(dirty)
     assert clean.startswith("<p>hi") and "script" not in clean and "javascript" not in clean and "onclick" not in clean
     assert sanitize('<div class="gradio-container">x</div>') == "<div>x</div>"  # no UI-mimicking classes
+    assert sanitize('<span class="tok-k">if</span><span class="tok-toolong">x</span>') == \
+        '<span class="tok-k">if</span><span>x</span>'
 
 
 def test_markdown_features():
@@ -70,7 +72,9 @@ def test_markdown_features():
     assert "<strong>bold</strong>" in out and "<em>em</em>" in out
     assert "<table>" in out and "<td>1</td>" in out
     assert '<button class="copy-code" type="button"' in out
-    assert '<code class="language-python">x = 1 &lt; 2\n</code>' in out
+    assert '<code class="language-python"><span class="tok-n">x</span>' in out and "&lt;" in out
+    plain = render_markdown("```nosuchlang\nx = 1 < 2\n```")
+    assert '<code class="language-nosuchlang">x = 1 &lt; 2\n</code>' in plain
     assert render_markdown("<b>raw</b>") == "<p>&lt;b&gt;raw&lt;/b&gt;</p>\n"  # raw HTML shown, not interpreted
 
 

@@ -235,3 +235,13 @@ def test_delete_message_removes_its_subtree_and_moves_the_leaf(store):
     assert contents(store, "ann", chat) == [("user", "keep")]
     assert store.search("ann", "zebra") == []  # the subtree left the search index too
     assert [m.content for m in store.versions("ann", chat, q)] == ["keep"]
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    from modules.store import StoreError
+
+    bad = tmp_path / "chats.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="chats.sqlite"):
+        ChatStore(bad)
+    assert bad.read_bytes() == b"this is not sqlite" * 100  # left as it was, for the user to inspect

@@ -78,7 +78,7 @@ def info(page) -> str:
     return page.inner_text("#selected-info")
 
 
-def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server):
+def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server, tmp_path):
     page = open_page(browser, server.url)
     send(page, server, "hello")
     first = bots(page)[-1]
@@ -97,6 +97,18 @@ def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server):
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length >= 1")
     page.wait_for_function(IDLE)
+    assert bots(page)[-1] == second and "version 2/2" in info(page)
+    # export the chat as JSON and import it back: a second chat with both versions
+    page.get_by_text("You, characters and files").click()
+    page.click("#export-chat")
+    link = page.wait_for_selector("#download a[href]")
+    exported = page.request.get(link.get_attribute("href")).body()
+    assert b'"format": "parlour-chat"' in exported
+    saved = tmp_path / "export.json"
+    saved.write_bytes(exported)
+    page.set_input_files("#chat-import input[type=file]", str(saved))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Imported')")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
     assert bots(page)[-1] == second and "version 2/2" in info(page)
 
 
@@ -236,6 +248,14 @@ def test_kill_minus_nine_mid_stream_keeps_every_chat(browser, start_server, mode
         page.fill("#chat-input textarea", text)
         page.click(button)
         page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''")
+    # Stop mid-reply: the words so far stay, marked as stopped
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length === 0")
+    page.fill("#chat-input textarea", "stop me")
+    page.click("#send")
+    server.wait_until(lambda h: h["active"] == 1 and h["tokens"] >= 30)
+    page.click("#stop")
+    server.wait_until(lambda h: h["active"] == 0)
     page.click("#new-chat")
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length === 0")
     start_tokens = server.health()["tokens"]
@@ -249,13 +269,15 @@ def test_kill_minus_nine_mid_stream_keeps_every_chat(browser, start_server, mode
 
     store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
     chats = store.list_chats("local")
-    assert len(chats) == 2
+    assert len(chats) == 3
+    stopped = store.path("local", next(c.id for c in chats if c.title == "stop me"))[-1]
+    assert stopped.meta["finish_reason"] == "cancelled" and stopped.complete and stopped.content
     cut = store.path("local", chats[0].id)
     assert cut[-1].role == "assistant" and not cut[-1].complete and len(cut[-1].content) > 0
     # the restarted server opens every chat
     again = start_server(*args, "--preset", "Short")
     page = open_page(browser, again.url)
-    for title in ("a finished chat", "the reply to this is cut off"):
+    for title in ("a finished chat", "stop me", "the reply to this is cut off"):
         page.locator("#chat-list label", has_text=title).click()
         page.wait_for_function("(t) => [...document.querySelectorAll('#chatbot [data-testid=user]')]"
                                ".some(e => e.innerText.includes(t))", arg=title)

@@ -21,9 +21,9 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol
+from typing import Any, Iterator, Literal, Protocol
 
 import yaml
 
@@ -181,10 +181,8 @@ def _format(turns: list[dict[str, str]], options: PromptOptions, backend: TokenC
 
 
 def _cut_points(turns: list[dict[str, str]]) -> list[int]:
-    """Where the kept history may start: at a user turn (so pairs are dropped whole), never past the last turn."""
-    points = [i for i, t in enumerate(turns) if t["role"] == "user" and i > 0]
-    last = len(turns) - 1
-    return [p for p in points if p <= last] or []
+    """Where the kept history may start after dropping: at a user turn, so pairs are dropped whole."""
+    return [i for i, t in enumerate(turns) if t["role"] == "user" and i > 0]
 
 
 def build_chat_prompt(history: list[dict[str, str]], options: PromptOptions, backend: TokenCounter,
@@ -318,8 +316,6 @@ def context_line(update: Any) -> str:
         line += f" · ✂️ {update.turns_dropped} oldest messages dropped to fit"
     return line
 
-
-StreamFn = Callable[[Any], Iterator[Any]]
 
 
 # -- the chat service: options from names, replies streamed into the store ----------------------------

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -257,8 +257,8 @@ class ChatStore:
                              complete=bool(row["complete"]), created=float(row["created"] or 0),
                              updated=float(row["updated"] or 0))
 
-    def add_message(self, user: str, chat_id: int, role: str, content: str, parent_id: int | None = "leaf",  # type: ignore[assignment]
-                    meta: dict[str, Any] | None = None, complete: bool = True) -> int:
+    def add_message(self, user: str, chat_id: int, role: str, content: str,
+                    parent_id: int | None | Literal["leaf"] = "leaf", meta: dict[str, Any] | None = None, complete: bool = True) -> int:
         """Append a message under `parent_id` (default: the chat's current leaf); it becomes the new leaf."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
@@ -272,7 +272,8 @@ class ChatStore:
                              "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (chat_id, parent, role, content, json.dumps(meta or {}), int(complete), now, now))
             mid = int(cur.lastrowid)
-            title = chat["title"] or (content.strip().splitlines()[0][:60] if role == "user" and content.strip() else "")
+            first_line = content.strip().splitlines()[0][:60] if role == "user" and content.strip() else ""
+            title = chat["title"] or first_line
             db.execute("UPDATE chats SET leaf_id = ?, updated = ?, title = ? WHERE id = ?", (mid, now, title, chat_id))
             return mid
 
@@ -305,7 +306,8 @@ class ChatStore:
             self._chat_row(db, user, chat_id)
             row = self._message_row(db, chat_id, message_id)
             db.execute("DELETE FROM messages WHERE id = ?", (message_id,))  # children go by ON DELETE CASCADE
-            db.execute("UPDATE chats SET leaf_id = ?, updated = ? WHERE id = ?", (row["parent_id"], time.time(), chat_id))
+            db.execute("UPDATE chats SET leaf_id = ?, updated = ? WHERE id = ?",
+                       (row["parent_id"], time.time(), chat_id))
             return row["parent_id"]
 
     def set_leaf(self, user: str, chat_id: int, message_id: int | None) -> None:
@@ -316,7 +318,7 @@ class ChatStore:
                 self._message_row(db, chat_id, message_id)
             db.execute("UPDATE chats SET leaf_id = ? WHERE id = ?", (message_id, chat_id))
 
-    def path(self, user: str, chat_id: int, leaf_id: int | None = "leaf") -> list[StoredMessage]:  # type: ignore[assignment]
+    def path(self, user: str, chat_id: int, leaf_id: int | None | Literal["leaf"] = "leaf") -> list[StoredMessage]:
         """The conversation from the root to the leaf, each message with its version number."""
         with self._connect() as db:
             chat = self._chat_row(db, user, chat_id)

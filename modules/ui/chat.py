@@ -170,8 +170,10 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character")
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
-            chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height="58vh", placeholder="Say hello to start a chat.",
-                                 layout="bubble", render_markdown=False, sanitize_html=True)
+            # Bubbles hold HTML already rendered and sanitized by modules/render.py; Gradio's own
+            # sanitizer stays on as a second layer.
+            chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height="58vh", layout="bubble",
+                                 placeholder="Say hello to start a chat.", render_markdown=False, sanitize_html=True)
             status = gr.Markdown(elem_id="chat-status")
             with gr.Row(elem_id="chat-input-row"):
                 text = gr.Textbox(elem_id="chat-input", show_label=False, placeholder="Send a message (Enter)",

@@ -323,3 +323,45 @@ def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(br
     store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
     assert store.search("local", "zanzibar") == []
     assert [c.character for c in store.list_chats("local")] == ["Pirate Mira"]
+
+
+def test_sidebar_rename_search_delete_prompt_preview_and_reproduce(browser, server):
+    page = open_page(browser, server.url)
+    send(page, server, "about the platypus")
+    # reproduce: the same saved settings (seed included) give the same reply, as a new version
+    first = bots(page)[-1]
+    click_and_generate(page, server, "#reproduce")
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    assert bots(page)[-1] == first
+    page.fill("#rename-title textarea", "Monotremes")
+    page.click("#rename-chat")
+    page.wait_for_function("() => [...document.querySelectorAll('#chat-list label')].some(l => "
+                           "l.innerText.includes('Monotremes'))")
+    page.click("#new-chat")
+    page.fill("#chat-input textarea", "something else")
+    page.click("#dummy-message")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
+    page.fill("#chat-search textarea", "platypus")
+    page.press("#chat-search textarea", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 1")
+    assert "Monotremes" in page.inner_text("#chat-list")
+    # instruct mode with a chosen template: the prompt preview shows that template's format
+    page.locator("#chat-mode label", has_text="instruct").first.click()
+    page.get_by_text("Prompt settings").click()
+    page.fill("#instruction-template input", "Alpaca")
+    page.press("#instruction-template input", "Enter")
+    page.wait_for_function("() => document.querySelector('#template-source').innerText.includes('### Response')")
+    page.click("#show-prompt")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Prompt:')")
+    assert "### Instruction:" in page.inner_text("#prompt-preview")
+    assert "### Instruction:" in page.inner_text("#chat-status")  # the derived stop string
+    # delete asks first; "Keep it" keeps, "Really delete" deletes
+    page.click("#delete-chat")
+    page.click("#cancel-delete")
+    page.wait_for_selector("#confirm-delete", state="hidden")
+    page.click("#delete-chat")
+    page.click("#confirm-delete")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Deleted')")
+    page.fill("#chat-search textarea", "")
+    page.press("#chat-search textarea", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 1")

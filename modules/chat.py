@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol
 
@@ -196,8 +196,14 @@ def build_chat_prompt(history: list[dict[str, str]], options: PromptOptions, bac
     extra = extra or {}
     if options.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {options.mode!r}")
-    # steps 1-2: the turns as given (extensions' history_modifier goes here); system turns are part of the context
+    # steps 1-2: the turns as given (extensions' history_modifier goes here). System turns (the API's
+    # "system" messages) are not turns: they become the system message, or lead the context in chat mode.
     turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
+    system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
+    if system_turns and options.mode == "chat":
+        options = replace(options, context=system_turns + ("\n\n" + options.context if options.context else ""))
+    elif system_turns and not options.system_message:
+        options = replace(options, system_message=system_turns)
     context_length = backend.context_length
     budget = context_length - min(max_new_tokens, context_length // 2)
 

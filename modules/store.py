@@ -344,6 +344,11 @@ class ChatStore:
             msg.version = next(i for i, m in enumerate(siblings, 1) if m.id == msg.id)
         return out
 
+    def message(self, user: str, chat_id: int, message_id: int) -> StoredMessage:
+        with self._connect() as db:
+            self._chat_row(db, user, chat_id)
+            return self._message(self._message_row(db, chat_id, message_id))
+
     def versions(self, user: str, chat_id: int, message_id: int) -> list[StoredMessage]:
         """Every version of a message: its siblings with the same parent and role, oldest first."""
         with self._connect() as db:

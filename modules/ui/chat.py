@@ -90,7 +90,8 @@ def current_turns(app: App, user: str, session: dict[str, Any]) -> tuple[list[Me
     if session["incognito"] or session["chat_id"] is None:
         turns = list(session["turns"])
         return turns, [None] * len(turns)
-    path = app.store.path(user, session["chat_id"])
+    # only user and assistant turns are bubbles, so a bubble's index is its index here
+    path = [m for m in app.store.path(user, session["chat_id"]) if m.role in ("user", "assistant")]
     return [m.as_turn() for m in path], [m.id for m in path]
 
 
@@ -166,7 +167,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 cancel_delete = gr.Button("Keep it", size="sm", elem_id="cancel-delete")
         with gr.Column(scale=4):
             with gr.Row():
-                mode = gr.Radio(list(MODES), value="chat", label="Mode", elem_id="chat-mode")
+                # instruct by default: most models are instruction-tuned and carry their own template
+                mode = gr.Radio(list(MODES), value="instruct", label="Mode", elem_id="chat-mode")
                 character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character")
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
@@ -338,7 +340,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             sess = {**sess, "turns": history}
             parent = None
         else:
-            parent = app.store.path(user, sess["chat_id"])[i].parent_id
+            parent = app.store.message(user, sess["chat_id"], ids[i]).parent_id
         yield from generate(user, sess, ctrl, preset_values, history, parent, options(user, ctrl), preset=preset)
 
     @guarded
@@ -351,7 +353,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         if sess["incognito"] or sess["chat_id"] is None:
             raise ValueError("only saved replies can be reproduced")
         turns, ids, i = last_reply(user, sess)
-        meta = app.store.path(user, sess["chat_id"])[i].meta
+        meta = app.store.message(user, sess["chat_id"], ids[i]).meta
         yield from regenerate_with(request, sess, *values, preset=chatlib.preset_from_meta(meta))
 
     @guarded

@@ -129,7 +129,7 @@ def test_edit_any_message_and_branch_here(browser, server):
     assert users(page) == ["edited question"] and len(bots(page)) == 1
     labels = page.locator("#chat-list label").all_inner_texts()
     assert any("(branch)" in label for label in labels) and len(labels) == 2
-    page.locator("#chat-list label", has_text="first question · chat", has_not_text="branch").click()
+    page.locator("#chat-list label", has_text="first question ·", has_not_text="branch").click()
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
     assert users(page) == ["edited question", "second question"]
 
@@ -283,15 +283,21 @@ def test_kill_minus_nine_mid_stream_keeps_every_chat(browser, start_server, mode
     assert bots(page)[0].strip()  # the partial reply is shown
 
 
-def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(browser, server, tmp_path):
+def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(browser, start_server, models_dir,
+                                                                              short_presets, tmp_path):
     import base64
     import json
+    import shutil
 
     from modules.characters import blank_png, png_with_text
     from modules.store import ChatStore
 
     card = {"spec": "chara_card_v2", "data": {"name": "Pirate Mira", "description": "{{char}} sails.",
                                               "first_mes": "Ahoy {{user}}! <img src=x onerror=alert('greet')>"}}
+    characters = tmp_path / "characters"  # imports write here, never into the repository's folder
+    shutil.copytree(Path(__file__).resolve().parents[2] / "characters", characters)
+    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir",
+                          str(short_presets), "--preset", "Short", "--characters-dir", str(characters))
     path = tmp_path / "mira.png"
     path.write_bytes(png_with_text(blank_png(), "chara", base64.b64encode(json.dumps(card).encode())))
     page = open_page(browser, server.url)
@@ -323,6 +329,7 @@ def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(br
     store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
     assert store.search("local", "zanzibar") == []
     assert [c.character for c in store.list_chats("local")] == ["Pirate Mira"]
+    assert (characters / "Pirate Mira.yaml").is_file() and (characters / "Pirate Mira.png").is_file()
 
 
 def test_sidebar_rename_search_delete_prompt_preview_and_reproduce(browser, server):

@@ -99,7 +99,7 @@ def test_bad_template_files_give_clear_errors(tmp_path):
 def test_chat_mode_prompt_names_and_stops():
     opts = PromptOptions(mode="chat", name1="Ann", name2="Bot", context="{{char}} helps {{user}}.")
     prompt = build_chat_prompt(CONVO, opts, WordModel(), 100)
-    assert prompt.text == "Bot helps Ann.\n\nAnn: Hi\nBot: Hello!\nAnn: Sum 2+2\nBot:"
+    assert prompt.text == "Be brief.\n\nBot helps Ann.\n\nAnn: Hi\nBot: Hello!\nAnn: Sum 2+2\nBot:"
     assert prompt.stops[:2] == ("\nAnn:", "\nBot:")
     imp = build_chat_prompt(CONVO, PromptOptions(mode="chat", name1="Ann", name2="Bot", impersonate=True),
                             WordModel(), 100)
@@ -110,7 +110,10 @@ def test_instruct_mode_uses_the_chosen_template_or_the_models_own():
     alpaca = PromptOptions(mode="instruct", instruction_template=LIB.load("Alpaca"), context="Be kind.",
                            start_reply_with="Sure,")
     prompt = build_chat_prompt(CONVO, alpaca, WordModel(), 100)
-    assert prompt.text.startswith("Be kind.\n\n### Instruction:\nHi") and prompt.text.endswith("### Response:\nSure,")
+    # the conversation's own system message beats the character context
+    assert prompt.text.startswith("Be brief.\n\n### Instruction:\nHi") and prompt.text.endswith("### Response:\nSure,")
+    no_system = build_chat_prompt(CONVO[1:], alpaca, WordModel(), 100)
+    assert no_system.text.startswith("Be kind.\n\n### Instruction:\nHi")
     assert prompt.reply_prefix == "Sure," and "### Instruction:" in prompt.stops
     own = build_chat_prompt(CONVO, PromptOptions(mode="instruct"), WordModel(), 100)
     assert own.text.endswith("<|im_start|>user\nSum 2+2<|im_end|>\n<|im_start|>assistant\n")
@@ -131,7 +134,7 @@ def test_chat_instruct_wraps_the_transcript_in_the_command():
     opts = PromptOptions(mode="chat-instruct", name1="Ann", name2="Bot", instruction_template=LIB.load("ChatML"),
                          chat_instruct_command="Reply as <|character|>.\n\n<|prompt|>")
     prompt = build_chat_prompt(CONVO, opts, WordModel(), 100)
-    assert prompt.text == ("<|im_start|>user\nReply as Bot.\n\nAnn: Hi\nBot: Hello!\nAnn: Sum 2+2\n<|im_end|>\n"
+    assert prompt.text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nReply as Bot.\n\nAnn: Hi\nBot: Hello!\nAnn: Sum 2+2\n<|im_end|>\n"
                            "<|im_start|>assistant\n")
     assert "\nAnn:" in prompt.stops and "<|im_end|>" in prompt.stops
 

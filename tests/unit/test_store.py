@@ -89,6 +89,9 @@ def test_users_are_isolated(store):
         with pytest.raises(ChatNotFound):
             call()
     assert store.search("bob", "secret") == []
+    with pytest.raises(ChatNotFound):
+        store.message("bob", chat, 1)
+    assert store.message("ann", chat, 1).content == "ann's secret"
     assert [c.id for c, _ in store.search("ann", "secret")] == [chat]
     assert contents(store, "ann", chat) == [("user", "ann's secret")]
 

@@ -33,6 +33,9 @@ def create_app(settings: Settings):
     from modules.app import App
 
     app = App.build(settings)
+    # Start the model loading first: the page is served meanwhile and the Model tab shows its name.
+    if app.load_at_start() is None:
+        log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
     api = FastAPI(title="Parlour", docs_url=None, redoc_url=None)
 
     @api.get("/health")
@@ -71,11 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    name = settings.model or app.models.default_model()
-    if name:
-        app.models.load_in_background(name)
-    else:
-        log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
+    if settings.idle_unload_minutes:
+        app.start_idle_watch()
     import uvicorn
 
     host = settings.bind_host()

@@ -6,13 +6,13 @@ tests can build two Apps side by side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from modules.characters import CharacterStore
 from modules.chat import TemplateLibrary
 from modules.generation import FairQueue, Pipeline
-from modules.loaders.base import LoadOptions
-from modules.models import ModelManager
+from modules.models import ModelError, ModelManager, infer_loader
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
 from modules.store import ChatStore
@@ -28,19 +28,48 @@ class App:
     store: ChatStore
     characters: CharacterStore
     templates: TemplateLibrary
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def build(cls, settings: Settings) -> "App":
         import torch
 
         torch.set_num_threads(settings.torch_threads())
-        models = ModelManager(settings.models_dir, LoadOptions(dtype=settings.dtype, device_map=settings.device_map,
-                                                               threads=settings.threads))
         queue = FairQueue(settings.max_queue)
+        models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
+                              threads=settings.torch_threads(), trust_remote_code=settings.trust_remote_code,
+                              gate=queue.exclusive)
         return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
                    pipeline=Pipeline(models, queue), store=ChatStore(settings.user_data / "chats.sqlite"),
                    characters=CharacterStore(settings.characters_dir),
                    templates=TemplateLibrary(settings.instruction_templates_dir))
+
+    def load_at_start(self) -> str | None:
+        """Start loading the model named by the settings (or the default one) in the background."""
+        name = self.settings.model or self.models.default_model()
+        if name is None:
+            return None
+        loader = self.settings.loader
+        if loader is None:
+            try:
+                loader = "remote" if name.startswith("remote:") else infer_loader(self.models.path_of(name))
+            except ModelError:  # the load itself reports it, in the log and the Model tab
+                loader = None
+        options = self.settings.load_options(loader) if loader else {}
+        self.models.load_in_background(name, loader, options)
+        return name
+
+    def start_idle_watch(self) -> threading.Thread:
+        """Unload the model after --idle-unload-minutes without use; the next request reloads it."""
+        idle = (self.settings.idle_unload_minutes or 0) * 60
+
+        def watch() -> None:
+            while not self.stopping.wait(min(30.0, idle / 4)):
+                self.models.unload_if_idle(idle)
+
+        thread = threading.Thread(target=watch, name="idle-unload", daemon=True)
+        thread.start()
+        return thread
 
     def start_preset(self) -> Preset:
         """The preset named by the settings, or neutral values if it cannot be read."""

@@ -296,7 +296,15 @@ def request_for(history: list[dict[str, str]], options: PromptOptions, preset: P
         extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
         return build_chat_prompt(history, options, backend, preset.max_new_tokens, extra)
 
-    return GenerationRequest(preset=preset, build=build, cancel=cancel or threading.Event(), user=user)
+    # A remote engine applies the model's own template itself: it gets the messages instead of text.
+    messages = None
+    if options.mode == "instruct" and options.instruction_template is None and not (
+            options.continue_last or options.impersonate or options.start_reply_with):
+        system = substitute(options.system_message or _context(options), options.name1, options.name2).strip()
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
+    return GenerationRequest(preset=preset, build=build, messages=messages, cancel=cancel or threading.Event(),
+                             user=user)
 
 
 def reply_meta(options: PromptOptions, preset: Preset) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules.app import App
 from modules.render import COPY_JS
-from modules.ui import chat, model, notebook, parameters, session
+from modules.ui import chat, evaluate, model, notebook, parameters, session
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
 # Dark by default, as users of local LLM UIs expect; `?__theme=light` still switches.
@@ -34,7 +34,11 @@ def build(app: App) -> gr.Blocks:
             with gr.Tab("Parameters", id="parameters"):
                 parameters.render(app, params)
             with gr.Tab("Model", id="model"):
-                status, info, describe = model.render(app)
+                with gr.Tabs():
+                    with gr.Tab("Load", id="model-load-tab"):
+                        status, info, describe = model.render(app)
+                    with gr.Tab("Evaluate", id="model-evaluate-tab"):
+                        evaluate.render(app)
             with gr.Tab("Session", id="session"):
                 session.render(app)
         # The model may still be loading when the page opens: refresh the status lines until it is ready.

@@ -622,11 +622,30 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             note += f", {built.turns_dropped} oldest messages dropped"
         return built.text, f"Prompt: {note}. Stop strings: {list(built.stops)}"
 
+    def api_chat_send(request: gr.Request, message: str, *preset_values: Any):
+        """The event API's chat_send (gradio_client): one stateless instruct turn, plain text, nothing saved.
+        Programs that want saved chats, characters or modes use the OpenAI-compatible API."""
+        user = user_of(request)
+        history = [{"role": "user", "content": message}]
+        yield "", history, "…"
+        preset = chatlib.resolve_seed(params.preset_from(preset_values))
+        opts = chatlib.resolve_options(app, user, mode="instruct", name1="You", name2="Assistant", context="",
+                                       user_bio="")
+        try:
+            for reply, update in chatlib.stream_reply(app, history, opts, preset, None, user=user):
+                yield gr.skip(), history + [{"role": "assistant", "content": reply}], status_line(update)
+        except EXPECTED_ERRORS as exc:
+            raise gr.Error(str(exc)) from exc
+
+    api_send = gr.Button(visible=False, elem_id="api-chat-send")
+
     # -- wiring --
     inputs = [text, session, *CTRL, *params.inputs]
     streaming = dict(concurrency_limit=None, show_progress="hidden")
     events = [
-        text.submit(on_send, inputs, OUT, api_name="chat_send", **streaming),
+        text.submit(on_send, inputs, OUT, api_visibility="private", **streaming),
+        api_send.click(api_chat_send, [text, *params.inputs], [text, chatbot, status], api_name="chat_send",
+                       **streaming),
         send.click(on_send, inputs, OUT, api_visibility="private", **streaming),
         regenerate.click(on_regenerate, [session, *CTRL, *params.inputs], OUT, api_name="chat_regenerate", **streaming),
         cont.click(on_continue, [session, *CTRL, *params.inputs], OUT, api_name="chat_continue", **streaming),

@@ -17,9 +17,10 @@ log = logging.getLogger("parlour")
 
 def check_exposure(settings: Settings) -> str | None:
     """Why this configuration must not start, or None. Binding all interfaces needs a key."""
-    if settings.listen and settings.api_key is None and not settings.insecure_listen:
-        return ("refusing to --listen on all interfaces without --api-key: anyone on the network could use "
-                "the model. Add --api-key, or --insecure-listen if this network is trusted.")
+    if settings.listen and settings.api_key is None and settings.auth is None and settings.auth_file is None \
+            and not settings.insecure_listen:
+        return ("refusing to --listen on all interfaces without --auth or --api-key: anyone on the network could use "
+                "the model. Add --auth or --api-key, or --insecure-listen if this network is trusted.")
     return None
 
 
@@ -53,7 +54,8 @@ def create_app(settings: Settings):
         api.add_middleware(LocalHostOnly)  # DNS rebinding: a 127.0.0.1 bind answers only loopback Host names
     blocks = ui.build(app)
     blocks.queue(default_concurrency_limit=1)
-    gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, **ui.launch_kwargs(app))
+    gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, auth=ui.auth_check(settings),
+                        **ui.launch_kwargs(app))
     return api, app
 
 
@@ -64,11 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        settings.logins()  # a malformed --auth / --auth-file stops here, with its message
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     problem = check_exposure(settings)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    api, app = create_app(settings)
+    from modules.store import StoreError
+
+    try:
+        api, app = create_app(settings)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if settings.idle_unload_minutes:
         app.start_idle_watch()
     import uvicorn

@@ -10,11 +10,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modules.characters import CharacterStore
+from modules.chat import TemplateLibrary
 from modules.extensions import Extensions
 from modules.generation import FairQueue, Pipeline
 from modules.models import ModelError, ModelManager, infer_loader
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
+from modules.store import ChatStore
 
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
 
@@ -27,6 +30,9 @@ class App:
     queue: FairQueue
     pipeline: Pipeline
     extensions: Extensions
+    store: ChatStore
+    characters: CharacterStore
+    templates: TemplateLibrary
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -41,7 +47,10 @@ class App:
                               batch_size=settings.batch_size, gate=queue.exclusive)
         extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
         return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
-                   pipeline=Pipeline(models, queue, extensions), extensions=extensions)
+                   pipeline=Pipeline(models, queue, extensions), extensions=extensions,
+                   store=ChatStore(settings.user_data / "chats.sqlite"),
+                   characters=CharacterStore(settings.characters_dir),
+                   templates=TemplateLibrary(settings.instruction_templates_dir))
 
     def load_at_start(self) -> str | None:
         """Start loading the model named by the settings (or the default one) in the background."""

@@ -209,6 +209,11 @@ class GenerationRequest:
     state: dict[str, Any] = field(default_factory=dict)
     #: False when the caller already ran chat_input_modifier / input_modifier on the new user message
     apply_input_hooks: bool = True
+    #: builds the prompt for the model that holds the slot (chat.build_chat_prompt), given the backend and
+    #: the extensions' ChatHooks: returns an object with text, stops, context_length and turns_dropped.
+    #: Used instead of `prompt`/`messages` when set, except for a backend without a local template
+    #: (remote engines), which gets `messages` if the request has them.
+    build: Callable[[Backend, "ChatHooks"], Any] | None = None
 
 
 @dataclass
@@ -228,6 +233,17 @@ class Update:
     raw_text: str | None = None
     #: final update only: sanitized HTML lines from extensions' reply_footer, shown under the reply
     footer: str = ""
+    #: the model's context, and how many oldest messages were dropped to fit it (0 when not truncated)
+    context_length: int = 0
+    turns_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class ChatHooks:
+    """The extensions' chat-prompt hooks, handed to a request's `build` (None where no extension has one)."""
+
+    history: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None
+    bot_prefix: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -242,6 +258,10 @@ class Prepared:
     #: set for backends that template chats themselves (remote engines): the messages to send; `prompt`
     #: is then only their text, for counting
     messages: list[dict[str, Any]] | None = None
+    #: stop strings the prompt builder derived (template end-of-turn, "\nUser:")
+    stops: tuple[str, ...] = ()
+    context_length: int = 0
+    turns_dropped: int = 0
 
 
 class ModelSource(Protocol):
@@ -287,6 +307,8 @@ class Pipeline:
         if not is_chat:
             prompt = ext.input(request.prompt, state, is_chat=False) if request.apply_input_hooks else request.prompt
             return Prepared(prompt, preset, state, prompt, False)
+        if request.build is not None and not (backend.chat_template is None and request.messages is not None):
+            return self._prepare_built(backend, request, preset, state)
         messages = [dict(m) for m in request.messages or []]
         new_turn = bool(messages) and messages[-1]["role"] == "user" and not request.continue_last
         if new_turn and request.apply_input_hooks:
@@ -317,6 +339,19 @@ class Pipeline:
             if prompt.startswith(bare):
                 prompt = bare + ext.bot_prefix(prompt[len(bare):], state)
         return Prepared(prompt, preset, state, user_input, True)
+
+    def _prepare_built(self, backend: Backend, request: GenerationRequest, preset: Preset,
+                       state: dict[str, Any]) -> Prepared:
+        """A chat request whose prompt modules/chat.py builds (modes, characters, truncation); the
+        extensions' history and bot-prefix hooks run inside it, at the steps text-generation-webui has them."""
+        ext = self.extensions
+        hooks = ChatHooks(
+            history=(lambda turns: history_to_messages(ext.history(messages_to_history(turns)), []))
+            if ext.has("history_modifier") else None,
+            bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state)) if ext.has("bot_prefix_modifier") else None)
+        built = request.build(backend, hooks)
+        return Prepared(built.text, preset, state, state.get("user_input", ""), True, stops=tuple(built.stops),
+                        context_length=built.context_length, turns_dropped=built.turns_dropped)
 
     def _finish(self, update: Update, prepared: Prepared) -> Update:
         """The output-side hooks: output_modifier on the finished text, then reply_footer."""
@@ -367,9 +402,12 @@ class Pipeline:
                 raise NoModel("no model is loaded: pick one in the Model tab")
             update.model = backend.name
             prepared = self.prepare(backend, request)
-            stops = StopStringFilter(tuple(request.stop) + tuple(backend.stop_strings))
+            stops = StopStringFilter(tuple(request.stop) + prepared.stops + tuple(backend.stop_strings))
             counted = self.extensions.tokenized_length(prepared.prompt)
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
+            update.context_length = prepared.context_length or backend.context_length
+            update.turns_dropped = prepared.turns_dropped
+
             self.stats.started()
             try:
                 final = yield from self._run(backend, prepared, request, stops, update, start)

@@ -55,10 +55,16 @@ class Settings(BaseModel):
     settings: Path = Field(Path("user_data/settings.yaml"), description="settings file (YAML)")
     user_data: Path = Field(Path("user_data"), description="folder for chats, settings and caches")
     presets_dir: Path = Field(Path("presets"), description="folder of sampling presets (YAML)")
+    characters_dir: Path = Field(Path("characters"), description="folder of characters (YAML + PNG)")
+    instruction_templates_dir: Path = Field(Path("instruction-templates"),
+                                            description="folder of instruction templates (YAML)")
     preset: str = Field("Default", description="preset selected at start")
     # UI and API
     api: bool = Field(True, description="serve the OpenAI-compatible API under /v1")
     api_key: SecretStr | None = Field(None, description="key every /v1 request must send (Bearer)")
+    auth: SecretStr | None = Field(None, description="UI logins as user:password (several: comma-separated); "
+                                                     "each user sees only their own chats")
+    auth_file: Path | None = Field(None, description="file of user:password logins, one per line")
     stream_fps: float = Field(20.0, gt=0, le=120, description="most UI updates per second while streaming")
     batch_size: int = Field(1, ge=1, le=64, description="requests the Transformers backend generates together "
                                                      "(1: one at a time; more: batched, shared forward passes)")
@@ -95,6 +101,26 @@ class Settings(BaseModel):
         if params:
             data["extension_params"] = params
         return data
+
+    def logins(self) -> dict[str, str]:
+        """{user: password} from --auth and --auth-file (empty: no login, everyone is "local")."""
+        entries: list[str] = []
+        if self.auth is not None:
+            entries += self.auth.get_secret_value().split(",")
+        if self.auth_file is not None:
+            try:
+                entries += self.auth_file.read_text(encoding="utf-8").replace(",", "\n").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SettingsError(f"cannot read --auth-file {self.auth_file}: {exc}") from exc
+        logins: dict[str, str] = {}
+        for entry in (e.strip() for e in entries):
+            if not entry or entry.startswith("#"):
+                continue
+            user, sep, password = entry.partition(":")
+            if not sep or not user.strip() or not password:
+                raise SettingsError("every login must look like user:password (got an entry without one)")
+            logins[user.strip()] = password
+        return logins
 
     def load_options(self, loader: str) -> dict[str, Any]:
         """The loader options given on the command line / settings file (only those set)."""

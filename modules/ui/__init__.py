@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
 
 from modules.app import App
+from modules.render import COPY_JS
 from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
@@ -25,7 +28,7 @@ def build(app: App) -> gr.Blocks:
             model_line = gr.Markdown(app.models.status(), elem_id="header-model")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat.render(app, params)
+                chat_ui = chat.render(app, params)
             with gr.Tab("Notebook", id="notebook"):
                 notebook.render(app, params)
             with gr.Tab("Parameters", id="parameters"):
@@ -49,14 +52,29 @@ def build(app: App) -> gr.Blocks:
 
         timer.tick(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
         blocks.load(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
+        chat_ui["wire_load"](blocks)
     return blocks
 
 
 def launch_kwargs(app: App | None = None) -> dict:
     """Theme, CSS and JS: Gradio 6 takes them at launch/mount time, not in Blocks() (with extensions' own)."""
     kwargs = {"theme": gr.themes.Soft(primary_hue="violet", neutral_hue="slate"),
-              "css_paths": sorted(CSS_DIR.glob("*.css")), "js": DARK_JS}
+              "css_paths": sorted(CSS_DIR.glob("*.css")), "js": DARK_JS,
+              "head": f"<script>{COPY_JS}{chat.SHORTCUTS_JS}</script>"}
     if app is not None and app.extensions.loaded:
         kwargs["css"] = app.extensions.css()
         kwargs["js"] = extensions.page_js(DARK_JS, app)
     return kwargs
+
+
+def auth_check(settings) -> Callable[[str, str], bool] | None:
+    """Gradio's login check for --auth / --auth-file (None: no logins). Passwords compared in constant time."""
+    logins = settings.logins()
+    if not logins:
+        return None
+
+    def check(user: str, password: str) -> bool:
+        expected = logins.get(user)
+        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+
+    return check

@@ -65,3 +65,34 @@ def test_listen_without_key_refuses_to_start(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "--api-key" in out.stderr
+
+
+def test_logins_from_auth_and_auth_file(tmp_path):
+    logins_file = tmp_path / "logins.txt"
+    logins_file.write_text("# team\ncarol:pw:with:colons\n\ndave:d\n")
+    settings = Settings(auth="ann:a, bob:b", auth_file=logins_file)
+    assert settings.logins() == {"ann": "a", "bob": "b", "carol": "pw:with:colons", "dave": "d"}
+    assert "a, bob" not in str(settings.public_dict())
+    assert Settings().logins() == {}
+    with pytest.raises(SettingsError, match="user:password"):
+        Settings(auth="nopassword").logins()
+    with pytest.raises(SettingsError, match="cannot read"):
+        Settings(auth_file=tmp_path / "missing.txt").logins()
+
+
+def test_bad_auth_refuses_to_start_and_auth_allows_listen(tmp_path):
+    out = subprocess.run([sys.executable, "server.py", "--auth", "broken", "--settings", str(tmp_path / "s.yaml")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "user:password" in out.stderr
+    from server import check_exposure
+
+    assert check_exposure(Settings(listen=True)) is not None
+    assert check_exposure(Settings(listen=True, auth="ann:pw")) is None
+
+
+def test_gradio_login_check_is_exact():
+    from modules.ui import auth_check
+
+    check = auth_check(Settings(auth="ann:secret"))
+    assert check("ann", "secret") and not check("ann", "Secret") and not check("bob", "secret")
+    assert auth_check(Settings()) is None

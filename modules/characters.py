@@ -1,0 +1,278 @@
+"""Characters: `characters/<name>.yaml` (+ optional `<name>.png`) and character cards.
+
+A character file holds `name`, `greeting` and `context` (text-generation-webui's keys), and may keep
+the card fields it came from (`description`, `personality`, `scenario`, `mes_example`,
+`system_prompt`) so exporting gives the card back.
+
+Cards are TavernAI / SillyTavern PNGs (base64 JSON in a `chara` tEXt chunk; `ccv3` preferred when
+present) or plain JSON, spec V1 (fields at the top level) or V2/V3 (`spec: chara_card_v2`, fields
+under `data`). PNG chunks are parsed here with size limits and CRC checks, so a decompression bomb
+or a gigabyte text chunk is refused before anything is decoded. An import is checked completely
+before the first byte is written, and files are replaced atomically: a bad card changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modules.fileio import FileTooLarge, atomic_write_text, read_text_limited
+from modules.paths import UnsafeName, check_name, safe_child
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_CARD_BYTES = 20 * 1024 * 1024  # a whole card file
+MAX_TEXT_CHUNK = 2 * 1024 * 1024  # one text chunk (the card JSON, base64)
+MAX_YAML_BYTES = 1024 * 1024
+CARD_FIELDS = ("description", "personality", "scenario", "mes_example", "system_prompt")
+
+
+class CharacterError(ValueError):
+    """A character or card that cannot be read, imported or saved; nothing was changed."""
+
+
+@dataclass
+class Character:
+    name: str
+    greeting: str = ""
+    context: str = ""
+    description: str = ""
+    personality: str = ""
+    scenario: str = ""
+    mes_example: str = ""
+    system_prompt: str = ""
+
+    def to_yaml(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v or k in ("name", "greeting", "context")}
+        return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
+
+
+# -- PNG chunks -------------------------------------------------------------------------------------
+def png_text_chunks(data: bytes) -> dict[str, bytes]:
+    """The tEXt chunks of a PNG as {keyword: value}; CharacterError for anything malformed or too big."""
+    if len(data) > MAX_CARD_BYTES:
+        raise CharacterError(f"the card is {len(data):,} bytes; the limit is {MAX_CARD_BYTES:,}")
+    if not data.startswith(PNG_SIGNATURE):
+        raise CharacterError("not a PNG file (bad signature)")
+    texts: dict[str, bytes] = {}
+    pos = len(PNG_SIGNATURE)
+    while True:
+        if pos + 8 > len(data):
+            raise CharacterError("the PNG is truncated (no IEND chunk)")
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind in (b"tEXt", b"iTXt", b"zTXt") and length > MAX_TEXT_CHUNK:
+            raise CharacterError(f"a PNG text chunk is {length:,} bytes; the limit is {MAX_TEXT_CHUNK:,}")
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise CharacterError("the PNG is truncated (a chunk runs past the end of the file)")
+        body = data[pos + 8:end]
+        (crc,) = struct.unpack(">I", data[end:end + 4])
+        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
+            raise CharacterError(f"the PNG is corrupt (bad checksum in a {kind.decode('latin-1')} chunk)")
+        if kind == b"tEXt":
+            key, sep, value = body.partition(b"\x00")
+            if sep:
+                texts[key.decode("latin-1")] = value
+        if kind == b"IEND":
+            return texts
+        pos = end + 4
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def blank_png() -> bytes:
+    """A 1x1 grey PNG, the picture of a card exported from a character without one."""
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00\x80\x80\x80")) + \
+        _chunk(b"IEND", b"")
+
+
+def png_with_text(png: bytes, key: str, value: bytes) -> bytes:
+    """`png` with its `key` tEXt chunks replaced by one holding `value` (placed before IEND)."""
+    png_text_chunks(png)  # validates
+    out = [PNG_SIGNATURE]
+    pos = len(PNG_SIGNATURE)
+    while True:
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        whole = png[pos:pos + 12 + length]
+        pos += 12 + length
+        if kind == b"tEXt" and whole[8:8 + length].split(b"\x00", 1)[0] in (b"chara", b"ccv3"):
+            continue  # drop old card data
+        if kind == b"IEND":
+            out.append(_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value))
+            out.append(whole)
+            return b"".join(out)
+        out.append(whole)
+
+
+# -- cards ---------------------------------------------------------------------------------------------
+def card_from_bytes(data: bytes) -> dict[str, Any]:
+    """The card JSON from a PNG or a JSON file."""
+    if data.startswith(PNG_SIGNATURE):
+        texts = png_text_chunks(data)
+        raw = texts.get("ccv3") or texts.get("chara")
+        if raw is None:
+            raise CharacterError("the PNG holds no character card (no 'chara' text chunk)")
+        try:
+            text = base64.b64decode(raw, validate=False).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise CharacterError(f"the card's 'chara' chunk is not base64 JSON: {exc}") from exc
+    else:
+        if len(data) > MAX_CARD_BYTES:
+            raise CharacterError(f"the card is {len(data):,} bytes; the limit is {MAX_CARD_BYTES:,}")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CharacterError("the card is neither a PNG nor UTF-8 JSON") from exc
+    try:
+        card = json.loads(text)
+    except ValueError as exc:
+        raise CharacterError(f"the card is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict):
+        raise CharacterError("the card must be a JSON object")
+    return card
+
+
+def character_from_card(card: dict[str, Any]) -> Character:
+    """A Character from card JSON (V1 fields at the top, V2/V3 under `data`)."""
+    spec = card.get("spec")
+    if spec in ("chara_card_v2", "chara_card_v3"):
+        data = card.get("data")
+        if not isinstance(data, dict):
+            raise CharacterError(f"a {spec} card needs its fields under 'data'")
+    elif spec is None:
+        data = card
+    else:
+        raise CharacterError(f"unknown card spec {str(spec)[:40]!r}")
+    name = data.get("name") or data.get("char_name")
+    if not isinstance(name, str) or not name.strip():
+        raise CharacterError("the card has no name")
+    try:
+        name = check_name(name)
+    except UnsafeName as exc:
+        raise CharacterError(f"the card's name cannot be a file name: {exc}") from exc
+    values: dict[str, str] = {}
+    for key in (*CARD_FIELDS, "first_mes"):
+        value = data.get(key, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise CharacterError(f"the card's {key!r} must be text, not {type(value).__name__}")
+        values[key] = value.strip()
+    parts = [values["system_prompt"], values["description"]]
+    if values["personality"]:
+        parts.append(f"{{{{char}}}}'s personality: {values['personality']}")
+    if values["scenario"]:
+        parts.append(f"Scenario: {values['scenario']}")
+    if values["mes_example"]:
+        parts.append(values["mes_example"])
+    context = "\n\n".join(p for p in parts if p)
+    return Character(name=name, greeting=values["first_mes"], context=context,
+                     **{k: values[k] for k in CARD_FIELDS})
+
+
+def card_v2(character: Character) -> dict[str, Any]:
+    """A character as a chara_card_v2 object."""
+    description = character.description or (character.context if not character.system_prompt else "")
+    return {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": character.name, "description": description, "personality": character.personality,
+        "scenario": character.scenario, "first_mes": character.greeting, "mes_example": character.mes_example,
+        "system_prompt": character.system_prompt, "creator_notes": "", "post_history_instructions": "",
+        "alternate_greetings": [], "tags": [], "creator": "", "character_version": "",
+        "extensions": {"parlour": {"context": character.context}}}}
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CharacterStore:
+    """The `characters/` folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted((p.stem for p in self.root.glob("*.yaml") if not p.name.startswith(".")), key=str.lower)
+
+    def _path(self, name: str, suffix: str) -> Path:
+        try:
+            return safe_child(self.root, name, suffix)
+        except UnsafeName as exc:
+            raise CharacterError(f"character name: {exc}") from exc
+
+    def load(self, name: str) -> Character:
+        path = self._path(name, ".yaml")
+        try:
+            data = yaml.safe_load(read_text_limited(path, MAX_YAML_BYTES))
+        except FileNotFoundError as exc:
+            raise CharacterError(f"character {name!r} not found") from exc
+        except (FileTooLarge, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CharacterError(f"character {name!r}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CharacterError(f"character {name!r}: the file must hold a mapping")
+        values = {}
+        for key in Character.__dataclass_fields__:
+            value = data.get(key, "")
+            if value is None:
+                value = ""
+            if not isinstance(value, (str, int, float)):
+                raise CharacterError(f"character {name!r}: {key!r} must be text")
+            values[key] = str(value)
+        values["name"] = values["name"].strip() or name
+        return Character(**values)
+
+    def picture(self, name: str) -> Path | None:
+        path = self._path(name, ".png")
+        return path if path.is_file() else None
+
+    def save(self, character: Character, picture: bytes | None = None, overwrite: bool = True) -> Path:
+        """Write `<name>.yaml` (and `<name>.png`); both checked before either is written."""
+        path = self._path(character.name, ".yaml")
+        if path.exists() and not overwrite:
+            raise CharacterError(f"a character named {character.name!r} already exists")
+        if picture is not None:
+            png_text_chunks(picture)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if picture is not None:
+            _atomic_write_bytes(self._path(character.name, ".png"), picture)
+        atomic_write_text(path, character.to_yaml())
+        return path
+
+    def import_card(self, data: bytes, overwrite: bool = False) -> Character:
+        """Import a PNG or JSON card; the PNG becomes the character's picture."""
+        character = character_from_card(card_from_bytes(data))
+        self.save(character, picture=data if data.startswith(PNG_SIGNATURE) else None, overwrite=overwrite)
+        return character
+
+    def export_card(self, name: str, png: bool = True) -> bytes:
+        """A V2 card: the picture (or a blank one) with the JSON in its `chara` chunk, or the JSON alone."""
+        character = self.load(name)
+        text = json.dumps(card_v2(character), ensure_ascii=False)
+        if not png:
+            return text.encode("utf-8")
+        picture = self.picture(name)
+        base = picture.read_bytes() if picture is not None else blank_png()
+        return png_with_text(base, "chara", base64.b64encode(text.encode("utf-8")))

@@ -1,0 +1,432 @@
+"""Chat prompts: modes chat / instruct / chat-instruct, instruction templates, truncation, stop strings.
+
+`build_chat_prompt` is the ONE place a chat prompt is made (UI, API, extensions all come here). It
+runs in clear steps so hooks can be inserted between them:
+
+    1. substitute {{char}} / {{user}} in the character's context
+    2. (history_modifier)            the turns to send
+    3. format the turns for the mode (chat text, instruction template, or both)
+    4. truncate: drop the oldest turns until prompt + reply fit the context; report what was dropped
+    5. (bot_prefix_modifier)         start the reply: the bot's name, "start reply with", a partial
+                                     reply to continue, or the user's name when impersonating
+    6. stop strings: derived from the template (end of turn, start of the next one) plus custom ones
+
+Everything it needs comes in `PromptOptions` plus a `TokenCounter`; no UI, no globals, so the API
+can call it with text-generation-webui's fields (mode, character, instruction_template, name1,
+name2, context).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Literal, Protocol
+
+import yaml
+
+from modules.fileio import FileTooLarge, read_text_limited
+from modules.paths import UnsafeName, safe_child
+from modules.presets import Preset
+from modules.templates import ChatTemplate, TemplateError
+
+Mode = Literal["chat", "instruct", "chat-instruct"]
+MODES: tuple[str, ...] = ("chat", "instruct", "chat-instruct")
+DEFAULT_COMMAND = ('Continue the chat dialogue below. Write a single reply for the character "<|character|>".'
+                   "\n\n<|prompt|>")
+MAX_TEMPLATE_BYTES = 256 * 1024
+_MARK = "\ue000PARLOUR-MARK\ue000"  # a private-use sentinel no template rewrites
+
+
+class ContextOverflow(ValueError):
+    """Even the newest turn alone does not fit the context."""
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """Everything besides the turns that shapes a chat prompt (text-generation-webui's field names)."""
+
+    mode: Mode = "chat"
+    name1: str = "You"  # the user's name
+    name2: str = "Assistant"  # the character's name
+    context: str = ""  # the character's context (persona, scenario, examples)
+    user_bio: str = ""  # the user's description, appended to the context
+    #: Jinja source of the instruction template; None means the model's own chat template
+    instruction_template: str | None = None
+    template_name: str = ""  # for metadata: which template was used
+    system_message: str = ""  # instruct mode's system message (default: the character's context)
+    chat_instruct_command: str = DEFAULT_COMMAND
+    custom_stops: tuple[str, ...] = ()
+    start_reply_with: str = ""
+    continue_last: bool = False  # the last turn is a partial assistant reply to extend
+    impersonate: bool = False  # write the user's next message instead of the reply
+
+
+@dataclass
+class ChatPrompt:
+    text: str
+    stops: tuple[str, ...]
+    prompt_tokens: int
+    context_length: int
+    turns_dropped: int = 0
+    #: text the reply starts with that the model does not generate (start reply with / continue)
+    reply_prefix: str = ""
+
+
+class TokenCounter(Protocol):
+    """What prompt building needs from a model: token counts, the context size, its own template."""
+
+    chat_template: ChatTemplate | None
+
+    @property
+    def context_length(self) -> int: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+
+def substitute(text: str, name1: str, name2: str) -> str:
+    """Character-card placeholders: {{char}} / <BOT> for the character, {{user}} / <USER> for the user."""
+    for key in ("{{char}}", "{{Char}}", "<BOT>"):
+        text = text.replace(key, name2)
+    for key in ("{{user}}", "{{User}}", "<USER>"):
+        text = text.replace(key, name1)
+    return text
+
+
+def _template(backend: TokenCounter, options: PromptOptions) -> ChatTemplate:
+    if options.instruction_template:
+        return ChatTemplate(options.instruction_template)
+    if backend.chat_template is None:
+        raise TemplateError("the model has no chat template: choose an instruction template")
+    return backend.chat_template
+
+
+def _render(template: ChatTemplate, messages: list[dict[str, str]], extra: dict[str, Any],
+            open_role: str | None = "assistant") -> str:
+    """Render `messages`, then open a turn of `open_role` (None: leave the last turn closed)."""
+    if open_role is None:
+        return template.render(messages, add_generation_prompt=False, **extra)
+    if open_role == "assistant":
+        return template.render(messages, add_generation_prompt=True, **extra)
+    # Opening a user turn: render it with a marker as content and cut at the marker.
+    text = template.render(messages + [{"role": open_role, "content": _MARK}], add_generation_prompt=False, **extra)
+    if _MARK not in text:
+        raise TemplateError(f"the instruction template cannot start a {open_role} turn")
+    return text.split(_MARK)[0]
+
+
+def template_stops(template: ChatTemplate, extra: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Stop strings a template implies: what closes an assistant turn and what opens the next user turn."""
+    extra = extra or {}
+    a, u = _MARK + "A", _MARK + "U"
+    stops: list[str] = []
+    try:
+        two = template.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": a}],
+                              add_generation_prompt=False, **extra)
+        three = template.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": a},
+                                 {"role": "user", "content": u}], add_generation_prompt=False, **extra)
+    except TemplateError:
+        return ()
+    end = two.split(a, 1)[1].strip() if a in two else ""
+    if end:
+        stops.append(end)
+    if a in three and u in three:
+        between = three.split(a, 1)[1].split(u, 1)[0].strip()
+        if between and between != end:
+            stops.append(between[len(end):].strip() if between.startswith(end) and len(between) > len(end) else between)
+    return tuple(s for s in stops if s and _MARK not in s)
+
+
+def _chat_lines(turns: list[dict[str, str]], options: PromptOptions) -> str:
+    """Chat mode's transcript: one `Name: text` block per turn."""
+    out = []
+    for turn in turns:
+        name = options.name1 if turn["role"] == "user" else options.name2
+        out.append(f"{name}: {turn['content']}\n")
+    return "".join(out)
+
+
+def _context(options: PromptOptions) -> str:
+    context = substitute(options.context, options.name1, options.name2).strip()
+    bio = substitute(options.user_bio, options.name1, options.name2).strip()
+    return "\n\n".join(part for part in (context, bio) if part)
+
+
+def _format(turns: list[dict[str, str]], options: PromptOptions, backend: TokenCounter,
+            extra: dict[str, Any]) -> str:
+    """Step 3: the prompt for these turns, up to where the model starts writing (before any prefix)."""
+    context = _context(options)
+    if options.continue_last and turns and turns[-1]["role"] == "assistant":
+        turns, partial = turns[:-1], turns[-1]["content"]
+    else:
+        partial = None
+    speaker = options.name1 if options.impersonate else options.name2
+    if options.mode == "chat":
+        head = (context + "\n\n" if context else "") + _chat_lines(turns, options)
+        return head + f"{speaker}:" + (" " + partial if partial is not None else "")
+    template = _template(backend, options)
+    if options.mode == "instruct":
+        system = substitute(options.system_message or context, options.name1, options.name2).strip()
+        messages = ([{"role": "system", "content": system}] if system else []) + list(turns)
+        text = _render(template, messages, extra, "user" if options.impersonate else "assistant")
+        return text + (partial or "")
+    # chat-instruct: the whole chat transcript becomes one instruction, the reply is the next line
+    transcript = (context + "\n\n" if context else "") + _chat_lines(turns, options)
+    command = options.chat_instruct_command.replace("<|character|>", speaker).replace("<|prompt|>", transcript)
+    messages = ([{"role": "system", "content": options.system_message}] if options.system_message else [])
+    text = _render(template, messages + [{"role": "user", "content": command}], extra, "assistant")
+    return text + (partial or "")
+
+
+def _cut_points(turns: list[dict[str, str]]) -> list[int]:
+    """Where the kept history may start after dropping: at a user turn, so pairs are dropped whole."""
+    return [i for i, t in enumerate(turns) if t["role"] == "user" and i > 0]
+
+
+def build_chat_prompt(history: list[dict[str, str]], options: PromptOptions, backend: TokenCounter,
+                      max_new_tokens: int, extra: dict[str, Any] | None = None, hooks: Any = None) -> ChatPrompt:
+    """The prompt for the next reply to `history` ({"role", "content"} turns, oldest first).
+
+    Oldest turns are dropped (whole user/reply pairs; the character context and system message are
+    always kept) until the prompt leaves room for the reply: `max_new_tokens`, but at most half the
+    context, so a large max_new_tokens cannot wipe out the whole history.
+    """
+    extra = extra or {}
+    if options.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {options.mode!r}")
+    # steps 1-2: the turns as given (extensions' history_modifier goes here). System turns (the API's
+    # "system" messages) are not turns: they become the system message, or lead the context in chat mode.
+    turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
+    if hooks is not None and hooks.history is not None:
+        turns = [t for t in hooks.history(turns) if t.get("role") in ("user", "assistant")]
+    system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
+    if system_turns and options.mode == "chat":
+        options = replace(options, context=system_turns + ("\n\n" + options.context if options.context else ""))
+    elif system_turns and not options.system_message:
+        options = replace(options, system_message=system_turns)
+    context_length = backend.context_length
+    budget = context_length - min(max_new_tokens, context_length // 2)
+
+    # step 5 (used in prompt_for): extensions' bot_prefix_modifier may add hidden text where the reply
+    # starts (character_bias); the visible reply prefix stays options.start_reply_with
+    hidden_prefix = options.start_reply_with
+    if hooks is not None and hooks.bot_prefix is not None and not options.continue_last:
+        hidden_prefix = hooks.bot_prefix(options.start_reply_with)
+
+    def prompt_for(start: int) -> tuple[str, int]:
+        text = _format(turns[start:], options, backend, extra) + hidden_prefix
+        return text, len(backend.tokenize(text))
+
+    # step 4: binary search for the fewest dropped turns that fit (token count only shrinks as we drop)
+    starts = [0] + _cut_points(turns)
+    text, count = prompt_for(0)
+    chosen = 0
+    if count > budget:
+        lo, hi = 1, len(starts) - 1
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            t, c = prompt_for(starts[mid])
+            if c <= budget:
+                best, hi = (mid, t, c), mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            last = starts[-1]
+            text, count = prompt_for(last)
+            if count >= context_length:
+                raise ContextOverflow(f"the prompt is {count} tokens even with only the newest turn; the model's "
+                                      f"context is {context_length}. Shorten the message or the character context.")
+            chosen = last  # does not leave the full reply budget, but still fits the context
+        else:
+            chosen, text, count = starts[best[0]], best[1], best[2]
+    # step 5: the reply prefix (bot_prefix_modifier goes here) was appended in prompt_for
+    prefix = options.start_reply_with
+    if options.continue_last and turns and turns[-1]["role"] == "assistant":
+        prefix = turns[-1]["content"] + prefix
+    # step 6: stop strings
+    stops: list[str] = []
+    if options.mode in ("chat", "chat-instruct"):
+        stops += [f"\n{options.name1}:", f"\n{options.name2}:"]
+    if options.mode in ("instruct", "chat-instruct"):
+        stops += template_stops(_template(backend, options), extra)
+    stops += [s for s in options.custom_stops if s]
+    return ChatPrompt(text=text, stops=tuple(dict.fromkeys(stops)), prompt_tokens=count,
+                      context_length=context_length, turns_dropped=chosen, reply_prefix=prefix)
+
+
+# -- instruction templates on disk ----------------------------------------------------------------
+class TemplateLibrary:
+    """`instruction-templates/<name>.yaml` files with an `instruction_template` key (text-generation-webui's format)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.stem for p in self.root.glob("*.yaml") if not p.name.startswith("."))
+
+    def load(self, name: str) -> str:
+        """The Jinja source of a template; TemplateError with the file name if it cannot be used."""
+        try:
+            path = safe_child(self.root, name, ".yaml")
+            data = yaml.safe_load(read_text_limited(path, MAX_TEMPLATE_BYTES))
+        except UnsafeName as exc:
+            raise TemplateError(f"instruction template: {exc}") from exc
+        except FileNotFoundError as exc:
+            raise TemplateError(f"instruction template {name!r} not found in {self.root}") from exc
+        except (FileTooLarge, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"instruction template {name!r}: {exc}") from exc
+        source = data.get("instruction_template") if isinstance(data, dict) else None
+        if not isinstance(source, str) or not source.strip():
+            raise TemplateError(f"instruction template {name!r} has no 'instruction_template' text")
+        ChatTemplate(source)  # compile now: a broken file is reported when chosen, not at the first reply
+        return source
+
+
+# -- generating and saving a reply -----------------------------------------------------------------
+def resolve_seed(preset: Preset) -> Preset:
+    """A preset with a concrete seed, so the reply's metadata can reproduce it exactly."""
+    if preset.seed >= 0:
+        return preset
+    return preset.model_copy(update={"seed": random.randrange(2**31)})
+
+
+def request_for(history: list[dict[str, str]], options: PromptOptions, preset: Preset,
+                cancel: threading.Event | None = None, user: str = "local"):
+    """A pipeline request whose prompt is built for whichever model holds the queue slot."""
+    from modules.generation import GenerationRequest
+
+    def build(backend, hooks=None) -> ChatPrompt:
+        extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
+        return build_chat_prompt(history, options, backend, preset.max_new_tokens, extra, hooks)
+
+    # A remote engine applies the model's own template itself: it gets the messages instead of text.
+    messages = None
+    if options.mode == "instruct" and options.instruction_template is None and not (
+            options.continue_last or options.impersonate or options.start_reply_with):
+        system = substitute(options.system_message or _context(options), options.name1, options.name2).strip()
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
+    return GenerationRequest(preset=preset, build=build, messages=messages, cancel=cancel or threading.Event(),
+                             user=user)
+
+
+def reply_meta(options: PromptOptions, preset: Preset) -> dict[str, Any]:
+    """What a reply's metadata records before generation, enough to reproduce it."""
+    return {"preset": preset.model_dump(), "seed": preset.seed, "mode": options.mode,
+            "template": options.template_name or ("model" if options.instruction_template is None else "custom"),
+            "character": options.name2, "started": time.time()}
+
+
+def final_meta(update: Any) -> dict[str, Any]:
+    return {"model": update.model, "tokens": update.tokens, "prompt_tokens": update.prompt_tokens,
+            "seconds": round(update.seconds, 3), "first_token_seconds": update.first_token_seconds,
+            "finish_reason": update.finish_reason, "finished": time.time(),
+            "context_length": update.context_length, "turns_dropped": update.turns_dropped}
+
+
+def context_line(update: Any) -> str:
+    """What the UI says about the context: tokens used of how many, and turns dropped if any."""
+    if not update.context_length:
+        return ""
+    line = f"context {update.prompt_tokens}/{update.context_length} tokens"
+    if update.turns_dropped:
+        line += f" · ✂️ {update.turns_dropped} oldest messages dropped to fit"
+    return line
+
+
+
+# -- the chat service: options from names, replies streamed into the store ----------------------------
+MODEL_TEMPLATE = "(model's own)"
+
+
+def resolve_options(app: Any, user: str, mode: str = "chat", character: str | None = None,
+                    instruction_template: str | None = None, template_source: str | None = None,
+                    name1: str | None = None, name2: str | None = None, context: str | None = None,
+                    user_bio: str | None = None, system_message: str = "", chat_instruct_command: str | None = None,
+                    custom_stops: tuple[str, ...] = (), **flags: Any) -> PromptOptions:
+    """PromptOptions from names, the way the UI and the API (text-generation-webui's fields) give them.
+
+    `character` loads characters/<name>.yaml; `instruction_template` names a file in
+    instruction-templates/ (None or MODEL_TEMPLATE: the model's own); `template_source` (edited Jinja)
+    beats both. Explicit name1/name2/context/user_bio override the character and the user's profile.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    char = app.characters.load(character) if character else None
+    profile = app.store.profile(user)
+    source: str | None = None
+    template_name = "model"
+    if template_source and template_source.strip():
+        source, template_name = template_source, "custom"
+    elif instruction_template and instruction_template != MODEL_TEMPLATE:
+        source, template_name = app.templates.load(instruction_template), instruction_template
+    return PromptOptions(
+        mode=mode,  # type: ignore[arg-type]
+        name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
+        context=context if context is not None else (char.context if char else ""),
+        user_bio=user_bio if user_bio is not None else profile["description"],
+        instruction_template=source, template_name=template_name, system_message=system_message,
+        chat_instruct_command=chat_instruct_command or DEFAULT_COMMAND, custom_stops=tuple(custom_stops), **flags)
+
+
+@dataclass
+class ReplyTarget:
+    """Where a streamed reply is saved: a message row of a chat (None in an incognito chat)."""
+
+    store: Any
+    user: str
+    chat_id: int
+    message_id: int
+
+
+def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
+                 target: ReplyTarget | None = None, cancel: threading.Event | None = None,
+                 user: str = "local") -> Iterator[tuple[str, Any]]:
+    """Yield (full reply text, Update) while the model answers; save as it streams when `target` is set.
+
+    The reply text includes its prefix (the partial reply when continuing, "start reply with").
+    Metadata written at the end records everything needed to reproduce the reply. The caller's
+    generator being closed (Stop, closed page) sets `cancel`, which ends the model within a token.
+    """
+    from modules.generation import throttle
+    from modules.store import ReplyWriter
+
+    cancel = cancel or threading.Event()
+    prefix = options.start_reply_with
+    if options.continue_last and history and history[-1]["role"] == "assistant":
+        prefix = history[-1]["content"] + prefix
+    request = request_for(history, options, preset, cancel, user=user)
+    writer = ReplyWriter(target.store, target.user, target.chat_id, target.message_id) if target else None
+    if target:
+        target.store.update_message(target.user, target.chat_id, target.message_id, meta=reply_meta(options, preset))
+    text, last = prefix, None
+    try:
+        for update in throttle(app.pipeline.stream(request), app.settings.stream_fps):
+            last = update
+            if update.queue_position:
+                yield text, update
+                continue
+            text = prefix + update.text
+            if writer:
+                writer.update(text, update.tokens)
+            yield text, update
+    finally:
+        cancel.set()
+        if writer:
+            meta = final_meta(last) if last else {"finish_reason": "error"}
+            if meta.get("finish_reason") is None:
+                meta["finish_reason"] = "cancelled"
+            writer.flush(text, last.tokens if last else 0, meta=meta, complete=True)
+
+
+def preset_from_meta(meta: dict[str, Any]) -> Preset:
+    """The exact preset (seed included) a saved reply was generated with, for "reproduce"."""
+    values = meta.get("preset")
+    if not isinstance(values, dict):
+        raise ValueError("this reply has no saved settings to reproduce")
+    return Preset.model_validate(values)

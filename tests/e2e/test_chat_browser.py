@@ -1,0 +1,374 @@
+"""The chat tab in a real browser against a real server process with the micro model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+IDLE = "() => !document.querySelector('[data-testid=status-tracker].generating, [data-testid=status-tracker].pending')"
+# Any script that runs from chat content trips these traps.
+TRAP = """
+window.__xss = [];
+window.alert = (m) => window.__xss.push(String(m));
+window.confirm = window.prompt = window.alert;
+"""
+
+
+@pytest.fixture(scope="module")
+def short_presets(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("presets")
+    (folder / "Short.yaml").write_text("max_new_tokens: 12\nban_eos_token: true\n")
+    (folder / "Long.yaml").write_text("max_new_tokens: 1800\nban_eos_token: true\n")
+    return folder
+
+
+@pytest.fixture()
+def server(start_server, models_dir, short_presets):
+    return start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir",
+                        str(short_presets), "--preset", "Short")
+
+
+def open_page(browser, url, context=None):
+    context = context or browser.new_context()
+    context.add_init_script(TRAP)
+    page = context.new_page()
+    page.dialogs = []
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    page.wait_for_selector("#chat-input textarea")
+    page.wait_for_function(IDLE)
+    return page
+
+
+def bots(page) -> list[str]:
+    return page.locator("#chatbot [data-testid=bot] .message-content").all_inner_texts()
+
+
+def users(page) -> list[str]:
+    return page.locator("#chatbot [data-testid=user] .message-content").all_inner_texts()
+
+
+def settle(page, server, requests: int | None = None):
+    """Wait for the server to finish its replies (its own counters), then for the page to be idle."""
+    if requests is not None:
+        server.wait_until(lambda h: h["requests"] >= requests and h["active"] == 0)
+    page.wait_for_function(IDLE)
+
+
+def send(page, server, text: str):
+    before = server.health()["requests"]
+    page.fill("#chat-input textarea", text)
+    page.click("#send")
+    settle(page, server, before + 1)
+    page.wait_for_function("(n) => document.querySelectorAll('#chatbot [data-testid=bot]').length >= n", arg=1)
+
+
+def click_and_generate(page, server, selector: str):
+    before = server.health()["requests"]
+    page.click(selector)
+    settle(page, server, before + 1)
+
+
+def info(page) -> str:
+    return page.inner_text("#selected-info")
+
+
+def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server, tmp_path):
+    page = open_page(browser, server.url)
+    send(page, server, "hello")
+    first = bots(page)[-1]
+    click_and_generate(page, server, "#regenerate")
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    second = bots(page)[-1]
+    assert len(bots(page)) == 1
+    page.click("#prev-version")
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 1/2')")
+    assert bots(page)[-1] == first
+    page.click("#next-version")
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    assert bots(page)[-1] == second
+    # versions survive a reload: they are in the database, not the page
+    page.reload()
+    page.wait_for_selector("#chat-input textarea")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length >= 1")
+    page.wait_for_function(IDLE)
+    assert bots(page)[-1] == second and "version 2/2" in info(page)
+    # export the chat as JSON and import it back: a second chat with both versions
+    page.get_by_text("You, characters and files").click()
+    page.click("#export-chat")
+    link = page.wait_for_selector("#download a[href]")
+    exported = page.request.get(link.get_attribute("href")).body()
+    assert b'"format": "parlour-chat"' in exported
+    saved = tmp_path / "export.json"
+    saved.write_bytes(exported)
+    page.set_input_files("#chat-import input[type=file]", str(saved))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Imported')")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
+    assert bots(page)[-1] == second and "version 2/2" in info(page)
+
+
+def test_edit_any_message_and_branch_here(browser, server):
+    page = open_page(browser, server.url)
+    send(page, server, "first question")
+    send(page, server, "second question")
+    page.locator("#chatbot [data-testid=user]").first.click()
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.startsWith('Message 1 (user)')")
+    assert page.input_value("#edit-text textarea") == "first question"
+    page.fill("#edit-text textarea", "edited question")
+    page.click("#save-edit")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Saved the edit')")
+    assert users(page) == ["edited question", "second question"]
+    # branch at the first reply: a new chat with two messages, the original keeps four
+    page.locator("#chatbot [data-testid=bot]").first.click()
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.startsWith('Message 2')")
+    page.click("#branch-here")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Branched')")
+    assert users(page) == ["edited question"] and len(bots(page)) == 1
+    labels = page.locator("#chat-list label").all_inner_texts()
+    assert any("(branch)" in label for label in labels) and len(labels) == 2
+    page.locator("#chat-list label", has_text="first question ·", has_not_text="branch").click()
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
+    assert users(page) == ["edited question", "second question"]
+
+
+def test_continue_extends_the_reply_and_impersonate_fills_the_input(browser, server):
+    page = open_page(browser, server.url)
+    send(page, server, "tell me more")
+    before = bots(page)[-1]
+    click_and_generate(page, server, "#continue")
+    page.wait_for_function("(t) => { const b = [...document.querySelectorAll('#chatbot [data-testid=bot] "
+                           ".message-content')].pop(); return b && b.innerText.length > t.length; }", arg=before)
+    after = bots(page)[-1]
+    assert after.startswith(before.rstrip()) and len(bots(page)) == 1
+    click_and_generate(page, server, "#impersonate")
+    page.wait_for_function("() => document.querySelector('#chat-input textarea').value.length > 0")
+    assert len(users(page)) == 1 and len(bots(page)) == 1  # nothing was added to the chat
+
+
+def test_remove_last_returns_the_text_to_the_input(browser, server):
+    page = open_page(browser, server.url)
+    send(page, server, "oops, wrong message")
+    page.click("#remove-last")
+    page.wait_for_function("() => document.querySelector('#chat-input textarea').value === 'oops, wrong message'")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length === 0")
+
+
+PAYLOADS = ["<img src=x onerror=alert('img')>", "<script>alert('script')</script>",
+            "[click me](javascript:alert('link'))", "<svg/onload=alert('svg')>",
+            "<iframe srcdoc=\"<script>parent.alert('frame')</script>\"></iframe>",
+            "![pic](https://example.invalid/x.png)"]
+
+
+def test_xss_payloads_never_execute(browser, server):
+    page = open_page(browser, server.url)
+    page.fill("#chat-input textarea", "\n\n".join(PAYLOADS))
+    page.click("#dummy-message")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length === 1")
+    page.fill("#chat-input textarea", "\n\n".join(PAYLOADS))
+    page.click("#dummy-reply")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length >= 1")
+    page.wait_for_function(IDLE)
+    for link in page.locator("#chatbot a", has_text="click me").all():
+        link.click()
+    bad = page.evaluate("""() => document.querySelectorAll(
+        '#chatbot script, #chatbot iframe, #chatbot svg [onload], #chatbot [onerror], #chatbot [onload], '
+        + '#chatbot a[href^="javascript"], #chatbot img[src*="example.invalid"]').length""")
+    assert bad == 0
+    assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
+    assert "onerror=alert" in users(page)[0]  # shown as text, not dropped silently
+    # the chat title (first user line) is a payload too: shown as text in the sidebar
+    assert any("<img src=x" in label for label in page.locator("#chat-list label").all_inner_texts())
+
+
+def login(browser, url, user, password):
+    context = browser.new_context()
+    context.add_init_script(TRAP)
+    page = context.new_page()
+    page.goto(url)
+    page.fill("input[type=text]", user)
+    page.fill("input[type=password]", password)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#chat-input textarea", timeout=30_000)
+    page.wait_for_function(IDLE)
+    page.dialogs = []
+    return page
+
+
+def test_two_users_are_isolated(browser, start_server, models_dir, short_presets, tmp_path):
+    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir",
+                          str(short_presets), "--preset", "Short", "--auth", "ann:pw-ann,bob:pw-bob")
+    ann = login(browser, server.url, "ann", "pw-ann")
+    bob = login(browser, server.url, "bob", "pw-bob")
+    before = server.health()["requests"]
+    ann.fill("#chat-input textarea", "ann secret alpha")
+    bob.fill("#chat-input textarea", "bob secret beta")
+    ann.click("#send")
+    bob.click("#send")  # both chat at once
+    server.wait_until(lambda h: h["requests"] >= before + 2 and h["active"] == 0)
+    for page in (ann, bob):
+        page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length >= 1")
+        page.wait_for_function(IDLE)
+    assert users(ann) == ["ann secret alpha"] and users(bob) == ["bob secret beta"]
+    for page, other in ((ann, "bob"), (bob, "ann")):
+        page.reload()
+        page.wait_for_selector("#chat-input textarea")
+        page.wait_for_function("() => document.querySelectorAll('#chat-list label').length >= 1")
+        assert all(other not in label for label in page.locator("#chat-list label").all_inner_texts())
+        page.fill("#chat-search textarea", f"{other} secret")
+        page.press("#chat-search textarea", "Enter")
+        page.wait_for_function(IDLE)
+        page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 0")
+    # a wrong password does not get in
+    intruder = browser.new_context().new_page()
+    intruder.goto(server.url)
+    intruder.fill("input[type=text]", "ann")
+    intruder.fill("input[type=password]", "wrong")
+    intruder.keyboard.press("Enter")
+    intruder.wait_for_selector("text=/Incorrect|invalid/i")
+    assert intruder.locator("#chat-input").count() == 0
+    # and in the database, each chat belongs to its user
+    from modules.store import ChatStore
+
+    store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
+    assert [c.title for c in store.list_chats("ann", character="Assistant")] == ["ann secret alpha"]
+    assert [c.title for c in store.list_chats("bob", character="Assistant")] == ["bob secret beta"]
+    assert store.list_chats("local") == []
+
+
+def test_kill_minus_nine_mid_stream_keeps_every_chat(browser, start_server, models_dir, short_presets, tmp_path):
+    args = ("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir", str(short_presets))
+    server = start_server(*args, "--preset", "Long")
+    page = open_page(browser, server.url)
+    for button, text in (("#dummy-message", "a finished chat"), ("#dummy-reply", "a finished reply")):
+        page.fill("#chat-input textarea", text)
+        page.click(button)
+        page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''")
+    # Stop mid-reply: the words so far stay, marked as stopped
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length === 0")
+    page.fill("#chat-input textarea", "stop me")
+    page.click("#send")
+    server.wait_until(lambda h: h["active"] == 1 and h["tokens"] >= 30)
+    page.click("#stop")
+    server.wait_until(lambda h: h["active"] == 0)
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length === 0")
+    start_tokens = server.health()["tokens"]
+    page.fill("#chat-input textarea", "the reply to this is cut off")
+    page.click("#send")
+    server.wait_until(lambda h: h["active"] == 1 and h["tokens"] >= start_tokens + 100)
+    server.proc.kill()  # SIGKILL: no cleanup at all
+    server.proc.wait()
+    page.context.close()
+    from modules.store import ChatStore
+
+    store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
+    chats = store.list_chats("local")
+    assert len(chats) == 3
+    stopped = store.path("local", next(c.id for c in chats if c.title == "stop me"))[-1]
+    assert stopped.meta["finish_reason"] == "cancelled" and stopped.complete and stopped.content
+    cut = store.path("local", chats[0].id)
+    assert cut[-1].role == "assistant" and not cut[-1].complete and len(cut[-1].content) > 0
+    # the restarted server opens every chat
+    again = start_server(*args, "--preset", "Short")
+    page = open_page(browser, again.url)
+    for title in ("a finished chat", "stop me", "the reply to this is cut off"):
+        page.locator("#chat-list label", has_text=title).click()
+        page.wait_for_function("(t) => [...document.querySelectorAll('#chatbot [data-testid=user]')]"
+                               ".some(e => e.innerText.includes(t))", arg=title)
+        page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
+    assert bots(page)[0].strip()  # the partial reply is shown
+
+
+def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(browser, start_server, models_dir,
+                                                                              short_presets, tmp_path):
+    import base64
+    import json
+    import shutil
+
+    from modules.characters import blank_png, png_with_text
+    from modules.store import ChatStore
+
+    card = {"spec": "chara_card_v2", "data": {"name": "Pirate Mira", "description": "{{char}} sails.",
+                                              "first_mes": "Ahoy {{user}}! <img src=x onerror=alert('greet')>"}}
+    characters = tmp_path / "characters"  # imports write here, never into the repository's folder
+    shutil.copytree(Path(__file__).resolve().parents[2] / "characters", characters)
+    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir",
+                          str(short_presets), "--preset", "Short", "--characters-dir", str(characters))
+    path = tmp_path / "mira.png"
+    path.write_bytes(png_with_text(blank_png(), "chara", base64.b64encode(json.dumps(card).encode())))
+    page = open_page(browser, server.url)
+    page.get_by_text("You, characters and files").click()
+    page.set_input_files("#card-import input[type=file]", str(path))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Pirate Mira')")
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
+    assert bots(page)[0].startswith("Ahoy You!") and "<img src=x" in bots(page)[0]
+    assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
+    # keyboard: Ctrl+Enter regenerates (the greeting has no question before it: refused with a message)
+    page.fill("#chat-input textarea", "who are you?")
+    page.click("#send")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 2")
+    settle(page, server)
+    server.wait_until(lambda h: h["active"] == 0)
+    before = server.health()["requests"]
+    page.locator("#chat-input textarea").press("Control+Enter")
+    settle(page, server, before + 1)
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    # incognito: a chat that never reaches the database
+    page.check("#incognito input")
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Incognito')")
+    page.fill("#chat-input textarea", "incognito words zanzibar")
+    page.click("#dummy-message")
+    page.wait_for_function("() => [...document.querySelectorAll('#chatbot [data-testid=user]')]"
+                           ".some(e => e.innerText.includes('zanzibar'))")
+    store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
+    assert store.search("local", "zanzibar") == []
+    assert [c.character for c in store.list_chats("local")] == ["Pirate Mira"]
+    assert (characters / "Pirate Mira.yaml").is_file() and (characters / "Pirate Mira.png").is_file()
+
+
+def test_sidebar_rename_search_delete_prompt_preview_and_reproduce(browser, server):
+    page = open_page(browser, server.url)
+    send(page, server, "about the platypus")
+    # reproduce: the same saved settings (seed included) give the same reply, as a new version
+    first = bots(page)[-1]
+    click_and_generate(page, server, "#reproduce")
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    assert bots(page)[-1] == first
+    page.fill("#rename-title textarea", "Monotremes")
+    page.click("#rename-chat")
+    page.wait_for_function("() => [...document.querySelectorAll('#chat-list label')].some(l => "
+                           "l.innerText.includes('Monotremes'))")
+    page.click("#new-chat")
+    page.fill("#chat-input textarea", "something else")
+    page.click("#dummy-message")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
+    page.fill("#chat-search textarea", "platypus")
+    page.press("#chat-search textarea", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 1")
+    assert "Monotremes" in page.inner_text("#chat-list")
+    # instruct mode with a chosen template: the prompt preview shows that template's format
+    page.locator("#chat-mode label", has_text="instruct").first.click()
+    page.get_by_text("Prompt settings").click()
+    page.fill("#instruction-template input", "Alpaca")
+    page.press("#instruction-template input", "Enter")
+    page.wait_for_function("() => document.querySelector('#template-source').innerText.includes('### Response')")
+    page.click("#show-prompt")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Prompt:')")
+    assert "### Instruction:" in page.inner_text("#prompt-preview")
+    assert "### Instruction:" in page.inner_text("#chat-status")  # the derived stop string
+    # delete asks first; "Keep it" keeps, "Really delete" deletes
+    page.click("#delete-chat")
+    page.click("#cancel-delete")
+    page.wait_for_selector("#confirm-delete", state="hidden")
+    page.click("#delete-chat")
+    page.click("#confirm-delete")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Deleted')")
+    page.fill("#chat-search textarea", "")
+    page.press("#chat-search textarea", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 1")

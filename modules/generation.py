@@ -220,7 +220,8 @@ class Pipeline:
                 raise NoModel("no model is loaded: pick one in the Model tab")
             update.model = backend.name
             prompt = self.build_prompt(backend, request)
-            stops = StopStringFilter(tuple(request.stop) + tuple(backend.stop_strings))
+            stops = StopStringFilter(tuple(request.stop) + tuple(request.preset.custom_stopping_strings)
+                                     + tuple(backend.stop_strings))
             update.prompt_tokens = len(backend.tokenize(prompt))
             self.stats.started()
             try:

@@ -28,7 +28,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from modules.loaders.base import Delta, IncrementalDecoder, LoadOptions
 from modules.presets import Preset
-from modules.sampling import build_processors
+from modules.sampling import SUPPORTED_KEYS, ChainContext, build_processors
 from modules.templates import CHATML, ChatTemplate
 
 log = logging.getLogger(__name__)
@@ -120,20 +120,50 @@ class TransformersBackend:
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    @property
+    def supported_samplers(self) -> frozenset[str]:
+        """Preset keys this backend honours: every one (the whole chain in modules/sampling.py)."""
+        return SUPPORTED_KEYS
+
+    def prompt_ids(self, prompt: str, preset: Preset) -> list[int]:
+        """The prompt's token ids as generation sees them: BOS per `add_bos_token`, then cut from the
+        left to `truncation_length` minus the reply's room when that is set."""
+        ids = self.tokenize(prompt)
+        bos = self.tokenizer.bos_token_id
+        if bos is not None:
+            # "add" means: as the model's tokenizer would (Llama's adds one, ChatML models' do not).
+            adds_bos = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+            if preset.add_bos_token and adds_bos and ids[:1] != [bos]:
+                ids = [bos] + ids
+            elif not preset.add_bos_token and ids[:1] == [bos]:
+                ids = ids[1:]
+        if preset.truncation_length:
+            room = max(1, preset.truncation_length - preset.max_new_tokens)
+            ids = ids[-room:]
+        if not ids:  # generate() needs at least one token: start from BOS when there is nothing else
+            ids = [bos if bos is not None else self.eos_token_ids[0]]
+        return ids
+
+    def chain_context(self, ids: list[int], preset: Preset) -> ChainContext:
+        """What the sampler chain needs from this model (see modules/sampling.py)."""
+        negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
+        return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
+                            encode=self.tokenize, vocab_size=self.model.config.vocab_size,
+                            model=self.model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
+
     def template_vars(self) -> dict[str, Any]:
         return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
-        ids = self.tokenize(prompt)
-        if not ids:  # generate() needs at least one token: start from BOS when there is nothing else
-            ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_token_ids[0]]
+        ids = self.prompt_ids(prompt, preset)
         max_new = max(1, min(preset.max_new_tokens, self._ctx - len(ids)))
         input_ids = torch.tensor([ids], device=self.model.device)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new,
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
-        processors = build_processors(preset, self.eos_token_ids, device=self.device)
+        processors = build_processors(preset, self.eos_token_ids, device=self.device,
+                                      context=self.chain_context(ids, preset))
         out: queue.SimpleQueue = queue.SimpleQueue()
         streamer = _QueueStreamer(out)
 
@@ -152,7 +182,8 @@ class TransformersBackend:
 
         worker = threading.Thread(target=work, name=f"generate-{self.name}", daemon=True)
         worker.start()
-        decoder = IncrementalDecoder(self.detokenize)
+        decoder = IncrementalDecoder(lambda part: self.tokenizer.decode(
+            part, skip_special_tokens=preset.skip_special_tokens))
         generated = 0
         last_token = None
         try:

@@ -151,6 +151,22 @@ class TransformersBackend:
                             encode=self.tokenize, vocab_size=self.model.config.vocab_size,
                             model=self.model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
 
+    def next_token_logits(self, ids: list[int]) -> torch.Tensor:
+        """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views."""
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], device=self.model.device))
+        return out.logits[:, -1, :].float()
+
+    def token_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """Log-probabilities of every position's next token (shape [len(ids), vocab]), one forward pass."""
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], device=self.model.device))
+        return out.logits[0].float().log_softmax(dim=-1).cpu()
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text, special tokens included (they matter when inspecting a distribution)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
     def template_vars(self) -> dict[str, Any]:
         return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 

@@ -31,12 +31,18 @@ class App:
         models = ModelManager(settings.models_dir, LoadOptions(dtype=settings.dtype, device_map=settings.device_map,
                                                                threads=settings.threads))
         queue = FairQueue(settings.max_queue)
-        return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
+        return cls(settings=settings, presets=PresetStore(settings.presets_dir,
+                                                              settings.user_data / "model_presets.yaml"), models=models, queue=queue,
                    pipeline=Pipeline(models, queue))
 
+    def start_preset_name(self) -> str:
+        """The preset remembered for the model loaded at start, else the one the settings name."""
+        model = self.settings.model or self.models.default_model()
+        return (self.presets.model_default(model) if model else None) or self.settings.preset
+
     def start_preset(self) -> Preset:
-        """The preset named by the settings, or neutral values if it cannot be read."""
+        """The start preset (see `start_preset_name`), or neutral values if it cannot be read."""
         try:
-            return self.presets.load(self.settings.preset)
+            return self.presets.load(self.start_preset_name())
         except PresetError:
             return Preset()

@@ -329,10 +329,39 @@ def parse_preset(text: str, name: str = "preset") -> Preset:
 
 
 class PresetStore:
-    """The YAML presets in one folder, addressed by name (the file name without `.yaml`)."""
+    """The YAML presets in one folder, addressed by name (the file name without `.yaml`).
 
-    def __init__(self, folder: Path) -> None:
+    `model_defaults` (a small YAML file in user_data) remembers which preset each model starts with.
+    """
+
+    def __init__(self, folder: Path, model_defaults: Path | None = None) -> None:
         self.folder = folder
+        self.model_defaults_file = model_defaults
+
+    def _model_defaults(self) -> dict[str, str]:
+        path = self.model_defaults_file
+        if path is None or not path.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(read_text_limited(path, MAX_PRESET_BYTES))
+        except (yaml.YAMLError, FileTooLarge, UnicodeDecodeError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+
+    def model_default(self, model: str) -> str | None:
+        """The preset remembered for `model`, if it still exists."""
+        name = self._model_defaults().get(model)
+        return name if name in self.names() else None
+
+    def set_model_default(self, model: str, preset: str) -> None:
+        if self.model_defaults_file is None:
+            raise PresetError("this app has no user_data folder to remember per-model presets in")
+        self._path(preset)  # the name must be a valid preset name
+        data = {**self._model_defaults(), model: preset}
+        atomic_write_text(self.model_defaults_file, yaml.safe_dump(data, sort_keys=True, allow_unicode=True))
 
     def names(self) -> list[str]:
         if not self.folder.is_dir():

@@ -34,6 +34,9 @@ class Inspectable(Protocol):
 
     def tokenize(self, text: str) -> list[int]: ...
 
+    @property
+    def context_length(self) -> int: ...
+
 
 class CannotInspect(RuntimeError):
     """The loaded backend does not expose logits (e.g. a remote engine)."""
@@ -89,7 +92,8 @@ def inspect_next_token(backend: Any, text: str, preset: Preset, top: int = 50, s
     Random stages (XTC) draw from a generator seeded with `seed`, so a view is reproducible.
     """
     backend = _require(backend)
-    ids = backend.prompt_ids(text, preset)
+    # The model cannot look further back than its context: keep the end of a longer text.
+    ids = backend.prompt_ids(text, preset)[-backend.context_length:]
     base = backend.chain_context(ids, preset)
     ctx = ChainContext(**{**base.__dict__, "generator": torch.Generator().manual_seed(seed)})
     scores = backend.next_token_logits(ids)
@@ -116,6 +120,10 @@ def score_text(backend: Any, prompt: str, reply: str) -> list[ScoredToken]:
     head = backend.prompt_ids(prompt, neutral) if prompt else []
     reply_ids = backend.tokenize(reply)
     ids = head + reply_ids
+    if len(ids) > backend.context_length:  # score the end of a text longer than the context
+        ids = ids[-backend.context_length:]
+        head = ids[:max(0, len(ids) - len(reply_ids))]
+        reply_ids = ids[len(head):]
     if not head:  # the first token has no context to be predicted from: score from the second on
         reply_ids = reply_ids[1:]
     if not reply_ids:

@@ -415,7 +415,7 @@ def _fixed_stages(preset: Preset, ctx: ChainContext) -> list[Stage]:
         stages.append(("custom_token_bans", SuppressTokensLogitsProcessor(sorted(set(banned)), device=ctx.device)))
     if preset.banned_strings and ctx.encode is not None:
         # A string is usually written as its canonical tokens, with or without a leading space;
-        # other spellings of it are not caught (a limit worth knowing, documented in docs/presets.md).
+        # other spellings of it are not caught (the field's description, and so the docs, say so).
         sequences = {tuple(ctx.encode(variant)) for text in preset.banned_strings
                      for variant in (text, " " + text.lstrip()) if text}
         sequences.discard(())

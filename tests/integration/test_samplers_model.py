@@ -123,3 +123,12 @@ def test_model_text_is_escaped_in_the_views():
 
     evil = Inspection(1, [StageView("model", [Candidate(1, "<script>x</script>", 1.0)], 1)])
     assert "<script>" not in candidates_table(evil) + chain_bars(evil)
+
+
+def test_views_take_the_end_of_a_text_longer_than_the_context(micro_backend):
+    long = " ".join(f"word{i}" for i in range(2000))
+    assert len(micro_backend.tokenize(long)) > micro_backend.context_length
+    view = inspect_next_token(micro_backend, long, Preset(min_p=0.1))
+    assert view.prompt_tokens == micro_backend.context_length
+    scored = score_text(micro_backend, "", long)
+    assert 0 < len(scored) < micro_backend.context_length

@@ -32,6 +32,7 @@ def build(app: App) -> gr.Blocks:
                 parameters.render(app, params)
             with gr.Tab("Model", id="model"):
                 status, info, describe = model.render(app)
+                parameters.follow_model(app, params, status)
             with gr.Tab("Session", id="session"):
                 session.render(app)
         # The model may still be loading when the page opens: refresh the status lines until it is ready.

@@ -81,6 +81,12 @@ def unsupported_keys(app: App) -> set[str]:
     return set(Preset.model_fields) - set(supported)
 
 
+def model_default_choice(app: App) -> str | None:
+    """The preset remembered for the loaded model, if any (selected when that model loads)."""
+    backend = app.models.current()
+    return app.presets.model_default(backend.name) if backend is not None else None
+
+
 @dataclass
 class ParameterControls:
     dropdown: gr.Dropdown
@@ -204,7 +210,7 @@ def render(app: App, params: ParameterControls) -> None:
         """Reload the preset list, select the loaded model's default preset, mark unsupported samplers."""
         names = app.presets.names()
         backend = app.models.current()
-        remembered = app.presets.model_default(backend.name) if backend is not None else None
+        remembered = model_default_choice(app)
         off = unsupported_keys(app)
         loader = getattr(backend, "loader", "")
         marks = [gr.update(label=name + (f" (not supported by {loader})" if name in off else ""),
@@ -223,3 +229,12 @@ def render(app: App, params: ParameterControls) -> None:
     # On every page load too: the page is built once at start, but presets saved since must be listed.
     gr.on(None, refresh_all, None, [params.dropdown, *params.inputs], api_visibility="private",
           show_progress="hidden")
+
+
+def follow_model(app: App, params: ParameterControls, model_status: gr.components.Component) -> None:
+    """Select the loaded model's remembered preset whenever the model status changes (a load)."""
+    def pick():
+        name = model_default_choice(app)
+        return gr.Dropdown(value=name) if name else gr.skip()
+
+    model_status.change(pick, None, params.dropdown, api_visibility="private", show_progress="hidden")

@@ -57,4 +57,20 @@ def test_slider_save_reload_and_live_chain_view(browser, start_server, models_di
     page.get_by_text("Loaded preset Mine").wait_for()
     assert page.locator("#param-temperature input[type='number']").input_value() == "0.33"
     assert page.locator("#param-top_k input[type='number']").input_value() == "3"
+
+    # Remember it for this model; switching models and back selects it again
+    page.locator("#preset-model-default").click()
+    page.get_by_text("Mine will be selected when parlour-micro loads").wait_for()
+    page.locator("#preset-dropdown input").click()
+    page.get_by_role("option", name="Top-P", exact=True).click()
+    page.get_by_text("Loaded preset Top-P").wait_for()
+    open_tab(page, "Model")
+    for name in ("parlour-micro-gpt2", "parlour-micro"):
+        page.locator("#model-dropdown input").click()
+        page.get_by_role("option", name=name, exact=True).click()
+        page.locator("#model-load").click()
+        page.locator("#model-status").get_by_text(f"{name} (transformers").wait_for()
+    open_tab(page, "Parameters")
+    page.get_by_text("Loaded preset Mine").wait_for()
+    assert page.locator("#param-temperature input[type='number']").input_value() == "0.33"
     page.close()

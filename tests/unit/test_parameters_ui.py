@@ -76,3 +76,15 @@ def test_per_model_default_preset(tmp_path, make_app):
     app.presets.set_model_default("parlour-micro", "Top-P")
     assert app.start_preset_name() == "Top-P" and app.start_preset() == app.presets.load("Top-P")
     assert make_app(model="parlour-micro-gpt2").start_preset_name() == "Default"
+
+
+def test_loading_a_model_chooses_its_remembered_preset(make_app):
+    from modules.ui.parameters import model_default_choice
+
+    app = make_app()
+    assert model_default_choice(app) is None
+    app.presets.set_model_default("parlour-micro-gpt2", "Creative")
+    app.models.load("parlour-micro")
+    assert model_default_choice(app) is None
+    app.models.load("parlour-micro-gpt2")
+    assert model_default_choice(app) == "Creative"

@@ -10,6 +10,7 @@ one name per line for `sampler_priority`, `"1, 2"` for token ids).
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 from pathlib import Path
@@ -49,8 +50,24 @@ def _f(default: Any, group: str, description: str, text: str | None = None, **li
     return Field(default, description=description, json_schema_extra=extra, **limits)
 
 
+def _literal(value: Any) -> Any:
+    """A list or dict written as a literal (`["a", "b"]`, `{3: -5}`) -> the value; anything else as is.
+
+    Gradio textboxes hand over `str(value)` when an API client sends a list or dict for a text-form
+    field, so those strings read back as the value they came from. `ast.literal_eval` evaluates
+    literals only, never code.
+    """
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+    return value
+
+
 def _quoted_list(value: Any, key: str) -> Any:
     """text-generation-webui's quoted list `'"\\n", ":"'` (JSON strings, comma separated) -> list."""
+    value = _literal(value)
     if not isinstance(value, str):
         return value
     if not value.strip():
@@ -171,6 +188,7 @@ class Preset(BaseModel):
     @field_validator("custom_token_bans", mode="before")
     @classmethod
     def _ids(cls, value: Any) -> Any:
+        value = _literal(value)
         if isinstance(value, str):
             parts = [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
             if not all(p.isdigit() for p in parts):
@@ -188,6 +206,7 @@ class Preset(BaseModel):
     @field_validator("logit_bias", mode="before")
     @classmethod
     def _bias_text(cls, value: Any) -> Any:
+        value = _literal(value)
         if isinstance(value, str):
             if not value.strip():
                 return {}
@@ -208,6 +227,7 @@ class Preset(BaseModel):
     @field_validator("sampler_priority", mode="before")
     @classmethod
     def _priority_text(cls, value: Any) -> Any:
+        value = _literal(value)
         if isinstance(value, str):
             return [p.strip() for p in value.replace(",", "\n").splitlines() if p.strip()]
         return value

@@ -134,3 +134,13 @@ def test_docs_table_lists_every_key_and_is_current():
     for name in Preset.model_fields:
         assert f"| `{name}` |" in docs, f"{name} is missing from docs/presets.md"
     assert docs == docs_table(), "docs/presets.md is stale: run python -m modules.presets --docs > docs/presets.md"
+
+
+def test_text_fields_accept_the_str_of_a_list_or_dict():
+    # What a Gradio textbox passes on when an API client sends the model_dump() value itself
+    preset = Preset(temperature=0.5, dry_sequence_breakers=["\n", "'"], custom_token_bans=[4],
+                    logit_bias={3: -5.0}, sampler_priority=["min_p"], banned_strings=["a,b"])
+    as_strings = {k: str(v) for k, v in preset.model_dump().items() if isinstance(v, (list, dict))}
+    assert Preset(**{**preset.model_dump(), **as_strings}) == preset
+    with pytest.raises(ValueError, match="custom_token_bans"):
+        Preset(custom_token_bans="[__import__('os')]")  # literals only: no code runs

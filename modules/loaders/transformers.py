@@ -34,6 +34,12 @@ from modules.templates import CHATML, ChatTemplate
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _END = object()
+# generate() fills every unset GenerationConfig field from the model's own generation_config.json
+# (Qwen ships top_k=20, temperature=0.7, ...), which would run beside our chain. Explicit neutral
+# values keep those out: the preset's chain (modules/sampling.py) is the whole story.
+NEUTRAL_GENERATION = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                          eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, guidance_scale=1.0,
+                          num_beams=1)
 
 
 class LoadError(RuntimeError):
@@ -108,6 +114,7 @@ class TransformersBackend:
         self.has_own_template = isinstance(template, str)
         self.chat_template: ChatTemplate | None = ChatTemplate(template if self.has_own_template else CHATML)
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
+        self._last_logits: tuple[tuple[int, ...], torch.Tensor] | None = None  # see next_token_logits
         self._ctx = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
 
     @property
@@ -152,10 +159,19 @@ class TransformersBackend:
                             model=self.model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
 
     def next_token_logits(self, ids: list[int]) -> torch.Tensor:
-        """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views."""
+        """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views.
+
+        The last answer is kept: moving a slider re-runs the chain, not the model (processors never
+        change their input in place, so sharing the tensor is safe)."""
+        key = tuple(ids)
+        cached = self._last_logits
+        if cached is not None and cached[0] == key:
+            return cached[1]
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids], device=self.model.device))
-        return out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :].float()
+        self._last_logits = (key, logits)
+        return logits
 
     def token_logprobs(self, ids: list[int]) -> torch.Tensor:
         """Log-probabilities of every position's next token (shape [len(ids), vocab]), one forward pass."""
@@ -175,7 +191,7 @@ class TransformersBackend:
         max_new = max(1, min(preset.max_new_tokens, self._ctx - len(ids)))
         input_ids = torch.tensor([ids], device=self.model.device)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
-        config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new,
+        config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **NEUTRAL_GENERATION,
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
         processors = build_processors(preset, self.eos_token_ids, device=self.device,

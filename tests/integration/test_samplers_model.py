@@ -132,3 +132,26 @@ def test_views_take_the_end_of_a_text_longer_than_the_context(micro_backend):
     assert view.prompt_tokens == micro_backend.context_length
     scored = score_text(micro_backend, "", long)
     assert 0 < len(scored) < micro_backend.context_length
+
+
+def test_the_models_own_generation_config_adds_no_samplers(tmp_path, micro_path):
+    import json
+    import shutil
+    import threading
+
+    from modules.loaders.base import LoadOptions
+    from modules.loaders.transformers import TransformersBackend
+
+    folder = tmp_path / "opinionated"
+    shutil.copytree(micro_path, folder)
+    config = json.loads((folder / "generation_config.json").read_text()) if (
+        folder / "generation_config.json").exists() else {}
+    config.update(top_k=1, temperature=0.01, do_sample=True)  # alone, these would make every reply greedy
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    backend = TransformersBackend(folder, LoadOptions())
+    def reply(preset):
+        return "".join(d.text for d in backend.stream(TEXT, preset, threading.Event()))
+
+    greedy = reply(Preset(temperature=0.0, max_new_tokens=20, ban_eos_token=True))
+    sampled = [reply(Preset(temperature=2.0, max_new_tokens=20, ban_eos_token=True, seed=s)) for s in (1, 2)]
+    assert greedy not in sampled and sampled[0] != sampled[1]

@@ -58,11 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     api, app = create_app(settings)
-    name = settings.model or app.models.default_model()
-    if name:
-        app.models.load_in_background(name)
-    else:
+    if app.load_at_start() is None:
         log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
+    if settings.idle_unload_minutes:
+        app.start_idle_watch()
     import uvicorn
 
     host = settings.bind_host()

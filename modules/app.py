@@ -6,11 +6,11 @@ tests can build two Apps side by side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from modules.generation import FairQueue, Pipeline
-from modules.loaders.base import LoadOptions
-from modules.models import ModelManager
+from modules.models import ModelError, ModelManager, infer_loader
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
 
@@ -22,18 +22,46 @@ class App:
     models: ModelManager
     queue: FairQueue
     pipeline: Pipeline
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def build(cls, settings: Settings) -> "App":
         import torch
 
         torch.set_num_threads(settings.torch_threads())
-        models = ModelManager(settings.models_dir, LoadOptions(dtype=settings.dtype, device_map=settings.device_map,
-                                                               threads=settings.threads))
         queue = FairQueue(settings.max_queue)
-        return cls(settings=settings, presets=PresetStore(settings.presets_dir,
-                                                              settings.user_data / "model_presets.yaml"), models=models, queue=queue,
-                   pipeline=Pipeline(models, queue))
+        models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
+                              threads=settings.torch_threads(), trust_remote_code=settings.trust_remote_code,
+                              gate=queue.exclusive)
+        presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")
+        return cls(settings=settings, presets=presets, models=models, queue=queue, pipeline=Pipeline(models, queue))
+
+    def load_at_start(self) -> str | None:
+        """Start loading the model named by the settings (or the default one) in the background."""
+        name = self.settings.model or self.models.default_model()
+        if name is None:
+            return None
+        loader = self.settings.loader
+        if loader is None:
+            try:
+                loader = "remote" if name.startswith("remote:") else infer_loader(self.models.path_of(name))
+            except ModelError:  # the load itself reports it, in the log and the Model tab
+                loader = None
+        options = self.settings.load_options(loader) if loader else {}
+        self.models.load_in_background(name, loader, options)
+        return name
+
+    def start_idle_watch(self) -> threading.Thread:
+        """Unload the model after --idle-unload-minutes without use; the next request reloads it."""
+        idle = (self.settings.idle_unload_minutes or 0) * 60
+
+        def watch() -> None:
+            while not self.stopping.wait(min(30.0, idle / 4)):
+                self.models.unload_if_idle(idle)
+
+        thread = threading.Thread(target=watch, name="idle-unload", daemon=True)
+        thread.start()
+        return thread
 
     def start_preset_name(self) -> str:
         """The preset remembered for the model loaded at start, else the one the settings name."""

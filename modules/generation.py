@@ -10,12 +10,13 @@ waits for the reader: it queues tokens and the reader takes them at its own pace
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Generator, Iterator, Protocol
 
-from modules.loaders.base import Backend
+from modules.loaders.base import Backend, Delta
 from modules.presets import Preset
 
 
@@ -42,24 +43,20 @@ class FairQueue:
         self._waiting: collections.deque[object] = collections.deque()
         self._running = 0
 
-    def position(self, ticket: object) -> int:
-        with self._cond:
-            return self._waiting.index(ticket) + 1 if ticket in self._waiting else 0
-
-    def acquire(self, cancel: threading.Event) -> Iterator[int]:
-        """Wait for a slot, yielding the 1-based position whenever it changes; returns once running."""
+    def acquire(self, cancel: threading.Event, weight: int = 1, limit: bool = True) -> Iterator[int]:
+        """Wait for `weight` slots, yielding the 1-based position whenever it changes; returns once running."""
         ticket = object()
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
+            if limit and len(self._waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting; try again shortly")
             self._waiting.append(ticket)
         last = None
         try:
             while True:
                 with self._cond:
-                    if self._waiting[0] is ticket and self._running < self.slots:
+                    if self._waiting[0] is ticket and self._running + weight <= self.slots:
                         self._waiting.popleft()
-                        self._running += 1
+                        self._running += weight
                         self._cond.notify_all()
                         return
                     pos = self._waiting.index(ticket) + 1
@@ -77,10 +74,21 @@ class FairQueue:
                     self._cond.notify_all()
             raise
 
-    def release(self) -> None:
+    def release(self, weight: int = 1) -> None:
         with self._cond:
-            self._running -= 1
+            self._running -= weight
             self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold every slot (in FIFO turn, never refused): for swapping the model or its adapters
+        while no generation is using it."""
+        for _ in self.acquire(threading.Event(), weight=self.slots, limit=False):
+            pass
+        try:
+            yield
+        finally:
+            self.release(self.slots)
 
     def waiting(self) -> int:
         with self._cond:
@@ -179,7 +187,13 @@ class Update:
 class ModelSource(Protocol):
     """What the pipeline needs from the model manager."""
 
-    def current(self) -> Backend | None: ...
+    def ensure_loaded(self) -> Backend | None:
+        """The loaded backend (reloading one unloaded while idle), or None."""
+        ...
+
+    def current(self) -> Backend | None:
+        """The loaded backend, or None."""
+        ...
 
 
 class Pipeline:
@@ -205,6 +219,8 @@ class Pipeline:
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
         update = Update()
+        # A model unloaded while idle reloads here, before the queue: swapping it in needs every slot.
+        self.models.ensure_loaded()
         try:
             for pos in self.queue.acquire(request.cancel):
                 update.queue_position = pos
@@ -219,23 +235,29 @@ class Pipeline:
             if backend is None:
                 raise NoModel("no model is loaded: pick one in the Model tab")
             update.model = backend.name
-            prompt = self.build_prompt(backend, request)
+            if request.prompt is None and backend.chat_template is None:
+                # A remote engine applies the model's own template to chat messages itself.
+                stream = backend.stream_chat(list(request.messages or []), request.preset, request.cancel)
+                counted = "\n".join(str(m.get("content", "")) for m in request.messages or [])
+            else:
+                prompt = self.build_prompt(backend, request)
+                stream = backend.stream(prompt, request.preset, request.cancel)
+                counted = prompt
             stops = StopStringFilter(tuple(request.stop) + tuple(request.preset.custom_stopping_strings)
                                      + tuple(backend.stop_strings))
-            update.prompt_tokens = len(backend.tokenize(prompt))
+            update.prompt_tokens = len(backend.tokenize(counted))
             self.stats.started()
             try:
-                final = yield from self._run(backend, prompt, request, stops, update, start)
+                final = yield from self._run(stream, request, stops, update, start)
             finally:
                 self.stats.finished()
         finally:
             self.queue.release()
         yield final  # after the model and the queue are free, so the next request can start at once
 
-    def _run(self, backend: Backend, prompt: str, request: GenerationRequest, stops: "StopStringFilter",
-             update: Update, start: float) -> Generator[Update, None, Update]:
+    def _run(self, stream: Iterator[Delta], request: GenerationRequest, stops: StopStringFilter, update: Update,
+             start: float) -> Generator[Update, None, Update]:
         """Yield updates while tokens arrive; return the final one (with its finish reason)."""
-        stream = backend.stream(prompt, request.preset, request.cancel)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)

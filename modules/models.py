@@ -2,21 +2,31 @@
 
 The loaded backend is the only process-wide thing in Parlour; this object owns it. A new model is
 loaded beside the old one and swapped in only once it works, so a broken folder never leaves the
-app without the model it had.
+app without the model it had. Swaps and adapter changes happen under the queue's `exclusive()`
+gate, so no generation is using the model while it changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
-from modules.loaders.base import Backend, LoadOptions
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from modules.fileio import FileTooLarge, atomic_write_text, read_text_limited
+from modules.loaders.base import Backend, LoadError
+from modules.loaders.options import OPTIONS, LoaderName
 from modules.paths import UnsafeName, safe_child
 
 log = logging.getLogger(__name__)
+Progress = Callable[[float, str], None]
+_SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 class ModelError(RuntimeError):
@@ -27,26 +37,105 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+def is_gguf(path: Path) -> bool:
+    """A GGUF file Parlour lists: split files only by their first part."""
+    if not (path.is_file() and path.suffix == ".gguf"):
+        return False
+    split = _SPLIT_GGUF.search(path.name)
+    return split is None or split.group(1) == "00001"
+
+
+def infer_loader(path: Path) -> LoaderName | None:
+    if is_gguf(path) or (path.is_dir() and any(is_gguf(p) for p in path.glob("*.gguf"))):
+        return "llama.cpp"
+    if is_hf_folder(path):
+        return "transformers"
+    return None
+
+
+class ModelSettings(BaseModel):
+    """What "Save settings" remembers for one model in models/config-user.yaml."""
+
+    loader: LoaderName | None = None
+    options: dict[str, Any] = {}
+    preset: str | None = None
+    template: str | None = None
+
+
+class ModelSettingsStore:
+    """models/config-user.yaml: per-model settings keyed by model name (YAML, safe_load, atomic writes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = yaml.safe_load(read_text_limited(self.path, 1_000_000))
+        except (yaml.YAMLError, FileTooLarge, UnicodeDecodeError) as exc:
+            raise ModelError(f"{self.path.name} cannot be read: {exc}") from exc
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ModelError(f"{self.path.name}: the top level must be a mapping of model names")
+        return data
+
+    def get(self, name: str) -> ModelSettings:
+        raw = self._read().get(name)
+        if raw is None:
+            return ModelSettings()
+        try:
+            saved = ModelSettings.model_validate(raw)
+            if saved.loader:
+                OPTIONS[saved.loader].model_validate(saved.options)
+        except ValidationError as exc:
+            raise ModelError(f"{self.path.name}, model {name!r}: {exc.errors()[0]['loc']}: "
+                             f"{exc.errors()[0]['msg']}") from exc
+        return saved
+
+    def save(self, name: str, settings: ModelSettings) -> None:
+        data = self._read()
+        data[name] = settings.model_dump(mode="json", exclude_none=True)
+        atomic_write_text(self.path, yaml.safe_dump(data, sort_keys=True))
+
+
 class ModelManager:
-    def __init__(self, models_dir: Path, options: LoadOptions) -> None:
+    def __init__(self, models_dir: Path, loras_dir: Path, offload_dir: Path, threads: int,
+                 trust_remote_code: bool = False,
+                 gate: Callable[[], ContextManager[None]] | None = None) -> None:
         self.models_dir = models_dir
-        self.options = options
+        self.loras_dir = loras_dir
+        self.offload_dir = offload_dir
+        self.threads = threads
+        self.trust_remote_code = trust_remote_code
+        self.gate = gate or contextlib.nullcontext
+        self.saved = ModelSettingsStore(models_dir / "config-user.yaml")
         self._backend: Backend | None = None
-        self._lock = threading.Lock()  # one load or unload at a time
+        self._lock = threading.RLock()  # one load, unload or adapter change at a time
         self.loading: str | None = None
         self.last_error: str | None = None
+        self.last_used = time.monotonic()
+        self.idle_unloaded: tuple[str, str, dict[str, Any]] | None = None
 
+    # ---- what is there
     def list(self) -> list[str]:
-        """Model names: folders in models/ with a config.json (half-built `.partial` folders skipped)."""
+        """Model names: HF folders (config.json) and GGUF files (first part of split files)."""
         if not self.models_dir.is_dir():
             return []
         names = []
         for path in sorted(self.models_dir.iterdir(), key=lambda p: p.name.lower()):
             if path.name.startswith(".") or path.name.endswith(".partial") or path.is_symlink():
                 continue
-            if is_hf_folder(path):
+            if infer_loader(path):
                 names.append(path.name)
         return names
+
+    def list_loras(self) -> list[str]:
+        if not self.loras_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.loras_dir.iterdir()
+                      if p.is_dir() and not p.is_symlink() and (p / "adapter_config.json").is_file())
 
     def default_model(self) -> str | None:
         """The model to load when none was named: the only one, or the demo model among several."""
@@ -55,9 +144,6 @@ class ModelManager:
             return names[0]
         return "parlour-demo" if "parlour-demo" in names else None
 
-    def current(self) -> Backend | None:
-        return self._backend
-
     def path_of(self, name: str) -> Path:
         try:
             path = safe_child(self.models_dir, name)
@@ -65,32 +151,71 @@ class ModelManager:
             raise ModelError(f"bad model name: {exc}") from exc
         if not path.exists():
             raise ModelError(f"model {name!r} is not in {self.models_dir}")
-        if not is_hf_folder(path):
-            raise ModelError(f"{name!r} is not a model folder (no config.json)")
+        if infer_loader(path) is None:
+            raise ModelError(f"{name!r} is not a model: no config.json and no .gguf file")
         return path
 
-    def load(self, name: str, progress: Callable[[float, str], None] | None = None) -> Backend:
+    def current(self) -> Backend | None:
+        self.last_used = time.monotonic()
+        return self._backend
+
+    # ---- loading
+    def resolve(self, name: str, loader: str | None, options: dict[str, Any] | None) -> tuple[str, BaseModel]:
+        """The loader and validated options for a load: explicit > saved per-model settings > inferred."""
+        saved = self.saved.get(name) if not name.startswith("remote:") else ModelSettings()
+        if name.startswith("remote:"):
+            chosen = "remote"
+        else:
+            chosen = loader or saved.loader or infer_loader(self.path_of(name))
+        if chosen not in OPTIONS:
+            raise ModelError(f"unknown loader {chosen!r}: choose one of {', '.join(OPTIONS)}")
+        # Explicit options (command line, Model tab, API) win key by key over the saved ones.
+        values = {**(saved.options if saved.loader == chosen else {}), **(options or {})}
+        try:
+            return chosen, OPTIONS[chosen].model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ModelError(f"{chosen} option {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+
+    def _build(self, name: str, loader: str, options: BaseModel) -> Backend:
+        if loader == "transformers":
+            from modules.loaders.transformers import TransformersBackend
+
+            return TransformersBackend(self.path_of(name), options, offload_dir=self.offload_dir,
+                                       trust_remote_code=self.trust_remote_code)
+        if loader == "llama.cpp":
+            from modules.loaders.llamacpp import LlamaCppBackend
+
+            return LlamaCppBackend(self.path_of(name), options, default_threads=self.threads)
+        from modules.loaders.remote import RemoteBackend
+
+        return RemoteBackend(name.removeprefix("remote:"), options)
+
+    def load(self, name: str, loader: str | None = None, options: dict[str, Any] | None = None,
+             progress: Progress | None = None) -> Backend:
         """Load `name` and make it current. On failure the previous model stays loaded."""
         say = progress or (lambda fraction, message: None)
         with self._lock:
             self.loading = name
             try:
-                path = self.path_of(name)
-                say(0.1, f"loading {name}")
-                from modules.loaders.transformers import LoadError, TransformersBackend
-
+                chosen, validated = self.resolve(name, loader, options)
+                say(0.1, f"loading {name} with {chosen}")
                 try:
-                    backend = TransformersBackend(path, self.options)
+                    backend = self._build(name, chosen, validated)
                 except LoadError as exc:
                     raise ModelError(str(exc)) from exc
                 except MemoryError as exc:
                     raise ModelError(f"{name}: out of memory while loading") from exc
-                old, self._backend = self._backend, backend
-                if old is not None:
-                    old.unload()
+                say(0.9, "swapping the model in")
+                with self.gate():
+                    old, self._backend = self._backend, backend
+                    if old is not None:
+                        old.unload()
                 self.last_error = None
+                self.idle_unloaded = None
+                self.last_used = time.monotonic()
                 say(1.0, f"loaded {name}")
-                log.info("loaded %s in %.1f s", name, backend.load_seconds)
+                log.info("loaded %s with %s in %.1f s", name, chosen, getattr(backend, "load_seconds", 0.0))
                 return backend
             except ModelError as exc:
                 self.last_error = str(exc)
@@ -99,38 +224,89 @@ class ModelManager:
                 self.loading = None
 
     def unload(self) -> None:
-        with self._lock:
+        with self._lock, self.gate():
             old, self._backend = self._backend, None
             if old is not None:
                 old.unload()
 
+    def set_loras(self, names: list[str]) -> list[str]:
+        """Apply exactly these LoRAs from loras/ to the loaded Transformers model ([] removes all)."""
+        with self._lock:
+            backend = self._backend
+            if backend is None or not hasattr(backend, "set_loras"):
+                raise ModelError("LoRAs need a model loaded with the Transformers loader")
+            paths = []
+            for name in names:
+                try:
+                    path = safe_child(self.loras_dir, name)
+                except UnsafeName as exc:
+                    raise ModelError(f"bad LoRA name: {exc}") from exc
+                if not (path / "adapter_config.json").is_file():
+                    raise ModelError(f"LoRA {name!r} is not in {self.loras_dir}")
+                paths.append(path)
+            with self.gate():
+                try:
+                    backend.set_loras(paths)
+                except (ValueError, OSError, RuntimeError, KeyError) as exc:
+                    raise ModelError(f"could not apply {', '.join(names)}: {exc}") from exc
+            return list(backend.loras)
+
+    def save_settings(self, name: str, loader: str, options: dict[str, Any], preset: str | None = None,
+                      template: str | None = None) -> None:
+        chosen, validated = self.resolve(name, loader, options)
+        self.saved.save(name, ModelSettings(loader=chosen, options=validated.model_dump(mode="json", exclude_none=True),
+                                            preset=preset, template=template))
+
+    # ---- idle unload
+    def unload_if_idle(self, idle_seconds: float) -> bool:
+        """Unload the model if nothing used it for `idle_seconds`; remember it for `ensure_loaded`."""
+        with self._lock:
+            backend = self._backend
+            if backend is None or time.monotonic() - self.last_used < idle_seconds:
+                return False
+            options = getattr(backend, "options", None)
+            self.idle_unloaded = (backend.name, backend.loader,
+                                  options.model_dump(mode="python") if isinstance(options, BaseModel) else {})
+            self.unload()
+            log.info("unloaded %s after %.0f s idle", backend.name, idle_seconds)
+            return True
+
+    def ensure_loaded(self) -> Backend | None:
+        """The current model, reloading the one that was unloaded for being idle."""
+        if self._backend is None and self.idle_unloaded is not None:
+            name, loader, options = self.idle_unloaded
+            self.load(name, loader, options)
+        return self.current()
+
+    # ---- status
     def status(self) -> str:
         """One line for the UI."""
         if self.loading:
             return f"Loading {self.loading}…"
         backend = self._backend
         if backend is None:
+            if self.idle_unloaded:
+                return f"{self.idle_unloaded[0]} unloaded while idle; it reloads on the next request"
             return "No model loaded" + (f" — last error: {self.last_error}" if self.last_error else "")
         info = backend.info()
-        return (f"{info['name']} ({info['loader']}, {info['architecture']}, {info['parameters'] / 1e6:.1f}M params, "
-                f"{info['dtype']}, {info['device']}, context {info['context_length']})")
+        params = f", {info['parameters'] / 1e6:.1f}M params" if info.get("parameters") else ""
+        return (f"{info['name']} ({info['loader']}, {info.get('architecture', '?')}{params}, "
+                f"{info.get('dtype', '?')}, {info.get('device', '?')}, context {info['context_length']})")
 
     def info(self) -> dict[str, Any] | None:
         backend = self._backend
         return backend.info() if backend is not None else None
 
-    def load_in_background(self, name: str) -> threading.Thread:
+    def load_in_background(self, name: str, loader: str | None = None,
+                           options: dict[str, Any] | None = None) -> threading.Thread:
         """Start loading `name` in a thread (server start: the page answers before the model is ready)."""
         def run() -> None:
-            start = time.perf_counter()
             try:
-                self.load(name)
+                self.load(name, loader, options)
             except ModelError as exc:
                 log.error("could not load %s: %s", name, exc)
-            else:
-                log.info("model ready %.1f s after start of load", time.perf_counter() - start)
 
-        thread = threading.Thread(target=run, name="model-load", daemon=True)
         self.loading = name
+        thread = threading.Thread(target=run, name="model-load", daemon=True)
         thread.start()
         return thread

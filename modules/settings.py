@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -27,10 +27,26 @@ class Settings(BaseModel):
     # model
     model: str | None = Field(None, description="model (folder name in --models-dir) to load at start; "
                                                 "default: the only model there, if there is exactly one")
-    models_dir: Path = Field(Path("models"), description="folder of models (Hugging Face folders)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype for the Transformers loader")
-    device_map: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the Transformers loader puts the model")
+    models_dir: Path = Field(Path("models"), description="folder of models (Hugging Face folders, *.gguf files)")
+    loras_dir: Path = Field(Path("loras"), description="folder of LoRA adapters (peft folders)")
+    loader: Literal["transformers", "llama.cpp", "remote"] | None = Field(
+        None, description="loader for --model (default: inferred from the files)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Transformers: weights dtype (default auto)")
+    device_map: Literal["auto", "cpu", "cuda"] | None = Field(
+        None, description="Transformers: where the weights go (default auto: the GPU if there is one)")
+    load_in_8bit: bool | None = Field(None, description="Transformers: bitsandbytes 8-bit weights")
+    load_in_4bit: bool | None = Field(None, description="Transformers: bitsandbytes 4-bit weights (nf4)")
+    n_ctx: int | None = Field(None, ge=16, le=1_048_576, description="llama.cpp: context length (default 4096)")
+    n_gpu_layers: int | None = Field(None, ge=-1, le=1000, description="llama.cpp: layers on the GPU (-1 all)")
+    remote_url: str | None = Field(None, pattern=r"^https?://[^\s]+$",
+                                   description="OpenAI-compatible server (vLLM, TGI, Ollama, ...) to offer as "
+                                               "remote models, e.g. http://gpu-box:8000/v1")
+    remote_api_key: SecretStr | None = Field(None, description="Bearer key for --remote-url")
+    trust_remote_code: bool = Field(False, description="let Transformers run Python code shipped with a model "
+                                                       "(only from the command line; never from the browser)")
+    idle_unload_minutes: float | None = Field(None, gt=0, description="unload the model after this many idle "
+                                                                      "minutes; it reloads on the next request")
     threads: int | None = Field(None, ge=1, le=512, description="torch CPU threads (default: all cores "
                                                               "but one on machines with 3 or more)")
     # files
@@ -43,6 +59,17 @@ class Settings(BaseModel):
     api_key: SecretStr | None = Field(None, description="key every /v1 request must send (Bearer)")
     stream_fps: float = Field(20.0, gt=0, le=120, description="most UI updates per second while streaming")
     max_queue: int = Field(64, ge=1, le=10_000, description="most requests waiting for the model")
+
+    def load_options(self, loader: str) -> dict[str, Any]:
+        """The loader options given on the command line / settings file (only those set)."""
+        keys = {"transformers": ("dtype", "device_map", "load_in_8bit", "load_in_4bit"),
+                "llama.cpp": ("n_ctx", "n_gpu_layers"), "remote": ()}[loader]
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if loader == "remote" and self.remote_url:
+            out["base_url"] = self.remote_url
+            if self.remote_api_key:
+                out["api_key"] = self.remote_api_key.get_secret_value()
+        return out
 
     def bind_host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
@@ -69,6 +96,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _choices(annotation: Any) -> tuple[str, ...] | None:
+    literal = next((a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal), None)
+    return tuple(get_args(literal)) if literal is not None else None
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or set(get_args(annotation)) == {bool, type(None)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, generated from `Settings`; only flags given on it end up in the namespace."""
     parser = argparse.ArgumentParser(
@@ -78,11 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = field.description or ""
         if field.default not in (None, False, True):
             help_text += f" (default: {field.default})"
-        if field.annotation is bool:
+        if _is_bool(field.annotation):
             parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, help=help_text)
+        elif _choices(field.annotation):
+            parser.add_argument(_flag(name), choices=_choices(field.annotation), help=help_text)
         else:
             parser.add_argument(_flag(name), metavar=name.upper(), help=help_text)
     return parser
+
+
+def flags_markdown() -> str:
+    """The flags table for the README (a test keeps the README in step with `Settings`)."""
+    rows = ["| flag | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        flag = _flag(name)
+        if _is_bool(field.annotation):
+            flag = f"{flag} / --no-{name.replace('_', '-')}"
+        default = field.default
+        shown = "" if default is None else f"`{default}`"
+        choices = _choices(field.annotation)
+        more = f" (one of {', '.join(choices)})" if choices else ""
+        rows.append(f"| `{flag}` | {shown} | {field.description}{more} |")
+    return "\n".join(rows)
 
 
 def _format(error: ValidationError, source: str) -> str:

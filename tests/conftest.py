@@ -37,10 +37,9 @@ def micro_path(models_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_backend(micro_path):
-    from modules.loaders.base import LoadOptions
     from modules.loaders.transformers import TransformersBackend
 
-    return TransformersBackend(micro_path, LoadOptions())
+    return TransformersBackend(micro_path)
 
 
 @pytest.fixture()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 from modules.presets import Preset
@@ -19,14 +20,8 @@ class Delta:
     finish_reason: str | None = None  # set on the last delta: "stop", "length" or "cancelled"
 
 
-@dataclass
-class LoadOptions:
-    """What the operator chose for a load. Loader-specific keys live in `extra`."""
-
-    dtype: str = "auto"
-    device_map: str = "auto"
-    threads: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+class LoadError(RuntimeError):
+    """A model that could not be loaded; the message says why in one line."""
 
 
 class Backend(Protocol):
@@ -88,3 +83,52 @@ class IncrementalDecoder:
         new_text = self._decode(self._ids[self._prefix:])
         self._prefix = self._read = len(self._ids)
         return new_text[len(prefix_text):]
+
+
+Emit = Callable[[list[int]], None]
+_END = object()
+
+
+def token_stream(produce: Callable[[Emit], None], cancel: threading.Event, decode: Callable[[list[int]], str],
+                 eos_token_ids: tuple[int, ...], max_new: int, name: str) -> Iterator[Delta]:
+    """Run `produce(emit)` in a worker thread and turn the token ids it emits into Deltas.
+
+    The worker only appends to an unbounded queue, so it never waits for the reader (a slow browser
+    cannot slow the model). `produce` must return soon after `cancel` is set; when the reader
+    stops early (Stop, closed connection) the `finally` sets it and joins the worker.
+    """
+    out: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            produce(out.put)
+        except BaseException as exc:  # handed to the reader, which re-raises it in its own thread
+            out.put(exc)
+        finally:
+            out.put(_END)
+
+    worker = threading.Thread(target=work, name=f"generate-{name}", daemon=True)
+    worker.start()
+    decoder = IncrementalDecoder(decode)
+    generated = 0
+    last_token = None
+    try:
+        while True:
+            item = out.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            generated += len(item)
+            last_token = item[-1]
+            yield Delta(decoder.add(item), len(item))
+        if cancel.is_set():
+            reason = "cancelled"
+        elif last_token in eos_token_ids:
+            reason = "stop"
+        else:
+            reason = "length" if generated >= max_new else "stop"
+        yield Delta(decoder.flush(), 0, reason)
+    finally:
+        cancel.set()
+        worker.join()

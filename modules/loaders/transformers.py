@@ -8,7 +8,6 @@ so Stop (or a closed connection) ends the worker within one token.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
@@ -26,24 +25,20 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from modules.loaders.base import Delta, IncrementalDecoder, LoadOptions
+from modules.loaders.base import Delta, Emit, LoadError, token_stream
+from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
 from modules.sampling import SUPPORTED_KEYS, ChainContext, build_processors
 from modules.templates import CHATML, ChatTemplate
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_END = object()
 # generate() fills every unset GenerationConfig field from the model's own generation_config.json
 # (Qwen ships top_k=20, temperature=0.7, ...), which would run beside our chain. Explicit neutral
 # values keep those out: the preset's chain (modules/sampling.py) is the whole story.
 NEUTRAL_GENERATION = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
                           eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, guidance_scale=1.0,
                           num_beams=1)
-
-
-class LoadError(RuntimeError):
-    """A model that could not be loaded; the message says why in one line."""
 
 
 class _CancelCriteria(StoppingCriteria):
@@ -54,18 +49,18 @@ class _CancelCriteria(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-class _QueueStreamer(BaseStreamer):
-    """Hands each new token's ids to a queue; skips the prompt, which generate() sends first."""
+class _EmitStreamer(BaseStreamer):
+    """Hands each new token's ids to `emit`; skips the prompt, which generate() sends first."""
 
-    def __init__(self, out: queue.SimpleQueue) -> None:
-        self.out = out
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        self.out.put(value.reshape(-1).tolist())
+        self.emit(value.reshape(-1).tolist())
 
     def end(self) -> None:
         pass
@@ -77,34 +72,100 @@ def _pick_dtype(name: str) -> torch.dtype | str:
     return "auto" if torch.cuda.is_available() else torch.float32
 
 
+def quantization_config(options: TransformersOptions):
+    """The BitsAndBytesConfig for the options, or None for full-precision weights."""
+    if options.load_in_8bit and options.load_in_4bit:
+        raise LoadError("choose 8-bit or 4-bit, not both")
+    if not (options.load_in_8bit or options.load_in_4bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise LoadError("bitsandbytes is not installed: pip install -r requirements.txt") from exc
+    from transformers import BitsAndBytesConfig
+
+    if options.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=options.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=options.bnb_4bit_use_double_quant,
+                              bnb_4bit_compute_dtype=_DTYPES[options.bnb_4bit_compute_dtype])
+
+
+def load_kwargs(options: TransformersOptions, offload_dir: Path | None, trust_remote_code: bool) -> dict[str, Any]:
+    """from_pretrained() arguments for the options (kept separate so it is testable without a GPU)."""
+    device_map: str | None = options.device_map
+    if device_map == "auto" and not torch.cuda.is_available():
+        device_map = "cpu"
+    if device_map == "cuda" and not torch.cuda.is_available():
+        raise LoadError("device_map is cuda but no CUDA GPU is available")
+    kwargs: dict[str, Any] = {"dtype": _pick_dtype(options.dtype), "device_map": device_map}
+    quant = quantization_config(options)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        if options.load_in_8bit and options.dtype == "auto":
+            kwargs["dtype"] = torch.float16  # int8 matmuls want fp16 activations
+    memory: dict[Any, str] = {}
+    if options.max_gpu_memory and torch.cuda.is_available():
+        memory.update({i: options.max_gpu_memory.replace(" ", "") for i in range(torch.cuda.device_count())})
+    if options.max_cpu_memory:
+        memory["cpu"] = options.max_cpu_memory.replace(" ", "")
+    if memory:
+        kwargs["max_memory"] = memory
+        kwargs["device_map"] = "auto"
+    if options.disk_offload and offload_dir is not None:
+        kwargs["offload_folder"] = str(offload_dir)
+        kwargs["device_map"] = "auto"
+    if options.attn_implementation != "auto":
+        kwargs["attn_implementation"] = options.attn_implementation
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    return kwargs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
 class TransformersBackend:
     """A causal LM loaded with Transformers."""
 
     loader = "transformers"
 
-    def __init__(self, path: Path, options: LoadOptions) -> None:
+    def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
+                 trust_remote_code: bool = False) -> None:
+        options = options or TransformersOptions()
         self.name = path.name
         self.path = path
+        self.options = options
         start = time.perf_counter()
         try:
-            config = AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise LoadError(f"{path.name}: not a Transformers model folder ({exc.__class__.__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as exc:
+            raise LoadError(f"{path.name}: not a Transformers model folder ({_first_line(exc)})") from exc
         if getattr(config, "is_encoder_decoder", False):
             raise LoadError(f"{path.name}: encoder-decoder models ({config.model_type}) are not supported; "
                             "Parlour chats with decoder-only (causal) models")
-        device_map = options.device_map
-        if device_map == "auto" and not torch.cuda.is_available():
-            device_map = "cpu"
+        if not any(p.suffix in {".safetensors", ".bin"} for p in path.iterdir()):
+            raise LoadError(f"{path.name}: no weights (*.safetensors or *.bin) in the folder")
+        kwargs = load_kwargs(options, offload_dir, trust_remote_code)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_pick_dtype(options.dtype),
-                                                              device_map=device_map)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise LoadError(f"{path.name}: {first}") from exc
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            # safetensors is preferred; a .bin checkpoint is read with torch.load(weights_only=True)
+            # by Transformers 5, which refuses pickled code.
+            self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except torch.OutOfMemoryError as exc:
+            raise LoadError(f"{path.name}: out of memory while loading — try 4-bit or 8-bit, or offload") from exc
+        except ValueError as exc:
+            if "Unrecognized configuration class" in str(exc) or "does not recognize" in str(exc):
+                raise LoadError(f"{path.name}: unsupported architecture {config.model_type!r}") from exc
+            raise LoadError(f"{path.name}: {_first_line(exc)}") from exc
+        except (OSError, KeyError, RuntimeError, ImportError) as exc:
+            raise LoadError(f"{path.name}: {_first_line(exc)}") from exc
+        except Exception as exc:  # e.g. safetensors' own errors for a corrupt file
+            raise LoadError(f"{path.name}: {exc.__class__.__name__}: {_first_line(exc)}") from exc
         self.model.eval()
+        self.loras: tuple[str, ...] = ()
         self.load_seconds = time.perf_counter() - start
         self.device = str(self.model.device)
         gen = self.model.generation_config
@@ -115,7 +176,8 @@ class TransformersBackend:
         self.chat_template: ChatTemplate | None = ChatTemplate(template if self.has_own_template else CHATML)
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
         self._last_logits: tuple[tuple[int, ...], torch.Tensor] | None = None  # see next_token_logits
-        self._ctx = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
+        native = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
+        self._ctx = options.context_length or native
 
     @property
     def context_length(self) -> int:
@@ -151,12 +213,14 @@ class TransformersBackend:
             ids = [bos if bos is not None else self.eos_token_ids[0]]
         return ids
 
-    def chain_context(self, ids: list[int], preset: Preset) -> ChainContext:
-        """What the sampler chain needs from this model (see modules/sampling.py)."""
+    def chain_context(self, ids: list[int], preset: Preset, model: Any = None) -> ChainContext:
+        """What the sampler chain needs from this model (see modules/sampling.py); `model` is the one
+        a running request holds (an adapter change swaps self.model)."""
+        model = model if model is not None else self.model
         negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
         return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
-                            encode=self.tokenize, vocab_size=self.model.config.vocab_size,
-                            model=self.model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
+                            encode=self.tokenize, vocab_size=model.config.vocab_size,
+                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
 
     def next_token_logits(self, ids: list[int]) -> torch.Tensor:
         """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views.
@@ -189,66 +253,69 @@ class TransformersBackend:
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
         ids = self.prompt_ids(prompt, preset)
         max_new = max(1, min(preset.max_new_tokens, self._ctx - len(ids)))
-        input_ids = torch.tensor([ids], device=self.model.device)
+        model = self.model  # an adapter change swaps self.model; this request keeps the one it started with
+        input_ids = torch.tensor([ids], device=model.device)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **NEUTRAL_GENERATION,
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
         processors = build_processors(preset, self.eos_token_ids, device=self.device,
-                                      context=self.chain_context(ids, preset))
-        out: queue.SimpleQueue = queue.SimpleQueue()
-        streamer = _QueueStreamer(out)
+                                      context=self.chain_context(ids, preset, model))
 
-        def work() -> None:
-            try:
-                torch.manual_seed(seed)
-                with torch.inference_mode():
-                    self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                        generation_config=config, logits_processor=processors,
-                                        stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
-                                        streamer=streamer)
-            except BaseException as exc:  # handed to the reader, which re-raises it in its own thread
-                out.put(exc)
-            finally:
-                out.put(_END)
+        def produce(emit: Emit) -> None:
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                               generation_config=config, logits_processor=processors,
+                               stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
+                               streamer=_EmitStreamer(emit))
 
-        worker = threading.Thread(target=work, name=f"generate-{self.name}", daemon=True)
-        worker.start()
-        decoder = IncrementalDecoder(lambda part: self.tokenizer.decode(
-            part, skip_special_tokens=preset.skip_special_tokens))
-        generated = 0
-        last_token = None
-        try:
-            while True:
-                item = out.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                generated += len(item)
-                last_token = item[-1]
-                text = decoder.add(item)
-                yield Delta(text, len(item))
-            if cancel.is_set():
-                reason = "cancelled"
-            elif last_token in self.eos_token_ids:
-                reason = "stop"
-            else:
-                reason = "length" if generated >= max_new else "stop"
-            yield Delta(decoder.flush(), 0, reason)
-        finally:
-            # The reader left (finished, Stop, closed connection): end the worker within one token.
-            cancel.set()
-            worker.join()
+        def decode(part: list[int]) -> str:
+            return self.tokenizer.decode(part, skip_special_tokens=preset.skip_special_tokens)
+
+        return token_stream(produce, cancel, decode, self.eos_token_ids, max_new, self.name)
+
+    def set_loras(self, paths: list[Path]) -> None:
+        """Apply these LoRA adapters (several are concatenated), or remove all with []."""
+        from peft import PeftModel
+
+        model = self.model
+        if isinstance(model, PeftModel):
+            model = model.unload()  # back to the plain base model, adapters removed
+        if paths:
+            names = [p.name for p in paths]
+            model = PeftModel.from_pretrained(model, paths[0], adapter_name=names[0])
+            for path, name in zip(paths[1:], names[1:]):
+                model.load_adapter(path, adapter_name=name)
+            if len(paths) > 1:
+                model.add_weighted_adapter(names, [1.0] * len(names), combination_type="cat", adapter_name="combined")
+                model.set_adapter("combined")
+            model.eval()
+        self.model = model
+        self._last_logits = None  # another model now: the inspect views' cached logits are stale
+        self.loras = tuple(p.name for p in paths)
 
     def info(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.model.parameters())
+        quant = getattr(self.model.config, "quantization_config", None)
+        if quant is not None:
+            quant = quant.to_dict() if hasattr(quant, "to_dict") else dict(quant)
+            quantization = "8-bit" if quant.get("load_in_8bit") else f"4-bit {quant.get('bnb_4bit_quant_type', '')}"
+        else:
+            quantization = "none"
+        memory = {"weights_mib": round(self.model.get_memory_footprint() / 2**20, 1)}
+        if torch.cuda.is_available():
+            memory["gpu_allocated_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
         return {"loader": self.loader, "name": self.name, "architecture": self.model.config.model_type,
                 "parameters": params, "dtype": str(self.model.dtype).replace("torch.", ""),
-                "device": self.device, "context_length": self._ctx, "load_seconds": round(self.load_seconds, 2),
+                "quantization": quantization, "device": self.device, "context_length": self._ctx,
+                "memory": memory, "load_seconds": round(self.load_seconds, 2), "loras": list(self.loras),
                 "chat_template": "model's own" if self.has_own_template else "ChatML (fallback)"}
 
     def unload(self) -> None:
         del self.model
+        import gc
+
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -1,49 +1,194 @@
-"""Model tab: pick a model from models/, load or unload it, see what is loaded."""
+"""Model tab: pick a model (or a remote engine's model), choose the loader and its options, load,
+unload, reload, apply LoRAs, save per-model settings, download from the hub, evaluate perplexity.
+
+The option controls are generated from the pydantic option models in modules/loaders/options.py,
+so the tab, the API and models/config-user.yaml accept exactly the same things.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Callable
+import time
+from typing import Any, Callable, get_args, get_origin
 
 import gradio as gr
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
 
 from modules.app import App
-from modules.models import ModelError
+from modules.loaders.options import OPTIONS
+from modules.models import ModelError, infer_loader
+
+
+def _control(loader: str, name: str, field: FieldInfo) -> gr.components.Component:
+    annotation = field.annotation
+    args = set(get_args(annotation))
+    label, info, key = name, field.description, f"{loader.replace('.', '')}-{name}"
+    if annotation is bool:
+        return gr.Checkbox(value=field.default, label=label, info=info, elem_id=f"opt-{key}")
+    literal = next((a for a in (annotation, *args) if get_origin(a) is not None and get_args(a)
+                    and all(isinstance(x, str) for x in get_args(a))), None)
+    if literal is not None:
+        return gr.Dropdown(choices=list(get_args(literal)), value=field.default, label=label, info=info,
+                           elem_id=f"opt-{key}")
+    if SecretStr in args or annotation is SecretStr:
+        return gr.Textbox(value="", label=label, info=info, type="password", elem_id=f"opt-{key}")
+    if int in args or annotation is int or float in args or annotation is float:
+        return gr.Number(value=field.default, label=label, info=info, elem_id=f"opt-{key}",
+                         precision=0 if (int in args or annotation is int) else None)
+    return gr.Textbox(value=field.default or "", label=label, info=info, elem_id=f"opt-{key}")
+
+
+def _clean(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """UI values -> option dict: empty text and empty numbers mean "not set"."""
+    out = {}
+    for name, value in values.items():
+        if value in ("", None):
+            continue
+        if isinstance(value, float) and value.is_integer() and model.model_fields[name].annotation in (int, int | None):
+            value = int(value)
+        out[name] = value
+    return out
 
 
 def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]]]:
     current = app.models.current()
     with gr.Row():
         dropdown = gr.Dropdown(choices=app.models.list(), value=current.name if current else app.models.loading,
-                               label="Model", elem_id="model-dropdown", interactive=True, scale=8)
+                               label="Model", elem_id="model-dropdown", interactive=True, scale=6,
+                               allow_custom_value=False)
+        loader = gr.Dropdown(choices=list(OPTIONS), value=current.loader if current else "transformers",
+                             label="Loader", elem_id="model-loader", scale=2)
         refresh = gr.Button("🔄 Refresh", elem_id="model-refresh", scale=1, min_width=100)
     with gr.Row():
         load = gr.Button("Load", variant="primary", elem_id="model-load")
+        reload = gr.Button("Reload", elem_id="model-reload")
         unload = gr.Button("Unload", elem_id="model-unload")
+        save = gr.Button("Save settings", elem_id="model-save-settings")
     status = gr.Markdown(app.models.status(), elem_id="model-status")
+
+    groups: dict[str, gr.Group] = {}
+    controls: dict[str, dict[str, gr.components.Component]] = {}
+    for name, model in OPTIONS.items():
+        with gr.Group(visible=name == (current.loader if current else "transformers")) as group:
+            gr.Markdown(f"**{name} options**")
+            with gr.Row():
+                controls[name] = {key: _control(name, key, field) for key, field in model.model_fields.items()}
+        groups[name] = group
+    with gr.Row(visible=bool(app.settings.remote_url)) as remote_row:
+        remote_models = gr.Dropdown(label="Models on the remote server", choices=[], elem_id="remote-models",
+                                    scale=4)
+        remote_fetch = gr.Button("List remote models", elem_id="remote-fetch", scale=1)
+
+    with gr.Accordion("LoRA adapters", open=False):
+        with gr.Row():
+            loras = gr.Dropdown(choices=app.models.list_loras(), multiselect=True, label="LoRAs (from loras/)",
+                                elem_id="lora-dropdown", scale=6)
+            lora_apply = gr.Button("Apply", elem_id="lora-apply", scale=1)
+            lora_remove = gr.Button("Remove all", elem_id="lora-remove", scale=1)
     info = gr.Code(language="json", label="Model info", elem_id="model-info", interactive=False)
+
+    all_controls = [c for name in OPTIONS for c in controls[name].values()]
+
+    def options_from(chosen: str, values: tuple[Any, ...]) -> dict[str, Any]:
+        offset = 0
+        for name, group in controls.items():
+            if name == chosen:
+                return _clean(OPTIONS[name], dict(zip(group, values[offset:offset + len(group)])))
+            offset += len(group)
+        raise ModelError(f"unknown loader {chosen!r}")
 
     def describe() -> tuple[str, str]:
         data = app.models.info()
-        return app.models.status(), json.dumps(data, indent=2) if data else ""
+        return app.models.status(), json.dumps(data, indent=2, default=str) if data else ""
 
-    def on_load(name: str | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
+    def on_select(name: str | None):
+        """Picking a model infers its loader and restores its saved options."""
+        if not name:
+            return [gr.skip()] * (1 + len(groups) + len(all_controls))
+        try:
+            chosen = "remote" if name.startswith("remote:") else infer_loader(app.models.path_of(name))
+            saved = app.models.saved.get(name)
+        except ModelError as exc:
+            gr.Warning(str(exc))
+            return [gr.skip()] * (1 + len(groups) + len(all_controls))
+        chosen = saved.loader or chosen
+        values = []
+        for loader_name, group in controls.items():
+            stored = saved.options if loader_name == chosen else {}
+            values += [stored.get(key, OPTIONS[loader_name].model_fields[key].default) for key in group]
+        values = ["" if isinstance(v, SecretStr) or v is None and False else v for v in values]
+        return [chosen] + [gr.Group(visible=n == chosen) for n in groups] + values
+
+    def on_loader(chosen: str):
+        return [gr.Group(visible=n == chosen) for n in groups] + [gr.Row(visible=chosen == "remote")]
+
+    def on_load(name: str | None, chosen: str, *values: Any, progress: gr.Progress = gr.Progress()):
         if not name:
             return "⚠️ choose a model first", gr.skip()
+        start = time.perf_counter()
         progress(0.0, desc=f"Loading {name}")
         try:
-            app.models.load(name, progress=lambda f, msg: progress(f, desc=msg))
+            options = options_from(chosen, values)
+            if chosen == "remote" and app.settings.remote_url and "base_url" not in options:
+                options.update(app.settings.load_options("remote"))
+            app.models.load(name, chosen, options, progress=lambda f, msg: progress(f, desc=msg))
         except ModelError as exc:
             kept = app.models.current()
             still = f" — still loaded: {kept.name}" if kept else ""
             return f"⚠️ could not load {name}: {exc}{still}", gr.skip()
-        return describe()
+        line, details = describe()
+        return f"{line} — loaded in {time.perf_counter() - start:.1f} s", details
+
+    def on_reload(*values: Any, progress: gr.Progress = gr.Progress()):
+        backend = app.models.current()
+        if backend is None:
+            return "⚠️ no model is loaded", gr.skip()
+        return on_load(backend.name, backend.loader, *values, progress=progress)
 
     def on_unload() -> tuple[str, str]:
         app.models.unload()
         return describe()
 
-    refresh.click(lambda: gr.Dropdown(choices=app.models.list()), None, dropdown, api_name="model_refresh")
-    load.click(on_load, dropdown, [status, info], api_name="model_load")
+    def on_save(name: str | None, chosen: str, *values: Any) -> str:
+        if not name:
+            return "⚠️ choose a model first"
+        try:
+            options = {k: v for k, v in options_from(chosen, values).items() if k != "api_key"}
+            app.models.save_settings(name, chosen, options)
+        except ModelError as exc:
+            return f"⚠️ {exc}"
+        return f"Saved settings for **{name}** in {app.models.saved.path.name}."
+
+    def on_fetch_remote() -> Any:
+        from modules.loaders.remote import list_remote_models
+
+        try:
+            ids = list_remote_models(app.settings.load_options("remote"))
+        except ModelError as exc:
+            gr.Warning(str(exc))
+            return gr.skip()
+        return gr.Dropdown(choices=[f"remote:{i}" for i in ids])
+
+    def on_loras(names: list[str] | None) -> tuple[str, str]:
+        try:
+            applied = app.models.set_loras(list(names or []))
+        except ModelError as exc:
+            return f"⚠️ {exc}", gr.skip()
+        line, details = describe()
+        return f"{line} — LoRAs: {', '.join(applied) or 'none'}", details
+
+    refresh.click(lambda: (gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras())),
+                  None, [dropdown, loras], api_name="model_refresh")
+    dropdown.change(on_select, dropdown, [loader, *groups.values(), *all_controls], api_visibility="private")
+    remote_models.change(lambda n: (gr.Dropdown(choices=app.models.list() + [n], value=n), "remote"),
+                         remote_models, [dropdown, loader], api_visibility="private")
+    loader.change(on_loader, loader, [*groups.values(), remote_row], api_visibility="private")
+    load.click(on_load, [dropdown, loader, *all_controls], [status, info], api_name="model_load")
+    reload.click(on_reload, all_controls, [status, info], api_name="model_reload")
     unload.click(on_unload, None, [status, info], api_name="model_unload")
+    save.click(on_save, [dropdown, loader, *all_controls], status, api_name="model_save_settings")
+    remote_fetch.click(on_fetch_remote, None, remote_models, api_visibility="private")
+    lora_apply.click(on_loras, loras, [status, info], api_name="lora_apply")
+    lora_remove.click(lambda: on_loras([]), None, [status, info], api_name="lora_remove")
     return status, info, describe

@@ -139,7 +139,6 @@ def test_the_models_own_generation_config_adds_no_samplers(tmp_path, micro_path)
     import shutil
     import threading
 
-    from modules.loaders.base import LoadOptions
     from modules.loaders.transformers import TransformersBackend
 
     folder = tmp_path / "opinionated"
@@ -148,7 +147,7 @@ def test_the_models_own_generation_config_adds_no_samplers(tmp_path, micro_path)
         folder / "generation_config.json").exists() else {}
     config.update(top_k=1, temperature=0.01, do_sample=True)  # alone, these would make every reply greedy
     (folder / "generation_config.json").write_text(json.dumps(config))
-    backend = TransformersBackend(folder, LoadOptions())
+    backend = TransformersBackend(folder)
     def reply(preset):
         return "".join(d.text for d in backend.stream(TEXT, preset, threading.Event()))
 

@@ -1,0 +1,145 @@
+"""Remote backend: any OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama, another Parlour).
+
+This is how Parlour serves users who outgrow one machine: the engine (say vLLM with tensor
+parallelism across GPUs) does the heavy lifting, Parlour keeps the UI, chats, presets and API.
+The base URL comes only from the operator (command line or Model tab), never from chat content.
+
+Chats go to the engine's /chat/completions so it applies the model's own template; raw prompts
+(notebook) go to /completions. Non-neutral preset fields are passed through as extra body fields,
+which vLLM, llama.cpp server and Parlour accept (top_k, min_p, repetition_penalty, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Iterator
+
+import httpx
+
+from modules.loaders.base import Delta, LoadError
+from modules.loaders.options import RemoteOptions
+from modules.presets import Preset
+
+log = logging.getLogger(__name__)
+
+
+def _client(options: RemoteOptions) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {options.api_key.get_secret_value()}"} if options.api_key else {}
+    return httpx.Client(base_url=options.base_url.rstrip("/") + "/", headers=headers, timeout=options.timeout)
+
+
+def list_remote_models(values: dict[str, Any]) -> list[str]:
+    """Model ids the server's /models lists."""
+    from modules.models import ModelError
+
+    try:
+        options = RemoteOptions.model_validate(values)
+        with _client(options) as client:
+            response = client.get("models", timeout=10)
+            response.raise_for_status()
+            return [m["id"] for m in response.json()["data"]]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        raise ModelError(f"could not list the remote server's models: {exc}") from exc
+
+
+def request_body(preset: Preset) -> dict[str, Any]:
+    """OpenAI fields plus the preset's non-neutral samplers as extra fields."""
+    body: dict[str, Any] = {"max_tokens": preset.max_new_tokens, "temperature": preset.temperature}
+    for key, value in preset.changed().items():
+        if key in ("max_new_tokens", "temperature"):
+            continue
+        if key == "seed":
+            body["seed"] = value
+        elif key == "ban_eos_token":
+            body["ignore_eos"] = value  # vLLM's name; Parlour accepts both
+            body["ban_eos_token"] = value
+        else:
+            body[key] = value
+    return body
+
+
+class RemoteBackend:
+    loader = "remote"
+    chat_template = None  # the engine applies the model's own template
+    stop_strings: tuple[str, ...] = ()
+
+    def __init__(self, model_id: str, options: RemoteOptions) -> None:
+        self.name = f"remote:{model_id}"
+        self.model_id = model_id
+        self.options = options
+        self.load_seconds = 0.0
+        self._client = _client(options)
+        try:
+            response = self._client.get("models", timeout=10)
+            response.raise_for_status()
+            models = {m["id"]: m for m in response.json()["data"]}
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise LoadError(f"{options.base_url} is not answering as an OpenAI-compatible server: {exc}") from exc
+        if model_id not in models:
+            raise LoadError(f"{options.base_url} has no model {model_id!r}; it has: {', '.join(models) or 'none'}")
+        entry = models[model_id]
+        # vLLM reports max_model_len; others may not, so fall back to a common size.
+        self._ctx = int(entry.get("max_model_len") or entry.get("context_length") or 4096)
+
+    @property
+    def context_length(self) -> int:
+        return self._ctx
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids from the engine when it offers a tokenizer endpoint (vLLM, Parlour), else an estimate."""
+        for path, body, key in (("../tokenize", {"model": self.model_id, "prompt": text}, "tokens"),
+                                ("internal/encode", {"text": text}, "tokens")):
+            try:
+                response = self._client.post(path, json=body, timeout=10)
+                if response.status_code == 200:
+                    return list(response.json()[key])
+            except (httpx.HTTPError, KeyError, ValueError):
+                continue
+        return [0] * max(1, len(text.encode("utf-8")) // 4)  # ~4 bytes a token: only counts, never decoded
+
+    def detokenize(self, ids: list[int]) -> str:
+        raise NotImplementedError("the remote backend works in text")
+
+    def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
+        body = {"model": self.model_id, "prompt": prompt, "stream": True, **request_body(preset)}
+        yield from self._stream("completions", body, cancel, lambda choice: choice.get("text") or "")
+
+    def stream_chat(self, messages: list[dict[str, Any]], preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
+        body = {"model": self.model_id, "messages": messages, "stream": True, **request_body(preset)}
+        yield from self._stream("chat/completions", body, cancel,
+                                lambda choice: (choice.get("delta") or {}).get("content") or "")
+
+    def _stream(self, path: str, body: dict[str, Any], cancel: threading.Event, text_of) -> Iterator[Delta]:
+        reason = None
+        try:
+            with self._client.stream("POST", path, json=body) as response:
+                if response.status_code != 200:
+                    detail = response.read().decode("utf-8", "replace")[:300]
+                    raise RuntimeError(f"remote server answered {response.status_code}: {detail}")
+                for line in response.iter_lines():
+                    if cancel.is_set():
+                        reason = "cancelled"
+                        break  # leaving the block closes the connection; the engine aborts the request
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    for choice in chunk.get("choices", []):
+                        reason = choice.get("finish_reason") or reason
+                        text = text_of(choice)
+                        if text:
+                            yield Delta(text, 1)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"remote server failed: {exc}") from exc
+        yield Delta("", 0, "cancelled" if cancel.is_set() else reason or "stop")
+
+    def info(self) -> dict[str, Any]:
+        return {"loader": self.loader, "name": self.name, "base_url": self.options.base_url,
+                "context_length": self._ctx, "architecture": "remote", "dtype": "n/a", "device": "remote"}
+
+    def unload(self) -> None:
+        self._client.close()

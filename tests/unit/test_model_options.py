@@ -1,0 +1,58 @@
+"""Loader options: validation and what they turn into for from_pretrained (no GPU needed)."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from modules.loaders.base import LoadError
+from modules.loaders.options import OPTIONS, LlamaCppOptions, RemoteOptions, TransformersOptions
+from modules.loaders.transformers import load_kwargs
+
+
+def test_4bit_options_become_a_bitsandbytes_config(tmp_path):
+    kwargs = load_kwargs(TransformersOptions(load_in_4bit=True, bnb_4bit_quant_type="fp4",
+                                             bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype="bfloat16"),
+                         tmp_path, trust_remote_code=False)
+    quant = kwargs["quantization_config"]
+    assert quant.load_in_4bit and not quant.load_in_8bit
+    assert quant.bnb_4bit_quant_type == "fp4" and quant.bnb_4bit_use_double_quant
+    assert quant.bnb_4bit_compute_dtype == torch.bfloat16
+    assert "trust_remote_code" not in kwargs
+
+
+def test_8bit_loads_fp16_activations_and_not_both(tmp_path):
+    kwargs = load_kwargs(TransformersOptions(load_in_8bit=True), tmp_path, False)
+    assert kwargs["quantization_config"].load_in_8bit and kwargs["dtype"] == torch.float16
+    with pytest.raises(LoadError, match="8-bit or 4-bit"):
+        load_kwargs(TransformersOptions(load_in_8bit=True, load_in_4bit=True), tmp_path, False)
+
+
+def test_memory_limits_and_offload_use_accelerate_placement(tmp_path):
+    kwargs = load_kwargs(TransformersOptions(max_cpu_memory="2GiB", disk_offload=True), tmp_path, False)
+    assert kwargs["max_memory"] == {"cpu": "2GiB"}
+    assert kwargs["device_map"] == "auto" and kwargs["offload_folder"] == str(tmp_path)
+    with pytest.raises(ValidationError):
+        TransformersOptions(max_gpu_memory="lots")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        assert load_kwargs(TransformersOptions(device_map="cuda"), tmp_path, False)["device_map"] == "cuda"
+    else:
+        with pytest.raises(LoadError, match="no CUDA GPU"):
+            load_kwargs(TransformersOptions(device_map="cuda"), tmp_path, False)
+
+
+def test_trust_remote_code_cannot_come_from_options():
+    for model in OPTIONS.values():
+        assert "trust_remote_code" not in model.model_fields
+        with pytest.raises(ValidationError):
+            model(trust_remote_code=True)
+
+
+def test_other_loaders_validate_their_fields():
+    assert LlamaCppOptions(tensor_split="60,40").tensor_split == "60,40"
+    with pytest.raises(ValidationError):
+        LlamaCppOptions(tensor_split="../../x")
+    with pytest.raises(ValidationError):
+        RemoteOptions(base_url="file:///etc/passwd")

@@ -144,3 +144,12 @@ def test_text_fields_accept_the_str_of_a_list_or_dict():
     assert Preset(**{**preset.model_dump(), **as_strings}) == preset
     with pytest.raises(ValueError, match="custom_token_bans"):
         Preset(custom_token_bans="[__import__('os')]")  # literals only: no code runs
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import modules.presets
+
+    assert doctest.testmod(modules.presets).attempted >= 1
+    assert doctest.testmod(modules.presets).failed == 0

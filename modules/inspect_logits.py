@@ -109,8 +109,8 @@ def inspect_next_token(backend: Any, text: str, preset: Preset, top: int = 50, s
 @dataclass(frozen=True)
 class ScoredToken:
     text: str
-    prob: float  # the model's probability for this token given the text before it
-    rank: int  # 1 = it was the most likely token
+    prob: float | None  # the model's probability for this token given the text before it (None: the
+    rank: int  # 1 = it was the most likely token            first token of a text, with no context)
 
 
 def score_text(backend: Any, prompt: str, reply: str) -> list[ScoredToken]:
@@ -124,13 +124,16 @@ def score_text(backend: Any, prompt: str, reply: str) -> list[ScoredToken]:
         ids = ids[-backend.context_length:]
         head = ids[:max(0, len(ids) - len(reply_ids))]
         reply_ids = ids[len(head):]
-    if not head:  # the first token has no context to be predicted from: score from the second on
-        reply_ids = reply_ids[1:]
     if not reply_ids:
         return []
+    out = []
+    if not head:  # the first token has no context to be predicted from: shown, not scored
+        out.append(ScoredToken(backend.token_text(reply_ids[0]), None, 0))
+        reply_ids = reply_ids[1:]
+        if not reply_ids:
+            return out
     logprobs = backend.token_logprobs(ids)
     start = len(ids) - len(reply_ids)
-    out = []
     for pos, token in enumerate(reply_ids, start=start):
         row = logprobs[pos - 1]
         lp = float(row[token])
@@ -178,6 +181,9 @@ def coloured_tokens(tokens: list[ScoredToken]) -> str:
     """The reply with each token tinted by its probability (red = unlikely); rank and p on hover."""
     spans = []
     for tok in tokens:
+        if tok.prob is None:
+            spans.append(f"<span class='prob-token unscored'>{html.escape(tok.text)}</span>")
+            continue
         hue = int(120 * tok.prob)  # 0 = red (unlikely) .. 120 = green (likely)
         spans.append(f"<span class='prob-token' style='background:hsl({hue},70%,35%)' "
                      f"title='rank {tok.rank}, p = {tok.prob:.3f}'>{html.escape(tok.text)}</span>")

@@ -215,8 +215,8 @@ def render(app: App, params: ParameterControls) -> None:
         loader = getattr(backend, "loader", "")
         marks = [gr.update(label=name + (f" (not supported by {loader})" if name in off else ""),
                            interactive=name not in off) for name in params.controls]
-        value = remembered if remembered in names else gr.skip()
-        return [gr.Dropdown(choices=names, value=value), *marks]
+        chosen = gr.Dropdown(choices=names, value=remembered) if remembered in names else gr.Dropdown(choices=names)
+        return [chosen, *marks]
 
     params.dropdown.change(load_preset, params.dropdown, outputs, api_name="load_preset")
     restore.click(load_preset, params.dropdown, outputs, api_visibility="private")

@@ -18,6 +18,11 @@ def set_number(page, elem_id, value):
     box.blur()
 
 
+def assert_no_error_toast(page):
+    errors = page.locator("[data-testid='toast-body'].error")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
 def test_slider_save_reload_and_live_chain_view(browser, start_server, models_dir, tmp_path):
     presets = tmp_path / "presets"
     shutil.copytree(ROOT / "presets", presets)
@@ -30,6 +35,7 @@ def test_slider_save_reload_and_live_chain_view(browser, start_server, models_di
     page.locator("#notebook-input textarea").fill("def main():\n    return")
     page.locator("#inspect-next-token").click()
     page.locator("#next-token-table tbody tr").nth(49).wait_for()
+    assert_no_error_toast(page)  # the page-load events, queued before this click, answered without error
     assert page.locator("#sampler-chain-view .chain-stage").count() >= 1
 
     open_tab(page, "Parameters")
@@ -55,6 +61,7 @@ def test_slider_save_reload_and_live_chain_view(browser, start_server, models_di
     page.locator("#preset-dropdown input").click()
     page.get_by_role("option", name="Mine", exact=True).click()
     page.get_by_text("Loaded preset Mine").wait_for()
+    assert_no_error_toast(page)
     assert page.locator("#param-temperature input[type='number']").input_value() == "0.33"
     assert page.locator("#param-top_k input[type='number']").input_value() == "3"
 
@@ -73,4 +80,5 @@ def test_slider_save_reload_and_live_chain_view(browser, start_server, models_di
     open_tab(page, "Parameters")
     page.get_by_text("Loaded preset Mine").wait_for()
     assert page.locator("#param-temperature input[type='number']").input_value() == "0.33"
+    assert_no_error_toast(page)
     page.close()

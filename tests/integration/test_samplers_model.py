@@ -116,6 +116,8 @@ def test_score_text_gives_each_token_its_probability_and_rank(micro_backend):
         assert tok.prob == pytest.approx(float(row[token_id].exp()), rel=1e-5)
         assert tok.rank == int((row > row[token_id]).sum()) + 1
     assert coloured_tokens(scored).count("class='prob-token'") == len(tail)
+    alone = score_text(micro_backend, "", reply)  # no prompt: the first token is shown unscored
+    assert "".join(t.text for t in alone) == reply and alone[0].prob is None
 
 
 def test_model_text_is_escaped_in_the_views():
@@ -131,7 +133,8 @@ def test_views_take_the_end_of_a_text_longer_than_the_context(micro_backend):
     view = inspect_next_token(micro_backend, long, Preset(min_p=0.1))
     assert view.prompt_tokens == micro_backend.context_length
     scored = score_text(micro_backend, "", long)
-    assert 0 < len(scored) < micro_backend.context_length
+    assert len(scored) == micro_backend.context_length
+    assert scored[0].prob is None and all(t.prob is not None for t in scored[1:])  # the first has no context
 
 
 def test_the_models_own_generation_config_adds_no_samplers(tmp_path, micro_path):

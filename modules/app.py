@@ -46,7 +46,8 @@ class App:
                               threads=settings.torch_threads(), trust_remote_code=settings.trust_remote_code,
                               batch_size=settings.batch_size, gate=queue.exclusive)
         extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
-        return cls(settings=settings, presets=PresetStore(settings.presets_dir), models=models, queue=queue,
+        presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")
+        return cls(settings=settings, presets=presets, models=models, queue=queue,
                    pipeline=Pipeline(models, queue, extensions), extensions=extensions,
                    store=ChatStore(settings.user_data / "chats.sqlite"),
                    characters=CharacterStore(settings.characters_dir),
@@ -79,9 +80,14 @@ class App:
         thread.start()
         return thread
 
+    def start_preset_name(self) -> str:
+        """The preset remembered for the model loaded at start, else the one the settings name."""
+        model = self.settings.model or self.models.default_model()
+        return (self.presets.model_default(model) if model else None) or self.settings.preset
+
     def start_preset(self) -> Preset:
-        """The preset named by the settings, or neutral values if it cannot be read."""
+        """The start preset (see `start_preset_name`), or neutral values if it cannot be read."""
         try:
-            return self.presets.load(self.settings.preset)
+            return self.presets.load(self.start_preset_name())
         except PresetError:
             return Preset()

@@ -64,13 +64,15 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, ids: list[int], preset: Preset, max_new: int, cancel: threading.Event) -> queue.SimpleQueue:
+    def submit(self, ids: list[int], preset: Preset, max_new: int, cancel: threading.Event,
+               context: Any = None) -> queue.SimpleQueue:
         """Queue one generation; its token ids arrive on the returned queue, then `END`."""
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)
         row = _Row(ids=list(ids), preset=preset, max_new=max_new, cancel=cancel, out=queue.SimpleQueue(),
-                   processors=build_processors(preset, self.eos_token_ids, device=self.device), generator=generator)
+                   processors=build_processors(preset, self.eos_token_ids, device=self.device, context=context),
+                   generator=generator)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model was unloaded")

@@ -302,7 +302,9 @@ class Pipeline:
         ext = self.extensions
         is_chat = request.prompt is None
         state = ext.state({**request.preset.model_dump(), "mode": "chat" if is_chat else "notebook",
-                           "user": request.user, "custom_stopping_strings": list(request.stop), **request.state})
+                           "user": request.user,
+                           "custom_stopping_strings": list(request.stop) + list(request.preset.custom_stopping_strings),
+                           **request.state})
         preset = _preset_from_state(request.preset, state)
         if not is_chat:
             prompt = ext.input(request.prompt, state, is_chat=False) if request.apply_input_hooks else request.prompt

@@ -48,6 +48,11 @@ class Backend(Protocol):
     @property
     def context_length(self) -> int: ...
 
+    @property
+    def supported_samplers(self) -> frozenset[str]:
+        """The Preset keys this backend honours; the Parameters tab marks the others."""
+        ...
+
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
         """Generate a continuation of `prompt`; stop within one token once `cancel` is set."""
         ...

@@ -30,11 +30,17 @@ from modules.batching import BatchEngine
 from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
-from modules.sampling import build_processors
+from modules.sampling import SUPPORTED_KEYS, ChainContext, build_processors
 from modules.templates import CHATML, ChatTemplate
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# generate() fills every unset GenerationConfig field from the model's own generation_config.json
+# (Qwen ships top_k=20, temperature=0.7, ...), which would run beside our chain. Explicit neutral
+# values keep those out: the preset's chain (modules/sampling.py) is the whole story.
+NEUTRAL_GENERATION = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                          eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, guidance_scale=1.0,
+                          num_beams=1)
 
 
 class _CancelCriteria(StoppingCriteria):
@@ -180,6 +186,7 @@ class TransformersBackend:
         self.has_own_template = isinstance(template, str)
         self.chat_template: ChatTemplate | None = ChatTemplate(template if self.has_own_template else CHATML)
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
+        self._last_logits: tuple[tuple[int, ...], torch.Tensor] | None = None  # see next_token_logits
         native = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
         self._ctx = options.context_length or native
         # Batched generation (--batch-size > 1): concurrent requests share forward passes; the pipeline's
@@ -202,14 +209,70 @@ class TransformersBackend:
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    @property
+    def supported_samplers(self) -> frozenset[str]:
+        """Preset keys this backend honours: every one (the whole chain in modules/sampling.py)."""
+        return SUPPORTED_KEYS
+
+    def prompt_ids(self, prompt: str, preset: Preset) -> list[int]:
+        """The prompt's token ids as generation sees them: BOS per `add_bos_token`, then cut from the
+        left to `truncation_length` minus the reply's room when that is set."""
+        ids = self.tokenize(prompt)
+        bos = self.tokenizer.bos_token_id
+        if bos is not None:
+            # "add" means: as the model's tokenizer would (Llama's adds one, ChatML models' do not).
+            adds_bos = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+            if preset.add_bos_token and adds_bos and ids[:1] != [bos]:
+                ids = [bos] + ids
+            elif not preset.add_bos_token and ids[:1] == [bos]:
+                ids = ids[1:]
+        if preset.truncation_length:
+            room = max(1, preset.truncation_length - preset.max_new_tokens)
+            ids = ids[-room:]
+        if not ids:  # generate() needs at least one token: start from BOS when there is nothing else
+            ids = [bos if bos is not None else self.eos_token_ids[0]]
+        return ids
+
+    def chain_context(self, ids: list[int], preset: Preset, model: Any = None) -> ChainContext:
+        """What the sampler chain needs from this model (see modules/sampling.py); `model` is the one
+        a running request holds (an adapter change swaps self.model)."""
+        model = model if model is not None else self.model
+        negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
+        return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
+                            encode=self.tokenize, vocab_size=model.config.vocab_size,
+                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
+
+    def next_token_logits(self, ids: list[int]) -> torch.Tensor:
+        """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views.
+
+        The last answer is kept: moving a slider re-runs the chain, not the model (processors never
+        change their input in place, so sharing the tensor is safe)."""
+        key = tuple(ids)
+        cached = self._last_logits
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], device=self.model.device))
+        logits = out.logits[:, -1, :].float()
+        self._last_logits = (key, logits)
+        return logits
+
+    def token_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """Log-probabilities of every position's next token (shape [len(ids), vocab]), one forward pass."""
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], device=self.model.device))
+        return out.logits[0].float().log_softmax(dim=-1).cpu()
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text, special tokens included (they matter when inspecting a distribution)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
     def template_vars(self) -> dict[str, Any]:
         return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event,
                hooks: GenerationHooks | None = None) -> Iterator[Delta]:
-        ids = self.tokenize(prompt)
-        if not ids:  # generate() needs at least one token: start from BOS when there is nothing else
-            ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_token_ids[0]]
+        ids = self.prompt_ids(prompt, preset)
         model = self.model  # an adapter change swaps self.model; this request keeps the one it started with
         input_ids = torch.tensor([ids], device=model.device)
         if hooks is not None and hooks.tokenizer is not None:
@@ -226,13 +289,16 @@ class TransformersBackend:
         max_new = max(1, min(preset.max_new_tokens, self._ctx - input_ids.shape[1]))
         if self.engine is not None and not (hooks and hooks.logits_processors):
             # The batch engine applies the preset's own chain; extension logits processors need generate().
-            return read_tokens(self.engine.submit(input_ids[0].tolist(), preset, max_new, cancel), cancel,
-                               self.detokenize, self.eos_token_ids, max_new)
+            prompt_ids = input_ids[0].tolist()
+            return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
+                                                  context=self.chain_context(prompt_ids, preset, model)),
+                               cancel, self.detokenize, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
-        config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new,
+        config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **NEUTRAL_GENERATION,
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
-        processors = build_processors(preset, self.eos_token_ids, device=self.device)
+        processors = build_processors(preset, self.eos_token_ids, device=self.device,
+                                      context=self.chain_context(input_ids[0].tolist(), preset, model))
         if hooks is not None and hooks.logits_processors is not None:
             processors.eos_token_ids = self.eos_token_ids  # extensions such as long_replies need them
             processors = LogitsProcessorList(hooks.logits_processors(processors, input_ids))
@@ -245,7 +311,10 @@ class TransformersBackend:
                                stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
                                streamer=_EmitStreamer(emit))
 
-        return token_stream(produce, cancel, self.detokenize, self.eos_token_ids, max_new, self.name)
+        def decode(part: list[int]) -> str:
+            return self.tokenizer.decode(part, skip_special_tokens=preset.skip_special_tokens)
+
+        return token_stream(produce, cancel, decode, self.eos_token_ids, max_new, self.name)
 
     def set_loras(self, paths: list[Path]) -> None:
         """Apply these LoRA adapters (several are concatenated), or remove all with []."""
@@ -264,6 +333,7 @@ class TransformersBackend:
                 model.set_adapter("combined")
             model.eval()
         self.model = model
+        self._last_logits = None  # another model now: the inspect views' cached logits are stale
         self.loras = tuple(p.name for p in paths)
         if self.engine is not None:  # the batch engine must run the model with its new adapters
             self.engine.close()
@@ -280,7 +350,8 @@ class TransformersBackend:
         with torch.inference_mode():
             scores = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[:, -1, :].float()
             if preset is not None:
-                scores = build_processors(preset, self.eos_token_ids, device=self.device)(input_ids, scores)
+                context = self.chain_context(ids, preset)
+                scores = build_processors(preset, self.eos_token_ids, device=self.device, context=context)(input_ids, scores)
             probs = torch.softmax(scores, dim=-1)[0]
             values, indices = torch.topk(probs, min(top, probs.shape[0]))
         return [(self.tokenizer.decode([i]), float(v)) for v, i in zip(values.tolist(), indices.tolist())]

@@ -37,6 +37,7 @@ def build(app: App) -> gr.Blocks:
                 with gr.Tabs():
                     with gr.Tab("Load", id="model-load-tab"):
                         status, info, describe = model.render(app)
+                        parameters.follow_model(app, params, status)
                     with gr.Tab("Evaluate", id="model-evaluate-tab"):
                         evaluate.render(app)
             with gr.Tab("Session", id="session"):

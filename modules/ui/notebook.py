@@ -1,4 +1,10 @@
-"""Notebook tab: one text area; Generate streams a raw continuation (no chat template) into it."""
+"""Notebook tab: one text area; Generate streams a raw continuation (no chat template) into it.
+
+Below it, the distribution views: **Next token** (the top 50 candidates before and after the sampler
+chain), the **sampler chain** (a bar chart after each stage, redrawn when a parameter moves) and the
+text coloured by the probability the model gave each token. The computation is in
+`modules/inspect_logits.py`; these handlers only format it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from pydantic import ValidationError
 
 from modules.app import App
 from modules.generation import GenerationError, GenerationRequest, NoModel, QueueFull, throttle
+from modules.inspect_logits import CannotInspect, candidates_table, chain_bars, coloured_tokens, inspect_next_token, \
+    score_text
 from modules.ui.chat import speed_line
 from modules.ui.parameters import ParameterControls
 
@@ -54,3 +62,57 @@ def render(app: App, params: ParameterControls) -> None:
                            api_name="notebook_generate")
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     count.click(on_count, text, status, api_name="notebook_count")
+    _render_inspector(app, params, text, event)
+
+
+def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, generated: Any) -> None:
+    with gr.Accordion("Next token and sampler chain", open=True, elem_id="inspector"):
+        with gr.Row():
+            inspect = gr.Button("Show next token", elem_id="inspect-next-token", scale=0, min_width=160)
+            live = gr.Checkbox(value=True, label="Update when a parameter changes", elem_id="inspect-live")
+            colour = gr.Checkbox(value=False, label="Colour the text by probability", elem_id="notebook-colour")
+        inspect_status = gr.Markdown(elem_id="inspect-status")
+        with gr.Row():
+            with gr.Column(scale=2):
+                gr.Markdown("#### Next token: top 50")
+                table = gr.HTML(elem_id="next-token-view")
+            with gr.Column(scale=3):
+                gr.Markdown("#### Sampler chain: the distribution after each stage")
+                chain = gr.HTML(elem_id="sampler-chain-view")
+        coloured = gr.HTML(elem_id="probability-view")
+
+    def show(prompt: str, *values: Any):
+        backend = app.models.current()
+        if backend is None:
+            return gr.skip(), gr.skip(), "⚠️ no model is loaded"
+        try:
+            preset = params.preset_from(values)
+            view = inspect_next_token(backend, prompt, preset)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            return gr.skip(), gr.skip(), f"⚠️ invalid parameters: {first['loc'][0] if first['loc'] else ''}: {first['msg']}"
+        except (CannotInspect, ValueError) as exc:
+            return gr.skip(), gr.skip(), f"⚠️ {exc}"
+        stages = " → ".join(stage.name for stage in view.stages[1:]) or "no active samplers"
+        return candidates_table(view), chain_bars(view), f"Chain: {stages}"
+
+    def show_live(on: bool, prompt: str, *values: Any):
+        if not on:
+            return gr.skip(), gr.skip(), gr.skip()
+        return show(prompt, *values)
+
+    def paint(on: bool, prompt: str) -> str:
+        backend = app.models.current()
+        if not on or backend is None or not prompt:
+            return ""
+        try:
+            return coloured_tokens(score_text(backend, "", prompt[-20_000:]))
+        except CannotInspect as exc:
+            return f"<p>{exc}</p>"
+
+    outputs = [table, chain, inspect_status]
+    inspect.click(show, [text, *params.inputs], outputs, api_name="inspect_next_token")
+    gr.on([control.change for control in params.inputs], show_live, [live, text, *params.inputs], outputs,
+          trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+    colour.change(paint, [colour, text], coloured, api_visibility="private")
+    generated.then(paint, [colour, text], coloured, api_visibility="private")

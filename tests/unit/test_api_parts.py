@@ -31,8 +31,9 @@ def test_every_preset_field_is_an_optional_request_field_with_the_same_range():
 def test_max_tokens_takes_max_new_tokens_range_and_unknown_fields_are_listed():
     with pytest.raises(ValidationError):
         ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], max_tokens=0)
-    body = CompletionRequest(prompt="x", top_k=3, tfs=0.9, mirostat_mode=0)
-    assert body.top_k == 3 and body.ignored_fields() == ["mirostat_mode", "tfs"]
+    body = CompletionRequest(prompt="x", top_k=3, tfs=0.9, mirostat_mode=0, made_up_sampler=1, zzz=2)
+    assert body.top_k == 3 and body.tfs == 0.9  # every Preset key is an API field
+    assert body.ignored_fields() == ["made_up_sampler", "zzz"]
     both = CompletionRequest(prompt="x", stop="A", stopping_strings=["B"])  # text-generation-webui's name too
     assert both.stop_strings() == ("A", "B")
 

@@ -404,7 +404,9 @@ class Pipeline:
                 raise NoModel("no model is loaded: pick one in the Model tab")
             update.model = backend.name
             prepared = self.prepare(backend, request)
-            stops = StopStringFilter(tuple(request.stop) + prepared.stops + tuple(backend.stop_strings))
+            # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state)
+            stops = StopStringFilter(tuple(prepared.preset.custom_stopping_strings) + prepared.stops
+                                     + tuple(backend.stop_strings))
             counted = self.extensions.tokenized_length(prepared.prompt)
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
             update.context_length = prepared.context_length or backend.context_length

@@ -430,7 +430,7 @@ def _stage(name: str, preset: Preset, ctx: ChainContext) -> LogitsProcessor | No
     p = preset
     if name == "temperature":
         if p.greedy:
-            return GreedyWarper()
+            return None  # greedy is the argmax after the whole chain (see build_chain), not a stage in it
         return TemperatureLogitsWarper(p.temperature) if p.temperature != 1.0 and not p.dynamic_temperature else None
     if name == "dynamic_temperature":
         return DynamicTemperatureWarper(p.dynatemp_low, p.dynatemp_high, p.dynatemp_exponent) \
@@ -494,15 +494,20 @@ def build_chain(preset: Preset, ctx: ChainContext | None = None) -> list[Stage]:
         processor = _stage(name, preset, ctx)
         if processor is not None:
             stages.append((name, processor))
+    if preset.greedy:
+        # Temperature 0 picks the most likely token after every other stage (penalties, bans, DRY...),
+        # as greedy decoding does; shown as the last stage so the chain view matches what generation does.
+        stages.append(("greedy", GreedyWarper()))
     return stages
 
 
 def build_processors(preset: Preset, eos_token_ids: Sequence[int], device: str = "cpu",
                      context: ChainContext | None = None) -> LogitsProcessorList:
-    """The chain for `preset` as the LogitsProcessorList generate() takes."""
+    """The chain for `preset` as the LogitsProcessorList generate() takes. Without the final greedy
+    stage: generation does the argmax itself (do_sample=False), after any processors extensions append."""
     base = context or ChainContext()
     ctx = ChainContext(**{**base.__dict__, "eos_token_ids": tuple(eos_token_ids), "device": device})
-    return LogitsProcessorList(processor for _, processor in build_chain(preset, ctx))
+    return LogitsProcessorList(processor for name, processor in build_chain(preset, ctx) if name != "greedy")
 
 
 #: The Preset keys this chain implements: all of them (the Transformers backend's `supported_samplers`).

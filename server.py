@@ -16,11 +16,21 @@ log = logging.getLogger("parlour")
 
 
 def check_exposure(settings: Settings) -> str | None:
-    """Why this configuration must not start, or None. Binding all interfaces needs a key."""
-    if settings.listen and settings.api_key is None and settings.auth is None and settings.auth_file is None \
-            and not settings.insecure_listen:
-        return ("refusing to --listen on all interfaces without --auth or --api-key: anyone on the network could use "
-                "the model. Add --auth or --api-key, or --insecure-listen if this network is trusted.")
+    """Why this configuration must not start, or None.
+
+    On all interfaces, both doors need a lock: the UI needs --auth (or --auth-file) and, unless the
+    API is off, /v1 needs --api-key. A key for one door does not guard the other.
+    """
+    if not settings.listen or settings.insecure_listen:
+        return None
+    missing = []
+    if settings.auth is None and settings.auth_file is None:
+        missing.append("--auth (for the UI)")
+    if settings.api and settings.api_key is None:
+        missing.append("--api-key (for the API, or --no-api)")
+    if missing:
+        return (f"refusing to --listen on all interfaces without {' and '.join(missing)}: anyone on the network "
+                "could use the model and read the chats. Add them, or --insecure-listen if this network is trusted.")
     return None
 
 

@@ -24,8 +24,8 @@ class Settings(BaseModel):
 
     # where and how to serve
     port: int = Field(7860, ge=1, le=65535, description="port for the UI and the API")
-    listen: bool = Field(False, description="bind all interfaces instead of 127.0.0.1 (needs --auth or --api-key)")
-    insecure_listen: bool = Field(False, description="allow --listen without --auth or --api-key")
+    listen: bool = Field(False, description="bind all interfaces instead of 127.0.0.1 (needs --auth, and --api-key unless --no-api)")
+    insecure_listen: bool = Field(False, description="allow --listen without --auth or --api-key (trusted networks only)")
     # model
     model: str | None = Field(None, description="model (folder name in --models-dir) to load at start; "
                                                 "default: the only model there, if there is exactly one")

@@ -86,8 +86,14 @@ def test_bad_auth_refuses_to_start_and_auth_allows_listen(tmp_path):
     assert out.returncode == 2 and "user:password" in out.stderr
     from server import check_exposure
 
-    assert check_exposure(Settings(listen=True)) is not None
-    assert check_exposure(Settings(listen=True, auth="ann:pw")) is None
+    assert "--auth" in check_exposure(Settings(listen=True)) and "--api-key" in check_exposure(Settings(listen=True))
+    # one lock does not guard the other door
+    assert "--api-key" in check_exposure(Settings(listen=True, auth="ann:pw"))
+    assert "--auth" in check_exposure(Settings(listen=True, api_key="k"))
+    assert check_exposure(Settings(listen=True, auth="ann:pw", api_key="k")) is None
+    assert check_exposure(Settings(listen=True, auth="ann:pw", api=False)) is None
+    assert check_exposure(Settings(listen=True, insecure_listen=True)) is None
+    assert check_exposure(Settings(listen=False)) is None
 
 
 def test_gradio_login_check_is_exact():

@@ -70,7 +70,9 @@ def create_app(settings: Settings):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from modules.logs import configure
+
+    configure()
     try:
         settings = load_settings(argv)
     except SettingsError as exc:

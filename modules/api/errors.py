@@ -44,8 +44,14 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 def _param(loc: tuple[Any, ...]) -> str:
     """`("body", "messages", 0, "role")` -> `"messages.0.role"`: the field as the client named it."""
-    parts = [str(p) for p in loc if p != "body"]
+    # pydantic adds the union member it tried ("str", "list[str]", "function-after[...]") to the path:
+    # not part of the client's field name
+    parts = [str(p) for p in loc if p != "body" and not _is_type_tag(p)]
     return ".".join(parts) or "body"
+
+
+def _is_type_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "list", "dict", "none"})
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None, str]:

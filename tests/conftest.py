@@ -124,9 +124,11 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Debian Chromium through Playwright. Missing Chromium is a failure, not a skip."""
+    """Headless Debian Chromium through Playwright. Missing Chromium is a failure, not a skip.
+    Module-scoped: Playwright's sync API keeps an asyncio loop running in this thread while it is open,
+    which would break later tests that call asyncio.run()."""
     from playwright.sync_api import sync_playwright
 
     assert Path("/usr/bin/chromium").exists(), "Chromium is missing: ./test.sh installs it (apt-get install chromium)"

@@ -20,7 +20,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -167,7 +166,6 @@ def main() -> int:
 
     import tempfile
 
-    import torch
 
     from modules.app import App
     from modules.presets import Preset
@@ -205,7 +203,7 @@ def main() -> int:
                               ("Gradio client", client_rate, client_first),
                               ("browser (Chromium)", browser_rate, browser_first)]:
         print(f"| {name} | {rate:.1f} | {rate / raw_rate:.2f} | {first * 1000:.0f} | {(first - raw_first) * 1000:+.0f} |")
-    print(f"\n| start-up and memory | value |\n|---|---|")
+    print("\n| start-up and memory | value |\n|---|---|")
     print(f"| page HTTP 200 after process start | {page_ready:.1f} s |")
     print(f"| chat input usable after navigation | {input_ready:.2f} s |")
     print(f"| RSS raw process (model loaded, after generate) | {raw_rss:.0f} MiB |")

@@ -16,9 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from modules.fileio import FileTooLarge, atomic_write_text, read_text_limited
+from modules.fileio import FileTooLarge, atomic_write_bytes, atomic_write_text, load_yaml, read_text_limited
 from modules.paths import UnsafeName, check_name, safe_child
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -193,19 +191,6 @@ def card_v2(character: Character) -> dict[str, Any]:
         "extensions": {"parlour": {"context": character.context}}}}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class CharacterStore:
     """The `characters/` folder."""
 
@@ -226,7 +211,7 @@ class CharacterStore:
     def load(self, name: str) -> Character:
         path = self._path(name, ".yaml")
         try:
-            data = yaml.safe_load(read_text_limited(path, MAX_YAML_BYTES))
+            data = load_yaml(read_text_limited(path, MAX_YAML_BYTES))
         except FileNotFoundError as exc:
             raise CharacterError(f"character {name!r} not found") from exc
         except (FileTooLarge, yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -257,7 +242,7 @@ class CharacterStore:
             png_text_chunks(picture)
         self.root.mkdir(parents=True, exist_ok=True)
         if picture is not None:
-            _atomic_write_bytes(self._path(character.name, ".png"), picture)
+            atomic_write_bytes(self._path(character.name, ".png"), picture)
         atomic_write_text(path, character.to_yaml())
         return path
 

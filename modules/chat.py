@@ -27,7 +27,7 @@ from typing import Any, Iterator, Literal, Protocol
 
 import yaml
 
-from modules.fileio import FileTooLarge, read_text_limited
+from modules.fileio import FileTooLarge, load_yaml, read_text_limited
 from modules.paths import UnsafeName, safe_child
 from modules.presets import Preset
 from modules.templates import ChatTemplate, TemplateError
@@ -273,7 +273,7 @@ class TemplateLibrary:
         """The Jinja source of a template; TemplateError with the file name if it cannot be used."""
         try:
             path = safe_child(self.root, name, ".yaml")
-            data = yaml.safe_load(read_text_limited(path, MAX_TEMPLATE_BYTES))
+            data = load_yaml(read_text_limited(path, MAX_TEMPLATE_BYTES))
         except UnsafeName as exc:
             raise TemplateError(f"instruction template: {exc}") from exc
         except FileNotFoundError as exc:

@@ -363,7 +363,7 @@ class PresetStore:
         if path is None or not path.is_file():
             return {}
         try:
-            data = yaml.safe_load(read_text_limited(path, MAX_PRESET_BYTES))
+            data = load_yaml(read_text_limited(path, MAX_PRESET_BYTES))
         except (yaml.YAMLError, FileTooLarge, UnicodeDecodeError) as exc:
             log.warning("ignoring %s: %s", path, exc)
             return {}

@@ -180,7 +180,7 @@ def _key_value(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, yaml.safe_load(value) if value else ""
+        return key, load_yaml(value) if value else ""
     except yaml.YAMLError:
         return key, value
 

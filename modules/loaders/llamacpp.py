@@ -88,7 +88,7 @@ class LlamaCppBackend:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
     def template_vars(self) -> dict[str, Any]:
-        bos, eos = self.llm.token_bos(), self.llm.token_eos()
+        bos = self.llm.token_bos()
         return {"bos_token": self.detokenize([bos]) if bos >= 0 else "", "eos_token": ""}
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:

@@ -392,7 +392,7 @@ def test_queue_full_is_503_with_retry_after(guarded):
 
 
 def test_stop_generation_stops_only_the_callers_own(guarded):
-    with httpx.Client(timeout=60) as mine, httpx.Client(timeout=60) as theirs:
+    with httpx.Client(timeout=60) as mine:
         with _long_stream(guarded, "sk-user", mine) as response:
             guarded.wait_until(lambda h: h["active"] == 1)
             before = guarded.health()["tokens"]

@@ -379,7 +379,11 @@ def build_router(app: Any, callers: CallerRequests) -> APIRouter:
     router = APIRouter()
 
     def model_card(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "parlour"}
+        card = {"id": name, "object": "model", "created": 0, "owned_by": "parlour"}
+        backend = app.models.current()
+        if backend is not None and backend.name == name:
+            card["max_model_len"] = backend.context_length  # vLLM's field: remote Parlours read it
+        return card
 
     @router.get("/models")
     def list_models() -> dict[str, Any]:

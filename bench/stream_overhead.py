@@ -108,7 +108,6 @@ def bench_client(url: str, preset, runs: int, tokens: int) -> tuple[float, float
     values = list(preset.model_dump().values())
     rates, firsts = [], []
     for i in range(runs + 1):
-        client.predict(api_name="/chat_new")  # the session keeps its history: start each run fresh
         start = time.perf_counter()
         first = None
         job = client.submit("Hello", *values, api_name="/chat_send")

@@ -94,10 +94,22 @@ def build_preset(app: Any, body: GenerationFields, max_tokens: int | None) -> tu
         raise APIError(400, message, param=param, code="invalid_value") from exc
 
 
+def check_logit_bias(body: GenerationFields, backend: Backend) -> None:
+    """Token ids in logit_bias must exist in this model's vocabulary (ranges are Preset's to check)."""
+    if not body.logit_bias:
+        return
+    vocab = getattr(getattr(getattr(backend, "model", None), "config", None), "vocab_size", None)
+    if vocab is None:
+        raise APIError(400, f"logit_bias is not supported by the {backend.loader} loader", param="logit_bias",
+                       code="unsupported")
+    bad = sorted(t for t in body.logit_bias if not 0 <= int(t) < vocab)
+    if bad:
+        raise APIError(400, f"logit_bias token id {bad[0]} is not in this model's vocabulary (0..{vocab - 1})",
+                       param="logit_bias", code="invalid_value")
+
+
 def refuse_unsupported(body: GenerationFields) -> None:
     """400 for OpenAI features this server does not implement, instead of a reply that ignores them."""
-    if body.logit_bias:
-        raise APIError(400, "logit_bias is not supported yet", param="logit_bias", code="unsupported")
     if body.tools:
         raise APIError(400, "tools (function calling) are not supported", param="tools", code="unsupported")
     if body.response_format and body.response_format.get("type", "text") != "text":
@@ -195,6 +207,7 @@ def fit_chat_messages(app: Any, backend: Backend, request: GenerationRequest, tr
 def completion_plan(app: Any, body: CompletionRequest) -> Plan:
     refuse_unsupported(body)
     backend = current_backend(app, body.model)
+    check_logit_bias(body, backend)
     preset, not_applied = build_preset(app, body, body.max_tokens)
     jobs = []
     for p, prompt in enumerate(body.prompts()):
@@ -215,6 +228,7 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
 def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     refuse_unsupported(body)
     backend = current_backend(app, body.model)
+    check_logit_bias(body, backend)
     preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
     messages, ignored = apply_chat_options(chat_messages(body), ChatOptions.from_request(body))
     continue_last = (body.continue_final_message or body.continue_) and messages[-1]["role"] == "assistant"

@@ -57,7 +57,6 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
     stop: str | list[str] | None = Field(None, description="stop strings (not included in the reply)")
     stopping_strings: list[str] | None = Field(None, description="text-generation-webui's name for more stop strings")
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="number of choices to generate")
-    logit_bias: dict[str, float] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     user: str | None = None

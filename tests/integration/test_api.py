@@ -218,8 +218,23 @@ def test_prompt_longer_than_context_is_400_unless_truncation_is_asked(client):
 
 def test_unsupported_openai_features_are_refused_not_ignored(client):
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=MODEL, messages=HELLO, logit_bias={"5": 10})
-    assert err.value.body["param"] == "logit_bias"
+        client.chat.completions.create(model=MODEL, messages=HELLO, tools=[{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object", "properties": {}}}}])
+    assert err.value.body["param"] == "tools"
+
+
+def test_logit_bias_steers_the_reply(client, local):
+    plain = client.completions.create(model=MODEL, prompt="if", max_tokens=6, temperature=0,
+                                      extra_body={"ban_eos_token": True}).choices[0].text
+    first = local.models.current().tokenize(plain)[0]
+    banned = client.completions.create(model=MODEL, prompt="if", max_tokens=6, temperature=0,
+                                       logit_bias={str(first): -100}, extra_body={"ban_eos_token": True})
+    assert banned.choices[0].text != plain
+    assert local.models.current().tokenize(banned.choices[0].text)[:1] != [first]
+    for bias, param in [({"999999": 5}, "logit_bias"), ({"5": 500}, "logit_bias")]:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=MODEL, prompt="x", max_tokens=2, logit_bias=bias)
+        assert err.value.body["param"] == param
 
 
 def test_host_header_other_than_localhost_is_refused(server):

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from modules.api.chat_options import ChatOptions, apply_chat_options
+from modules.api.chat_options import apply_chat_options
 from modules.api.errors import APIError, describe_validation, error_body
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
@@ -230,7 +230,7 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     backend = current_backend(app, body.model)
     check_logit_bias(body, backend)
     preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
-    messages, ignored = apply_chat_options(chat_messages(body), ChatOptions.from_request(body))
+    messages, ignored = apply_chat_options(chat_messages(body), body)
     continue_last = (body.continue_final_message or body.continue_) and messages[-1]["role"] == "assistant"
     probe = GenerationRequest(preset=preset, messages=messages, continue_last=continue_last)
     dropped = fit_chat_messages(app, backend, probe, body.truncate_prompt)

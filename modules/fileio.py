@@ -59,3 +59,23 @@ class _NoAliasLoader(yaml.SafeLoader):
 def load_yaml(text: str):
     """Parse YAML safely: plain data only (no tags that build objects), no aliases."""
     return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+class YamlFileError(ValueError):
+    """A YAML file that cannot be read as a mapping; the message says why."""
+
+
+def read_yaml_mapping(path: Path, limit: int) -> dict:
+    """The mapping in a YAML file: {} if the file is missing or empty; YamlFileError if it is too large,
+    not YAML (or uses tags/aliases), or its top level is not a mapping."""
+    if not path.exists():
+        return {}
+    try:
+        data = load_yaml(read_text_limited(path, limit))
+    except (yaml.YAMLError, FileTooLarge, UnicodeDecodeError) as exc:
+        raise YamlFileError(str(exc)) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise YamlFileError(f"the top level must be a mapping, not {type(data).__name__}")
+    return data

@@ -19,7 +19,7 @@ from typing import Any, Callable, ContextManager
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, read_text_limited
+from modules.fileio import YamlFileError, atomic_write_text, read_yaml_mapping
 from modules.loaders.base import Backend, LoadError
 from modules.loaders.options import OPTIONS, LoaderName
 from modules.paths import UnsafeName, safe_child
@@ -69,17 +69,10 @@ class ModelSettingsStore:
         self.path = path
 
     def _read(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {}
         try:
-            data = load_yaml(read_text_limited(self.path, 1_000_000))
-        except (yaml.YAMLError, FileTooLarge, UnicodeDecodeError) as exc:
-            raise ModelError(f"{self.path.name} cannot be read: {exc}") from exc
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ModelError(f"{self.path.name}: the top level must be a mapping of model names")
-        return data
+            return read_yaml_mapping(self.path, 1_000_000)
+        except YamlFileError as exc:
+            raise ModelError(f"{self.path.name} cannot be read (a mapping of model names is expected): {exc}") from exc
 
     def get(self, name: str) -> ModelSettings:
         raw = self._read().get(name)

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from modules.fileio import FileTooLarge, load_yaml, read_text_limited
+from modules.fileio import YamlFileError, load_yaml, read_yaml_mapping
 
 
 class Settings(BaseModel):
@@ -232,17 +232,10 @@ def _format(error: ValidationError, source: str) -> str:
 
 def read_yaml_settings(path: Path) -> dict[str, Any]:
     """The mapping in a settings file ({} if the file does not exist)."""
-    if not path.exists():
-        return {}
     try:
-        data = load_yaml(read_text_limited(path, MAX_SETTINGS_BYTES))
-    except (yaml.YAMLError, UnicodeDecodeError, FileTooLarge) as exc:
+        return read_yaml_mapping(path, MAX_SETTINGS_BYTES)
+    except YamlFileError as exc:
         raise SettingsError(f"invalid settings file {path}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"invalid settings file {path}: the top level must be a mapping, not {type(data).__name__}")
-    return data
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:

@@ -47,6 +47,9 @@ SIZES = {
     "demo": Size(4096, 256, 704, 4, 4, 2, 512, 400, 16, 128, 6_000_000),
     # Tiny and barely trained (seconds): for tests that need a real model, not a good one.
     "micro": Size(512, 64, 128, 2, 4, 2, 2048, 200, 8, 64, 400_000),
+    # ~400M parameters, untrained (build with --steps 0): big enough that a GPU benchmark of bitsandbytes
+    # 8-bit/4-bit measures the kernels, not Python overhead (bench/device_check.py).
+    "wide": Size(4096, 1536, 4096, 16, 12, 4, 2048, 0, 8, 128, 400_000),
 }
 
 _GREETINGS_IN = ["Hello", "Hi", "Hey", "Hello!", "Hi!", "Hey there", "Good morning", "Good evening",

@@ -75,7 +75,11 @@ def _pick_dtype(name: str) -> torch.dtype | str:
 
 
 def quantization_config(options: TransformersOptions):
-    """The BitsAndBytesConfig for the options, or None for full-precision weights."""
+    """The BitsAndBytesConfig for the options, or None for full-precision weights.
+
+    With a memory limit or disk offload some layers may land on the CPU; Transformers refuses that for
+    quantized weights unless those layers are explicitly kept in fp32 there, so the flag is set then.
+    """
     if options.load_in_8bit and options.load_in_4bit:
         raise LoadError("choose 8-bit or 4-bit, not both")
     if not (options.load_in_8bit or options.load_in_4bit):
@@ -86,9 +90,11 @@ def quantization_config(options: TransformersOptions):
         raise LoadError("bitsandbytes is not installed: pip install -r requirements.txt") from exc
     from transformers import BitsAndBytesConfig
 
+    offload = bool(options.max_gpu_memory or options.max_cpu_memory or options.disk_offload)
     if options.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=options.bnb_4bit_quant_type,
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=offload)
+    return BitsAndBytesConfig(load_in_4bit=True, llm_int8_enable_fp32_cpu_offload=offload,
+                              bnb_4bit_quant_type=options.bnb_4bit_quant_type,
                               bnb_4bit_use_double_quant=options.bnb_4bit_use_double_quant,
                               bnb_4bit_compute_dtype=_DTYPES[options.bnb_4bit_compute_dtype])
 
@@ -159,12 +165,12 @@ class TransformersBackend:
                             "Parlour chats with decoder-only (causal) models")
         if not any(p.suffix in {".safetensors", ".bin"} for p in path.iterdir()):
             raise LoadError(f"{path.name}: no weights (*.safetensors or *.bin) in the folder")
-        kwargs = load_kwargs(options, offload_dir, trust_remote_code)
+        self._load_kwargs = load_kwargs(options, offload_dir, trust_remote_code)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             # safetensors is preferred; a .bin checkpoint is read with torch.load(weights_only=True)
             # by Transformers 5, which refuses pickled code.
-            self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(path, **self._load_kwargs)
         except torch.OutOfMemoryError as exc:
             raise LoadError(f"{path.name}: out of memory while loading — try 4-bit or 8-bit, or offload") from exc
         except ValueError as exc:
@@ -321,7 +327,11 @@ class TransformersBackend:
         from peft import PeftModel
 
         model = self.model
-        if isinstance(model, PeftModel):
+        if self.options.load_in_4bit and not self.device.startswith("cuda"):
+            # bitsandbytes 0.50 on CPU repacks 4-bit weights at the first forward pass, and a later
+            # state_dict() (peft reads one to load an adapter) corrupts them: start from fresh weights.
+            model = AutoModelForCausalLM.from_pretrained(self.path, **self._load_kwargs).eval()
+        elif isinstance(model, PeftModel):
             model = model.unload()  # back to the plain base model, adapters removed
         if paths:
             names = [p.name for p in paths]

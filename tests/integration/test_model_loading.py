@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import threading
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from modules.generation import GenerationRequest
 from modules.models import ModelError, infer_loader
 from modules.presets import Preset
+from tests.conftest import DEMO_DIR
 
 GREEDY = Preset(temperature=0.0, max_new_tokens=16, ban_eos_token=True)
 
@@ -104,6 +106,28 @@ def test_lora_changes_the_reply_and_removing_it_restores(make_app, own_models, t
     assert reply(app) == base
     with pytest.raises(ModelError, match="bad LoRA name"):
         app.models.set_loras(["../noisy"])
+
+
+def test_lora_on_4bit_weights_on_cpu_is_removed_cleanly(tmp_path):
+    # bitsandbytes' CPU 4-bit weights are repacked at the first forward pass; peft's state_dict() read
+    # then corrupted them, so removing an adapter did not give the base model back (seen on 0.50.2 with
+    # the demo model's widths; the micro model's are too small to show it).
+    from modules.loaders.options import TransformersOptions
+    from modules.loaders.transformers import TransformersBackend
+
+    make_lora(DEMO_DIR, tmp_path / "noisy")
+    backend = TransformersBackend(DEMO_DIR, TransformersOptions(load_in_4bit=True))
+    prompt = backend.chat_template.render([{"role": "user", "content": "What is the capital of France?"}])
+    preset = GREEDY.model_copy(update={"max_new_tokens": 32})
+
+    def answer() -> str:
+        return "".join(d.text for d in backend.stream(prompt, preset, threading.Event()))
+
+    base = answer()
+    backend.set_loras([tmp_path / "noisy"])
+    assert answer() != base
+    backend.set_loras([])
+    assert answer() == base
 
 
 def test_idle_unload_and_reload_on_next_request(make_app, own_models):

@@ -27,6 +27,15 @@ def test_8bit_loads_fp16_activations_and_not_both(tmp_path):
         load_kwargs(TransformersOptions(load_in_8bit=True, load_in_4bit=True), tmp_path, False)
 
 
+def test_quantized_weights_may_offload_only_when_limits_ask_for_it(tmp_path):
+    # Without the fp32-offload flag Transformers refuses to put any layer of a quantized model on the CPU.
+    plain = load_kwargs(TransformersOptions(load_in_8bit=True), tmp_path, False)["quantization_config"]
+    assert not plain.llm_int8_enable_fp32_cpu_offload
+    for options in (TransformersOptions(load_in_8bit=True, max_gpu_memory="1GiB"),
+                    TransformersOptions(load_in_4bit=True, disk_offload=True)):
+        assert load_kwargs(options, tmp_path, False)["quantization_config"].llm_int8_enable_fp32_cpu_offload
+
+
 def test_memory_limits_and_offload_use_accelerate_placement(tmp_path):
     kwargs = load_kwargs(TransformersOptions(max_cpu_memory="2GiB", disk_offload=True), tmp_path, False)
     assert kwargs["max_memory"] == {"cpu": "2GiB"}

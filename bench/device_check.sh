@@ -16,6 +16,7 @@ if [ -d .whl ]; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+[ -f models/parlour-demo/config.json ] || python3 -m modules.demo_model 2>&1 | tail -1
 python3 -m modules.demo_model --size wide --steps 0 --models-dir /tmp/models 2>&1 | tail -1
 python3 bench/device_check.py --wide /tmp/models/parlour-wide 2>&1 | tee "$out/device_check.txt"
 status=$?

@@ -8,6 +8,7 @@ so Stop (or a closed connection) ends the worker within one token.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -115,6 +116,9 @@ def load_kwargs(options: TransformersOptions, offload_dir: Path | None, trust_re
     memory: dict[Any, str] = {}
     if options.max_gpu_memory and torch.cuda.is_available():
         memory.update({i: options.max_gpu_memory.replace(" ", "") for i in range(torch.cuda.device_count())})
+        # accelerate gives a device missing from max_memory nothing: without a CPU entry, what does not fit
+        # the GPU would go to "disk" with no folder and load as empty (meta) weights.
+        memory["cpu"] = f"{_ram_mib()}MiB"
     if options.max_cpu_memory:
         memory["cpu"] = options.max_cpu_memory.replace(" ", "")
     if memory:
@@ -128,6 +132,11 @@ def load_kwargs(options: TransformersOptions, offload_dir: Path | None, trust_re
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     return kwargs
+
+
+def _ram_mib() -> int:
+    """This machine's physical memory in MiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
 def _rss_bytes() -> int:

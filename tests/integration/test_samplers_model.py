@@ -11,9 +11,9 @@ TEXT = "def main():\n    return"
 
 
 def raw_logits(backend, text):
-    ids = torch.tensor([backend.tokenize(text)])
+    ids = torch.tensor([backend.tokenize(text)], device=backend.model.device)
     with torch.inference_mode():
-        return backend.model(input_ids=ids).logits[0, -1].float()
+        return backend.model(input_ids=ids).logits[0, -1].float().cpu()
 
 
 def test_next_token_view_matches_the_model_and_the_chain(micro_backend):

@@ -36,6 +36,16 @@ def test_quantized_weights_may_offload_only_when_limits_ask_for_it(tmp_path):
         assert load_kwargs(options, tmp_path, False)["quantization_config"].llm_int8_enable_fp32_cpu_offload
 
 
+def test_a_gpu_limit_alone_offloads_to_cpu_not_to_an_unnamed_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    memory = load_kwargs(TransformersOptions(max_gpu_memory="10 GiB"), tmp_path, False)["max_memory"]
+    assert memory[0] == memory[1] == "10GiB"
+    assert memory["cpu"].endswith("MiB") and int(memory["cpu"][:-3]) > 0
+    both = load_kwargs(TransformersOptions(max_gpu_memory="10GiB", max_cpu_memory="3GiB"), tmp_path, False)
+    assert both["max_memory"]["cpu"] == "3GiB"
+
+
 def test_memory_limits_and_offload_use_accelerate_placement(tmp_path):
     kwargs = load_kwargs(TransformersOptions(max_cpu_memory="2GiB", disk_offload=True), tmp_path, False)
     assert kwargs["max_memory"] == {"cpu": "2GiB"}

@@ -286,10 +286,13 @@ class Pipeline:
         self.extensions = extensions if extensions is not None else Extensions(entry_points=False)
 
     def build_prompt(self, backend: Backend, request: GenerationRequest) -> str:
+        """The prompt text `request` gives this backend, before extension hooks (previews, checks)."""
         if request.prompt is not None:
             return request.prompt
         if backend.chat_template is None:
             raise ValueError(f"{backend.name} has no chat template")
+        if request.build is not None:
+            return request.build(backend, None).text
         extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
         messages = list(request.messages or [])
         if request.continue_last and messages and messages[-1]["role"] == "assistant":

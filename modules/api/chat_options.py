@@ -1,31 +1,62 @@
 """text-generation-webui's chat fields on /v1/chat/completions — the one place they are applied.
 
-WIRE-UP POINT for modules/chat.py (chat modes, characters, instruction templates): the next step is
-to hand these fields to `modules.chat.resolve_options` / `request_for`, as the Chat tab does. Until
-then the fields are accepted; those Parlour can honour here are applied, and the rest are reported
-back to the client as ignored (header `X-Parlour-Ignored-Fields`), never silently dropped. The
-fields themselves are declared once, on ChatCompletionRequest.
+A plain OpenAI request (no such field, or only `context`) is rendered from its messages by the model's
+own chat template, as any OpenAI server does; `context` becomes the system prompt. A request that names
+a `mode`, `character`, instruction template, names, `user_bio` or `chat_instruct_command` is built the
+way the Chat tab builds a reply: `modules.chat.resolve_options` turns the names into PromptOptions and
+`modules.chat.request_for` builds the prompt (chat / chat-instruct formatting, the character's context,
+its stop strings) for whichever model holds the queue slot. The messages are the history; system
+messages become the system prompt (instruct) or lead the context (chat), as in the Chat tab.
+
+`chat_template_str` (a Jinja template for chat mode's formatting, which Parlour does not template) and
+`greeting` (shown in the UI, not sent to the model) are reported back as ignored (header
+`X-Parlour-Ignored-Fields`), never silently dropped.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from modules.api.errors import APIError
 from modules.api.schemas import ChatCompletionRequest
+from modules.characters import CharacterError
+from modules.chat import PromptOptions, resolve_options
+from modules.templates import TemplateError
+
+#: fields that make the request a Chat-tab-style build (`context` alone does not)
+CHAT_FIELDS = ("mode", "character", "instruction_template", "instruction_template_str", "name1", "name2",
+               "user_bio", "chat_instruct_command")
+NOT_APPLIED = ("chat_template_str", "greeting")
 
 
-def apply_chat_options(messages: list[dict[str, Any]],
-                       options: ChatCompletionRequest) -> tuple[list[dict[str, Any]], list[str]]:
-    """The messages to template for this request, and the names of options not applied."""
-    ignored = []
-    if options.context is not None:
-        # text-generation-webui's `context` is the system prompt; an explicit system message wins.
-        if not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": options.context}, *messages]
-    if options.mode not in (None, "instruct"):
-        ignored.append("mode")
-    for name in ("character", "instruction_template", "instruction_template_str", "chat_template_str", "name1",
-                 "name2", "greeting", "user_bio", "chat_instruct_command"):
-        if getattr(options, name) is not None:
-            ignored.append(name)
-    return messages, ignored
+def ignored_chat_fields(options: ChatCompletionRequest) -> list[str]:
+    return [name for name in NOT_APPLIED if getattr(options, name) is not None]
+
+
+def with_context(messages: list[dict[str, Any]], options: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """Plain requests: text-generation-webui's `context` is the system prompt; a system message wins."""
+    if options.context is not None and not any(m["role"] == "system" for m in messages):
+        return [{"role": "system", "content": options.context}, *messages]
+    return messages
+
+
+def prompt_options(app: Any, options: ChatCompletionRequest, user: str, continue_last: bool) -> PromptOptions | None:
+    """PromptOptions for a request that uses the chat fields, or None for a plain OpenAI request.
+    Unknown characters or templates are 404s naming the field; bad values are 400s."""
+    if all(getattr(options, name) is None for name in CHAT_FIELDS):
+        return None
+    try:
+        return resolve_options(app, user, mode=options.mode or "instruct", character=options.character,
+                               instruction_template=options.instruction_template,
+                               template_source=options.instruction_template_str, name1=options.name1,
+                               name2=options.name2, context=options.context, user_bio=options.user_bio,
+                               chat_instruct_command=options.chat_instruct_command, continue_last=continue_last)
+    except CharacterError as exc:
+        status = 404 if "not found" in str(exc) or "does not exist" in str(exc) else 400
+        raise APIError(status, str(exc), param="character", code="character_not_found" if status == 404
+                       else "invalid_value") from exc
+    except TemplateError as exc:
+        param = "instruction_template_str" if options.instruction_template_str else "instruction_template"
+        status = 404 if "not found" in str(exc) else 400
+        raise APIError(status, str(exc), param=param, code="template_not_found" if status == 404
+                       else "invalid_value") from exc

@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from modules.api.chat_options import apply_chat_options
+from modules.api.chat_options import ignored_chat_fields, prompt_options, with_context
 from modules.api.errors import APIError, describe_validation, error_body
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
+from modules.chat import ContextOverflow, request_for
 from modules.generation import GenerationRequest, NoModel, QueueFull, Update
 from modules.loaders.base import Backend
 from modules.presets import Preset, PresetError
@@ -133,6 +134,7 @@ class Job:
     prompt_index: int
     echo: str = ""
     truncated_tokens: int = 0
+    truncated_turns: int = 0  # Chat-tab-style builds drop whole turns (see fit_built_chat)
 
 
 @dataclass
@@ -230,15 +232,49 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     backend = current_backend(app, body.model)
     check_logit_bias(body, backend)
     preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
-    messages, ignored = apply_chat_options(chat_messages(body), body)
+    ignored = body.ignored_fields() + not_applied + ignored_chat_fields(body)
+    messages = chat_messages(body)
     continue_last = (body.continue_final_message or body.continue_) and messages[-1]["role"] == "assistant"
-    probe = GenerationRequest(preset=preset, messages=messages, continue_last=continue_last)
+    user = body.user or "api"
+    options = prompt_options(app, body, user, continue_last)
+    if options is not None:  # text-generation-webui's chat fields: built as the Chat tab builds a reply
+        jobs = [Job(request_for(messages, options, choice_seed(preset, i), user=user), index=i, prompt_index=0)
+                for i in range(body.n)]
+        for job in jobs:
+            job.request.stop = body.stop_strings()
+        template_param = ("instruction_template_str" if body.instruction_template_str else
+                          "instruction_template" if body.instruction_template else "messages")
+        jobs[0].truncated_turns = fit_built_chat(backend, jobs[0].request, body.truncate_prompt, template_param)
+        for job in jobs[1:]:
+            job.truncated_turns = jobs[0].truncated_turns
+        return Plan(jobs, backend.name, ignored)
+    probe = GenerationRequest(preset=preset, messages=with_context(messages, body), continue_last=continue_last)
     dropped = fit_chat_messages(app, backend, probe, body.truncate_prompt)
     jobs = [Job(GenerationRequest(preset=choice_seed(preset, i), messages=list(probe.messages or []),
-                                  stop=body.stop_strings(), user=body.user or "api", continue_last=continue_last),
+                                  stop=body.stop_strings(), user=user, continue_last=continue_last),
                 index=i, prompt_index=0, truncated_tokens=dropped)
             for i in range(body.n)]
-    return Plan(jobs, backend.name, body.ignored_fields() + not_applied + ignored)
+    return Plan(jobs, backend.name, ignored)
+
+
+def fit_built_chat(backend: Backend, request: GenerationRequest, truncate: bool, template_param: str) -> int:
+    """A Chat-tab-style prompt drops its oldest turns itself to fit the context; through the API that
+    happens only when the client asked for truncation (as for plain requests). Returns turns dropped."""
+    if request.build is None or backend.chat_template is None:
+        return 0  # a remote engine gets the messages and fits them itself
+    try:
+        prompt = request.build(backend, None)
+    except ContextOverflow as exc:
+        raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+    except TemplateError as exc:  # e.g. the sandbox refused the client's template
+        raise APIError(400, str(exc), param=template_param, code="invalid_prompt") from exc
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages", code="invalid_prompt") from exc
+    if prompt.turns_dropped and not truncate:
+        raise APIError(400, f"the conversation does not fit the model's context of {prompt.context_length} "
+                       "tokens (send truncate_prompt: true to drop the oldest messages)", param="messages",
+                       code="context_length_exceeded")
+    return prompt.turns_dropped
 
 
 def finish_reason(update: Update) -> str:
@@ -316,6 +352,8 @@ class Responder:
         body = {**self._base(self.object), "choices": choices, "usage": usage(self.plan, finals)}
         if any(job.truncated_tokens for job in self.plan.jobs):
             body["truncated_prompt_tokens"] = self.plan.truncated()
+        if self.plan.jobs[0].truncated_turns:
+            body["truncated_prompt_turns"] = self.plan.jobs[0].truncated_turns
         return JSONResponse(body, headers=self.plan.headers())
 
     # -- SSE ------------------------------------------------------------------------------------

@@ -166,9 +166,39 @@ def test_text_generation_webui_chat_fields_are_accepted(client, local):
     text, *_ = reference(local, preset=greedy(8), messages=[{"role": "system", "content": "Be brief."}, *HELLO])
     raw = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=HELLO, max_tokens=8, temperature=0,
-        extra_body={"ban_eos_token": True, "mode": "instruct", "context": "Be brief.", "name1": "You"})
+        extra_body={"ban_eos_token": True, "mode": "instruct", "context": "Be brief.", "greeting": "Hi!"})
     assert raw.parse().choices[0].message.content == text  # `context` became the system prompt
-    assert raw.headers["x-parlour-ignored-fields"] == "name1"
+    assert raw.headers["x-parlour-ignored-fields"] == "greeting"  # shown in the UI only: reported
+
+
+def test_chat_mode_character_and_names_build_the_prompt_as_the_chat_tab_does(server, client, local):
+    from modules.chat import request_for, resolve_options
+
+    fields = {"mode": "chat", "character": "Example", "name1": "Bob"}
+    api = httpx.Client(base_url=server.url + "/v1/internal")
+    prompt = api.post("/chat-prompt", json={"messages": HELLO, **fields}).json()["prompt"]
+    assert "keeper of a small hilltop observatory" in prompt  # the character's context, {{char}} filled in
+    assert "Bob: Hello there" in prompt and prompt.rstrip().endswith("Chiara:")
+    options = resolve_options(local, "api", mode="chat", character="Example", name1="Bob")
+    expected = list(local.pipeline.stream(request_for(HELLO, options, greedy(8))))[-1].text
+    out = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0,
+                                         extra_body={"ban_eos_token": True, **fields})
+    assert out.choices[0].message.content == expected
+    instruct = api.post("/chat-prompt", json={"messages": HELLO, "mode": "instruct",
+                                              "instruction_template": "Alpaca"}).json()["prompt"]
+    assert "### Instruction:" in instruct and "Hello there" in instruct
+
+
+def test_chat_fields_with_bad_names_are_clear_errors(client):
+    for fields, status, param in [({"character": "no-such-one"}, 404, "character"),
+                                  ({"character": "../../etc/passwd"}, 400, "character"),
+                                  ({"instruction_template": "nope"}, 404, "instruction_template"),
+                                  ({"instruction_template_str": "{{ ''.__class__.__mro__ }}"}, 400,
+                                   "instruction_template_str"),
+                                  ({"mode": "wizard"}, 400, "mode")]:
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, extra_body=fields)
+        assert (err.value.status_code, err.value.body["param"]) == (status, param), fields
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sse_starlette import EventSourceResponse
 
 from modules.api.chat_options import ignored_chat_fields, prompt_options, with_context
 from modules.api.errors import APIError, describe_validation, error_body
+from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, completion_logprobs, supports_logprobs
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
 from modules.chat import ContextOverflow, request_for
@@ -95,6 +96,18 @@ def build_preset(app: Any, body: GenerationFields, max_tokens: int | None) -> tu
         raise APIError(400, message, param=param, code="invalid_value") from exc
 
 
+def logprobs_wanted(body: GenerationFields, backend: Backend) -> int | None:
+    """How many top alternatives to report per token (0: only the chosen token), or None for no logprobs."""
+    if isinstance(body, ChatCompletionRequest):
+        top = (body.top_logprobs or 0) if body.logprobs else None
+    else:
+        top = getattr(body, "logprobs", None)
+    if top is not None and not supports_logprobs(backend):
+        raise APIError(400, f"logprobs are not supported by the {backend.loader} loader", param="logprobs",
+                       code="unsupported")
+    return top
+
+
 def check_logit_bias(body: GenerationFields, backend: Backend) -> None:
     """Token ids in logit_bias must exist in this model's vocabulary (ranges are Preset's to check)."""
     if not body.logit_bias:
@@ -116,9 +129,8 @@ def refuse_unsupported(body: GenerationFields) -> None:
     if body.response_format and body.response_format.get("type", "text") != "text":
         raise APIError(400, "response_format other than text is not supported yet", param="response_format",
                        code="unsupported")
-    if getattr(body, "logprobs", None) or getattr(body, "top_logprobs", None):
-        raise APIError(400, "logprobs are not supported yet; /v1/internal/logits gives next-token probabilities",
-                       param="logprobs", code="unsupported")
+    if isinstance(body, ChatCompletionRequest) and body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     if getattr(body, "suffix", None):
         raise APIError(400, "suffix (insertion) is not supported", param="suffix", code="unsupported")
     if body.stream_options is not None and not body.stream:
@@ -135,6 +147,7 @@ class Job:
     echo: str = ""
     truncated_tokens: int = 0
     truncated_turns: int = 0  # Chat-tab-style builds drop whole turns (see fit_built_chat)
+    prompt: str = ""  # the prompt text as the model reads it (logprobs score the reply after it)
 
 
 @dataclass
@@ -144,6 +157,14 @@ class Plan:
     jobs: list[Job]
     model: str
     ignored: list[str] = field(default_factory=list)
+    backend: Backend | None = None
+    logprobs: int | None = None  # top alternatives per token; None: no logprobs
+
+    def scorer(self, job: Job) -> ReplyLogprobs | None:
+        """A fresh scorer for the job's reply (runs the model: call it off the event loop)."""
+        if self.logprobs is None or self.backend is None:
+            return None
+        return ReplyLogprobs(self.backend, job.prompt, job.request.preset, self.logprobs, echo=bool(job.echo))
 
     def headers(self) -> dict[str, str]:
         if not self.ignored:
@@ -219,8 +240,8 @@ def completion_plan(app: Any, body: CompletionRequest) -> Plan:
             request = GenerationRequest(preset=choice_seed(preset, i), prompt=text, stop=body.stop_strings(),
                                         user=body.user or "api")
             jobs.append(Job(request, index=p * body.n + i, prompt_index=p, echo=text if body.echo else "",
-                            truncated_tokens=dropped))
-    return Plan(jobs, backend.name, body.ignored_fields() + not_applied)
+                            truncated_tokens=dropped, prompt=text))
+    return Plan(jobs, backend.name, body.ignored_fields() + not_applied, backend, logprobs_wanted(body, backend))
 
 
 def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -231,6 +252,7 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     refuse_unsupported(body)
     backend = current_backend(app, body.model)
     check_logit_bias(body, backend)
+    top_logprobs = logprobs_wanted(body, backend)
     preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
     ignored = body.ignored_fields() + not_applied + ignored_chat_fields(body)
     messages = chat_messages(body)
@@ -247,14 +269,22 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
         jobs[0].truncated_turns = fit_built_chat(backend, jobs[0].request, body.truncate_prompt, template_param)
         for job in jobs[1:]:
             job.truncated_turns = jobs[0].truncated_turns
-        return Plan(jobs, backend.name, ignored)
+        return with_prompts(app, Plan(jobs, backend.name, ignored, backend, top_logprobs))
     probe = GenerationRequest(preset=preset, messages=with_context(messages, body), continue_last=continue_last)
     dropped = fit_chat_messages(app, backend, probe, body.truncate_prompt)
     jobs = [Job(GenerationRequest(preset=choice_seed(preset, i), messages=list(probe.messages or []),
                                   stop=body.stop_strings(), user=user, continue_last=continue_last),
                 index=i, prompt_index=0, truncated_tokens=dropped)
             for i in range(body.n)]
-    return Plan(jobs, backend.name, ignored)
+    return with_prompts(app, Plan(jobs, backend.name, ignored, backend, top_logprobs))
+
+
+def with_prompts(app: Any, plan: Plan) -> Plan:
+    """Chat jobs' prompt texts, needed only to score logprobs."""
+    if plan.logprobs is not None and plan.backend is not None:
+        for job in plan.jobs:
+            job.prompt = app.pipeline.build_prompt(plan.backend, job.request)
+    return plan
 
 
 def fit_built_chat(backend: Backend, request: GenerationRequest, truncate: bool, template_param: str) -> int:
@@ -343,11 +373,12 @@ class Responder:
         choices = []
         for job in self.plan.jobs:
             final = finals[job.index]
+            logprobs = await run_in_threadpool(self._score_whole, job, final.text)
             if self.chat:
                 choices.append({"index": job.index, "message": {"role": "assistant", "content": final.text},
-                                "logprobs": None, "finish_reason": finish_reason(final)})
+                                "logprobs": logprobs, "finish_reason": finish_reason(final)})
             else:
-                choices.append({"index": job.index, "text": job.echo + final.text, "logprobs": None,
+                choices.append({"index": job.index, "text": job.echo + final.text, "logprobs": logprobs,
                                 "finish_reason": finish_reason(final)})
         body = {**self._base(self.object), "choices": choices, "usage": usage(self.plan, finals)}
         if any(job.truncated_tokens for job in self.plan.jobs):
@@ -355,6 +386,15 @@ class Responder:
         if self.plan.jobs[0].truncated_turns:
             body["truncated_prompt_turns"] = self.plan.jobs[0].truncated_turns
         return JSONResponse(body, headers=self.plan.headers())
+
+    def _score_whole(self, job: Job, text: str) -> dict[str, Any] | None:
+        scorer = self.plan.scorer(job)
+        if scorer is None:
+            return None
+        return self._logprobs(scorer.echo + scorer.add(text, final=True))
+
+    def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
+        return chat_logprobs(entries) if self.chat else completion_logprobs(entries)
 
     # -- SSE ------------------------------------------------------------------------------------
     async def stream(self, include_usage: bool) -> EventSourceResponse:
@@ -370,14 +410,15 @@ class Responder:
                                    headers=self.plan.headers())
 
     def _chunk(self, index: int, text: str | None, finish: str | None, role: bool = False,
-               include_usage: bool = False) -> bytes:
+               include_usage: bool = False, logprobs: list[TokenLogprob] | None = None) -> bytes:
+        scored = self._logprobs(logprobs) if logprobs is not None else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text:
                 delta["content"] = text
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": scored, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "logprobs": scored, "finish_reason": finish}
         data = {**self._base("chat.completion.chunk" if self.chat else "text_completion"), "choices": [choice]}
         if include_usage:
             data["usage"] = None
@@ -391,19 +432,22 @@ class Responder:
             for n, job in enumerate(self.plan.jobs):
                 updates = first_updates if n == 0 else self._run(job)
                 pending = [first] if n == 0 else []
+                scorer = await run_in_threadpool(self.plan.scorer, job)
                 if self.chat:
                     yield chunk(job.index, None, None, role=True)
                 if job.echo:
-                    yield chunk(job.index, job.echo, None)
+                    yield chunk(job.index, job.echo, None, logprobs=scorer.echo if scorer else None)
                 try:
                     async for update in _prepend(pending, updates):
                         if update.queue_position:
                             yield f": queue position {update.queue_position}\n\n".encode()
                         if update.delta:
-                            yield chunk(job.index, update.delta, None)
+                            scored = await run_in_threadpool(scorer.add, update.delta) if scorer else None
+                            yield chunk(job.index, update.delta, None, logprobs=scored)
                         if update.finish_reason is not None:
                             finals[job.index] = update
-                            yield chunk(job.index, None, finish_reason(update))
+                            rest = await run_in_threadpool(scorer.add, "", True) if scorer else None
+                            yield chunk(job.index, None, finish_reason(update), logprobs=rest)
                 except Exception as exc:  # after the headers: the error goes into the stream
                     try:
                         error = to_api_error(exc)

@@ -86,7 +86,8 @@ class CompletionRequest(GenerationFields):
     prompt: str | list[str] | list[int] = Field(..., description="text, several texts, or token ids")
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    #: log-probabilities of each token, with this many top alternatives (0: the chosen token only)
+    logprobs: int | None = Field(None, ge=0, le=20)
 
     def prompts(self) -> list[str] | list[list[int]]:
         if isinstance(self.prompt, str):
@@ -126,7 +127,7 @@ class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: _max_tokens[0] = _max_tokens[1]  # type: ignore[valid-type]
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     #: continue the last (assistant) message instead of starting a new one
     continue_final_message: bool = False
     # text-generation-webui's chat fields; see modules/api/chat_options.py for how they are applied

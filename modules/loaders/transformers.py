@@ -134,6 +134,42 @@ def load_kwargs(options: TransformersOptions, offload_dir: Path | None, trust_re
     return kwargs
 
 
+class TokenScorer:
+    """Log-probabilities of tokens as a text grows: each `score` call runs only the new tokens,
+    reusing the key/value cache of everything read before (so scoring a streamed reply chunk by
+    chunk costs one forward pass over it in all, not one per chunk)."""
+
+    def __init__(self, model: Any, prefix_ids: list[int]) -> None:
+        self.model = model
+        self.cache: Any = None
+        self.next_row: torch.Tensor | None = None  # log-probabilities of the token after what was read
+        if prefix_ids:
+            self._read(prefix_ids)
+
+    @torch.inference_mode()
+    def _read(self, ids: list[int]) -> torch.Tensor:
+        out = self.model(input_ids=torch.tensor([ids], device=self.model.device), cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        rows = out.logits[0].float().log_softmax(dim=-1)
+        self.next_row = rows[-1]
+        return rows
+
+    def score(self, ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        """For each of `ids` (which continue what was read): its log-probability and the `top` most likely
+        tokens at its place, as (token id, log-probability). The very first token of a text has no
+        context: (None, [])."""
+        if not ids:
+            return []
+        before = self.next_row
+        rows = self._read(ids)
+        previous = rows[:-1] if before is None else torch.cat([before[None], rows[:-1]])
+        chosen = previous.gather(1, torch.tensor(ids[len(ids) - previous.shape[0]:], device=previous.device)[:, None])
+        values, indices = previous.topk(top, dim=-1) if top else (previous[:, :0], previous[:, :0].long())
+        scored = [(float(c), list(zip(i.tolist(), v.tolist())))
+                  for c, v, i in zip(chosen[:, 0].cpu(), values.cpu(), indices.cpu())]
+        return ([(None, [])] if before is None else []) + scored
+
+
 def _ram_mib() -> int:
     """This machine's physical memory in MiB."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
@@ -277,6 +313,10 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids], device=self.model.device))
         return out.logits[0].float().log_softmax(dim=-1).cpu()
+
+    def token_scorer(self, prefix_ids: list[int]) -> "TokenScorer":
+        """A TokenScorer that has read `prefix_ids` (the API's logprobs; see modules/api/logprobs.py)."""
+        return TokenScorer(self.model, prefix_ids)
 
     def token_text(self, token_id: int) -> str:
         """One token as text, special tokens included (they matter when inspecting a distribution)."""

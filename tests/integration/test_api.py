@@ -201,6 +201,44 @@ def test_chat_fields_with_bad_names_are_clear_errors(client):
         assert (err.value.status_code, err.value.body["param"]) == (status, param), fields
 
 
+def test_chat_logprobs_score_the_reply_the_client_gets(client, local):
+    backend = local.models.current()
+    out = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0,
+                                         logprobs=True, top_logprobs=3, extra_body={"ban_eos_token": True})
+    content = out.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == out.choices[0].message.content
+    # the values are the model's own: recompute them with one forward pass in this process
+    prompt = local.pipeline.build_prompt(backend, GenerationRequest(preset=greedy(8), messages=HELLO))
+    head = backend.prompt_ids(prompt, greedy(8))
+    ids = backend.tokenize(prompt + out.choices[0].message.content)[len(backend.tokenize(prompt)):]
+    rows = backend.token_logprobs(head + ids)
+    for k, (entry, token_id) in enumerate(zip(content, ids)):
+        assert entry.logprob == pytest.approx(float(rows[len(head) + k - 1][token_id]), abs=1e-3)
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob >= entry.logprob - 1e-4
+    streamed = [c for chunk in client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3, stream=True,
+        extra_body={"ban_eos_token": True}) for c in (chunk.choices[0].logprobs.content or [] if chunk.choices and
+                                                      chunk.choices[0].logprobs else [])]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=1e-3)
+
+
+def test_completion_logprobs_with_echo_cover_prompt_and_reply(client):
+    out = client.completions.create(model=MODEL, prompt="def main():", max_tokens=6, temperature=0, logprobs=2,
+                                    echo=True, extra_body={"ban_eos_token": True})
+    lp = out.choices[0].logprobs
+    assert "".join(lp.tokens) == out.choices[0].text and out.choices[0].text.startswith("def main():")
+    assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:])
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=HELLO, top_logprobs=2)
+    assert err.value.body["param"] == "top_logprobs"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=MODEL, prompt="x", logprobs=50)
+    assert err.value.body["param"] == "logprobs"
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 def test_out_of_range_value_is_400_naming_the_field(client):

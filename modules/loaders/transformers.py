@@ -42,6 +42,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 NEUTRAL_GENERATION = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
                           eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, guidance_scale=1.0,
                           num_beams=1)
+# Greedy decoding never runs the sampling warpers; leaving them out spares a warning per request.
+_GREEDY_NEUTRAL = {k: v for k, v in NEUTRAL_GENERATION.items() if k not in {"top_k", "min_p"}}
 
 
 class _CancelCriteria(StoppingCriteria):
@@ -349,7 +351,8 @@ class TransformersBackend:
                                                   context=self.chain_context(prompt_ids, preset, model)),
                                cancel, self.detokenize, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
-        config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **NEUTRAL_GENERATION,
+        neutral = _GREEDY_NEUTRAL if preset.greedy else NEUTRAL_GENERATION
+        config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **neutral,
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
         processors = build_processors(preset, self.eos_token_ids, device=self.device,

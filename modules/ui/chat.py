@@ -26,7 +26,7 @@ from modules.app import App
 from modules.characters import CharacterError
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
 from modules.generation import GenerationError, NoModel, QueueFull
-from modules.render import render_markdown
+from modules.render import LATEX_DELIMITERS, render_markdown
 from modules.store import ChatNotFound
 from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
@@ -174,9 +174,11 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
             # Bubbles hold HTML already rendered and sanitized by modules/render.py; Gradio's own
-            # sanitizer stays on as a second layer.
+            # sanitizer stays on as a second layer. Its bundled KaTeX then typesets the math spans
+            # render.py wrote (only render.py's canonical delimiters; see its docstring).
             chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height="58vh", layout="bubble",
-                                 placeholder="Say hello to start a chat.", render_markdown=False, sanitize_html=True)
+                                 placeholder="Say hello to start a chat.", render_markdown=False, sanitize_html=True,
+                                 latex_delimiters=LATEX_DELIMITERS)
             status = gr.Markdown(elem_id="chat-status")
             with gr.Row(elem_id="chat-input-row"):
                 text = gr.Textbox(elem_id="chat-input", show_label=False, placeholder="Send a message (Enter)",

@@ -1,0 +1,75 @@
+"""Chat rendering and tools in a real browser: LaTeX, send-to-notebook, character avatars, reply footers.
+
+One server process (micro model) serves every test in this file; each test opens its own page and
+starts from a new chat, so the order of the tests does not matter.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.e2e.test_chat_browser import IDLE, bots, open_page, settle
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
+    home = tmp_path_factory.mktemp("features")
+    (home / "presets").mkdir()
+    (home / "presets" / "Short.yaml").write_text("max_new_tokens: 8\nban_eos_token: true\n")
+    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
+                             "--models-dir", str(models_dir), "--model", "parlour-micro",
+                             "--presets-dir", str(home / "presets"), "--preset", "Short",
+                             "--characters-dir", str(home / "characters")],
+                            cwd=ROOT, log=home / "server.log")
+    shutil.copytree(ROOT / "characters", home / "characters")
+    try:
+        process.wait_until(lambda h: h["model"] is not None)
+        yield process
+    finally:
+        process.stop()
+
+
+def new_chat(page) -> None:
+    page.click("#new-chat")
+    page.wait_for_function(IDLE)
+
+
+def dummy_reply(page, text: str) -> None:
+    """Put `text` on screen as a reply without the model (the 'Send dummy reply' button)."""
+    count = page.locator("#chatbot [data-testid=bot]").count()
+    page.fill("#chat-input textarea", text)
+    page.click("#dummy-reply")
+    page.wait_for_function("(n) => document.querySelectorAll('#chatbot [data-testid=bot]').length > n", arg=count)
+
+
+def test_latex_renders_with_local_katex_and_stays_inert(browser, server):
+    page = open_page(browser, server.url)
+    outside: list[str] = []  # every request must stay on this server: no CDN
+    page.on("request", lambda r: None if r.url.startswith((server.url, "data:", "blob:")) else outside.append(r.url))
+    new_chat(page)
+    dummy_reply(page, r"Euler: $e^{i\pi}+1=0$, and $$\int_0^1 x^2\,dx = \frac{1}{3}$$ "
+                      r"costs $5 and $10. \(\href{javascript:alert(1)}{click}\)")
+    bubble = page.locator("#chatbot [data-testid=bot]").last
+    bubble.locator(".katex").first.wait_for()
+    assert bubble.locator(".katex").count() == 3
+    assert bubble.locator(".katex-display").count() == 1  # $$...$$ is display math
+    assert bubble.locator(".katex-display .mfrac").count() == 1
+    # KaTeX's own stylesheet and fonts (served by this server) are applied
+    family = bubble.locator(".katex").first.evaluate("e => getComputedStyle(e).fontFamily")
+    assert "KaTeX" in family
+    text = bubble.inner_text()
+    assert "costs $5 and $10." in text  # dollars in prose stay prose
+    # \href needs KaTeX's `trust`, which stays off: no javascript link, nothing ran
+    assert bubble.locator("a[href^='javascript' i]").count() == 0
+    page.wait_for_function("() => document.fonts.status === 'loaded'")
+    assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
+    assert outside == []
+    page.close()

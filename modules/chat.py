@@ -315,6 +315,40 @@ def request_for(history: list[dict[str, str]], options: PromptOptions, preset: P
                              user=user)
 
 
+@dataclass(frozen=True)
+class NextPrompt:
+    """The text the model would get for the next reply, and what the UI says about it."""
+
+    text: str
+    prompt_tokens: int
+    context_length: int
+    turns_dropped: int
+    stops: tuple[str, ...]
+
+
+def next_prompt(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
+                user: str = "local") -> NextPrompt:
+    """The exact prompt the pipeline would send for a reply to `history` now ("Show prompt", "Send to notebook").
+
+    It goes through the pipeline's own preparation (state_modifier, history_modifier,
+    bot_prefix_modifier, truncation), so what the user inspects is what the model would read.
+    A remote engine that applies its own template gets messages, not text: there is no exact text
+    to show, so that is an error rather than an approximation.
+    """
+    from modules.generation import NoModel
+
+    backend = app.models.current()
+    if backend is None:
+        raise NoModel("no model is loaded")
+    prepared = app.pipeline.prepare(backend, request_for(history, options, preset, user=user))
+    if prepared.messages is not None:
+        raise ValueError(f"{backend.name} applies its own chat template to the messages: choose an instruction "
+                         "template to get a prompt text Parlour can show")
+    return NextPrompt(text=prepared.prompt, prompt_tokens=len(backend.tokenize(prepared.prompt)),
+                      context_length=prepared.context_length or backend.context_length,
+                      turns_dropped=prepared.turns_dropped, stops=prepared.stops)
+
+
 def reply_meta(options: PromptOptions, preset: Preset) -> dict[str, Any]:
     """What a reply's metadata records before generation, enough to reproduce it."""
     return {"preset": preset.model_dump(), "seed": preset.seed, "mode": options.mode,

@@ -215,7 +215,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 command = gr.Textbox(chatlib.DEFAULT_COMMAND, label="Chat-instruct command (<|character|>, <|prompt|>)",
                                      lines=3, elem_id="chat-instruct-command")
                 stops = gr.Textbox(label="Custom stop strings (one per line)", lines=2, elem_id="custom-stops")
-                preview = gr.Button("Show prompt", size="sm", elem_id="show-prompt")
+                with gr.Row():
+                    preview = gr.Button("Show prompt", size="sm", elem_id="show-prompt")
+                    to_notebook = gr.Button("Send to notebook", size="sm", elem_id="send-to-notebook")
                 prompt_view = gr.Code(label="Prompt for the next reply", interactive=False, elem_id="prompt-preview")
             with gr.Accordion("You, characters and files", open=False):
                 with gr.Row():
@@ -253,6 +255,14 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             opts = options(user, ctrl)
             app.store.add_message(user, chat_id, "assistant", chatlib.substitute(greeting, opts.name1, opts.name2))
         return {**sess, "chat_id": chat_id, "selected": None}
+
+    def model_text(user: str, opts: chatlib.PromptOptions, message: str) -> str:
+        """The user's new message as the model (and the history) get it: chat_input_modifier, then input_modifier."""
+        if not app.extensions.loaded:
+            return message
+        state = {"mode": opts.mode, "name1": opts.name1, "name2": opts.name2, "user": user}
+        text, _visible = app.extensions.chat_input(message, message, state)
+        return app.extensions.input(text, state, is_chat=True)
 
     def generate(user: str, sess: dict[str, Any], ctrl: tuple, preset_values: tuple, history: list[Message],
                  reply_to: Any, opts: chatlib.PromptOptions, preset=None) -> Iterator[tuple]:
@@ -315,10 +325,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         user = user_of(request)
         sess = ensure_chat(user, sess, ctrl)
         opts = options(user, ctrl)
-        if app.extensions.loaded:  # chat_input_modifier, then input_modifier: what the model (and history) get
-            state = {"mode": opts.mode, "name1": opts.name1, "name2": opts.name2, "user": user}
-            text, _visible = app.extensions.chat_input(message, message, state)
-            message = app.extensions.input(text, state, is_chat=True)
+        message = model_text(user, opts, message)
         turns, _ = current_turns(app, user, sess)
         if sess["incognito"]:
             sess = {**sess, "turns": turns + [{"role": "user", "content": message}]}
@@ -610,24 +617,36 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     def on_template(name: str):
         return "" if name == MODEL_TEMPLATE else _template_source(app, name)
 
-    def on_preview(request: gr.Request, sess: dict, *values: Any):
-        """The exact prompt the next reply would get, with its token count and stop strings."""
+    def next_prompt(request: gr.Request, message: str, sess: dict, values: tuple) -> tuple[str, str]:
+        """(prompt, note): what the pipeline would send for the next reply, with the message typed in the
+        input box (if any) as the newest turn, exactly as Send would add it."""
         ctrl, preset_values = values[:len(CTRL)], values[len(CTRL):]
         user = user_of(request)
-        backend = app.models.current()
-        if backend is None:
-            return gr.skip(), "⚠️ no model is loaded"
-        try:
-            turns, _ = current_turns(app, user, sess)
-            preset = params.preset_from(preset_values)
-            extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
-            built = chatlib.build_chat_prompt(turns, options(user, ctrl), backend, preset.max_new_tokens, extra)
-        except (ValidationError, *EXPECTED_ERRORS) as exc:
-            return gr.skip(), f"⚠️ {exc}"
+        opts = options(user, ctrl)
+        turns, _ = current_turns(app, user, sess)
+        if message and message.strip():
+            turns = turns + [{"role": "user", "content": model_text(user, opts, message)}]
+        built = chatlib.next_prompt(app, turns, opts, params.preset_from(preset_values), user=user)
         note = f"{built.prompt_tokens}/{built.context_length} tokens"
         if built.turns_dropped:
             note += f", {built.turns_dropped} oldest messages dropped"
         return built.text, f"Prompt: {note}. Stop strings: {list(built.stops)}"
+
+    def on_preview(request: gr.Request, message: str, sess: dict, *values: Any):
+        """The exact prompt the next reply would get, with its token count and stop strings."""
+        try:
+            return next_prompt(request, message, sess, values)
+        except (ValidationError, *EXPECTED_ERRORS) as exc:
+            return gr.skip(), f"⚠️ {exc}"
+
+    def on_send_to_notebook(request: gr.Request, message: str, sess: dict, *values: Any):
+        """That prompt in the Notebook's text box, and the Notebook tab opened, to read or edit it there."""
+        try:
+            prompt, note = next_prompt(request, message, sess, values)
+        except (ValidationError, *EXPECTED_ERRORS) as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), f"⚠️ {exc}", gr.skip()
+        return prompt, f"Sent to the Notebook. {note}", gr.Tabs(selected="notebook")
 
     def api_chat_send(request: gr.Request, message: str, *preset_values: Any):
         """The event API's chat_send (gradio_client): one stateless instruct turn, plain text, nothing saved.
@@ -685,7 +704,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     images.input(on_images, [images, session, character], OUT, api_visibility="private")
     mode.input(on_mode, [mode, session, character], OUT, api_visibility="private")
     template.input(on_template, template, template_src, api_visibility="private")
-    preview.click(on_preview, [session, *CTRL, *params.inputs], [prompt_view, status], api_visibility="private")
+    preview.click(on_preview, [text, session, *CTRL, *params.inputs], [prompt_view, status], api_visibility="private")
     save_profile.click(on_profile_save, [your_name, your_bio], status, api_visibility="private")
     card_in.upload(on_import_card, card_in, [character, status], api_visibility="private")
     chat_in.upload(on_import_chat, [chat_in, session, character], OUT, api_visibility="private")
@@ -697,7 +716,13 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         blocks.load(on_load, [character], OUT, api_visibility="private")
         blocks.load(on_profile_load, None, [your_name, your_bio], api_visibility="private")
 
-    return {"chatbot": chatbot, "session": session, "input": text, "wire_load": wire_load}
+    def wire_notebook(notebook_text: gr.Textbox, tabs: gr.Tabs) -> None:
+        """The "Send to notebook" button writes into the Notebook tab and opens it (both built after this tab)."""
+        to_notebook.click(on_send_to_notebook, [text, session, *CTRL, *params.inputs], [notebook_text, status, tabs],
+                          api_visibility="private")
+
+    return {"chatbot": chatbot, "session": session, "input": text, "wire_load": wire_load,
+            "wire_notebook": wire_notebook}
 
 
 def _template_source(app: App, name: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.e2e.test_chat_browser import IDLE, bots, open_page, settle
+from tests.e2e.test_chat_browser import IDLE, open_page as open_chat_page, settle
 
 pytestmark = pytest.mark.browser
 
@@ -35,6 +35,13 @@ def server(tmp_path_factory, models_dir):
         yield process
     finally:
         process.stop()
+
+
+def open_page(browser, url: str):
+    """The chat page, with a longer patience than Playwright's 30 s: these tests share 2 busy cores."""
+    page = open_chat_page(browser, url)
+    page.set_default_timeout(90_000)
+    return page
 
 
 def new_chat(page) -> None:
@@ -72,4 +79,31 @@ def test_latex_renders_with_local_katex_and_stays_inert(browser, server):
     page.wait_for_function("() => document.fonts.status === 'loaded'")
     assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
     assert outside == []
+    page.close()
+
+
+def test_send_to_notebook_puts_the_next_prompt_in_the_notebook_tab(browser, server):
+    page = open_page(browser, server.url)
+    new_chat(page)
+    page.fill("#chat-input textarea", "earlier question")
+    page.click("#dummy-message")
+    dummy_reply(page, "earlier answer")
+    page.fill("#chat-input textarea", "the pending question")  # typed, not sent: Send would add it
+    page.get_by_text("Prompt settings").click()
+    page.click("#send-to-notebook")
+    notebook = page.locator("#notebook-input textarea")
+    notebook.wait_for(state="visible")  # the Notebook tab opened
+    page.wait_for_function("() => document.querySelector('#notebook-input textarea').value.includes('pending')")
+    prompt = notebook.input_value()
+    # instruct mode with the model's own (ChatML) template: the whole conversation, then the reply's start
+    assert prompt.index("<|im_start|>user\nearlier question<|im_end|>") < \
+        prompt.index("<|im_start|>assistant\nearlier answer<|im_end|>") < \
+        prompt.index("<|im_start|>user\nthe pending question<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert page.locator("#chat-input textarea").is_hidden()  # the Chat tab is no longer shown
+    # the prompt is now the notebook's own text: it can be edited and generated from
+    before = server.health()["requests"]
+    page.click("#notebook-generate")
+    settle(page, server, before + 1)
+    assert notebook.input_value().startswith(prompt)
     page.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import tempfile
 import threading
 from pathlib import Path
@@ -32,6 +33,7 @@ from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
 
 Message = dict[str, str]
+log = logging.getLogger(__name__)
 # Keyboard shortcuts (text-generation-webui's): they click the buttons, so they do exactly what a click does.
 SHORTCUTS_JS = """
 document.addEventListener('keydown', (event) => {
@@ -111,6 +113,20 @@ def bubbles_for(turns: list[Message], session: dict[str, Any]) -> list[dict[str,
             if t["role"] in ("user", "assistant")]
 
 
+def avatars(app: App, character: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The chatbot's (user, bot) avatars: the character's picture, as a data: URL (nothing is served from
+    disk). A missing or unreadable picture means no avatar; the chat itself is never affected."""
+    url = None
+    if character:
+        try:
+            url = app.characters.avatar(character)
+        except CharacterError as exc:
+            log.warning("no avatar: %s", exc)
+    # Not marked as gradio.FileData: Gradio would then try to copy a file at `path` into its cache.
+    bot = {"path": url, "url": url} if url else None
+    return None, bot
+
+
 def selected_index(session: dict[str, Any], turns: list[Message]) -> int | None:
     """The selected message, else the last reply, else the last message."""
     sel = session.get("selected")
@@ -142,7 +158,8 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
                 info += f" · {meta['model']}, seed {meta.get('seed')}, {meta.get('tokens')} tokens"
     choices = chat_choices(app, user, character, query)
     value = str(session["chat_id"]) if session["chat_id"] is not None else None
-    return (gr.skip() if text is None else text, bubbles, session, gr.Radio(choices=choices, value=value), status,
+    chatbot = gr.Chatbot(value=bubbles, avatar_images=avatars(app, character))
+    return (gr.skip() if text is None else text, chatbot, session, gr.Radio(choices=choices, value=value), status,
             info, edit)
 
 

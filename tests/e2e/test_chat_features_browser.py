@@ -19,6 +19,16 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def red_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (300, 300), (255, 0, 0)).save(out, format="PNG")
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
     home = tmp_path_factory.mktemp("features")
@@ -30,6 +40,8 @@ def server(tmp_path_factory, models_dir):
                              "--characters-dir", str(home / "characters")],
                             cwd=ROOT, log=home / "server.log")
     shutil.copytree(ROOT / "characters", home / "characters")
+    (home / "characters" / "Painter.yaml").write_text("name: Painter\ngreeting: ''\ncontext: Paints.\n")
+    (home / "characters" / "Painter.png").write_bytes(red_png())
     try:
         process.wait_until(lambda h: h["model"] is not None)
         yield process
@@ -106,4 +118,29 @@ def test_send_to_notebook_puts_the_next_prompt_in_the_notebook_tab(browser, serv
     page.click("#notebook-generate")
     settle(page, server, before + 1)
     assert notebook.input_value().startswith(prompt)
+    page.close()
+
+
+def pick_character(page, name: str) -> None:
+    page.fill("#character input", name)
+    page.press("#character input", "Enter")
+    page.wait_for_function(IDLE)
+
+
+def test_character_picture_is_the_bot_avatar(browser, server):
+    page = open_page(browser, server.url)
+    pick_character(page, "Painter")
+    new_chat(page)
+    dummy_reply(page, "a painted reply")
+    avatar = page.locator("#chatbot .avatar-container img").first
+    avatar.wait_for()
+    src = avatar.get_attribute("src")
+    assert src.startswith("data:image/png;base64,")  # inline: no file route to the characters folder
+    # the browser decoded it: the thumbnail of the 300x300 picture, red
+    page.wait_for_function("(img) => img.complete && img.naturalWidth === 128", arg=avatar.element_handle())
+    # a character without a picture has no avatar
+    pick_character(page, "Assistant")
+    new_chat(page)
+    dummy_reply(page, "a plain reply")
+    page.wait_for_function("() => !document.querySelector('#chatbot .avatar-container img')")
     page.close()

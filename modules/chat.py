@@ -360,7 +360,8 @@ def final_meta(update: Any) -> dict[str, Any]:
     return {"model": update.model, "tokens": update.tokens, "prompt_tokens": update.prompt_tokens,
             "seconds": round(update.seconds, 3), "first_token_seconds": update.first_token_seconds,
             "finish_reason": update.finish_reason, "finished": time.time(),
-            "context_length": update.context_length, "turns_dropped": update.turns_dropped}
+            "context_length": update.context_length, "turns_dropped": update.turns_dropped,
+            "footer": getattr(update, "footer", "")}  # extensions' reply_footer, shown under the reply
 
 
 def context_line(update: Any) -> str:

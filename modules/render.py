@@ -37,7 +37,7 @@ ALLOWED_TAGS = {"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "code": {"class"},
                       "div": {"class"}, "span": {"class"}, "button": {"class", "type", "title"}, "ol": {"start"}}
 # The only class names we emit; anything else (e.g. a class that mimics Gradio's own UI) is dropped.
-ALLOWED_CLASSES = {"div": ("code-block",), "button": ("copy-code",), "span": ("remote-image",)}
+ALLOWED_CLASSES = {"div": ("code-block", "reply-footer"), "button": ("copy-code",), "span": ("remote-image",)}
 _TOKEN_CLASS = re.compile(r"^tok-[A-Za-z0-9]{1,4}$")  # Pygments' short token classes, prefixed
 MAX_HIGHLIGHT_CHARS = 100_000  # bigger code blocks are shown plain: highlighting them would stall the UI
 #: The delimiters KaTeX looks for in the browser (gr.Chatbot's latex_delimiters): only the canonical
@@ -161,6 +161,13 @@ def _markdown(allow_images: bool) -> MarkdownIt:
 def render_markdown(text: str, allow_images: bool = False) -> str:
     """Markdown text -> sanitized HTML."""
     return sanitize(_markdown(allow_images).render(text), allow_images=allow_images)
+
+
+def render_footer(footer: str) -> str:
+    """Extensions' reply_footer HTML (one line each) as the block shown under a reply; "" for none.
+    Sanitized on its own before it is wrapped, so its markup cannot close the wrapper or escape it."""
+    inner = sanitize(footer.strip().replace("\n", "<br>")) if footer and footer.strip() else ""
+    return f'<div class="reply-footer">{inner}</div>' if inner.strip() else ""
 
 
 def render_plain(text: str) -> str:

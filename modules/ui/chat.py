@@ -27,7 +27,7 @@ from modules.app import App
 from modules.characters import CharacterError
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
 from modules.generation import GenerationError, NoModel, QueueFull
-from modules.render import LATEX_DELIMITERS, render_markdown
+from modules.render import LATEX_DELIMITERS, render_footer, render_markdown
 from modules.store import ChatNotFound
 from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
@@ -95,7 +95,9 @@ def current_turns(app: App, user: str, session: dict[str, Any]) -> tuple[list[Me
         return turns, [None] * len(turns)
     # only user and assistant turns are bubbles, so a bubble's index is its index here
     path = [m for m in app.store.path(user, session["chat_id"]) if m.role in ("user", "assistant")]
-    return [m.as_turn() for m in path], [m.id for m in path]
+    # a reply's footer (extensions' reply_footer) is kept in its metadata; prompts read only role/content
+    return [{**m.as_turn(), **({"footer": m.meta["footer"]} if m.meta.get("footer") else {})} for m in path], \
+        [m.id for m in path]
 
 
 def chat_choices(app: App, user: str, character: str | None, query: str = "") -> list[tuple[str, str]]:
@@ -107,10 +109,12 @@ def chat_choices(app: App, user: str, character: str | None, query: str = "") ->
 
 
 def bubbles_for(turns: list[Message], session: dict[str, Any]) -> list[dict[str, str]]:
-    """Chatbot messages: each turn's markdown rendered and sanitized on the server."""
+    """Chatbot messages: each turn's markdown rendered and sanitized on the server, then the reply's
+    footer from extensions (reply_footer), sanitized on its own."""
     images = bool(session.get("images"))
-    return [{"role": t["role"], "content": render_markdown(t["content"], allow_images=images)} for t in turns
-            if t["role"] in ("user", "assistant")]
+    return [{"role": t["role"],
+             "content": render_markdown(t["content"], allow_images=images) + render_footer(t.get("footer", ""))}
+            for t in turns if t["role"] in ("user", "assistant")]
 
 
 def avatars(app: App, character: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -300,12 +304,13 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         last_status = ""
         try:
             for reply, update in chatlib.stream_reply(app, history, opts, preset, target, cancel, user=user):
+                turn = {"role": "assistant", "content": reply, **({"footer": update.footer} if update.footer else {})}
                 if sess["incognito"]:
-                    sess = {**sess, "turns": base + [{"role": "assistant", "content": reply}]}
+                    sess = {**sess, "turns": base + [turn]}
                 if update.queue_position:
                     yield (gr.skip(), gr.skip(), sess, gr.skip(), status_line(update), gr.skip(), gr.skip())
                     continue
-                shown = base + [{"role": "assistant", "content": reply}]
+                shown = base + [turn]
                 last_status = status_line(update)
                 yield (gr.skip(), bubbles_for(shown, sess), sess, gr.skip(), last_status, gr.skip(), gr.skip())
         finally:

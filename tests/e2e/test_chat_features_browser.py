@@ -19,6 +19,14 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# An extension whose footer counts the reply's tokens and tries to run script in the page.
+FOOTER_PROBE = """
+def reply_footer(stats, state):
+    return (f"<strong>{stats['tokens']}</strong> probe tokens <img src=x onerror=alert('footer')>"
+            "<script>alert('footer')</script>")
+"""
+
+
 def red_png() -> bytes:
     import io
 
@@ -37,11 +45,14 @@ def server(tmp_path_factory, models_dir):
     process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
                              "--models-dir", str(models_dir), "--model", "parlour-micro",
                              "--presets-dir", str(home / "presets"), "--preset", "Short",
-                             "--characters-dir", str(home / "characters")],
+                             "--characters-dir", str(home / "characters"), "--extensions", "footer_probe"],
                             cwd=ROOT, log=home / "server.log")
     shutil.copytree(ROOT / "characters", home / "characters")
     (home / "characters" / "Painter.yaml").write_text("name: Painter\ngreeting: ''\ncontext: Paints.\n")
     (home / "characters" / "Painter.png").write_bytes(red_png())
+    probe = home / "user_data" / "extensions" / "footer_probe"
+    probe.mkdir(parents=True)
+    (probe / "script.py").write_text(FOOTER_PROBE)
     try:
         process.wait_until(lambda h: h["model"] is not None)
         yield process
@@ -143,4 +154,24 @@ def test_character_picture_is_the_bot_avatar(browser, server):
     new_chat(page)
     dummy_reply(page, "a plain reply")
     page.wait_for_function("() => !document.querySelector('#chatbot .avatar-container img')")
+    page.close()
+
+
+def test_extension_reply_footer_shows_under_the_reply_sanitized_and_saved(browser, server):
+    page = open_page(browser, server.url)
+    new_chat(page)
+    before = server.health()["requests"]
+    page.fill("#chat-input textarea", "hello")
+    page.click("#send")
+    settle(page, server, before + 1)
+    footer = page.locator("#chatbot [data-testid=bot] .reply-footer").last
+    footer.wait_for()
+    assert footer.inner_text().strip() == "8 probe tokens"  # the Short preset: 8 tokens, eos banned
+    assert footer.locator("strong").inner_text() == "8"
+    assert footer.locator("img, script").count() == 0
+    # it is part of the saved reply: a reload shows it again
+    page.reload()
+    page.wait_for_selector("#chat-input textarea")
+    page.locator("#chatbot [data-testid=bot] .reply-footer").last.wait_for()
+    assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
     page.close()

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from modules.render import LATEX_DELIMITERS, render_markdown, render_plain, sanitize
+from modules.render import LATEX_DELIMITERS, render_footer, render_markdown, render_plain, sanitize
 
 PAYLOADS = [
     "<script>alert(1)</script>",
@@ -122,3 +122,13 @@ def test_text_that_is_not_math_stays_text():
 def test_browser_delimiters_are_only_the_canonical_pair():
     assert {(d["left"], d["right"], d["display"]) for d in LATEX_DELIMITERS} == {(r"\(", r"\)", False),
                                                                                  (r"\[", r"\]", True)}
+
+
+def test_reply_footer_is_sanitized_on_its_own_and_wrapped():
+    assert render_footer("") == "" and render_footer("  \n") == "" and render_footer("<script>x</script>") == ""
+    assert render_footer("<strong>12</strong> tokens\nsource: a.txt") == \
+        '<div class="reply-footer"><strong>12</strong> tokens<br>source: a.txt</div>'
+    out = render_footer('<img src=x onerror=alert(1)><a href="javascript:x">s</a></div><p>after')
+    assert "onerror" not in out and "javascript" not in out and "<img" not in out
+    # its stray </div> cannot close the wrapper: everything it wrote stays inside
+    assert out == '<div class="reply-footer"><a rel="noopener noreferrer nofollow">s</a><p>after</p></div>'

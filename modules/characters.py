@@ -9,12 +9,18 @@ present) or plain JSON, spec V1 (fields at the top level) or V2/V3 (`spec: chara
 under `data`). PNG chunks are parsed here with size limits and CRC checks, so a decompression bomb
 or a gigabyte text chunk is refused before anything is decoded. An import is checked completely
 before the first byte is written, and files are replaced atomically: a bad card changes nothing.
+
+Pictures become chat avatars as small re-encoded thumbnails in `data:` URLs (`avatar_data_url`):
+no file route is opened, so no request can name a path; the picture is found only through
+`safe_child` in this folder; re-encoding drops the card's text chunks (the avatar stays a few KB
+however big the card) and a file that is not a decodable PNG gives no avatar, never a broken page.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import struct
 import zlib
@@ -31,6 +37,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_CARD_BYTES = 20 * 1024 * 1024  # a whole card file
 MAX_TEXT_CHUNK = 2 * 1024 * 1024  # one text chunk (the card JSON, base64)
 MAX_YAML_BYTES = 1024 * 1024
+AVATAR_PIXELS = 128  # the thumbnail's longer side; chat avatars are shown at about 40 px
+MAX_PICTURE_PIXELS = 8192 * 8192  # width x height checked from the header, before any pixel is decoded
 CARD_FIELDS = ("description", "personality", "scenario", "mes_example", "system_prompt")
 
 
@@ -191,11 +199,34 @@ def card_v2(character: Character) -> dict[str, Any]:
         "extensions": {"parlour": {"context": character.context}}}}
 
 
+def avatar_data_url(data: bytes, name: str = "picture") -> str:
+    """A PNG picture as a small re-encoded PNG thumbnail in a `data:image/png` URL; CharacterError if it
+    is not a PNG Pillow can decode, or is absurdly large."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data.startswith(PNG_SIGNATURE):
+        raise CharacterError(f"the picture of {name!r} is not a PNG")
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            width, height = image.size
+            if width * height > MAX_PICTURE_PIXELS:
+                raise CharacterError(f"the picture of {name!r} is {width}x{height} pixels; the limit is "
+                                     f"{MAX_PICTURE_PIXELS:,} pixels")
+            image.thumbnail((AVATAR_PIXELS, AVATAR_PIXELS))
+            small = image.convert("RGBA")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise CharacterError(f"the picture of {name!r} is not a readable PNG image") from exc
+    out = io.BytesIO()
+    small.save(out, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
 class CharacterStore:
     """The `characters/` folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._avatars: dict[tuple[str, int, int], str] = {}
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -232,6 +263,23 @@ class CharacterStore:
     def picture(self, name: str) -> Path | None:
         path = self._path(name, ".png")
         return path if path.is_file() else None
+
+    def avatar(self, name: str) -> str | None:
+        """The character's picture as a thumbnail `data:` URL, None without one; CharacterError if unreadable.
+        Cached per file version (name, size, mtime) on this store, so redraws do not re-encode it."""
+        path = self.picture(name)
+        if path is None:
+            return None
+        stat = path.stat()
+        key = (name, stat.st_size, stat.st_mtime_ns)
+        if key not in self._avatars:
+            if stat.st_size > MAX_CARD_BYTES:
+                raise CharacterError(f"the picture of {name!r} is {stat.st_size:,} bytes; the limit is "
+                                     f"{MAX_CARD_BYTES:,}")
+            if len(self._avatars) >= 64:  # a bounded cache: characters are few, edits make new keys
+                self._avatars.clear()
+            self._avatars[key] = avatar_data_url(path.read_bytes(), name)
+        return self._avatars[key]
 
     def save(self, character: Character, picture: bytes | None = None, overwrite: bool = True) -> Path:
         """Write `<name>.yaml` (and `<name>.png`); both checked before either is written."""

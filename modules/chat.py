@@ -99,6 +99,9 @@ def _template(backend: TokenCounter, options: PromptOptions) -> ChatTemplate:
     if options.instruction_template:
         return ChatTemplate(options.instruction_template)
     if backend.chat_template is None:
+        if getattr(backend, "loader", "") == "remote":
+            raise TemplateError("the remote engine applies its own template, so this turn (continue, impersonate, "
+                                "start reply with) cannot be written as text here: choose an instruction template")
         raise TemplateError("the model has no chat template: choose an instruction template")
     return backend.chat_template
 
@@ -173,11 +176,44 @@ def _format(turns: list[dict[str, str]], options: PromptOptions, backend: TokenC
         text = _render(template, messages, extra, "user" if options.impersonate else "assistant")
         return text + (partial or "")
     # chat-instruct: the whole chat transcript becomes one instruction, the reply is the next line
+    text = _render(template, _chat_instruct_messages(turns, options, speaker), extra, "assistant")
+    return text + (partial or "")
+
+
+def _chat_instruct_messages(turns: list[dict[str, str]], options: PromptOptions,
+                            speaker: str) -> list[dict[str, str]]:
+    """chat-instruct's messages: the optional system message, then one instruction holding the transcript."""
+    context = _context(options)
     transcript = (context + "\n\n" if context else "") + _chat_lines(turns, options)
     command = options.chat_instruct_command.replace("<|character|>", speaker).replace("<|prompt|>", transcript)
     messages = ([{"role": "system", "content": options.system_message}] if options.system_message else [])
-    text = _render(template, messages + [{"role": "user", "content": command}], extra, "assistant")
-    return text + (partial or "")
+    return messages + [{"role": "user", "content": command}]
+
+
+def engine_messages(history: list[dict[str, str]], options: PromptOptions) -> list[dict[str, str]] | None:
+    """The next turn as chat messages, for an engine that applies the model's own template (remote).
+
+    None when only a prompt TEXT is faithful: continue, impersonate and "start reply with" put words
+    in the reply's (or the user's) mouth, and a chosen instruction template must be rendered here.
+    Same system-turn handling as `build_chat_prompt`; no truncation (the engine knows its context).
+    """
+    if options.continue_last or options.impersonate or options.start_reply_with:
+        return None
+    if options.instruction_template is not None and options.mode != "chat":  # chat mode uses no template
+        return None
+    turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
+    system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
+    if options.mode == "chat":
+        # the character's context is the system message; each turn carries its speaker's name
+        context = "\n\n".join(part for part in (system_turns, _context(options)) if part)
+        named = [{**t, "name": options.name1 if t["role"] == "user" else options.name2} for t in turns]
+        return ([{"role": "system", "content": context}] if context else []) + named
+    if options.mode == "chat-instruct":
+        opts = replace(options, system_message=options.system_message or system_turns)
+        return _chat_instruct_messages(turns, opts, options.name2)
+    system = substitute(options.system_message or system_turns or _context(options), options.name1,
+                        options.name2).strip()
+    return ([{"role": "system", "content": system}] if system else []) + turns
 
 
 def _cut_points(turns: list[dict[str, str]]) -> list[int]:
@@ -304,15 +340,45 @@ def request_for(history: list[dict[str, str]], options: PromptOptions, preset: P
         extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
         return build_chat_prompt(history, options, backend, preset.max_new_tokens, extra, hooks)
 
-    # A remote engine applies the model's own template itself: it gets the messages instead of text.
-    messages = None
-    if options.mode == "instruct" and options.instruction_template is None and not (
-            options.continue_last or options.impersonate or options.start_reply_with):
-        system = substitute(options.system_message or _context(options), options.name1, options.name2).strip()
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
-    return GenerationRequest(preset=preset, build=build, messages=messages, cancel=cancel or threading.Event(),
-                             user=user)
+    # A remote engine applies the model's own template itself: it gets the messages instead of text
+    # when they say the same thing (engine_messages); local models always get the built text.
+    # The callers (the Chat tab) ran the input hooks on the new message already: not twice.
+    return GenerationRequest(preset=preset, build=build, messages=engine_messages(history, options),
+                             cancel=cancel or threading.Event(), user=user, apply_input_hooks=False)
+
+
+@dataclass(frozen=True)
+class NextPrompt:
+    """The text the model would get for the next reply, and what the UI says about it."""
+
+    text: str
+    prompt_tokens: int
+    context_length: int
+    turns_dropped: int
+    stops: tuple[str, ...]
+
+
+def next_prompt(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
+                user: str = "local") -> NextPrompt:
+    """The exact prompt the pipeline would send for a reply to `history` now ("Show prompt", "Send to notebook").
+
+    It goes through the pipeline's own preparation (state_modifier, history_modifier,
+    bot_prefix_modifier, truncation), so what the user inspects is what the model would read.
+    A remote engine that applies its own template gets messages, not text: there is no exact text
+    to show, so that is an error rather than an approximation.
+    """
+    from modules.generation import NoModel
+
+    backend = app.models.current()
+    if backend is None:
+        raise NoModel("no model is loaded")
+    prepared = app.pipeline.prepare(backend, request_for(history, options, preset, user=user))
+    if prepared.messages is not None:
+        raise ValueError(f"{backend.name} applies its own chat template to the messages: choose an instruction "
+                         "template to get a prompt text Parlour can show")
+    return NextPrompt(text=prepared.prompt, prompt_tokens=len(backend.tokenize(prepared.prompt)),
+                      context_length=prepared.context_length or backend.context_length,
+                      turns_dropped=prepared.turns_dropped, stops=prepared.stops)
 
 
 def reply_meta(options: PromptOptions, preset: Preset) -> dict[str, Any]:
@@ -326,7 +392,8 @@ def final_meta(update: Any) -> dict[str, Any]:
     return {"model": update.model, "tokens": update.tokens, "prompt_tokens": update.prompt_tokens,
             "seconds": round(update.seconds, 3), "first_token_seconds": update.first_token_seconds,
             "finish_reason": update.finish_reason, "finished": time.time(),
-            "context_length": update.context_length, "turns_dropped": update.turns_dropped}
+            "context_length": update.context_length, "turns_dropped": update.turns_dropped,
+            "footer": getattr(update, "footer", "")}  # extensions' reply_footer, shown under the reply
 
 
 def context_line(update: Any) -> str:

@@ -4,9 +4,25 @@ This is how Parlour serves users who outgrow one machine: the engine (say vLLM w
 parallelism across GPUs) does the heavy lifting, Parlour keeps the UI, chats, presets and API.
 The base URL comes only from the operator (command line or Model tab), never from chat content.
 
-Chats go to the engine's /chat/completions so it applies the model's own template; raw prompts
-(notebook) go to /completions. Non-neutral preset fields are passed through as extra body fields,
-which vLLM, llama.cpp server and Parlour accept (top_k, min_p, repetition_penalty, ...).
+Which endpoint a turn uses (the rule lives in `modules.chat.engine_messages`):
+
+- **/chat/completions with messages** whenever messages say exactly what the turn means, so the
+  engine applies the model's own template:
+  - instruct (model's template): the system message (or the character's context), then the turns;
+  - chat-instruct (model's template): the optional system message, then ONE user message holding the
+    chat-instruct command with the whole transcript, as the local prompt has it;
+  - chat: the character's context (and the user's bio) as the system message, then the turns, each
+    with its speaker in the OpenAI `name` field.
+- **/completions with the prompt text** Parlour renders when the turn needs raw text: continue (the
+  reply's start is given), impersonate (the model writes the user's line), "start reply with", a
+  chosen instruction template (rendered here), the notebook, and an extension's
+  custom_generate_chat_prompt. In chat mode that text is the `Name: text` transcript. In instruct
+  and chat-instruct modes with the model's own template there is no text to render (the template
+  lives on the engine), so those turns fail with a clear message asking for an instruction template.
+- On the messages path Parlour does not truncate: the engine knows its context and says so.
+
+Non-neutral preset fields are passed through as extra body fields, which vLLM, llama.cpp server and
+Parlour accept (top_k, min_p, repetition_penalty, ...).
 """
 
 from __future__ import annotations

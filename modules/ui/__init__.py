@@ -26,11 +26,11 @@ def build(app: App) -> gr.Blocks:
         with gr.Row(elem_id="header"):
             gr.Markdown("## Parlour", elem_id="title")
             model_line = gr.Markdown(app.models.status(), elem_id="header-model")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat_ui = chat.render(app, params)
             with gr.Tab("Notebook", id="notebook"):
-                notebook.render(app, params)
+                notebook_text = notebook.render(app, params)
             with gr.Tab("Parameters", id="parameters"):
                 parameters.render(app, params)
             with gr.Tab("Model", id="model"):
@@ -54,6 +54,7 @@ def build(app: App) -> gr.Blocks:
         timer.tick(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
         blocks.load(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
         chat_ui["wire_load"](blocks)
+        chat_ui["wire_notebook"](notebook_text, tabs)
     return blocks
 
 

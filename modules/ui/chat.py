@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import tempfile
 import threading
 from pathlib import Path
@@ -26,12 +27,13 @@ from modules.app import App
 from modules.characters import CharacterError
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
 from modules.generation import GenerationError, NoModel, QueueFull
-from modules.render import render_markdown
+from modules.render import LATEX_DELIMITERS, render_footer, render_markdown
 from modules.store import ChatNotFound
 from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
 
 Message = dict[str, str]
+log = logging.getLogger(__name__)
 # Keyboard shortcuts (text-generation-webui's): they click the buttons, so they do exactly what a click does.
 SHORTCUTS_JS = """
 document.addEventListener('keydown', (event) => {
@@ -93,7 +95,9 @@ def current_turns(app: App, user: str, session: dict[str, Any]) -> tuple[list[Me
         return turns, [None] * len(turns)
     # only user and assistant turns are bubbles, so a bubble's index is its index here
     path = [m for m in app.store.path(user, session["chat_id"]) if m.role in ("user", "assistant")]
-    return [m.as_turn() for m in path], [m.id for m in path]
+    # a reply's footer (extensions' reply_footer) is kept in its metadata; prompts read only role/content
+    return [{**m.as_turn(), **({"footer": m.meta["footer"]} if m.meta.get("footer") else {})} for m in path], \
+        [m.id for m in path]
 
 
 def chat_choices(app: App, user: str, character: str | None, query: str = "") -> list[tuple[str, str]]:
@@ -105,10 +109,26 @@ def chat_choices(app: App, user: str, character: str | None, query: str = "") ->
 
 
 def bubbles_for(turns: list[Message], session: dict[str, Any]) -> list[dict[str, str]]:
-    """Chatbot messages: each turn's markdown rendered and sanitized on the server."""
+    """Chatbot messages: each turn's markdown rendered and sanitized on the server, then the reply's
+    footer from extensions (reply_footer), sanitized on its own."""
     images = bool(session.get("images"))
-    return [{"role": t["role"], "content": render_markdown(t["content"], allow_images=images)} for t in turns
-            if t["role"] in ("user", "assistant")]
+    return [{"role": t["role"],
+             "content": render_markdown(t["content"], allow_images=images) + render_footer(t.get("footer", ""))}
+            for t in turns if t["role"] in ("user", "assistant")]
+
+
+def avatars(app: App, character: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The chatbot's (user, bot) avatars: the character's picture, as a data: URL (nothing is served from
+    disk). A missing or unreadable picture means no avatar; the chat itself is never affected."""
+    url = None
+    if character:
+        try:
+            url = app.characters.avatar(character)
+        except CharacterError as exc:
+            log.warning("no avatar: %s", exc)
+    # Not marked as gradio.FileData: Gradio would then try to copy a file at `path` into its cache.
+    bot = {"path": url, "url": url} if url else None
+    return None, bot
 
 
 def selected_index(session: dict[str, Any], turns: list[Message]) -> int | None:
@@ -142,7 +162,8 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
                 info += f" · {meta['model']}, seed {meta.get('seed')}, {meta.get('tokens')} tokens"
     choices = chat_choices(app, user, character, query)
     value = str(session["chat_id"]) if session["chat_id"] is not None else None
-    return (gr.skip() if text is None else text, bubbles, session, gr.Radio(choices=choices, value=value), status,
+    chatbot = gr.Chatbot(value=bubbles, avatar_images=avatars(app, character))
+    return (gr.skip() if text is None else text, chatbot, session, gr.Radio(choices=choices, value=value), status,
             info, edit)
 
 
@@ -174,9 +195,11 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
             # Bubbles hold HTML already rendered and sanitized by modules/render.py; Gradio's own
-            # sanitizer stays on as a second layer.
+            # sanitizer stays on as a second layer. Its bundled KaTeX then typesets the math spans
+            # render.py wrote (only render.py's canonical delimiters; see its docstring).
             chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height="58vh", layout="bubble",
-                                 placeholder="Say hello to start a chat.", render_markdown=False, sanitize_html=True)
+                                 placeholder="Say hello to start a chat.", render_markdown=False, sanitize_html=True,
+                                 latex_delimiters=LATEX_DELIMITERS)
             status = gr.Markdown(elem_id="chat-status")
             with gr.Row(elem_id="chat-input-row"):
                 text = gr.Textbox(elem_id="chat-input", show_label=False, placeholder="Send a message (Enter)",
@@ -213,7 +236,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 command = gr.Textbox(chatlib.DEFAULT_COMMAND, label="Chat-instruct command (<|character|>, <|prompt|>)",
                                      lines=3, elem_id="chat-instruct-command")
                 stops = gr.Textbox(label="Custom stop strings (one per line)", lines=2, elem_id="custom-stops")
-                preview = gr.Button("Show prompt", size="sm", elem_id="show-prompt")
+                with gr.Row():
+                    preview = gr.Button("Show prompt", size="sm", elem_id="show-prompt")
+                    to_notebook = gr.Button("Send to notebook", size="sm", elem_id="send-to-notebook")
                 prompt_view = gr.Code(label="Prompt for the next reply", interactive=False, elem_id="prompt-preview")
             with gr.Accordion("You, characters and files", open=False):
                 with gr.Row():
@@ -252,6 +277,14 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             app.store.add_message(user, chat_id, "assistant", chatlib.substitute(greeting, opts.name1, opts.name2))
         return {**sess, "chat_id": chat_id, "selected": None}
 
+    def model_text(user: str, opts: chatlib.PromptOptions, message: str) -> str:
+        """The user's new message as the model (and the history) get it: chat_input_modifier, then input_modifier."""
+        if not app.extensions.loaded:
+            return message
+        state = {"mode": opts.mode, "name1": opts.name1, "name2": opts.name2, "user": user}
+        text, _visible = app.extensions.chat_input(message, message, state)
+        return app.extensions.input(text, state, is_chat=True)
+
     def generate(user: str, sess: dict[str, Any], ctrl: tuple, preset_values: tuple, history: list[Message],
                  reply_to: Any, opts: chatlib.PromptOptions, preset=None) -> Iterator[tuple]:
         """Stream a reply to `history`; saved under message `reply_to` (a parent id, or ("continue", id))."""
@@ -271,12 +304,13 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         last_status = ""
         try:
             for reply, update in chatlib.stream_reply(app, history, opts, preset, target, cancel, user=user):
+                turn = {"role": "assistant", "content": reply, **({"footer": update.footer} if update.footer else {})}
                 if sess["incognito"]:
-                    sess = {**sess, "turns": base + [{"role": "assistant", "content": reply}]}
+                    sess = {**sess, "turns": base + [turn]}
                 if update.queue_position:
                     yield (gr.skip(), gr.skip(), sess, gr.skip(), status_line(update), gr.skip(), gr.skip())
                     continue
-                shown = base + [{"role": "assistant", "content": reply}]
+                shown = base + [turn]
                 last_status = status_line(update)
                 yield (gr.skip(), bubbles_for(shown, sess), sess, gr.skip(), last_status, gr.skip(), gr.skip())
         finally:
@@ -313,10 +347,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         user = user_of(request)
         sess = ensure_chat(user, sess, ctrl)
         opts = options(user, ctrl)
-        if app.extensions.loaded:  # chat_input_modifier, then input_modifier: what the model (and history) get
-            state = {"mode": opts.mode, "name1": opts.name1, "name2": opts.name2, "user": user}
-            text, _visible = app.extensions.chat_input(message, message, state)
-            message = app.extensions.input(text, state, is_chat=True)
+        message = model_text(user, opts, message)
         turns, _ = current_turns(app, user, sess)
         if sess["incognito"]:
             sess = {**sess, "turns": turns + [{"role": "user", "content": message}]}
@@ -608,24 +639,36 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     def on_template(name: str):
         return "" if name == MODEL_TEMPLATE else _template_source(app, name)
 
-    def on_preview(request: gr.Request, sess: dict, *values: Any):
-        """The exact prompt the next reply would get, with its token count and stop strings."""
+    def next_prompt(request: gr.Request, message: str, sess: dict, values: tuple) -> tuple[str, str]:
+        """(prompt, note): what the pipeline would send for the next reply, with the message typed in the
+        input box (if any) as the newest turn, exactly as Send would add it."""
         ctrl, preset_values = values[:len(CTRL)], values[len(CTRL):]
         user = user_of(request)
-        backend = app.models.current()
-        if backend is None:
-            return gr.skip(), "⚠️ no model is loaded"
-        try:
-            turns, _ = current_turns(app, user, sess)
-            preset = params.preset_from(preset_values)
-            extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
-            built = chatlib.build_chat_prompt(turns, options(user, ctrl), backend, preset.max_new_tokens, extra)
-        except (ValidationError, *EXPECTED_ERRORS) as exc:
-            return gr.skip(), f"⚠️ {exc}"
+        opts = options(user, ctrl)
+        turns, _ = current_turns(app, user, sess)
+        if message and message.strip():
+            turns = turns + [{"role": "user", "content": model_text(user, opts, message)}]
+        built = chatlib.next_prompt(app, turns, opts, params.preset_from(preset_values), user=user)
         note = f"{built.prompt_tokens}/{built.context_length} tokens"
         if built.turns_dropped:
             note += f", {built.turns_dropped} oldest messages dropped"
         return built.text, f"Prompt: {note}. Stop strings: {list(built.stops)}"
+
+    def on_preview(request: gr.Request, message: str, sess: dict, *values: Any):
+        """The exact prompt the next reply would get, with its token count and stop strings."""
+        try:
+            return next_prompt(request, message, sess, values)
+        except (ValidationError, *EXPECTED_ERRORS) as exc:
+            return gr.skip(), f"⚠️ {exc}"
+
+    def on_send_to_notebook(request: gr.Request, message: str, sess: dict, *values: Any):
+        """That prompt in the Notebook's text box, and the Notebook tab opened, to read or edit it there."""
+        try:
+            prompt, note = next_prompt(request, message, sess, values)
+        except (ValidationError, *EXPECTED_ERRORS) as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), f"⚠️ {exc}", gr.skip()
+        return prompt, f"Sent to the Notebook. {note}", gr.Tabs(selected="notebook")
 
     def api_chat_send(request: gr.Request, message: str, *preset_values: Any):
         """The event API's chat_send (gradio_client): one stateless instruct turn, plain text, nothing saved.
@@ -683,7 +726,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     images.input(on_images, [images, session, character], OUT, api_visibility="private")
     mode.input(on_mode, [mode, session, character], OUT, api_visibility="private")
     template.input(on_template, template, template_src, api_visibility="private")
-    preview.click(on_preview, [session, *CTRL, *params.inputs], [prompt_view, status], api_visibility="private")
+    preview.click(on_preview, [text, session, *CTRL, *params.inputs], [prompt_view, status], api_visibility="private")
     save_profile.click(on_profile_save, [your_name, your_bio], status, api_visibility="private")
     card_in.upload(on_import_card, card_in, [character, status], api_visibility="private")
     chat_in.upload(on_import_chat, [chat_in, session, character], OUT, api_visibility="private")
@@ -695,7 +738,13 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         blocks.load(on_load, [character], OUT, api_visibility="private")
         blocks.load(on_profile_load, None, [your_name, your_bio], api_visibility="private")
 
-    return {"chatbot": chatbot, "session": session, "input": text, "wire_load": wire_load}
+    def wire_notebook(notebook_text: gr.Textbox, tabs: gr.Tabs) -> None:
+        """The "Send to notebook" button writes into the Notebook tab and opens it (both built after this tab)."""
+        to_notebook.click(on_send_to_notebook, [text, session, *CTRL, *params.inputs], [notebook_text, status, tabs],
+                          api_visibility="private")
+
+    return {"chatbot": chatbot, "session": session, "input": text, "wire_load": wire_load,
+            "wire_notebook": wire_notebook}
 
 
 def _template_source(app: App, name: str) -> str:

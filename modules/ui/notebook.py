@@ -22,7 +22,8 @@ from modules.ui.chat import speed_line
 from modules.ui.parameters import ParameterControls
 
 
-def render(app: App, params: ParameterControls) -> None:
+def render(app: App, params: ParameterControls) -> gr.Textbox:
+    """Build the tab; returns its text box (the Chat tab's "Send to notebook" writes into it)."""
     text = gr.Textbox(elem_id="notebook-input", show_label=False, lines=22, max_lines=40,
                       placeholder="Write the start of a text; Generate continues it.")
     with gr.Row():
@@ -63,6 +64,7 @@ def render(app: App, params: ParameterControls) -> None:
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     count.click(on_count, text, status, api_name="notebook_count")
     _render_inspector(app, params, text, event)
+    return text
 
 
 def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, generated: Any) -> None:

@@ -85,3 +85,38 @@ def test_stopping_mid_reply_keeps_what_was_written(make_app):
     assert cancel.is_set()
     saved = app.store.path("ann", chat_id)[-1]
     assert saved.content == text and saved.meta["finish_reason"] == "cancelled" and saved.complete
+
+
+def test_next_prompt_is_exactly_what_the_model_reads(make_app):
+    app = make_app()
+    app.models.load("parlour-micro")
+    backend = app.models.current()
+    seen: list[str] = []
+    original = backend.stream
+
+    def recording(prompt, *args, **kwargs):  # the text the backend is actually handed
+        seen.append(prompt)
+        return original(prompt, *args, **kwargs)
+
+    backend.stream = recording
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+               {"role": "user", "content": "what is 2+2?"}]
+    preset = Preset(max_new_tokens=2, seed=1)
+    for opts in (resolve_options(app, "ann", mode="chat", character="Example", start_reply_with="Well,"),
+                 resolve_options(app, "ann", mode="instruct", instruction_template="Alpaca"),
+                 resolve_options(app, "ann", mode="chat-instruct", character="Assistant")):
+        shown = chat.next_prompt(app, history, opts, preset, user="ann")
+        run(app, history, opts, preset)
+        assert seen[-1] == shown.text
+        assert shown.prompt_tokens == len(backend.tokenize(shown.text)) and shown.context_length == 2048
+    assert shown.text.endswith("<|im_start|>assistant\n") and "what is 2+2?" in shown.text
+
+
+def test_next_prompt_without_a_model_or_text_is_a_clear_error(make_app):
+    import pytest
+
+    from modules.generation import NoModel
+
+    app = make_app()
+    with pytest.raises(NoModel, match="no model is loaded"):
+        chat.next_prompt(app, [{"role": "user", "content": "hi"}], PromptOptions(), Preset())

@@ -40,3 +40,61 @@ def test_wrong_key_or_model_is_a_clear_load_error(start_server, models_dir, make
     with pytest.raises(ModelError, match="has no model 'gpt-9'"):
         app.models.load("remote:gpt-9", options={"base_url": engine.url + "/v1", "api_key": "engine-key"})
     assert app.models.current() is None
+
+
+def test_every_chat_mode_reaches_the_engine_as_messages_or_as_faithful_text(start_server, models_dir, make_app):
+    """Chat turns go to /chat/completions as messages when messages say it all, else to /completions."""
+    import pytest
+
+    from modules import chat
+    from modules.templates import TemplateError
+
+    engine = start_server("--models-dir", str(models_dir), "--model", "parlour-micro")
+    app = make_app()
+    remote = app.models.load("remote:parlour-micro", options={"base_url": engine.url + "/v1"})
+    sent: list[tuple[str, dict]] = []
+    real = remote._stream
+
+    def recording(path, body, cancel, text_of):  # what goes over the wire; the request still goes out
+        sent.append((path, body))
+        return real(path, body, cancel, text_of)
+
+    remote._stream = recording
+    local = make_app()
+    local.models.load("parlour-micro")
+
+    def reply(history, **options):
+        opts = chat.resolve_options(app, "local", character="Example", **options)
+        return list(chat.stream_reply(app, history, opts, GREEDY))[-1][0], opts
+
+    hi = [{"role": "user", "content": "hi"}]
+    # chat mode: the character's context is the system message, the turns carry names
+    text, opts = reply(hi, mode="chat")
+    path, body = sent[-1]
+    context = chat.substitute(app.characters.load("Example").context, opts.name1, opts.name2).strip()
+    assert path == "chat/completions" and context
+    assert body["messages"] == [{"role": "system", "content": context},
+                                {"role": "user", "content": "hi", "name": opts.name1}]
+    plain = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
+    assert text == final(local, messages=plain).text  # the engine templated exactly these messages
+    # chat-instruct: one instruction holding the transcript, as the local prompt has it
+    reply(hi, mode="chat-instruct")
+    path, body = sent[-1]
+    assert path == "chat/completions" and [m["role"] for m in body["messages"]] == ["user"]
+    assert body["messages"][0]["content"].startswith("Continue the chat dialogue") and \
+        f"{opts.name1}: hi\n" in body["messages"][0]["content"]
+    # instruct with the model's template: system + turns
+    reply(hi + [{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "more"}], mode="instruct")
+    assert [m["role"] for m in sent[-1][1]["messages"]] == ["system", "user", "assistant", "user"]
+    # continue needs the reply's start as text: the chat transcript goes to /completions
+    text, _ = reply(hi + [{"role": "assistant", "content": "Hello"}], mode="chat", continue_last=True)
+    path, body = sent[-1]
+    assert path == "completions" and body["prompt"].endswith(f"{opts.name2}: Hello") and text.startswith("Hello")
+    # a chosen instruction template is rendered here, then sent as text
+    reply(hi, mode="instruct", instruction_template="Alpaca")
+    assert sent[-1][0] == "completions" and "### Instruction:" in sent[-1][1]["prompt"]
+    # impersonate with the engine's own template has no text to send: a clear error, nothing sent
+    count = len(sent)
+    with pytest.raises(TemplateError, match="choose an instruction template"):
+        reply(hi, mode="instruct", impersonate=True)
+    assert len(sent) == count

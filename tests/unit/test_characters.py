@@ -140,3 +140,48 @@ def test_exported_cards_are_real_pngs(store):
     image = Image.open(io.BytesIO(store.export_card("Mira")))
     image.load()
     assert image.size == (1, 1) and "chara" in image.text
+
+
+def picture_png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 90)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_avatar_is_a_small_reencoded_png_without_the_card_text(tmp_path):
+    import io
+
+    from PIL import Image
+
+    store = CharacterStore(tmp_path)
+    big_card = png_with_text(picture_png(600, 900), "chara",
+                             base64.b64encode(json.dumps({"name": "Mira", "description": "x" * 200_000}).encode()))
+    store.import_card(big_card)
+    url = store.avatar("Mira")
+    assert url.startswith("data:image/png;base64,")
+    data = base64.b64decode(url.split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as image:
+        assert max(image.size) == 128 and image.size == (85, 128)  # aspect ratio kept
+    assert b"chara" not in data and len(data) < 10_000  # the card's JSON is not sent to browsers
+    assert store.avatar("Mira") is url  # cached while the file is unchanged
+
+
+def test_avatar_missing_broken_or_unsafe(tmp_path):
+    store = CharacterStore(tmp_path)
+    (tmp_path / "Plain.yaml").write_text("name: Plain\n")
+    assert store.avatar("Plain") is None
+    (tmp_path / "Broken.yaml").write_text("name: Broken\n")
+    (tmp_path / "Broken.png").write_bytes(blank_png()[:30])
+    with pytest.raises(CharacterError, match="not a readable PNG"):
+        store.avatar("Broken")
+    (tmp_path / "Fake.png").write_bytes(b"<svg onload=alert(1)>")
+    with pytest.raises(CharacterError, match="not a PNG"):
+        store.avatar("Fake")
+    (tmp_path.parent / "outside.png").write_bytes(picture_png(4, 4))
+    for name in ("../outside", "..", "/etc/passwd", "a\\..\\b"):
+        with pytest.raises(CharacterError, match="character name"):
+            store.avatar(name)

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from modules.render import render_markdown, render_plain, sanitize
+from modules.render import LATEX_DELIMITERS, render_footer, render_markdown, render_plain, sanitize
 
 PAYLOADS = [
     "<script>alert(1)</script>",
@@ -26,6 +26,10 @@ PAYLOADS = [
     "`<img src=x onerror=alert(1)>`",
     "<object data='x.swf'></object><embed src=x>",
     "<form action=javascript:alert(1)><button>go</button></form>",
+    # math spans are written back as text: markup inside a formula stays text
+    "$<img src=x onerror=alert(1)>$",
+    "$$</p><script>alert(1)</script>$$",
+    r"\(\href{javascript:alert(1)}{x}\) \[<iframe src=x>\]",
 ]
 
 
@@ -89,3 +93,42 @@ def test_links_get_safe_rel_and_remote_images_are_not_fetched():
 
 def test_plain_text_is_escaped():
     assert render_plain('<img src=x onerror="alert(1)">') == "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;"
+
+
+@pytest.mark.parametrize("source, expected", [
+    (r"$e^{i\pi}+1=0$", r"\(e^{i\pi}+1=0\)"),
+    (r"$$\int_0^1 x^2\,dx$$", r"\[\int_0^1 x^2\,dx\]"),
+    (r"\(a_1 * b_2 * c\)", r"\(a_1 * b_2 * c\)"),  # no emphasis, no escape processing inside
+    ("\\[\nx \\\\ y\n\\]", "\\[\nx \\\\ y\n\\]"),  # multi-line display math keeps its line break command
+    ("$a<b$", r"\(a&lt;b\)"),
+])
+def test_math_spans_are_kept_verbatim_between_canonical_delimiters(source, expected):
+    assert render_markdown(source) == f"<p>{expected}</p>\n"
+
+
+def test_text_that_is_not_math_stays_text():
+    assert render_markdown("costs $5 and $10 today") == "<p>costs $5 and $10 today</p>\n"  # pandoc: no digit after
+    assert render_markdown("$ x $ and $x $") == "<p>$ x $ and $x $</p>\n"  # `$` must hug the formula
+    assert render_markdown(r"a \$x\$ b") == "<p>a $x$ b</p>\n"  # escaped dollars
+    assert render_markdown("`$x$` and\n```\n$y$\n```") == \
+        "<p><code>$x$</code> and</p>\n<div class=\"code-block\"><button class=\"copy-code\" type=\"button\" " \
+        "title=\"Copy code\">Copy</button><pre><code>$y$\n</code></pre></div>\n"
+    # a literal `\(` (markdown `\\(`) is split so the browser's KaTeX cannot take it for a delimiter
+    out = render_markdown(r"not math: \\(x\\)")
+    assert out == "<p>not math: <span>\\</span>(x<span>\\</span>)</p>\n"
+    assert not any(d["left"] in out for d in LATEX_DELIMITERS)
+
+
+def test_browser_delimiters_are_only_the_canonical_pair():
+    assert {(d["left"], d["right"], d["display"]) for d in LATEX_DELIMITERS} == {(r"\(", r"\)", False),
+                                                                                 (r"\[", r"\]", True)}
+
+
+def test_reply_footer_is_sanitized_on_its_own_and_wrapped():
+    assert render_footer("") == "" and render_footer("  \n") == "" and render_footer("<script>x</script>") == ""
+    assert render_footer("<strong>12</strong> tokens\nsource: a.txt") == \
+        '<div class="reply-footer"><strong>12</strong> tokens<br>source: a.txt</div>'
+    out = render_footer('<img src=x onerror=alert(1)><a href="javascript:x">s</a></div><p>after')
+    assert "onerror" not in out and "javascript" not in out and "<img" not in out
+    # its stray </div> cannot close the wrapper: everything it wrote stays inside
+    assert out == '<div class="reply-footer"><a rel="noopener noreferrer nofollow">s</a><p>after</p></div>'

@@ -1,0 +1,177 @@
+"""Chat rendering and tools in a real browser: LaTeX, send-to-notebook, character avatars, reply footers.
+
+One server process (micro model) serves every test in this file; each test opens its own page and
+starts from a new chat, so the order of the tests does not matter.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.e2e.test_chat_browser import IDLE, open_page as open_chat_page, settle
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# An extension whose footer counts the reply's tokens and tries to run script in the page.
+FOOTER_PROBE = """
+def reply_footer(stats, state):
+    return (f"<strong>{stats['tokens']}</strong> probe tokens <img src=x onerror=alert('footer')>"
+            "<script>alert('footer')</script>")
+"""
+
+
+def red_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (300, 300), (255, 0, 0)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
+    home = tmp_path_factory.mktemp("features")
+    (home / "presets").mkdir()
+    (home / "presets" / "Short.yaml").write_text("max_new_tokens: 8\nban_eos_token: true\n")
+    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
+                             "--models-dir", str(models_dir), "--model", "parlour-micro",
+                             "--presets-dir", str(home / "presets"), "--preset", "Short",
+                             "--characters-dir", str(home / "characters"), "--extensions", "footer_probe"],
+                            cwd=ROOT, log=home / "server.log")
+    shutil.copytree(ROOT / "characters", home / "characters")
+    (home / "characters" / "Painter.yaml").write_text("name: Painter\ngreeting: ''\ncontext: Paints.\n")
+    (home / "characters" / "Painter.png").write_bytes(red_png())
+    probe = home / "user_data" / "extensions" / "footer_probe"
+    probe.mkdir(parents=True)
+    (probe / "script.py").write_text(FOOTER_PROBE)
+    try:
+        process.wait_until(lambda h: h["model"] is not None)
+        yield process
+    finally:
+        process.stop()
+
+
+def open_page(browser, url: str):
+    """The chat page, with a longer patience than Playwright's 30 s: these tests share 2 busy cores."""
+    page = open_chat_page(browser, url)
+    page.set_default_timeout(90_000)
+    return page
+
+
+def new_chat(page) -> None:
+    page.click("#new-chat")
+    page.wait_for_function(IDLE)
+
+
+def dummy_reply(page, text: str) -> None:
+    """Put `text` on screen as a reply without the model (the 'Send dummy reply' button)."""
+    count = page.locator("#chatbot [data-testid=bot]").count()
+    page.fill("#chat-input textarea", text)
+    page.click("#dummy-reply")
+    page.wait_for_function("(n) => document.querySelectorAll('#chatbot [data-testid=bot]').length > n", arg=count)
+
+
+def test_latex_renders_with_local_katex_and_stays_inert(browser, server):
+    page = open_page(browser, server.url)
+    outside: list[str] = []  # every request must stay on this server: no CDN
+    page.on("request", lambda r: None if r.url.startswith((server.url, "data:", "blob:")) else outside.append(r.url))
+    new_chat(page)
+    dummy_reply(page, r"Euler: $e^{i\pi}+1=0$, and $$\int_0^1 x^2\,dx = \frac{1}{3}$$ "
+                      r"costs $5 and $10. \(\href{javascript:alert(1)}{click}\)")
+    bubble = page.locator("#chatbot [data-testid=bot]").last
+    bubble.locator(".katex").first.wait_for()
+    assert bubble.locator(".katex").count() == 3
+    assert bubble.locator(".katex-display").count() == 1  # $$...$$ is display math
+    assert bubble.locator(".katex-display .mfrac").count() == 1
+    # KaTeX's own stylesheet and fonts (served by this server) are applied
+    family = bubble.locator(".katex").first.evaluate("e => getComputedStyle(e).fontFamily")
+    assert "KaTeX" in family
+    text = bubble.inner_text()
+    assert "costs $5 and $10." in text  # dollars in prose stay prose
+    # \href needs KaTeX's `trust`, which stays off: no javascript link, nothing ran
+    assert bubble.locator("a[href^='javascript' i]").count() == 0
+    page.wait_for_function("() => document.fonts.status === 'loaded'")
+    assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
+    assert outside == []
+    page.close()
+
+
+def test_send_to_notebook_puts_the_next_prompt_in_the_notebook_tab(browser, server):
+    page = open_page(browser, server.url)
+    new_chat(page)
+    page.fill("#chat-input textarea", "earlier question")
+    page.click("#dummy-message")
+    dummy_reply(page, "earlier answer")
+    page.fill("#chat-input textarea", "the pending question")  # typed, not sent: Send would add it
+    page.get_by_text("Prompt settings").click()
+    page.click("#send-to-notebook")
+    notebook = page.locator("#notebook-input textarea")
+    notebook.wait_for(state="visible")  # the Notebook tab opened
+    page.wait_for_function("() => document.querySelector('#notebook-input textarea').value.includes('pending')")
+    prompt = notebook.input_value()
+    # instruct mode with the model's own (ChatML) template: the whole conversation, then the reply's start
+    assert prompt.index("<|im_start|>user\nearlier question<|im_end|>") < \
+        prompt.index("<|im_start|>assistant\nearlier answer<|im_end|>") < \
+        prompt.index("<|im_start|>user\nthe pending question<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert page.locator("#chat-input textarea").is_hidden()  # the Chat tab is no longer shown
+    # the prompt is now the notebook's own text: it can be edited and generated from
+    before = server.health()["requests"]
+    page.click("#notebook-generate")
+    settle(page, server, before + 1)
+    assert notebook.input_value().startswith(prompt)
+    page.close()
+
+
+def pick_character(page, name: str) -> None:
+    page.fill("#character input", name)
+    page.press("#character input", "Enter")
+    page.wait_for_function(IDLE)
+
+
+def test_character_picture_is_the_bot_avatar(browser, server):
+    page = open_page(browser, server.url)
+    pick_character(page, "Painter")
+    new_chat(page)
+    dummy_reply(page, "a painted reply")
+    avatar = page.locator("#chatbot .avatar-container img").first
+    avatar.wait_for()
+    src = avatar.get_attribute("src")
+    assert src.startswith("data:image/png;base64,")  # inline: no file route to the characters folder
+    # the browser decoded it: the thumbnail of the 300x300 picture, red
+    page.wait_for_function("(img) => img.complete && img.naturalWidth === 128", arg=avatar.element_handle())
+    # a character without a picture has no avatar
+    pick_character(page, "Assistant")
+    new_chat(page)
+    dummy_reply(page, "a plain reply")
+    page.wait_for_function("() => !document.querySelector('#chatbot .avatar-container img')")
+    page.close()
+
+
+def test_extension_reply_footer_shows_under_the_reply_sanitized_and_saved(browser, server):
+    page = open_page(browser, server.url)
+    new_chat(page)
+    before = server.health()["requests"]
+    page.fill("#chat-input textarea", "hello")
+    page.click("#send")
+    settle(page, server, before + 1)
+    footer = page.locator("#chatbot [data-testid=bot] .reply-footer").last
+    footer.wait_for()
+    assert footer.inner_text().strip() == "8 probe tokens"  # the Short preset: 8 tokens, eos banned
+    assert footer.locator("strong").inner_text() == "8"
+    assert footer.locator("img, script").count() == 0
+    # it is part of the saved reply: a reload shows it again
+    page.reload()
+    page.wait_for_selector("#chat-input textarea")
+    page.locator("#chatbot [data-testid=bot] .reply-footer").last.wait_for()
+    assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
+    page.close()

@@ -202,6 +202,16 @@ class CharacterStore:
             return []
         return sorted((p.stem for p in self.root.glob("*.yaml") if not p.name.startswith(".")), key=str.lower)
 
+    def problems(self) -> dict[str, str]:
+        """{name: why} for every character file that cannot be used; the others load as usual."""
+        found = {}
+        for name in self.names():
+            try:
+                self.load(name)
+            except CharacterError as exc:
+                found[name] = str(exc)
+        return found
+
     def _path(self, name: str, suffix: str) -> Path:
         try:
             return safe_child(self.root, name, suffix)

@@ -391,6 +391,16 @@ class PresetStore:
             return []
         return sorted(p.stem for p in self.folder.glob("*.yaml") if p.is_file() and not p.is_symlink())
 
+    def problems(self) -> dict[str, str]:
+        """{name: why} for every preset file that cannot be used; the others load as usual."""
+        found = {}
+        for name in self.names():
+            try:
+                self.load(name)
+            except PresetError as exc:
+                found[name] = str(exc)
+        return found
+
     def _path(self, name: str) -> Path:
         try:
             return safe_child(self.folder, name, ".yaml")

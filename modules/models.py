@@ -174,7 +174,8 @@ class ModelManager:
         if name.startswith("remote:"):
             chosen = "remote"
         else:
-            chosen = loader or saved.loader or infer_loader(self.path_of(name))
+            path = self.path_of(name)  # always: an explicit loader must not skip the name check
+            chosen = loader or saved.loader or infer_loader(path)
         if chosen not in OPTIONS:
             raise ModelError(f"unknown loader {chosen!r}: choose one of {', '.join(OPTIONS)}")
         # Explicit options (command line, Model tab, API) win key by key over the saved ones.

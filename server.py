@@ -52,9 +52,15 @@ def create_app(settings: Settings):
 
     @api.get("/health")
     def health() -> dict:
+        import threading
+
+        from modules.loaders.transformers import _rss_bytes
+
         backend = app.models.current()
+        # threads and rss_bytes let load tests check for leaks from outside the process
         return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
-                "queue_waiting": app.queue.waiting(), **app.pipeline.stats.snapshot()}
+                "queue_waiting": app.queue.waiting(), "threads": threading.active_count(),
+                "rss_bytes": _rss_bytes(), **app.pipeline.stats.snapshot()}
 
     if settings.api:
         from modules.api import build_api

@@ -46,13 +46,21 @@ def create_app(settings: Settings):
     # Start the model loading first: the page is served meanwhile and the Model tab shows its name.
     if app.load_at_start() is None:
         log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
+    for item, why in app.unreadable_files().items():  # the rest loads; these report errors when chosen
+        log.warning("cannot use %s: %s", item, why)
     api = FastAPI(title="Parlour", docs_url=None, redoc_url=None)
 
     @api.get("/health")
     def health() -> dict:
+        import threading
+
+        from modules.loaders.transformers import _rss_bytes
+
         backend = app.models.current()
+        # threads and rss_bytes let load tests check for leaks from outside the process
         return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
-                "queue_waiting": app.queue.waiting(), **app.pipeline.stats.snapshot()}
+                "queue_waiting": app.queue.waiting(), "threads": threading.active_count(),
+                "rss_bytes": _rss_bytes(), **app.pipeline.stats.snapshot()}
 
     if settings.api:
         from modules.api import build_api

@@ -53,6 +53,16 @@ class App:
                    characters=CharacterStore(settings.characters_dir),
                    templates=TemplateLibrary(settings.instruction_templates_dir))
 
+    def unreadable_files(self) -> dict[str, str]:
+        """{"preset NAME" / "character NAME" / "template NAME": why} for files in the user's folders that
+        cannot be used. Each reports its own error when chosen; this lists them all in one place (the
+        log at start, the Session tab) so a hand-broken file is noticed without hunting for it."""
+        found: dict[str, str] = {}
+        for kind, source in (("preset", self.presets), ("character", self.characters), ("template", self.templates)):
+            for name, why in source.problems().items():
+                found[f"{kind} {name}"] = why
+        return found
+
     def load_at_start(self) -> str | None:
         """Start loading the model named by the settings (or the default one) in the background."""
         name = self.settings.model or self.models.default_model()

@@ -233,6 +233,16 @@ class CharacterStore:
             return []
         return sorted((p.stem for p in self.root.glob("*.yaml") if not p.name.startswith(".")), key=str.lower)
 
+    def problems(self) -> dict[str, str]:
+        """{name: why} for every character file that cannot be used; the others load as usual."""
+        found = {}
+        for name in self.names():
+            try:
+                self.load(name)
+            except CharacterError as exc:
+                found[name] = str(exc)
+        return found
+
     def _path(self, name: str, suffix: str) -> Path:
         try:
             return safe_child(self.root, name, suffix)
@@ -288,10 +298,25 @@ class CharacterStore:
             raise CharacterError(f"a character named {character.name!r} already exists")
         if picture is not None:
             png_text_chunks(picture)
-        self.root.mkdir(parents=True, exist_ok=True)
-        if picture is not None:
-            atomic_write_bytes(self._path(character.name, ".png"), picture)
-        atomic_write_text(path, character.to_yaml())
+        png_path = self._path(character.name, ".png")
+        old_picture = png_path.read_bytes() if picture is not None and png_path.is_file() else None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if picture is not None:
+                atomic_write_bytes(png_path, picture)
+            atomic_write_text(path, character.to_yaml())
+        except OSError as exc:
+            # The YAML failed after the picture was replaced: put the old picture back (or remove the
+            # new one), so a failed save leaves the character exactly as it was.
+            if picture is not None:
+                try:
+                    if old_picture is not None:
+                        atomic_write_bytes(png_path, old_picture)
+                    else:
+                        png_path.unlink(missing_ok=True)
+                except OSError:
+                    pass  # the same fault (a read-only folder) means the picture was not written either
+            raise CharacterError(f"character {character.name!r} was not saved: {exc}") from exc
         return path
 
     def import_card(self, data: bytes, overwrite: bool = False) -> Character:

@@ -305,6 +305,16 @@ class TemplateLibrary:
             return []
         return sorted(p.stem for p in self.root.glob("*.yaml") if not p.name.startswith("."))
 
+    def problems(self) -> dict[str, str]:
+        """{name: why} for every template file that cannot be used; the others load as usual."""
+        found = {}
+        for name in self.names():
+            try:
+                self.load(name)
+            except TemplateError as exc:
+                found[name] = str(exc)
+        return found
+
     def load(self, name: str) -> str:
         """The Jinja source of a template; TemplateError with the file name if it cannot be used."""
         try:

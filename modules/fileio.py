@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -13,23 +14,60 @@ class FileTooLarge(ValueError):
     """A file bigger than the caller accepts."""
 
 
+class SaveFailed(OSError):
+    """A file could not be written. The file that was there (if any) is unchanged and no temp file is
+    left behind; the message says why in words a user can act on ("the disk is full")."""
+
+    def __str__(self) -> str:  # the words only, not OSError's "[Errno 28]" prefix
+        return self.strerror or super().__str__()
+
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.EACCES: "permission denied (the folder or file is read-only)",
+    errno.EPERM: "the operating system refused (the folder or file is read-only or locked)",
+    errno.EFBIG: "the file is larger than the system allows",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """A short human reason for an OSError, falling back to the system's own text."""
+    return _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that a crash leaves either the old file or the new one, never half."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp file in the same folder, fsync, then rename over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `data` to `path` atomically: temp file in the same folder, fsync, then rename over.
+
+    Any OS failure (disk full, read-only folder, ...) raises SaveFailed naming the file and the reason;
+    the old file is untouched because it is only ever replaced by a complete, fsynced copy.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SaveFailed(exc.errno, f"could not save {path.name}: {os_reason(exc)}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        # A full disk often shows up only at flush, fsync or close: whatever failed, the half-written
+        # temp file goes and the old file stays.
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: nothing could have been created there anyway
+        if isinstance(exc, OSError):
+            raise SaveFailed(exc.errno, f"could not save {path.name}: {os_reason(exc)}") from exc
         raise
 
 

@@ -33,6 +33,10 @@ class ModelError(RuntimeError):
     """A model that cannot be listed or loaded; the message is one line for the user."""
 
 
+class SettingsFileError(ModelError):
+    """models/config-user.yaml as a whole cannot be read (not YAML, not a mapping, too large)."""
+
+
 def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -72,7 +76,7 @@ class ModelSettingsStore:
         try:
             return read_yaml_mapping(self.path, 1_000_000)
         except YamlFileError as exc:
-            raise ModelError(f"{self.path.name} cannot be read (a mapping of model names is expected): {exc}") from exc
+            raise SettingsFileError(f"{self.path.name} cannot be read (a mapping of model names is expected): {exc}") from exc
 
     def get(self, name: str) -> ModelSettings:
         raw = self._read().get(name)
@@ -90,7 +94,10 @@ class ModelSettingsStore:
     def save(self, name: str, settings: ModelSettings) -> None:
         data = self._read()
         data[name] = settings.model_dump(mode="json", exclude_none=True)
-        atomic_write_text(self.path, yaml.safe_dump(data, sort_keys=True))
+        try:
+            atomic_write_text(self.path, yaml.safe_dump(data, sort_keys=True))
+        except OSError as exc:  # the old file is intact (atomic write)
+            raise ModelError(f"settings for {name!r} were not saved: {exc}") from exc
 
 
 class ModelManager:
@@ -155,11 +162,20 @@ class ModelManager:
     # ---- loading
     def resolve(self, name: str, loader: str | None, options: dict[str, Any] | None) -> tuple[str, BaseModel]:
         """The loader and validated options for a load: explicit > saved per-model settings > inferred."""
-        saved = self.saved.get(name) if not name.startswith("remote:") else ModelSettings()
+        saved = ModelSettings()
+        if not name.startswith("remote:"):
+            try:
+                saved = self.saved.get(name)
+            except SettingsFileError as exc:
+                # A hand-broken config-user.yaml must not stop every model from loading: say so and load
+                # with the explicit (or default) options instead. (A bad entry for this model is still
+                # an error for this model.)
+                log.warning("ignoring saved settings: %s", exc)
         if name.startswith("remote:"):
             chosen = "remote"
         else:
-            chosen = loader or saved.loader or infer_loader(self.path_of(name))
+            path = self.path_of(name)  # always: an explicit loader must not skip the name check
+            chosen = loader or saved.loader or infer_loader(path)
         if chosen not in OPTIONS:
             raise ModelError(f"unknown loader {chosen!r}: choose one of {', '.join(OPTIONS)}")
         # Explicit options (command line, Model tab, API) win key by key over the saved ones.

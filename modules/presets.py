@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, read_text_limited
+from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, os_reason, read_text_limited
 from modules.paths import UnsafeName, safe_child
 
 log = logging.getLogger(__name__)
@@ -381,12 +381,25 @@ class PresetStore:
             raise PresetError("this app has no user_data folder to remember per-model presets in")
         self._path(preset)  # the name must be a valid preset name
         data = {**self._model_defaults(), model: preset}
-        atomic_write_text(self.model_defaults_file, yaml.safe_dump(data, sort_keys=True, allow_unicode=True))
+        try:
+            atomic_write_text(self.model_defaults_file, yaml.safe_dump(data, sort_keys=True, allow_unicode=True))
+        except OSError as exc:
+            raise PresetError(f"could not remember the preset for {model!r}: {exc}") from exc
 
     def names(self) -> list[str]:
         if not self.folder.is_dir():
             return []
         return sorted(p.stem for p in self.folder.glob("*.yaml") if p.is_file() and not p.is_symlink())
+
+    def problems(self) -> dict[str, str]:
+        """{name: why} for every preset file that cannot be used; the others load as usual."""
+        found = {}
+        for name in self.names():
+            try:
+                self.load(name)
+            except PresetError as exc:
+                found[name] = str(exc)
+        return found
 
     def _path(self, name: str) -> Path:
         try:
@@ -406,14 +419,20 @@ class PresetStore:
 
     def save(self, name: str, preset: Preset) -> Path:
         path = self._path(name)
-        atomic_write_text(path, yaml.safe_dump(preset.changed(), sort_keys=False) if preset.changed() else "{}\n")
+        try:
+            atomic_write_text(path, yaml.safe_dump(preset.changed(), sort_keys=False) if preset.changed() else "{}\n")
+        except OSError as exc:  # disk full, read-only folder: the old file is intact (atomic write)
+            raise PresetError(f"preset {name!r} was not saved: {exc}") from exc
         return path
 
     def delete(self, name: str) -> None:
         path = self._path(name)
         if not path.is_file():
             raise PresetError(f"preset {name!r} does not exist")
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise PresetError(f"preset {name!r} was not deleted: {os_reason(exc)}") from exc
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ like one that does not exist, so ids leak nothing.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -69,6 +70,7 @@ END;
 """
 
 ROLES = ("system", "user", "assistant")
+log = logging.getLogger(__name__)
 
 
 class ChatNotFound(LookupError):
@@ -77,6 +79,10 @@ class ChatNotFound(LookupError):
 
 class StoreError(RuntimeError):
     """The database could not be opened or written; the message says which file and why."""
+
+
+class DamagedRow(StoreError):
+    """One chat or message row holds values the schema does not allow (edited by hand, a bad disk)."""
 
 
 @dataclass
@@ -120,6 +126,20 @@ def _meta(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"error": "unreadable metadata"}
 
 
+def _reason(exc: sqlite3.Error) -> str:
+    """SQLite's message in a user's words where it has a usual cause."""
+    text = str(exc)
+    if "disk is full" in text or "disk I/O error" in text:
+        return f"the disk is full or failing ({text})"
+    if "readonly" in text or "read-only" in text:
+        return f"the file or its folder is read-only ({text})"
+    if "unable to open" in text:
+        return f"the file cannot be opened: its folder may be read-only or missing ({text})"
+    if "not a database" in text or "malformed" in text:
+        return f"the file is damaged ({text})"
+    return text
+
+
 def _text(value: Any) -> str:
     """Content as text even if a row was damaged into a blob or a number."""
     if isinstance(value, bytes):
@@ -143,28 +163,47 @@ class ChatStore:
     # -- connections ---------------------------------------------------------------------------
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA busy_timeout=30000")
-        # WAL + NORMAL: a committed transaction survives a killed process (not a power cut mid-checkpoint).
-        db.execute("PRAGMA synchronous=NORMAL")
+        """A short-lived connection. SQLite's own errors (disk full, read-only file, a damaged file)
+        leave as StoreError naming the database and the reason, so the UI can say it in one line."""
+        try:
+            db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=30000")
+            # WAL + NORMAL: a committed transaction survives a killed process (not a power cut mid-checkpoint).
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the chats database {self.db_path.name} cannot be opened: {_reason(exc)}") from exc
         try:
             yield db
+        except sqlite3.IntegrityError:
+            raise  # a broken invariant (a bug), not a fault of the disk: keep its own type
+        except sqlite3.Error as exc:
+            raise StoreError(f"the chats database {self.db_path.name} failed: {_reason(exc)}") from exc
         finally:
             db.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlocks)."""
+        """One write transaction (BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlocks).
+
+        Nothing of a failed transaction is kept: a full disk or a read-only file at any statement or at
+        COMMIT rolls the whole change back, and the error says the change was not saved."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # SQLite may already have rolled back itself (SQLITE_FULL)
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError:
                 raise
-            db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"not saved: the chats database {self.db_path.name} cannot be written: "
+                                 f"{_reason(exc)}") from exc
 
     # -- users ---------------------------------------------------------------------------------
     def profile(self, user: str) -> dict[str, str]:
@@ -198,10 +237,14 @@ class ChatStore:
 
     @staticmethod
     def _info(row: sqlite3.Row) -> ChatInfo:
-        return ChatInfo(id=row["id"], user=row["user"], title=_text(row["title"]), character=_text(row["character"]),
-                        mode=_text(row["mode"]), leaf_id=row["leaf_id"] if isinstance(row["leaf_id"], int) else None,
-                        created=float(row["created"] or 0), updated=float(row["updated"] or 0),
-                        settings=_meta(row["settings"]))
+        try:
+            return ChatInfo(id=row["id"], user=row["user"], title=_text(row["title"]),
+                            character=_text(row["character"]), mode=_text(row["mode"]),
+                            leaf_id=row["leaf_id"] if isinstance(row["leaf_id"], int) else None,
+                            created=float(row["created"] or 0), updated=float(row["updated"] or 0),
+                            settings=_meta(row["settings"]))
+        except (TypeError, ValueError) as exc:
+            raise DamagedRow(f"chat {row['id']} is damaged in the database and cannot be shown ({exc})") from exc
 
     def chat(self, user: str, chat_id: int) -> ChatInfo:
         with self._connect() as db:
@@ -223,8 +266,8 @@ class ChatStore:
         for row in rows:
             try:
                 out.append(self._info(row))
-            except (TypeError, ValueError):  # a damaged row is skipped, never hides the others
-                continue
+            except DamagedRow as exc:  # reported, and never hides the others
+                log.warning("%s", exc)
         return out
 
     def rename_chat(self, user: str, chat_id: int, title: str) -> None:
@@ -252,6 +295,13 @@ class ChatStore:
     # -- messages ------------------------------------------------------------------------------
     @staticmethod
     def _message(row: sqlite3.Row) -> StoredMessage:
+        try:
+            return ChatStore._message_unchecked(row)
+        except (TypeError, ValueError) as exc:
+            raise DamagedRow(f"message {row['id']} of chat {row['chat_id']} is damaged in the database ({exc})") from exc
+
+    @staticmethod
+    def _message_unchecked(row: sqlite3.Row) -> StoredMessage:
         return StoredMessage(id=row["id"], chat_id=row["chat_id"], parent_id=row["parent_id"],
                              role=_text(row["role"]), content=_text(row["content"]), meta=_meta(row["meta"]),
                              complete=bool(row["complete"]), created=float(row["created"] or 0),
@@ -327,8 +377,8 @@ class ChatStore:
         for row in rows:
             try:
                 by_id[row["id"]] = self._message(row)
-            except (TypeError, ValueError):
-                continue
+            except DamagedRow as exc:  # the rest of the chat still opens
+                log.warning("%s", exc)
         node = chat["leaf_id"] if leaf_id == "leaf" else leaf_id
         out: list[StoredMessage] = []
         seen: set[int] = set()
@@ -416,7 +466,10 @@ class ChatStore:
         found: dict[int, tuple[ChatInfo, str]] = {}
         for row in list(rows) + list(titled):
             if row["id"] not in found:
-                found[row["id"]] = (self._info(row), _text(row["snip"]))
+                try:
+                    found[row["id"]] = (self._info(row), _text(row["snip"]))
+                except DamagedRow as exc:
+                    log.warning("%s", exc)
         return sorted(found.values(), key=lambda item: -item[0].updated)[:limit]
 
     # -- export / import -----------------------------------------------------------------------
@@ -451,11 +504,11 @@ class ChatStore:
         raise ValueError("not a chat file: expected Parlour's export or text-generation-webui's history "
                          "(with an 'internal' list)")
 
-    def _import_linear(self, user: str, title: str, turns: list[tuple[str, str]], **chat: Any) -> int:
-        chat_id = self.create_chat(user, title=title, **chat)
-        for role, content in turns:
-            self.add_message(user, chat_id, role, content)
-        return chat_id
+    def _import_linear(self, user: str, title: str, turns: list[tuple[str, str]]) -> int:
+        # As one tree, so the import is one transaction: a failure halfway (a full disk) leaves no half chat.
+        messages = [{"id": i, "parent": i - 1 if i else None, "role": role, "content": content}
+                    for i, (role, content) in enumerate(turns)]
+        return self._import_tree(user, {"title": title, "messages": messages})
 
     def _import_tree(self, user: str, data: dict[str, Any]) -> int:
         messages = data.get("messages")

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from modules.paths import UnsafeName, check_name
 from modules.presets import Preset
 
 MAX_CHOICES = 8  # `n`: each choice is a full generation, so keep it small
@@ -143,4 +144,17 @@ class ChatCompletionRequest(GenerationFields):
     user_bio: str | None = None
     chat_instruct_command: str | None = None
     continue_: bool = False
+
+    @field_validator("character", "instruction_template")
+    @classmethod
+    def _file_names(cls, value: str | None) -> str | None:
+        """These name files in characters/ and instruction-templates/: a name that could leave its folder
+        (`../x`, an absolute path, NUL, a look-alike slash) is a 400 naming the field, whether or not the
+        field is applied yet."""
+        if value is None:
+            return value
+        try:
+            return check_name(value)
+        except UnsafeName as exc:
+            raise ValueError(str(exc)) from exc
 

@@ -26,9 +26,10 @@ from modules import chat as chatlib
 from modules.app import App
 from modules.characters import CharacterError
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
+from modules.fileio import os_reason
 from modules.generation import GenerationError, NoModel, QueueFull
 from modules.render import LATEX_DELIMITERS, render_footer, render_markdown
-from modules.store import ChatNotFound
+from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
 
@@ -52,7 +53,7 @@ document.addEventListener('keydown', (event) => {
 });
 """
 EXPECTED_ERRORS = (NoModel, QueueFull, GenerationError, TemplateError, ContextOverflow, CharacterError, ChatNotFound,
-                   ValueError)
+                   StoreError, ValueError)
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 
@@ -582,7 +583,11 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         return profile["name"], profile["description"]
 
     def on_profile_save(request: gr.Request, name: str, bio: str):
-        app.store.set_profile(user_of(request), name, bio)
+        try:
+            app.store.set_profile(user_of(request), name, bio)
+        except StoreError as exc:
+            gr.Warning(str(exc))
+            return f"⚠️ {exc}"
         return "Saved your profile."
 
     @guarded
@@ -611,10 +616,14 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             return gr.skip(), f"⚠️ {exc}"
         return gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**."
 
-    def write_download(name: str, data: bytes) -> str:
-        folder = Path(tempfile.mkdtemp(prefix="parlour-export-"))
-        path = folder / name
-        path.write_bytes(data)
+    def write_download(name: str, data: bytes) -> str | None:
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="parlour-export-"))
+            path = folder / name
+            path.write_bytes(data)
+        except OSError as exc:  # the temp folder's disk is full: say so instead of a failed event
+            gr.Warning(f"could not write the export: {os_reason(exc)}")
+            return None
         return str(path)
 
     def on_export_chat(request: gr.Request, sess: dict):

@@ -22,11 +22,21 @@ def apply_extensions(app: App, checked: list[str]) -> tuple[list[str], str]:
     return list(app.extensions.loaded), summary
 
 
+def unreadable_markdown(app: App) -> str:
+    """The user's files that cannot be used (broken YAML, wrong types), one line each; empty if none."""
+    found = app.unreadable_files()
+    if not found:
+        return ""
+    lines = [f"- **{item}**: {why}" for item, why in sorted(found.items())]
+    return "### ⚠️ Files that could not be read\nEverything else loaded; fix or remove these:\n" + "\n".join(lines)
+
+
 def render(app: App) -> None:
     gr.Markdown("Settings come from defaults < `settings.yaml` < the command line. "
                 "Flags such as `--listen` or `--api-key` can only be changed by restarting the server.")
     gr.Code(json.dumps(app.settings.public_dict(), indent=2, default=str), language="json",
             label="Current settings", interactive=False, elem_id="session-settings")
+    problems = gr.Markdown(unreadable_markdown(app), elem_id="session-unreadable")
     gr.Markdown("### Extensions\n" + RESTART_NOTE)
     enabled = gr.CheckboxGroup(sorted(app.extensions.available()), value=list(app.extensions.loaded),
                                label="Enabled extensions", elem_id="session-extensions")
@@ -42,6 +52,7 @@ def render(app: App) -> None:
 
     apply.click(on_apply, enabled, [enabled, result, status], api_name="extensions_apply")
     refresh.click(app.extensions.status_markdown, None, status, api_name="extensions_status")
+    refresh.click(lambda: unreadable_markdown(app), None, problems, api_visibility="private")
     # Failures happen while chatting in another tab: keep the table current without a click.
     gr.Timer(3.0).tick(app.extensions.status_markdown, None, status, api_visibility="private",
                        show_progress="hidden")

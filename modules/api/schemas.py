@@ -149,8 +149,7 @@ class ChatCompletionRequest(GenerationFields):
     @classmethod
     def _file_names(cls, value: str | None) -> str | None:
         """These name files in characters/ and instruction-templates/: a name that could leave its folder
-        (`../x`, an absolute path, NUL, a look-alike slash) is a 400 naming the field, whether or not the
-        field is applied yet."""
+        (`../x`, an absolute path, NUL, a look-alike slash) is a 400 naming the field before anything is read."""
         if value is None:
             return value
         try:

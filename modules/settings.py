@@ -66,8 +66,8 @@ class Settings(BaseModel):
                                                      "each user sees only their own chats")
     auth_file: Path | None = Field(None, description="file of user:password logins, one per line")
     stream_fps: float = Field(20.0, gt=0, le=120, description="most UI updates per second while streaming")
-    batch_size: int = Field(1, ge=1, le=64, description="requests the Transformers backend generates together "
-                                                     "(1: one at a time; more: batched, shared forward passes)")
+    batch_size: int = Field(4, ge=1, le=64, description="requests the Transformers backend generates together "
+                                                     "(shared forward passes; 1: one at a time through generate())")
     max_queue: int = Field(64, ge=1, le=10_000, description="most requests waiting for the model")
     admin_key: SecretStr | None = Field(None, description="key the API's model list/load/unload routes require "
                                                          "(Bearer); when unset they take --api-key like the rest")

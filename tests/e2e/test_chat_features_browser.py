@@ -74,10 +74,11 @@ def new_chat(page) -> None:
 
 def dummy_reply(page, text: str) -> None:
     """Put `text` on screen as a reply without the model (the 'Send dummy reply' button)."""
-    count = page.locator("#chatbot [data-testid=bot]").count()
     page.fill("#chat-input textarea", text)
     page.click("#dummy-reply")
-    page.wait_for_function("(n) => document.querySelectorAll('#chatbot [data-testid=bot]').length > n", arg=count)
+    # wait for this very text (a count of bubbles taken before could come from the chat being replaced)
+    page.wait_for_function("(t) => [...document.querySelectorAll('#chatbot [data-testid=bot]')]"
+                           ".some(b => b.textContent.includes(t))", arg=text.split("$")[0].strip()[:12])
 
 
 def test_latex_renders_with_local_katex_and_stays_inert(browser, server):

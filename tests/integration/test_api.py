@@ -373,13 +373,14 @@ def test_disconnect_mid_stream_ends_the_generation(server):
 
 
 @pytest.fixture(scope="module")
-def batched(tmp_path_factory, models_dir):
-    srv = _start(tmp_path_factory.mktemp("batched"), models_dir, "--batch-size", "4")
+def serial(tmp_path_factory, models_dir):
+    """A server that generates one request at a time through generate() (the default batches)."""
+    srv = _start(tmp_path_factory.mktemp("serial"), models_dir, "--batch-size", "1")
     yield srv
     srv.stop()
 
 
-@pytest.mark.parametrize("which", ["server", "batched"])
+@pytest.mark.parametrize("which", ["serial", "server"])
 def test_four_concurrent_streams_get_their_own_text(request, which):
     """One at a time (queued) and batched: each stream gets exactly its own greedy text."""
     srv = request.getfixturevalue(which)
@@ -398,7 +399,7 @@ def test_four_concurrent_streams_get_their_own_text(request, which):
         together = dict(zip(prompts, pool.map(lambda p: ask(p, True), prompts)))
     assert together == alone
     largest = httpx.get(srv.url + "/v1/internal/health").json()["largest_batch"]
-    assert largest == 1 if which == "server" else largest >= 2  # batched: streams shared forward passes
+    assert largest == 1 if which == "serial" else largest >= 2  # batched: streams shared forward passes
 
 
 # -- keys, queue, CORS: a second server with them set ---------------------------------------------
@@ -406,7 +407,8 @@ def test_four_concurrent_streams_get_their_own_text(request, which):
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, models_dir):
     srv = _start(tmp_path_factory.mktemp("guarded"), models_dir, "--api-key", "sk-user", "--admin-key", "sk-admin",
-                 "--max-queue", "1", "--cors-origin", "http://allowed.example")
+                 "--max-queue", "1", "--cors-origin", "http://allowed.example",
+                 "--batch-size", "1")  # one running slot: the queue tests fill it with one request
     yield srv
     srv.stop()
 
@@ -525,16 +527,16 @@ def test_continue_final_message_extends_the_assistant_reply(client, local):
     assert fresh != text  # continuing is not the same as answering after the assistant's turn
 
 
-def test_n_choices_are_generated_together_when_the_server_batches(batched, local):
+def test_n_choices_are_generated_together_when_the_server_batches(server, local):
     text, *_ = reference(local, preset=greedy(30), prompt="with")
-    out = httpx.post(batched.url + "/v1/completions", timeout=60, json={
+    out = httpx.post(server.url + "/v1/completions", timeout=60, json={
         "prompt": "with", "max_tokens": 30, "temperature": 0, "ban_eos_token": True, "n": 3}).json()
     assert [c["text"] for c in out["choices"]] == [text] * 3
     assert out["usage"]["completion_tokens"] == 90
 
 
-def test_model_load_and_unload(batched):
-    api = httpx.Client(base_url=batched.url + "/v1", timeout=120)
+def test_model_load_and_unload(serial):
+    api = httpx.Client(base_url=serial.url + "/v1", timeout=120)
     assert api.post("/internal/model/load", json={"model_name": "parlour-micro-gpt2"}).text == '"OK"'
     assert [m["id"] for m in api.get("/models").json()["data"]] == ["parlour-micro-gpt2"]
     wrong = api.post("/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})

@@ -7,7 +7,7 @@ Measures, with the same prompt and greedy decoding (EOS banned, so every run mak
   API      a real server process: non-streaming and streaming tok/s (ratio to raw), streaming time to
            first token minus raw first-token time, latency of a 1-token request
   many     1/2/4/8 simultaneous requests: total time, aggregate tok/s, time relative to one request,
-           one at a time (the default) and batched (--batch-size 8)
+           batched (the default, --batch-size 4) and one at a time (--batch-size 1)
 Medians of --repeat runs. Builds the demo model first if it is missing (about 3 minutes).
 Not run by CI: numbers depend on the machine; the table goes in the README.
 """
@@ -148,11 +148,11 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=20)
-        # the same requests against a server that batches them (--batch-size 8)
-        server = start_server(args.models_dir, args.model, args.port, Path(tmp), "--batch-size", "8")
+        # the same requests against a server that takes them one at a time through generate()
+        server = start_server(args.models_dir, args.model, args.port, Path(tmp), "--batch-size", "1")
         try:
             post(url, {**body, "max_tokens": 8})
-            batched = concurrency(url, body, args.tokens)
+            serial = concurrency(url, body, args.tokens)
         finally:
             server.terminate()
             server.wait(timeout=20)
@@ -168,7 +168,7 @@ def main() -> None:
          f"+{(stream_first - raw_first) * 1000:.1f} ms over raw (target <= 30)"),
         ("API 1-token request (ms)", f"{one_token * 1000:.1f}", "target <= 50"),
     ]
-    for label, table in (("one at a time", many), ("--batch-size 8", batched)):
+    for label, table in (("default --batch-size 4", many), ("--batch-size 1", serial)):
         for k, seconds in table.items():
             rows.append((f"{k} concurrent x {args.tokens} tok, {label} (s)", f"{seconds:.2f}",
                          f"{k * args.tokens / seconds:.1f} tok/s aggregate, {seconds / table[1]:.2f} x one request"

@@ -109,10 +109,19 @@ def browser_load(url: str, sessions: int, deadline: float, tally: Tally, errors:
 
 def run(url: str, model: str, health: Any, streams: int, browsers: int, seconds: float, max_tokens: int,
         warmup_seconds: float = 5.0) -> dict[str, Any]:
-    """Warm up, measure the resting state, run the load, wait for the queue to drain; the figures."""
-    warm = Tally()
-    asyncio.run(api_load(url, model, min(streams, 4), time.monotonic() + warmup_seconds, max_tokens, warm))
-    rest = _wait_idle(health)
+    """Warm up with the same mixed load (so caches, pools and the browsers' sessions exist before the
+    baseline), measure the resting state, run the load, wait for the queue to drain; the figures."""
+    start_threads = _wait_idle(health)["threads"]  # the server at rest before any load
+    warm_deadline = time.monotonic() + warmup_seconds
+    warm_browsers = None
+    if browsers:
+        warm_browsers = threading.Thread(target=browser_load, args=(url, browsers, warm_deadline, Tally(), []))
+        warm_browsers.start()
+    asyncio.run(api_load(url, model, streams, warm_deadline, max_tokens, Tally()))
+    if warm_browsers is not None:
+        warm_browsers.join()
+    _wait_idle(health)
+    rest = _settled(health, start_threads)
     tally, page_errors = Tally(), []
     deadline = time.monotonic() + seconds
     browser_thread = None
@@ -122,9 +131,13 @@ def run(url: str, model: str, health: Any, streams: int, browsers: int, seconds:
     started = time.monotonic()
     peak = {"waiting": 0}
 
+    rss: list[tuple[float, int]] = []  # (seconds into the load, RSS): does growth level off or go on?
+
     async def watch() -> None:
         while time.monotonic() < deadline:
-            peak["waiting"] = max(peak["waiting"], health()["queue_waiting"])
+            state = health()
+            peak["waiting"] = max(peak["waiting"], state["queue_waiting"])
+            rss.append((time.monotonic() - started, state["rss_bytes"]))
             await asyncio.sleep(0.5)
 
     async def both() -> None:
@@ -134,7 +147,8 @@ def run(url: str, model: str, health: Any, streams: int, browsers: int, seconds:
     if browser_thread is not None:
         browser_thread.join()
     elapsed = time.monotonic() - started
-    end = _wait_idle(health)
+    _wait_idle(health)
+    end = _settled(health, rest["threads"])
     return {"streams": streams, "browsers": browsers, "seconds": round(elapsed, 1),
             "answered": tally.answered, "refused_503": tally.refused_503, "failed": len(tally.failed),
             "failures": tally.failed[:5] + page_errors[:5], "browser_replies": tally.browser_replies,
@@ -142,6 +156,8 @@ def run(url: str, model: str, health: Any, streams: int, browsers: int, seconds:
             "peak_queue": peak["waiting"], "queue_end": end["queue_waiting"], "active_end": end["active"],
             "rss_warm_mib": round(rest["rss_bytes"] / 2**20, 1), "rss_end_mib": round(end["rss_bytes"] / 2**20, 1),
             "rss_growth": round(end["rss_bytes"] / rest["rss_bytes"] - 1, 4),
+            "rss_by_quarter_mib": [round(max(b for t, b in rss if t <= elapsed * q / 4) / 2**20, 1)
+                                   for q in (1, 2, 3, 4) if any(t <= elapsed * q / 4 for t, _ in rss)],
             "threads_rest": rest["threads"], "threads_end": end["threads"]}
 
 
@@ -157,6 +173,17 @@ def _wait_idle(health: Any, timeout: float = 120.0) -> dict[str, Any]:
         time.sleep(0.1)
 
 
+def _settled(health: Any, threads: int, timeout: float = 60.0) -> dict[str, Any]:
+    """The counters once the thread count is back to `threads` (the API's worker pool lets idle threads
+    go after a few seconds), or after `timeout`: a count still above it then is a leak."""
+    deadline = time.monotonic() + timeout
+    state = health()
+    while state["threads"] > threads and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = health()
+    return state
+
+
 def table(figures: dict[str, Any], error_lines: int) -> str:
     rows = [("API streams / browser sessions", f"{figures['streams']} / {figures['browsers']}"),
             ("load duration (s)", figures["seconds"]),
@@ -168,7 +195,8 @@ def table(figures: dict[str, Any], error_lines: int) -> str:
             ("longest queue seen / at the end", f"{figures['peak_queue']} / {figures['queue_end']}"),
             ("RSS after warm-up → end (MiB)", f"{figures['rss_warm_mib']} → {figures['rss_end_mib']} "
                                               f"({figures['rss_growth'] * 100:+.1f}%)"),
-            ("threads at rest before → after", f"{figures['threads_rest']} → {figures['threads_end']}"),
+            ("RSS peak by quarter of the load (MiB)", " / ".join(map(str, figures["rss_by_quarter_mib"]))),
+            ("threads at rest before → after (settled)", f"{figures['threads_rest']} → {figures['threads_end']}"),
             ("ERROR lines in the server log", error_lines)]
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
@@ -181,6 +209,7 @@ def main() -> int:
     parser.add_argument("--browsers", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--warmup-seconds", type=float, default=30.0, help="the same load, before the baseline")
     parser.add_argument("--max-queue", type=int, default=32, help="server's --max-queue (beyond it: 503)")
     parser.add_argument("--models-dir", default=str(ROOT / "models"))
     parser.add_argument("--model", default="parlour-demo")
@@ -192,7 +221,7 @@ def main() -> int:
     try:
         server.wait_until(lambda h: h["model"] is not None, timeout=180)
         figures = run(server.url, args.model, server.health, args.streams, args.browsers, args.seconds,
-                      args.max_tokens)
+                      args.max_tokens, args.warmup_seconds)
     finally:
         server.stop()
     errors = [line for line in server.log.read_text().splitlines() if " ERROR " in line or "Traceback" in line]

@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from modules.fileio import FileTooLarge, atomic_write_bytes, atomic_write_text, load_yaml, read_text_limited
+from modules.fileio import (FileTooLarge, atomic_write_bytes, atomic_write_text, load_yaml, read_text_limited,
+                            unusable_files)
 from modules.paths import UnsafeName, check_name, safe_child
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -235,13 +236,7 @@ class CharacterStore:
 
     def problems(self) -> dict[str, str]:
         """{name: why} for every character file that cannot be used; the others load as usual."""
-        found = {}
-        for name in self.names():
-            try:
-                self.load(name)
-            except CharacterError as exc:
-                found[name] = str(exc)
-        return found
+        return unusable_files(self.names(), self.load, CharacterError)
 
     def _path(self, name: str, suffix: str) -> Path:
         try:

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Literal, Protocol
 
 import yaml
 
-from modules.fileio import FileTooLarge, load_yaml, read_text_limited
+from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
 from modules.paths import UnsafeName, safe_child
 from modules.presets import Preset
 from modules.templates import ChatTemplate, TemplateError
@@ -307,13 +307,7 @@ class TemplateLibrary:
 
     def problems(self) -> dict[str, str]:
         """{name: why} for every template file that cannot be used; the others load as usual."""
-        found = {}
-        for name in self.names():
-            try:
-                self.load(name)
-            except TemplateError as exc:
-                found[name] = str(exc)
-        return found
+        return unusable_files(self.names(), self.load, TemplateError)
 
     def load(self, name: str) -> str:
         """The Jinja source of a template; TemplateError with the file name if it cannot be used."""

@@ -6,6 +6,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 import yaml
 
@@ -117,3 +118,16 @@ def read_yaml_mapping(path: Path, limit: int) -> dict:
     if not isinstance(data, dict):
         raise YamlFileError(f"the top level must be a mapping, not {type(data).__name__}")
     return data
+
+
+def unusable_files(names: Iterable[str], load: Callable[[str], object],
+                   error: type[Exception]) -> dict[str, str]:
+    """{name: why} for every name that `load` refuses with `error`: one broken file is reported by name
+    while the others load as usual (the stores' `problems()`)."""
+    found = {}
+    for name in names:
+        try:
+            load(name)
+        except error as exc:
+            found[name] = str(exc)
+    return found

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, os_reason, read_text_limited
+from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, os_reason, read_text_limited, unusable_files
 from modules.paths import UnsafeName, safe_child
 
 log = logging.getLogger(__name__)
@@ -393,13 +393,7 @@ class PresetStore:
 
     def problems(self) -> dict[str, str]:
         """{name: why} for every preset file that cannot be used; the others load as usual."""
-        found = {}
-        for name in self.names():
-            try:
-                self.load(name)
-            except PresetError as exc:
-                found[name] = str(exc)
-        return found
+        return unusable_files(self.names(), self.load, PresetError)
 
     def _path(self, name: str) -> Path:
         try:

@@ -373,7 +373,8 @@ class Responder:
         choices = []
         for job in self.plan.jobs:
             final = finals[job.index]
-            logprobs = await run_in_threadpool(self._score_whole, job, final.text)
+            logprobs = (await run_in_threadpool(self._score_whole, job, final.text)
+                        if self.plan.logprobs is not None else None)
             if self.chat:
                 choices.append({"index": job.index, "message": {"role": "assistant", "content": final.text},
                                 "logprobs": logprobs, "finish_reason": finish_reason(final)})
@@ -432,7 +433,7 @@ class Responder:
             for n, job in enumerate(self.plan.jobs):
                 updates = first_updates if n == 0 else self._run(job)
                 pending = [first] if n == 0 else []
-                scorer = await run_in_threadpool(self.plan.scorer, job)
+                scorer = await run_in_threadpool(self.plan.scorer, job) if self.plan.logprobs is not None else None
                 if self.chat:
                     yield chunk(job.index, None, None, role=True)
                 if job.echo:

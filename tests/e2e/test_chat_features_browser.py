@@ -76,9 +76,15 @@ def dummy_reply(page, text: str) -> None:
     """Put `text` on screen as a reply without the model (the 'Send dummy reply' button)."""
     page.fill("#chat-input textarea", text)
     page.click("#dummy-reply")
-    # wait for this very text (a count of bubbles taken before could come from the chat being replaced)
-    page.wait_for_function("(t) => [...document.querySelectorAll('#chatbot [data-testid=bot]')]"
-                           ".some(b => b.textContent.includes(t))", arg=text.split("$")[0].strip()[:12])
+    wait_for_bubble(page, "bot", text.split("$")[0].strip()[:12])
+
+
+def wait_for_bubble(page, role: str, text: str) -> None:
+    """Wait for a `role` ("user" or "bot") message holding `text`: the event's own result, where a count
+    of bubbles taken before could come from a chat being replaced, and an idle check could pass before
+    the event started."""
+    page.wait_for_function("([role, t]) => [...document.querySelectorAll(`#chatbot [data-testid=${role}]`)]"
+                           ".some(b => b.textContent.includes(t))", arg=[role, text])
 
 
 def test_latex_renders_with_local_katex_and_stays_inert(browser, server):
@@ -111,6 +117,7 @@ def test_send_to_notebook_puts_the_next_prompt_in_the_notebook_tab(browser, serv
     new_chat(page)
     page.fill("#chat-input textarea", "earlier question")
     page.click("#dummy-message")
+    wait_for_bubble(page, "user", "earlier question")  # that event also clears the input box: wait for it
     dummy_reply(page, "earlier answer")
     page.fill("#chat-input textarea", "the pending question")  # typed, not sent: Send would add it
     page.get_by_text("Prompt settings").click()

@@ -68,6 +68,9 @@ class Settings(BaseModel):
     stream_fps: float = Field(20.0, gt=0, le=120, description="most UI updates per second while streaming")
     batch_size: int = Field(4, ge=1, le=64, description="requests the Transformers backend generates together "
                                                      "(shared forward passes; 1: one at a time through generate())")
+    stream_interval_ms: float = Field(10.0, ge=0, le=1000, description="API streaming: while tokens come faster "
+                                      "than this, they share a chunk (first text and end go at once; 0: a chunk "
+                                      "per token)")
     max_queue: int = Field(64, ge=1, le=10_000, description="most requests waiting for the model")
     admin_key: SecretStr | None = Field(None, description="key the API's model list/load/unload routes require "
                                                          "(Bearer); when unset they take --api-key like the rest")

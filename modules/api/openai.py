@@ -344,7 +344,8 @@ class Responder:
 
     async def _run(self, job: Job, final_only: bool = False) -> AsyncIterator[Update]:
         with self.callers.track(self.caller, job.request.cancel):
-            async for update in run_updates(self.app.pipeline, job.request, final_only):
+            interval = 0.0 if final_only else self.app.settings.stream_interval_ms / 1000
+            async for update in run_updates(self.app.pipeline, job.request, final_only, interval):
                 yield update
 
     async def _final(self, job: Job) -> Update | None:

@@ -28,6 +28,9 @@ class _Mailbox:
     The loop is woken once per batch of updates, not once per token: when it falls behind (a slow
     client, a busy machine) the waiting updates collapse into one whose `delta` is all their text,
     so the streaming side costs less exactly when CPU is short, and memory stays bounded.
+
+    `take(not_before)` also lets the reader pace itself: it holds text that arrives before that time
+    (merging it as above) but hands over an ending (finish reason, error, end) at once.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -36,6 +39,8 @@ class _Mailbox:
         self._update: Update | None = None
         self._tail: list[object] = []  # an exception and/or _END, delivered after the last update
         self._signalled = False
+        self._ending = False  # a final update, an error or _END is waiting
+        self._hold: asyncio.Future | None = None  # the reader's pause, cut short by an ending
         self.ready = asyncio.Event()
 
     def _signal(self) -> bool:
@@ -44,6 +49,7 @@ class _Mailbox:
         return need
 
     def put(self, item: object) -> None:
+        ending = not isinstance(item, Update) or item.finish_reason is not None
         with self._lock:
             if isinstance(item, Update):
                 if self._update is not None:
@@ -51,29 +57,63 @@ class _Mailbox:
                 self._update = item
             else:
                 self._tail.append(item)
+            self._ending = self._ending or ending
             need = self._signal()
-        if need:
-            try:
+            hold = self._hold if ending else None
+        try:
+            if need:
                 self._loop.call_soon_threadsafe(self.ready.set)
-            except RuntimeError:  # the loop has closed (server shutting down): nobody is listening
-                pass
+            if hold is not None:
+                self._loop.call_soon_threadsafe(_resolve, hold)
+        except RuntimeError:  # the loop has closed (server shutting down): nobody is listening
+            pass
 
-    async def take(self) -> tuple[Update | None, list[object]]:
+    async def take(self, not_before: float = 0.0) -> tuple[Update | None, list[object]]:
+        """What has arrived, once something has and the loop's clock has reached `not_before`."""
         await self.ready.wait()
+        delay = not_before - self._loop.time()
+        if delay > 0:
+            hold = self._loop.create_future()
+            with self._lock:
+                ending = self._ending
+                self._hold = None if ending else hold
+            if not ending:
+                timer = self._loop.call_later(delay, _resolve, hold)
+                try:
+                    await hold
+                finally:
+                    timer.cancel()
+                    with self._lock:
+                        self._hold = None
         with self._lock:
             self.ready.clear()
             self._signalled = False
+            self._ending = False
             update, self._update = self._update, None
             tail, self._tail = self._tail, []
         return update, tail
 
 
-async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only: bool = False) -> AsyncIterator[Update]:
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only: bool = False,
+                      interval: float = 0.0) -> AsyncIterator[Update]:
     """The pipeline's updates for `request`, produced in a worker thread. Closing this iterator
     (client gone, route done) cancels the generation. Errors (QueueFull, NoModel, ...) re-raise here.
     With `final_only` only the last update crosses to the event loop: a non-streaming reply needs
-    nothing else. Updates that pile up while the loop is busy arrive merged (see `_Mailbox`)."""
-    mailbox = _Mailbox(asyncio.get_running_loop())
+    nothing else. Updates that pile up while the loop is busy arrive merged (see `_Mailbox`).
+
+    `interval` (seconds) paces the text: after an update with text, the next one comes no sooner
+    than that (what arrives meanwhile is merged into it). The first text and the ending are never
+    held. Why: on a small machine each streamed chunk costs the event loop a wake-up and a socket
+    write, and the loop shares the GIL and the cores with the model; when tokens come faster than a
+    reader can see (hundreds a second) a chunk per few tokens keeps the model at full speed.
+    """
+    loop = asyncio.get_running_loop()
+    mailbox = _Mailbox(loop)
 
     def drive() -> None:
         updates = pipeline.stream(request)
@@ -92,11 +132,15 @@ async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only
             mailbox.put(_END)
 
     threading.Thread(target=drive, name="api-request", daemon=True).start()
+    not_before = 0.0
     try:
         while True:
-            update, tail = await mailbox.take()
+            update, tail = await mailbox.take(not_before)
             if update is not None:
+                handed = loop.time()
                 yield update
+                if interval and update.delta:
+                    not_before = handed + interval
             for item in tail:
                 if item is _END:
                     return

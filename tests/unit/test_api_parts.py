@@ -126,3 +126,64 @@ def test_mailbox_merges_updates_the_loop_has_not_taken_yet():
     first, tail, last, end = asyncio.run(scenario())
     assert (first.delta, first.text, first.tokens, tail) == ("abc", "abc", 3, [])
     assert (last.delta, last.finish_reason) == ("d", "stop") and end == [_END]
+
+
+def _paced(puts: list[tuple[float, object]], hold: float) -> tuple[object, list[object], float, float]:
+    """Put "a" and take it; then put `puts` (delay, item) from the loop while the next take holds until
+    `hold` seconds after the first. Returns (second update, its tail, time it came, its not_before)."""
+    from modules.api.runner import _Mailbox
+    from modules.generation import Update
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        box = _Mailbox(loop)
+        box.put(Update(text="a", delta="a", tokens=1))
+        await box.take()
+        not_before = loop.time() + hold
+        for delay, item in puts:
+            loop.call_later(delay, box.put, item)
+        update, tail = await asyncio.wait_for(box.take(not_before), timeout=30)
+        return update, tail, loop.time(), not_before
+
+    return asyncio.run(scenario())
+
+
+def test_paced_mailbox_holds_text_until_its_time_and_merges_what_came_meanwhile():
+    from modules.generation import Update
+
+    update, tail, came, not_before = _paced([(0.0, Update(text="ab", delta="b", tokens=2)),
+                                             (0.02, Update(text="abc", delta="c", tokens=3))], hold=0.1)
+    assert came >= not_before  # not handed over before its time, though "b" was there at once
+    assert (update.delta, update.text, update.tokens, tail) == ("bc", "abc", 3, [])
+
+
+def test_paced_mailbox_hands_over_an_ending_at_once():
+    from modules.api.runner import _END
+    from modules.generation import Update
+
+    update, tail, came, not_before = _paced([(0.0, Update(text="ab", delta="b", tokens=2)),
+                                             (0.01, Update(text="abc", delta="c", tokens=3, finish_reason="stop")),
+                                             (0.01, _END)], hold=60)
+    assert came < not_before  # the end cut the minute-long hold short
+    assert (update.delta, update.finish_reason) == ("bc", "stop")
+    update, tail, came, not_before = _paced([(0.0, Update(text="ab", delta="b", tokens=2)),
+                                             (0.01, RuntimeError("model gone"))], hold=60)
+    assert came < not_before and update.delta == "b" and isinstance(tail[0], RuntimeError)
+
+
+def test_gradio_queue_still_has_the_idle_poll_parlour_slows():
+    """server.calm_gradio_queue sets a Gradio attribute; if Gradio renames it, this fails (not silently)."""
+    import inspect
+
+    import gradio as gr
+    from gradio.queueing import Queue
+
+    import server
+
+    with gr.Blocks() as blocks:
+        gr.Textbox()
+    blocks.queue()
+    assert blocks._queue.sleep_when_free < server.QUEUE_POLL_SECONDS  # Gradio's own default (1 ms)
+    assert "self.sleep_when_free" in inspect.getsource(Queue.start_processing)
+    server.calm_gradio_queue(blocks)
+    assert blocks._queue.sleep_when_free == server.QUEUE_POLL_SECONDS

@@ -336,8 +336,9 @@ def resolve_seed(preset: Preset) -> Preset:
 
 
 def request_for(history: list[dict[str, str]], options: PromptOptions, preset: Preset,
-                cancel: threading.Event | None = None, user: str = "local"):
-    """A pipeline request whose prompt is built for whichever model holds the queue slot."""
+                cancel: threading.Event | None = None, user: str = "local", stop: tuple[str, ...] = ()):
+    """A pipeline request whose prompt is built for whichever model holds the queue slot.
+    `stop`: the caller's own stop strings (the API's `stop`), on top of the template's and the preset's."""
     from modules.generation import GenerationRequest
 
     def build(backend, hooks=None) -> ChatPrompt:
@@ -347,7 +348,7 @@ def request_for(history: list[dict[str, str]], options: PromptOptions, preset: P
     # A remote engine applies the model's own template itself: it gets the messages instead of text
     # when they say the same thing (engine_messages); local models always get the built text.
     # The callers (the Chat tab) ran the input hooks on the new message already: not twice.
-    return GenerationRequest(preset=preset, build=build, messages=engine_messages(history, options),
+    return GenerationRequest(preset=preset, build=build, messages=engine_messages(history, options), stop=stop,
                              cancel=cancel or threading.Event(), user=user, apply_input_hooks=False)
 
 

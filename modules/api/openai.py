@@ -260,10 +260,8 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     user = body.user or "api"
     options = prompt_options(app, body, user, continue_last)
     if options is not None:  # text-generation-webui's chat fields: built as the Chat tab builds a reply
-        jobs = [Job(request_for(messages, options, choice_seed(preset, i), user=user), index=i, prompt_index=0)
-                for i in range(body.n)]
-        for job in jobs:
-            job.request.stop = body.stop_strings()
+        jobs = [Job(request_for(messages, options, choice_seed(preset, i), user=user, stop=body.stop_strings()),
+                    index=i, prompt_index=0) for i in range(body.n)]
         template_param = ("instruction_template_str" if body.instruction_template_str else
                           "instruction_template" if body.instruction_template else "messages")
         jobs[0].truncated_turns = fit_built_chat(backend, jobs[0].request, body.truncate_prompt, template_param)

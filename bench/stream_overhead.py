@@ -171,7 +171,7 @@ def main() -> int:
     from modules.settings import Settings
 
     settings = Settings(models_dir=args.model.parent, threads=args.threads)
-    threads = settings.torch_threads()
+    threads = settings.cpu_threads().generate
     app = App.build(settings)
     backend = app.models.load(args.model.name)
     messages = [{"role": "user", "content": "Hello"}]

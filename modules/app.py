@@ -39,11 +39,12 @@ class App:
     def build(cls, settings: Settings) -> "App":
         import torch
 
-        torch.set_num_threads(settings.torch_threads())
+        threads = settings.cpu_threads()
+        torch.set_num_threads(threads.generate)
         # As many requests run at once as the loaded backend can batch (1 unless it says otherwise).
         queue = FairQueue(settings.max_queue, slots=lambda: getattr(models.current(), "max_concurrency", 1))
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
-                              threads=settings.torch_threads(), trust_remote_code=settings.trust_remote_code,
+                              threads=threads, trust_remote_code=settings.trust_remote_code,
                               batch_size=settings.batch_size, gate=queue.exclusive)
         extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
         presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")

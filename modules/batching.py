@@ -11,6 +11,9 @@ logits, and its own `torch.Generator` seeded from the request, so a seeded reply
 what else is in the batch. Each row has its own cancel Event, checked every step: a cancelled row
 stops within one token without disturbing the others.
 
+On the CPU a prefill runs on `threads.prompt` threads and each decode step on `threads.generate`
+(see `CpuThreads`): torch's thread count is process-wide, so the engine sets it around each prefill.
+
 Output protocol (the same as the generate() path's streamer): lists of new token ids, then `END`, or
 an exception, on the row's SimpleQueue.
 """
@@ -27,6 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from modules.presets import Preset
+from modules.settings import CpuThreads
 from modules.sampling import build_processors
 from modules.loaders.base import END
 
@@ -51,8 +55,10 @@ class BatchEngine:
     """Generates for up to `max_batch` requests at once on one causal LM."""
 
     def __init__(self, model: Any, eos_token_ids: Sequence[int], pad_token_id: int, max_batch: int,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", threads: CpuThreads | None = None) -> None:
         self.model = model
+        # thread counts only matter (and are only switched) when the model runs on the CPU
+        self.threads = threads if device == "cpu" and threads and threads.prompt != threads.generate else None
         self.eos_token_ids = tuple(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.max_batch = max_batch
@@ -122,8 +128,17 @@ class BatchEngine:
                         row.out.put(END)
                 rows, cache, mask = [], None, None
 
-    @torch.inference_mode()
     def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        if self.threads is None:
+            return self._encode(rows)
+        torch.set_num_threads(self.threads.prompt)
+        try:
+            return self._encode(rows)
+        finally:
+            torch.set_num_threads(self.threads.generate)
+
+    @torch.inference_mode()
+    def _encode(self, rows: list[_Row]) -> tuple[torch.Tensor, Any, torch.Tensor]:
         longest = max(len(r.ids) for r in rows)
         input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), longest), dtype=torch.long)

@@ -23,6 +23,7 @@ from modules.fileio import YamlFileError, atomic_write_text, read_yaml_mapping
 from modules.loaders.base import Backend, LoadError
 from modules.loaders.options import OPTIONS, LoaderName
 from modules.paths import UnsafeName, safe_child
+from modules.settings import CpuThreads
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -101,7 +102,7 @@ class ModelSettingsStore:
 
 
 class ModelManager:
-    def __init__(self, models_dir: Path, loras_dir: Path, offload_dir: Path, threads: int,
+    def __init__(self, models_dir: Path, loras_dir: Path, offload_dir: Path, threads: CpuThreads,
                  trust_remote_code: bool = False, batch_size: int = 1,
                  gate: Callable[[], ContextManager[None]] | None = None) -> None:
         self.models_dir = models_dir
@@ -191,11 +192,12 @@ class ModelManager:
             from modules.loaders.transformers import TransformersBackend
 
             return TransformersBackend(self.path_of(name), options, offload_dir=self.offload_dir,
-                                       trust_remote_code=self.trust_remote_code, batch_size=self.batch_size)
+                                       trust_remote_code=self.trust_remote_code, batch_size=self.batch_size,
+                                       threads=self.threads)
         if loader == "llama.cpp":
             from modules.loaders.llamacpp import LlamaCppBackend
 
-            return LlamaCppBackend(self.path_of(name), options, default_threads=self.threads)
+            return LlamaCppBackend(self.path_of(name), options, threads=self.threads)
         from modules.loaders.remote import RemoteBackend
 
         return RemoteBackend(name.removeprefix("remote:"), options)

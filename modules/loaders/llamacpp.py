@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from modules.loaders.base import Delta, Emit, LoadError, token_stream
 from modules.loaders.options import LlamaCppOptions
 from modules.presets import Preset
+from modules.settings import CpuThreads
 from modules.templates import CHATML, ChatTemplate
 
 # Preset key -> llama-cpp-python generate() argument (used when the Preset has the key).
@@ -50,7 +51,7 @@ class LlamaCppBackend:
     loader = "llama.cpp"
     supported_samplers = frozenset({"temperature", "seed", "max_new_tokens", "ban_eos_token", *SAMPLER_MAP})
 
-    def __init__(self, path: Path, options: LlamaCppOptions | None = None, default_threads: int | None = None) -> None:
+    def __init__(self, path: Path, options: LlamaCppOptions | None = None, threads: CpuThreads | None = None) -> None:
         options = options or LlamaCppOptions()
         try:
             from llama_cpp import Llama
@@ -63,7 +64,8 @@ class LlamaCppBackend:
         split = [float(x) for x in options.tensor_split.split(",")] if options.tensor_split else None
         try:
             self.llm = Llama(model_path=str(_gguf_file(path)), n_ctx=options.n_ctx, n_gpu_layers=options.n_gpu_layers,
-                             n_threads=options.threads or default_threads, n_batch=options.n_batch,
+                             n_threads=options.threads or (threads.generate if threads else None),
+                             n_threads_batch=threads.prompt if threads else None, n_batch=options.n_batch,
                              tensor_split=split, flash_attn=options.flash_attn, use_mmap=options.use_mmap,
                              use_mlock=options.use_mlock, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:

@@ -32,6 +32,7 @@ from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_t
 from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
 from modules.sampling import SUPPORTED_KEYS, ChainContext, build_processors
+from modules.settings import CpuThreads
 from modules.templates import CHATML, ChatTemplate
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class TransformersBackend:
     loader = "transformers"
 
     def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
-                 trust_remote_code: bool = False, batch_size: int = 1) -> None:
+                 trust_remote_code: bool = False, batch_size: int = 1, threads: CpuThreads | None = None) -> None:
         options = options or TransformersOptions()
         self.name = path.name
         self.path = path
@@ -245,9 +246,14 @@ class TransformersBackend:
         # Batched generation (--batch-size > 1): concurrent requests share forward passes; the pipeline's
         # queue lets `max_concurrency` requests in at once.
         self.max_concurrency = batch_size
+        self.threads = threads
         self.engine: BatchEngine | None = None
         if batch_size > 1:
-            self.engine = BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), batch_size, self.device)
+            self.engine = self._new_engine()
+
+    def _new_engine(self) -> BatchEngine:
+        return BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), self.max_concurrency, self.device,
+                           threads=self.threads)
 
     def _pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_token_ids or (0,))[0]
@@ -399,8 +405,7 @@ class TransformersBackend:
         self.loras = tuple(p.name for p in paths)
         if self.engine is not None:  # the batch engine must run the model with its new adapters
             self.engine.close()
-            self.engine = BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), self.max_concurrency,
-                                      self.device)
+            self.engine = self._new_engine()
 
     def next_token_probabilities(self, prompt: str, top: int, preset: Preset | None = None) -> list[tuple[str, float]]:
         """The `top` most likely next tokens after `prompt` with their probabilities; with `preset`, after its

@@ -87,3 +87,34 @@ def test_cancelling_one_row_leaves_the_others_running(apps):
         assert rest[-1].finish_reason == "cancelled" and rest[-1].tokens < 1500
         assert other.result().text == run(single, "def", short).text
     assert first.tokens >= 1
+
+
+def test_prefill_uses_the_prompt_threads_and_steps_the_generate_threads(micro_backend):
+    """torch's thread count is process-wide: the engine raises it for each prefill and drops it back."""
+    import torch
+
+    from modules.batching import BatchEngine
+    from modules.loaders.base import END
+    from modules.settings import CpuThreads
+
+    seen: list[tuple[int, int]] = []  # (tokens in the forward pass, torch threads at the time)
+    model = micro_backend.model
+
+    def recording(**kwargs):
+        seen.append((kwargs["input_ids"].shape[1], torch.get_num_threads()))
+        return model(**kwargs)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    engine = BatchEngine(recording, micro_backend.eos_token_ids, 0, max_batch=2, threads=CpuThreads(generate=1, prompt=2))
+    try:
+        out = engine.submit(micro_backend.tokenize("def main():"), Preset(temperature=0, max_new_tokens=5,
+                                                                          ban_eos_token=True), 5, threading.Event())
+        tokens = [item for item in iter(out.get, END)]
+    finally:
+        engine.close()
+        torch.set_num_threads(before)
+    assert len(tokens) == 5
+    prefills = [threads for length, threads in seen if length > 1]
+    steps = [threads for length, threads in seen if length == 1]
+    assert prefills == [2] and steps == [1] * 4

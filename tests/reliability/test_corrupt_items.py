@@ -14,6 +14,7 @@ import pytest
 from modules.characters import CharacterError, CharacterStore
 from modules.chat import TemplateLibrary
 from modules.models import ModelError, ModelManager
+from modules.settings import CpuThreads
 from modules.presets import PresetError, PresetStore
 from modules.store import ChatStore, StoreError
 from modules.templates import TemplateError
@@ -147,7 +148,7 @@ def test_damaged_rows_are_reported_and_the_rest_opens(tmp_path, caplog):
 def test_unreadable_model_settings_file_does_not_block_loading(tmp_path, micro_path, caplog):
     models = tmp_path / "models"
     shutil.copytree(micro_path, models / "parlour-micro")
-    manager = ModelManager(models, tmp_path / "loras", tmp_path / "offload", threads=1)
+    manager = ModelManager(models, tmp_path / "loras", tmp_path / "offload", threads=CpuThreads(1, 1))
     (models / "config-user.yaml").write_bytes(BROKEN_YAML["bracket"])
     with caplog.at_level(logging.WARNING, logger="modules.models"):
         chosen, options = manager.resolve("parlour-micro", None, None)

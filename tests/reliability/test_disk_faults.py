@@ -16,6 +16,7 @@ import pytest
 
 from modules.characters import Character, CharacterError, CharacterStore, blank_png, png_with_text
 from modules.models import ModelError, ModelManager
+from modules.settings import CpuThreads
 from modules.presets import Preset, PresetError, PresetStore
 from modules.store import ChatStore, StoreError
 from tests.reliability.conftest import disk_full, read_only, snapshot
@@ -40,7 +41,7 @@ def make_world(root: Path) -> dict[str, Any]:
     (root / "models" / "fake-model").mkdir(parents=True)
     (root / "models" / "fake-model" / "config.json").write_text("{}")  # enough to be listed and resolved
     (root / "loras").mkdir()
-    models = ModelManager(root / "models", root / "loras", root / "user_data" / "offload", threads=1)
+    models = ModelManager(root / "models", root / "loras", root / "user_data" / "offload", threads=CpuThreads(1, 1))
     models.save_settings("fake-model", "transformers", {"dtype": "float32"})
     return {"presets": presets, "characters": characters, "models": models}
 

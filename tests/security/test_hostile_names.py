@@ -22,6 +22,7 @@ import pytest
 from modules.characters import Character, CharacterError, CharacterStore, blank_png, png_with_text
 from modules.chat import TemplateLibrary, resolve_options
 from modules.extensions import Extensions
+from modules.settings import CpuThreads
 from modules.models import ModelError, ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.store import ChatStore
@@ -113,7 +114,7 @@ def service_calls(dirs: dict[str, Path]) -> dict[str, tuple[Callable[[str], Any]
     presets = PresetStore(dirs["presets"], dirs["user_data"] / "model_presets.yaml")
     characters = CharacterStore(dirs["characters"])
     templates = TemplateLibrary(dirs["templates"])
-    models = ModelManager(dirs["models"], dirs["loras"], dirs["user_data"] / "offload", threads=1)
+    models = ModelManager(dirs["models"], dirs["loras"], dirs["user_data"] / "offload", threads=CpuThreads(1, 1))
     probe = _AdapterProbe()
 
     def loras(name: str) -> None:

@@ -102,3 +102,16 @@ def test_gradio_login_check_is_exact():
     check = auth_check(Settings(auth="ann:secret"))
     assert check("ann", "secret") and not check("ann", "Secret") and not check("bob", "secret")
     assert auth_check(Settings()) is None
+
+
+@pytest.mark.parametrize("cores, flags, expected", [
+    (2, {}, (1, 2)),  # two cores: one generates, the other serves HTTP; prompts use both
+    (8, {}, (7, 8)),
+    (1, {}, (1, 1)),
+    (8, {"threads": 3, "threads_batch": 5}, (3, 5)),
+])
+def test_cpu_threads_leave_a_core_while_generating_and_use_all_for_prompts(monkeypatch, cores, flags, expected):
+    from modules.settings import CpuThreads
+
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert Settings(**flags).cpu_threads() == CpuThreads(*expected)

@@ -1,14 +1,16 @@
 """API overhead and concurrency, in one run against the demo model.
 
-    python bench/api.py [--models-dir models] [--model parlour-demo] [--tokens 200] [--repeat 3]
+    python bench/api.py [--models-dir models] [--model parlour-demo] [--tokens 200] [--repeat 7]
 
 Measures, with the same prompt and greedy decoding (EOS banned, so every run makes exactly --tokens):
   raw      model.generate() in this process: tok/s, and the time to the first token (max_new_tokens=1)
   API      a real server process: non-streaming and streaming tok/s (ratio to raw), streaming time to
-           first token minus raw first-token time, latency of a 1-token request
+           first token minus raw first-token time, latency of a 1-token request; streaming again on a
+           second server with --stream-interval-ms 0 (a chunk per token), and chunks per streamed reply
   many     1/2/4/8 simultaneous requests: total time, aggregate tok/s, time relative to one request,
            batched (the default, --batch-size 4) and one at a time (--batch-size 1)
-Medians of --repeat runs. Builds the demo model first if it is missing (about 3 minutes).
+Medians of --repeat runs; API/raw ratios are medians of each API run against the raw runs
+right before and after it (the machine's speed drifts), with their range. Builds the demo model first if it is missing (about 3 minutes).
 Not run by CI: numbers depend on the machine; the table goes in the README.
 """
 
@@ -37,15 +39,14 @@ def median_of(repeat: int, measure) -> float:
 
 
 class Raw:
-    """Plain model.generate() in this process, on the server's thread count: the baseline."""
+    """Plain model.generate() in this process with torch's own thread count (every core): the baseline,
+    what a user gets from Transformers alone. (The server generates on one core fewer, see CpuThreads.)"""
 
     def __init__(self, path: Path) -> None:
         import torch
 
         from modules.loaders.transformers import TransformersBackend
-        from modules.settings import Settings
 
-        torch.set_num_threads(Settings().torch_threads())
         self.torch = torch
         self.backend = TransformersBackend(path)
         self.ids = torch.tensor([self.backend.tokenize(PROMPT)])
@@ -112,7 +113,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--model", default="parlour-demo")
     parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--port", type=int, default=7991)
     args = parser.parse_args()
     path = args.models_dir / args.model
@@ -125,44 +126,64 @@ def main() -> None:
     raw = Raw(path)
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(args.models_dir, args.model, args.port, Path(tmp))
+        # the same, sending a chunk per token (idle while the other is measured)
+        (Path(tmp) / "per-token").mkdir()
+        per_token = start_server(args.models_dir, args.model, args.port + 1, Path(tmp) / "per-token",
+                                 "--stream-interval-ms", "0")
         try:
             url = f"http://127.0.0.1:{args.port}/v1/completions"
+            url0 = f"http://127.0.0.1:{args.port + 1}/v1/completions"
             body = {"prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0, "ban_eos_token": True}
             post(url, {**body, "max_tokens": 8})  # warm up
+            post(url0, {**body, "max_tokens": 8})
             check = post(url, body)
             assert check["usage"]["completion_tokens"] == args.tokens, check["usage"]
-            # Interleaved, so a change in the machine's load hits raw and API alike.
-            raw_runs, api_runs, stream_runs, raw_firsts = [], [], [], []
+            # Interleaved, and each API run is compared with the raw runs just before and after it: the
+            # machine's speed drifts (other tenants), and a ratio of neighbours cancels the drift.
+            raw_runs, raw_firsts, runs = [raw.generate(args.tokens)], [], {"api": [], "stream": [], "stream0": []}
             for _ in range(args.repeat):
+                api = _timed(lambda: post(url, body))
+                streamed, streamed0 = stream(url, body), stream(url0, body)
                 raw_runs.append(raw.generate(args.tokens))
-                api_runs.append(_timed(lambda: post(url, body)))
-                stream_runs.append(stream(url, body))
+                baseline = (raw_runs[-2] + raw_runs[-1]) / 2
+                runs["api"].append((baseline / api, api))
+                runs["stream"].append((baseline / streamed[1], *streamed))
+                runs["stream0"].append((baseline / streamed0[1], *streamed0))
                 raw_firsts.extend(raw.generate(1) for _ in range(3))
             raw_tps = args.tokens / statistics.median(raw_runs)
             raw_first = statistics.median(raw_firsts)
-            api_seconds = statistics.median(api_runs)
-            stream_seconds = statistics.median(r[1] for r in stream_runs)
-            stream_first = statistics.median(r[0] for r in stream_runs)
+            stream_first = statistics.median(r[1] for r in runs["stream"])
+            chunks = statistics.median(r[3] for r in runs["stream"])
+            chunks0 = statistics.median(r[3] for r in runs["stream0"])
             one_token = median_of(args.repeat * 3, lambda: _timed(lambda: post(url, {**body, "max_tokens": 1})))
-            many = concurrency(url, body, args.tokens)
+            many = concurrency(url, body, args.tokens, args.repeat)
         finally:
-            server.terminate()
-            server.wait(timeout=20)
+            for proc in (server, per_token):
+                proc.terminate()
+                proc.wait(timeout=20)
         # the same requests against a server that takes them one at a time through generate()
         server = start_server(args.models_dir, args.model, args.port, Path(tmp), "--batch-size", "1")
         try:
             post(url, {**body, "max_tokens": 8})
-            serial = concurrency(url, body, args.tokens)
+            serial = concurrency(url, body, args.tokens, args.repeat)
         finally:
             server.terminate()
             server.wait(timeout=20)
 
-    api_tps = args.tokens / api_seconds
-    stream_tps = args.tokens / stream_seconds
+    def ratio(key: str, seconds_at: int) -> tuple[str, str]:
+        """tok/s (median) and the median ratio to raw with its range over the runs."""
+        ratios = [r[0] for r in runs[key]]
+        tps = args.tokens / statistics.median(r[seconds_at] for r in runs[key])
+        return f"{tps:.1f}", f"{statistics.median(ratios):.3f} x raw (runs {min(ratios):.2f}-{max(ratios):.2f})"
+
+    api, streamed, streamed0 = ratio("api", 1), ratio("stream", 2), ratio("stream0", 2)
     rows = [
         ("raw generate tok/s", f"{raw_tps:.1f}", ""),
-        ("API non-streaming tok/s", f"{api_tps:.1f}", f"{api_tps / raw_tps:.3f} x raw (target >= 0.97)"),
-        ("API streaming tok/s", f"{stream_tps:.1f}", f"{stream_tps / raw_tps:.3f} x raw (target >= 0.95)"),
+        ("API non-streaming tok/s", api[0], api[1] + " target >= 0.97"),
+        ("API streaming tok/s", streamed[0], streamed[1] + " target >= 0.95"),
+        ("  text chunks per streamed reply", f"{chunks:.0f}", "default --stream-interval-ms 10"),
+        ("API streaming, a chunk per token, tok/s", streamed0[0],
+         streamed0[1] + f" ({chunks0:.0f} chunks; --stream-interval-ms 0)"),
         ("raw first token (ms)", f"{raw_first * 1000:.1f}", ""),
         ("API streaming first token (ms)", f"{stream_first * 1000:.1f}",
          f"+{(stream_first - raw_first) * 1000:.1f} ms over raw (target <= 30)"),
@@ -181,16 +202,18 @@ def main() -> None:
         print(f"| {name:<{width}} | {value:>9} | {note}")
 
 
-def concurrency(url: str, body: dict, tokens: int) -> dict[int, float]:
-    """Total seconds for k simultaneous requests, k = 1, 2, 4, 8."""
-    many = {}
-    for k in (1, 2, 4, 8):
-        with concurrent.futures.ThreadPoolExecutor(k) as pool:
-            start = time.perf_counter()
-            results = list(pool.map(lambda _: post(url, body), range(k)))
-            many[k] = time.perf_counter() - start
-        assert all(r["usage"]["completion_tokens"] == tokens for r in results)
-    return many
+def concurrency(url: str, body: dict, tokens: int, repeat: int) -> dict[int, float]:
+    """Total seconds for k simultaneous requests, k = 1, 2, 4, 8: medians of `repeat` rounds, each
+    round measuring every k, so a change in the machine's load hits all of them alike."""
+    runs: dict[int, list[float]] = {k: [] for k in (1, 2, 4, 8)}
+    for _ in range(repeat):
+        for k in runs:
+            with concurrent.futures.ThreadPoolExecutor(k) as pool:
+                start = time.perf_counter()
+                results = list(pool.map(lambda _: post(url, body), range(k)))
+                runs[k].append(time.perf_counter() - start)
+            assert all(r["usage"]["completion_tokens"] == tokens for r in results)
+    return {k: statistics.median(seconds) for k, seconds in runs.items()}
 
 
 def _timed(fn) -> float:

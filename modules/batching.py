@@ -12,7 +12,8 @@ what else is in the batch. Each row has its own cancel Event, checked every step
 stops within one token without disturbing the others.
 
 On the CPU a prefill runs on `threads.prompt` threads and each decode step on `threads.generate`
-(see `CpuThreads`): torch's thread count is process-wide, so the engine sets it around each prefill.
+(see `CpuThreads`), or on what `ThreadTuner` chose: torch's thread count is process-wide, so the
+engine sets it before each forward pass that needs another count.
 
 Output protocol (the same as the generate() path's streamer): lists of new token ids, then `END`, or
 an exception, on the row's SimpleQueue.
@@ -21,9 +22,12 @@ an exception, on the row's SimpleQueue.
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import random
+import statistics
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -34,6 +38,46 @@ from modules.settings import CpuThreads
 from modules.sampling import build_processors
 from modules.loaders.base import END
 
+log = logging.getLogger(__name__)
+
+
+class ThreadTuner:
+    """Chooses between `fewer` and `more` threads for decode steps, from the engine's own steps.
+
+    Steps alternate in blocks between the two counts; once one batch size has `ROUNDS` blocks of
+    each, the fewer threads are kept unless the median step with more is `MARGIN` times faster.
+    Steps are compared only with steps of the same batch size (a step of 4 rows is slower than one
+    of 1 whatever the threads). Wall time is what counts: a thread count that makes the model fight
+    the server for a core shows up as slower steps.
+    """
+
+    BLOCK = 8
+    ROUNDS = 3
+    MARGIN = 1.05
+
+    def __init__(self, fewer: int, more: int) -> None:
+        self.fewer, self.more = fewer, more
+        self.chosen: int | None = None
+        self._steps = 0
+        self._seconds: dict[int, dict[int, list[float]]] = {}  # rows -> threads -> step seconds
+
+    def threads(self) -> int:
+        """The count for the next step."""
+        if self.chosen is not None:
+            return self.chosen
+        return self.fewer if (self._steps // self.BLOCK) % 2 == 0 else self.more
+
+    def record(self, threads: int, rows: int, seconds: float) -> None:
+        if self.chosen is not None:
+            return
+        self._steps += 1
+        samples = self._seconds.setdefault(rows, {self.fewer: [], self.more: []})
+        samples[threads].append(seconds)
+        if all(len(times) >= self.BLOCK * self.ROUNDS for times in samples.values()):
+            fewer, more = statistics.median(samples[self.fewer]), statistics.median(samples[self.more])
+            self.chosen = self.more if fewer > more * self.MARGIN else self.fewer
+            log.info("generating on %d CPU threads (a step on %d: %.2f ms, on %d: %.2f ms)", self.chosen,
+                     self.fewer, fewer * 1000, self.more, more * 1000)
 
 
 @dataclass
@@ -58,7 +102,11 @@ class BatchEngine:
                  device: str = "cpu", threads: CpuThreads | None = None) -> None:
         self.model = model
         # thread counts only matter (and are only switched) when the model runs on the CPU
-        self.threads = threads if device == "cpu" and threads and threads.prompt != threads.generate else None
+        self.threads = threads if device == "cpu" else None
+        self.tuner = (ThreadTuner(threads.generate - 1, threads.generate)
+                      if self.threads and threads.tune and threads.generate > 1 else None)
+        self._torch_threads = 0  # what this engine last set
+        self._last_step: tuple[float, int, int] | None = None  # (start, threads, rows) of the last decode step
         self.eos_token_ids = tuple(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.max_batch = max_batch
@@ -115,12 +163,13 @@ class BatchEngine:
                     self.largest_batch = max(self.largest_batch, len(rows))
                     if not rows:
                         continue
+                    self._last_step = None  # a prefill between two steps is not a step's time
                     logits, cache, mask = self._prefill(rows)
+                    self._sample(rows, logits)
                 else:
-                    logits, cache, mask = self._step(rows, cache, mask)
-                self._sample(rows, logits)
+                    cache, mask = self._decode(rows, cache, mask)
                 if all(r.done for r in rows):
-                    rows, cache, mask = [], None, None
+                    rows, cache, mask, self._last_step = [], None, None, None
             except BaseException as exc:  # handed to every reader in the batch; the engine carries on
                 for row in rows:
                     if not row.done:
@@ -128,14 +177,35 @@ class BatchEngine:
                         row.out.put(END)
                 rows, cache, mask = [], None, None
 
+    def _use_threads(self, count: int) -> None:
+        if count != self._torch_threads:
+            torch.set_num_threads(count)
+            self._torch_threads = count
+
     def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        if self.threads is not None:
+            self._use_threads(self.threads.prompt)
+        return self._encode(rows)
+
+    def _decode(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """One token for every row. For the tuner, a step lasts from its start to the next one's: the
+        whole loop, GIL waits included, is what a thread count costs or saves."""
+        if self.tuner is not None:
+            now = time.perf_counter()
+            if self._last_step is not None:
+                self.tuner.record(self._last_step[1], self._last_step[2], now - self._last_step[0])
+            self._last_step = (now, self.tuner.threads(), len(rows))
+        if self.threads is not None:
+            self._use_threads(self.tuner.threads() if self.tuner else self.threads.generate)
+        logits, cache, mask = self._step(rows, cache, mask)
+        self._sample(rows, logits)
+        return cache, mask
+
+    def generate_threads(self) -> int | None:
+        """The CPU threads decode steps use (None on a GPU, or while the tuner is still measuring)."""
         if self.threads is None:
-            return self._encode(rows)
-        torch.set_num_threads(self.threads.prompt)
-        try:
-            return self._encode(rows)
-        finally:
-            torch.set_num_threads(self.threads.generate)
+            return None
+        return self.tuner.chosen if self.tuner else self.threads.generate
 
     @torch.inference_mode()
     def _encode(self, rows: list[_Row]) -> tuple[torch.Tensor, Any, torch.Tensor]:

@@ -21,18 +21,20 @@ from modules.fileio import YamlFileError, load_yaml, read_yaml_mapping
 
 @dataclass(frozen=True)
 class CpuThreads:
-    """CPU threads for a local model, as llama.cpp splits them (n_threads / n_threads_batch).
+    """CPU threads for a local model, split as llama.cpp splits them (n_threads / n_threads_batch).
 
-    `prompt` while reading a prompt: big matrix products that use every core. `generate` while making
-    tokens one at a time: that is bound by memory speed, so fewer threads are as fast, and the core
-    left over serves HTTP, the event loop and the browser without taking the model's. Measured on
-    2 cores (demo model): generate() 1 thread = 1.03x 2 threads; through the API, streaming 0.98x raw
-    with 1 thread vs 0.95x with 2, and 4 batched requests 2.67x vs 2.47x one raw request's speed;
-    a 512-token prefill of the ~400M wide model takes 4.9 s on 1 thread, 2.8 s on 2.
+    `prompt` while reading a prompt: big matrix products that use every core (a 512-token prefill of
+    the ~400M wide model: 2.8 s on 2 threads, 4.9 s on 1). `generate` while making tokens one at a time.
+    Whether one thread fewer generates as fast depends on the model: on 2 cores a float32 model is
+    bound by memory (1 thread = 1.03x 2 threads, and the free core serves HTTP: API streaming 0.98x raw
+    vs 0.95x), a bfloat16 one by arithmetic (2 threads 1.64x faster than 1). So with `tune` the batch
+    engine tries `generate - 1` against `generate` on its own steps and keeps the fewer unless the
+    more are clearly faster (`modules.batching.ThreadTuner`).
     """
 
     generate: int
     prompt: int
+    tune: bool = False
 
 
 class Settings(BaseModel):
@@ -68,7 +70,8 @@ class Settings(BaseModel):
     idle_unload_minutes: float | None = Field(None, gt=0, description="unload the model after this many idle "
                                                                       "minutes; it reloads on the next request")
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads for generating tokens (default: "
-                                                              "all cores but one, at least 1)")
+                                "all cores on 1-2 core machines, else all but one; the batch engine then "
+                                "tries one fewer and keeps it if it is as fast)")
     threads_batch: int | None = Field(None, ge=1, le=512, description="CPU threads for reading prompts "
                                                                     "(default: all cores)")
     # files
@@ -165,7 +168,8 @@ class Settings(BaseModel):
 
     def cpu_threads(self) -> "CpuThreads":
         cores = os.cpu_count() or 1
-        return CpuThreads(generate=self.threads or max(1, cores - 1), prompt=self.threads_batch or cores)
+        return CpuThreads(generate=self.threads or (cores if cores <= 2 else cores - 1),
+                          prompt=self.threads_batch or cores, tune=self.threads is None)
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain values with secrets masked: safe to log or show."""

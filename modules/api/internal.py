@@ -136,6 +136,7 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
         engine = getattr(backend, "engine", None)
         return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
                 "largest_batch": engine.largest_batch if engine is not None else 1,
+                "generate_threads": engine.generate_threads() if engine is not None else None,
                 "queue_waiting": app.queue.waiting(), **app.pipeline.stats.snapshot(), **callers.snapshot()}
 
     return router

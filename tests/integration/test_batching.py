@@ -118,3 +118,38 @@ def test_prefill_uses_the_prompt_threads_and_steps_the_generate_threads(micro_ba
     prefills = [threads for length, threads in seen if length > 1]
     steps = [threads for length, threads in seen if length == 1]
     assert prefills == [2] and steps == [1] * 4
+
+
+def test_engine_tunes_generating_threads_on_its_own_steps(micro_backend):
+    """With `tune`, decode steps alternate between one thread fewer and the full count, then keep one."""
+    import torch
+
+    from modules.batching import BatchEngine, ThreadTuner
+    from modules.loaders.base import END
+    from modules.settings import CpuThreads
+
+    seen: list[int] = []  # torch threads at each one-token (decode) forward pass
+    model = micro_backend.model
+
+    def recording(**kwargs):
+        if kwargs["input_ids"].shape[1] == 1:
+            seen.append(torch.get_num_threads())
+        return model(**kwargs)
+
+    before = torch.get_num_threads()
+    engine = BatchEngine(recording, micro_backend.eos_token_ids, 0, max_batch=2,
+                         threads=CpuThreads(generate=2, prompt=2, tune=True))
+    steps = ThreadTuner.BLOCK * ThreadTuner.ROUNDS * 2 + 10
+    try:
+        assert engine.generate_threads() is None  # still measuring
+        out = engine.submit(micro_backend.tokenize("def main():"),
+                            Preset(temperature=0, max_new_tokens=steps + 1, ban_eos_token=True), steps + 1,
+                            threading.Event())
+        assert len(list(iter(out.get, END))) == steps + 1
+        chosen = engine.generate_threads()
+    finally:
+        engine.close()
+        torch.set_num_threads(before)
+    block = ThreadTuner.BLOCK
+    assert seen[:2 * block] == [1] * block + [2] * block
+    assert chosen in (1, 2) and seen[-5:] == [chosen] * 5

@@ -105,13 +105,50 @@ def test_gradio_login_check_is_exact():
 
 
 @pytest.mark.parametrize("cores, flags, expected", [
-    (2, {}, (1, 2)),  # two cores: one generates, the other serves HTTP; prompts use both
-    (8, {}, (7, 8)),
-    (1, {}, (1, 1)),
-    (8, {"threads": 3, "threads_batch": 5}, (3, 5)),
+    (2, {}, (2, 2, True)),  # two cores: both, and the batch engine tries one
+    (8, {}, (7, 8, True)),  # a core left to the server while generating; prompts use all
+    (1, {}, (1, 1, True)),
+    (8, {"threads": 3, "threads_batch": 5}, (3, 5, False)),  # the user's count is not second-guessed
 ])
-def test_cpu_threads_leave_a_core_while_generating_and_use_all_for_prompts(monkeypatch, cores, flags, expected):
+def test_cpu_threads_for_generating_and_for_prompts(monkeypatch, cores, flags, expected):
     from modules.settings import CpuThreads
 
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     assert Settings(**flags).cpu_threads() == CpuThreads(*expected)
+
+
+def _tune(step_ms: dict[int, float], rows: int = 1) -> tuple[int, list[int]]:
+    """Drive a ThreadTuner(1, 2) with fixed step times per thread count: (its choice, counts used)."""
+    from modules.batching import ThreadTuner
+
+    tuner = ThreadTuner(1, 2)
+    used = []
+    while tuner.chosen is None:
+        count = tuner.threads()
+        used.append(count)
+        tuner.record(count, rows, step_ms[count] / 1000)
+        assert len(used) < 1000
+    return tuner.chosen, used
+
+
+def test_thread_tuner_keeps_fewer_threads_unless_more_are_clearly_faster():
+    from modules.batching import ThreadTuner
+
+    assert _tune({1: 4.0, 2: 4.0})[0] == 1  # as fast (memory-bound): the core goes to the server
+    assert _tune({1: 4.1, 2: 4.0})[0] == 1  # within the margin
+    assert _tune({1: 6.6, 2: 4.0})[0] == 2  # arithmetic-bound (bfloat16 on 2 cores): 1.64x
+    chosen, used = _tune({1: 4.0, 2: 9.0})
+    block = ThreadTuner.BLOCK
+    assert used[:2 * block] == [1] * block + [2] * block  # alternating blocks until it decides
+    assert used.count(1) == used.count(2) == block * ThreadTuner.ROUNDS
+
+
+def test_thread_tuner_compares_steps_of_the_same_batch_size_only():
+    from modules.batching import ThreadTuner
+
+    tuner = ThreadTuner(1, 2)
+    # one thread on 1-row steps, two threads on 4-row steps: never comparable, so no choice
+    for _ in range(200):
+        count = tuner.threads()
+        tuner.record(count, 1 if count == 1 else 4, 0.004)
+    assert tuner.chosen is None

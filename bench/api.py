@@ -1,6 +1,6 @@
 """API overhead and concurrency, in one run against the demo model.
 
-    python bench/api.py [--models-dir models] [--model parlour-demo] [--tokens 200] [--repeat 7]
+    python bench/api.py [--models-dir models] [--model parlour-demo] [--tokens 200] [--repeat 15]
 
 Measures, with the same prompt and greedy decoding (EOS banned, so every run makes exactly --tokens):
   raw      model.generate() in this process: tok/s, and the time to the first token (max_new_tokens=1)
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--model", default="parlour-demo")
     parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--port", type=int, default=7991)
     args = parser.parse_args()
     path = args.models_dir / args.model

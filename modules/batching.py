@@ -175,7 +175,7 @@ class BatchEngine:
                     if not row.done:
                         row.out.put(exc)
                         row.out.put(END)
-                rows, cache, mask = [], None, None
+                rows, cache, mask, self._last_step = [], None, None, None
 
     def _use_threads(self, count: int) -> None:
         if count != self._torch_threads:
@@ -193,10 +193,12 @@ class BatchEngine:
         if self.tuner is not None:
             now = time.perf_counter()
             if self._last_step is not None:
-                self.tuner.record(self._last_step[1], self._last_step[2], now - self._last_step[0])
+                start, threads, batch = self._last_step
+                self.tuner.record(threads, batch, now - start)
             self._last_step = (now, self.tuner.threads(), len(rows))
-        if self.threads is not None:
-            self._use_threads(self.tuner.threads() if self.tuner else self.threads.generate)
+            self._use_threads(self._last_step[1])
+        elif self.threads is not None:
+            self._use_threads(self.threads.generate)
         logits, cache, mask = self._step(rows, cache, mask)
         self._sample(rows, logits)
         return cache, mask

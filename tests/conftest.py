@@ -16,17 +16,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modules.demo_model import build  # noqa: E402
+from tests.model_cache import cached_model  # noqa: E402
 
 DEMO_DIR = ROOT / "models" / "parlour-demo"
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    """A models/ folder holding an untrained micro Llama and a micro GPT-2 (built in seconds, no download)."""
+    """A models/ folder holding a barely trained micro Llama and a micro GPT-2 (no download; built once
+    and then copied from the cache, see tests/model_cache.py)."""
     folder = tmp_path_factory.mktemp("models")
-    build(folder / "parlour-micro", arch="llama", size_name="micro", progress=False)
-    build(folder / "parlour-micro-gpt2", arch="gpt2", size_name="micro", progress=False)
+    cached_model(folder / "parlour-micro", arch="llama", size_name="micro")
+    cached_model(folder / "parlour-micro-gpt2", arch="gpt2", size_name="micro")
     return folder
 
 

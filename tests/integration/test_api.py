@@ -566,9 +566,19 @@ def test_an_idle_connection_outlives_a_clients_keep_alive(server):
 
     request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
         for attempt in range(2):
             sock.sendall(request)
-            answer = sock.recv(65536)
-            assert answer.startswith(b"HTTP/1.1 200"), (attempt, answer[:100])
+            # a whole response: status line, headers, then exactly Content-Length bytes of body (one recv()
+            # may return part of it, and the next recv() would then read the old body as the new answer)
+            status = reader.readline()
+            assert status.startswith(b"HTTP/1.1 200"), (attempt, status[:100])
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            body = reader.read(length)
+            assert b'"status"' in body, (attempt, body[:100])
             if attempt == 0:
                 time.sleep(6)  # the idle time under test, not a wait for something to happen

@@ -14,7 +14,7 @@ from modules.characters import CharacterStore
 from modules.chat import TemplateLibrary
 from modules.extensions import Extensions
 from modules.generation import FairQueue, Pipeline
-from modules.models import ModelError, ModelManager, infer_loader
+from modules.models import ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
 from modules.store import ChatStore
@@ -69,12 +69,8 @@ class App:
         name = self.settings.model or self.models.default_model()
         if name is None:
             return None
-        loader = self.settings.loader
-        if loader is None:
-            try:
-                loader = "remote" if name.startswith("remote:") else infer_loader(self.models.path_of(name))
-            except ModelError:  # the load itself reports it, in the log and the Model tab
-                loader = None
+        # a bad name gets no loader here; the load itself reports it, in the log and the Model tab
+        loader = self.settings.loader or self.models.default_loader(name)
         options = self.settings.load_options(loader) if loader else {}
         self.models.load_in_background(name, loader, options)
         return name

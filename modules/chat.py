@@ -28,6 +28,7 @@ from typing import Any, Iterator, Literal, Protocol
 import yaml
 
 from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
+from modules.loaders import registry
 from modules.paths import UnsafeName, safe_child
 from modules.presets import Preset
 from modules.templates import ChatTemplate, TemplateError
@@ -79,6 +80,7 @@ class TokenCounter(Protocol):
     """What prompt building needs from a model: token counts, the context size, its own template."""
 
     chat_template: ChatTemplate | None
+    loader: str  # its capabilities are the registry's (modules/loaders/registry.py)
 
     @property
     def context_length(self) -> int: ...
@@ -99,7 +101,7 @@ def _template(backend: TokenCounter, options: PromptOptions) -> ChatTemplate:
     if options.instruction_template:
         return ChatTemplate(options.instruction_template)
     if backend.chat_template is None:
-        if getattr(backend, "loader", "") == "remote":
+        if registry.capabilities(backend).engine_templates:
             raise TemplateError("the remote engine applies its own template, so this turn (continue, impersonate, "
                                 "start reply with) cannot be written as text here: choose an instruction template")
         raise TemplateError("the model has no chat template: choose an instruction template")
@@ -342,7 +344,7 @@ def request_for(history: list[dict[str, str]], options: PromptOptions, preset: P
     from modules.generation import GenerationRequest
 
     def build(backend, hooks=None) -> ChatPrompt:
-        extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
+        extra = backend.template_vars()
         return build_chat_prompt(history, options, backend, preset.max_new_tokens, extra, hooks)
 
     # A remote engine applies the model's own template itself: it gets the messages instead of text

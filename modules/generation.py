@@ -293,7 +293,7 @@ class Pipeline:
             raise ValueError(f"{backend.name} has no chat template")
         if request.build is not None:
             return request.build(backend, None).text
-        extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
+        extra = backend.template_vars()
         messages = list(request.messages or [])
         if request.continue_last and messages and messages[-1]["role"] == "assistant":
             head = backend.chat_template.render(messages[:-1], add_generation_prompt=True, **extra)
@@ -339,7 +339,7 @@ class Pipeline:
         prompt = self.build_prompt(backend, chat_request)
         if not request.continue_last and ext.has("bot_prefix_modifier"):
             # The bot prefix is what the template's generation prompt adds (e.g. "<|im_start|>assistant\n").
-            extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
+            extra = backend.template_vars()
             bare = backend.chat_template.render(messages, add_generation_prompt=False, **extra)
             if prompt.startswith(bare):
                 prompt = bare + ext.bot_prefix(prompt[len(bare):], state)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from modules.loaders import registry
 from modules.presets import Preset
 from modules.sampling import ChainContext, build_chain
 
@@ -73,9 +74,8 @@ class Inspection:
 
 
 def _require(backend: Any) -> Inspectable:
-    needed = ("prompt_ids", "chain_context", "next_token_logits", "token_logprobs", "token_text", "tokenize")
-    if not all(hasattr(backend, m) for m in needed):
-        raise CannotInspect(f"the {getattr(backend, 'loader', 'loaded')} backend does not expose its logits")
+    if not registry.capabilities(backend).logits:
+        raise CannotInspect(f"the {backend.loader} loader does not expose its logits")
     return backend
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from pathlib import Path
@@ -20,14 +19,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from modules.fileio import YamlFileError, atomic_write_text, read_yaml_mapping
+from modules.loaders import registry
 from modules.loaders.base import Backend, LoadError
-from modules.loaders.options import OPTIONS, LoaderName
+from modules.loaders.registry import BuildContext, LoaderName
 from modules.paths import UnsafeName, safe_child
 from modules.settings import CpuThreads
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
-_SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 class ModelError(RuntimeError):
@@ -36,26 +35,6 @@ class ModelError(RuntimeError):
 
 class SettingsFileError(ModelError):
     """models/config-user.yaml as a whole cannot be read (not YAML, not a mapping, too large)."""
-
-
-def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
-
-
-def is_gguf(path: Path) -> bool:
-    """A GGUF file Parlour lists: split files only by their first part."""
-    if not (path.is_file() and path.suffix == ".gguf"):
-        return False
-    split = _SPLIT_GGUF.search(path.name)
-    return split is None or split.group(1) == "00001"
-
-
-def infer_loader(path: Path) -> LoaderName | None:
-    if is_gguf(path) or (path.is_dir() and any(is_gguf(p) for p in path.glob("*.gguf"))):
-        return "llama.cpp"
-    if is_hf_folder(path):
-        return "transformers"
-    return None
 
 
 class ModelSettings(BaseModel):
@@ -86,7 +65,7 @@ class ModelSettingsStore:
         try:
             saved = ModelSettings.model_validate(raw)
             if saved.loader:
-                OPTIONS[saved.loader].model_validate(saved.options)
+                registry.spec(saved.loader).options.model_validate(saved.options)
         except ValidationError as exc:
             raise ModelError(f"{self.path.name}, model {name!r}: {exc.errors()[0]['loc']}: "
                              f"{exc.errors()[0]['msg']}") from exc
@@ -129,7 +108,7 @@ class ModelManager:
         for path in sorted(self.models_dir.iterdir(), key=lambda p: p.name.lower()):
             if path.name.startswith(".") or path.name.endswith(".partial") or path.is_symlink():
                 continue
-            if infer_loader(path):
+            if registry.infer(path):
                 names.append(path.name)
         return names
 
@@ -153,7 +132,7 @@ class ModelManager:
             raise ModelError(f"bad model name: {exc}") from exc
         if not path.exists():
             raise ModelError(f"model {name!r} is not in {self.models_dir}")
-        if infer_loader(path) is None:
+        if registry.infer(path) is None:
             raise ModelError(f"{name!r} is not a model: no config.json and no .gguf file")
         return path
 
@@ -164,7 +143,8 @@ class ModelManager:
     def resolve(self, name: str, loader: str | None, options: dict[str, Any] | None) -> tuple[str, BaseModel]:
         """The loader and validated options for a load: explicit > saved per-model settings > inferred."""
         saved = ModelSettings()
-        if not name.startswith("remote:"):
+        by_name = registry.loader_for_name(name)
+        if by_name is None:
             try:
                 saved = self.saved.get(name)
             except SettingsFileError as exc:
@@ -172,35 +152,48 @@ class ModelManager:
                 # with the explicit (or default) options instead. (A bad entry for this model is still
                 # an error for this model.)
                 log.warning("ignoring saved settings: %s", exc)
-        if name.startswith("remote:"):
-            chosen = "remote"
+        if by_name is not None:
+            chosen = by_name
         else:
             path = self.path_of(name)  # always: an explicit loader must not skip the name check
-            chosen = loader or saved.loader or infer_loader(path)
-        if chosen not in OPTIONS:
-            raise ModelError(f"unknown loader {chosen!r}: choose one of {', '.join(OPTIONS)}")
+            chosen = loader or saved.loader or registry.infer(path)
+        try:
+            spec = registry.spec(chosen)
+        except registry.UnknownLoader as exc:
+            raise ModelError(str(exc)) from exc
         # Explicit options (command line, Model tab, API) win key by key over the saved ones.
         values = {**(saved.options if saved.loader == chosen else {}), **(options or {})}
         try:
-            return chosen, OPTIONS[chosen].model_validate(values)
+            return chosen, spec.options.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ModelError(f"{chosen} option {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
 
     def _build(self, name: str, loader: str, options: BaseModel) -> Backend:
-        if loader == "transformers":
-            from modules.loaders.transformers import TransformersBackend
+        spec = registry.spec(loader)
+        path = None if spec.name_prefix else self.path_of(name)
+        context = BuildContext(offload_dir=self.offload_dir, trust_remote_code=self.trust_remote_code,
+                               batch_size=self.batch_size, threads=self.threads)
+        return spec.build(name, path, options, context)
 
-            return TransformersBackend(self.path_of(name), options, offload_dir=self.offload_dir,
-                                       trust_remote_code=self.trust_remote_code, batch_size=self.batch_size,
-                                       threads=self.threads)
-        if loader == "llama.cpp":
-            from modules.loaders.llamacpp import LlamaCppBackend
+    def default_loader(self, name: str) -> str | None:
+        """The loader `name` would load with: its saved one, else what its name or files imply."""
+        by_name = registry.loader_for_name(name)
+        if by_name is not None:
+            return by_name
+        try:
+            return self.saved.get(name).loader or registry.infer(self.path_of(name))
+        except ModelError:
+            return None
 
-            return LlamaCppBackend(self.path_of(name), options, threads=self.threads)
-        from modules.loaders.remote import RemoteBackend
+    def remote_models(self, options: dict[str, Any]) -> list[str]:
+        """The models a remote engine offers, as names this manager loads (`remote:<id>`)."""
+        from modules.loaders.remote import list_remote_models
 
-        return RemoteBackend(name.removeprefix("remote:"), options)
+        try:
+            return [registry.REMOTE_PREFIX + model_id for model_id in list_remote_models(options)]
+        except LoadError as exc:
+            raise ModelError(str(exc)) from exc
 
     def load(self, name: str, loader: str | None = None, options: dict[str, Any] | None = None,
              progress: Progress | None = None) -> Backend:
@@ -244,8 +237,8 @@ class ModelManager:
         """Apply exactly these LoRAs from loras/ to the loaded Transformers model ([] removes all)."""
         with self._lock:
             backend = self._backend
-            if backend is None or not hasattr(backend, "set_loras"):
-                raise ModelError("LoRAs need a model loaded with the Transformers loader")
+            if backend is None or not registry.capabilities(backend).lora:
+                raise ModelError("LoRAs need a model loaded with a loader that applies them (Transformers)")
             paths = []
             for name in names:
                 try:

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from modules.loaders import registry
+
 MAX_TEXT_CHARS = 20_000_000
 
 
@@ -40,8 +42,8 @@ def perplexity(backend, text: str, max_length: int = 512, stride: int = 256,
     """(perplexity, scored tokens) of `text` under the backend's model."""
     import torch
 
-    if not hasattr(backend, "model"):
-        raise ValueError("perplexity needs a model loaded with the Transformers loader")
+    if not registry.capabilities(backend).perplexity:
+        raise ValueError(f"perplexity needs a model loaded with the Transformers loader, not {backend.loader}")
     if stride < 1 or max_length < 2 or stride > max_length:
         raise ValueError("need 1 <= stride <= max_length and max_length >= 2")
     max_length = min(max_length, backend.context_length)

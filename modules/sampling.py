@@ -508,7 +508,3 @@ def build_processors(preset: Preset, eos_token_ids: Sequence[int], device: str =
     base = context or ChainContext()
     ctx = ChainContext(**{**base.__dict__, "eos_token_ids": tuple(eos_token_ids), "device": device})
     return LogitsProcessorList(processor for name, processor in build_chain(preset, ctx) if name != "greedy")
-
-
-#: The Preset keys this chain implements: all of them (the Transformers backend's `supported_samplers`).
-SUPPORTED_KEYS = frozenset(Preset.model_fields)

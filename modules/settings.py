@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from modules.fileio import YamlFileError, load_yaml, read_yaml_mapping
+from modules.loaders import registry
+from modules.loaders.registry import LoaderName
 
 
 
@@ -51,8 +53,7 @@ class Settings(BaseModel):
                                                 "default: the only model there, if there is exactly one")
     models_dir: Path = Field(Path("models"), description="folder of models (Hugging Face folders, *.gguf files)")
     loras_dir: Path = Field(Path("loras"), description="folder of LoRA adapters (peft folders)")
-    loader: Literal["transformers", "llama.cpp", "remote"] | None = Field(
-        None, description="loader for --model (default: inferred from the files)")
+    loader: LoaderName | None = Field(None, description="loader for --model (default: inferred from the files)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
         None, description="Transformers: weights dtype (default auto)")
     device_map: Literal["auto", "cpu", "cuda"] | None = Field(
@@ -150,8 +151,7 @@ class Settings(BaseModel):
 
     def load_options(self, loader: str) -> dict[str, Any]:
         """The loader options given on the command line / settings file (only those set)."""
-        keys = {"transformers": ("dtype", "device_map", "load_in_8bit", "load_in_4bit"),
-                "llama.cpp": ("n_ctx", "n_gpu_layers"), "remote": ()}[loader]
+        keys = registry.spec(loader).settings_keys
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if loader == "remote" and self.remote_url:
             out["base_url"] = self.remote_url

@@ -17,6 +17,7 @@ from modules.api.errors import APIError
 from modules.api.openai import build_preset, caller_of, chat_plan, current_backend
 from modules.api.runner import CallerRequests
 from modules.api.schemas import ChatCompletionRequest, PresetFields
+from modules.loaders import registry
 from modules.models import ModelError
 
 MAX_TOP_LOGITS = 1000
@@ -58,7 +59,7 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
     @router.post("/decode")
     def decode(body: TokensBody) -> dict[str, Any]:
         backend = current_backend(app, None)
-        vocab = len(backend.tokenizer) if hasattr(backend, "tokenizer") else None
+        vocab = backend.vocab_size
         bad = next((i for i, t in enumerate(body.tokens) if t < 0 or (vocab is not None and t >= vocab)), None)
         if bad is not None:
             raise APIError(400, f"token id {body.tokens[bad]} is outside the vocabulary (0..{(vocab or 1) - 1})",
@@ -72,7 +73,7 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
     @router.post("/logits")
     def logits(body: LogitsBody) -> dict[str, Any]:
         backend = current_backend(app, body.model)
-        if not hasattr(backend, "next_token_probabilities"):
+        if not registry.capabilities(backend).logits:
             raise APIError(400, f"the {backend.loader} loader cannot report logits", code="unsupported")
         preset, _ = build_preset(app, body, None)
         pairs = backend.next_token_probabilities(body.prompt, body.top_logits, preset if body.use_samplers else None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from modules.loaders import registry
 from modules.presets import Preset
 
 MAX_TOP_LOGPROBS = 20
@@ -30,7 +31,7 @@ class TokenLogprob:
 
 
 def supports_logprobs(backend: Any) -> bool:
-    return hasattr(backend, "token_scorer")
+    return registry.capabilities(backend).logprobs
 
 
 class ReplyLogprobs:

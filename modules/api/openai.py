@@ -27,6 +27,7 @@ from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
 from modules.chat import ContextOverflow, request_for
 from modules.generation import GenerationRequest, NoModel, QueueFull, Update
+from modules.loaders import registry
 from modules.loaders.base import Backend
 from modules.presets import Preset, PresetError
 from modules.templates import TemplateError
@@ -112,8 +113,8 @@ def check_logit_bias(body: GenerationFields, backend: Backend) -> None:
     """Token ids in logit_bias must exist in this model's vocabulary (ranges are Preset's to check)."""
     if not body.logit_bias:
         return
-    vocab = getattr(getattr(getattr(backend, "model", None), "config", None), "vocab_size", None)
-    if vocab is None:
+    vocab = backend.vocab_size
+    if not registry.capabilities(backend).logit_bias or vocab is None:
         raise APIError(400, f"logit_bias is not supported by the {backend.loader} loader", param="logit_bias",
                        code="unsupported")
     bad = sorted(t for t in body.logit_bias if not 0 <= int(t) < vocab)

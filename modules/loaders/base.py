@@ -37,7 +37,7 @@ class GenerationHooks:
 
 
 class Backend(Protocol):
-    """A loaded model that can stream text. Implementations: loaders/transformers.py, ..."""
+    """A loaded model that can stream text. Implementations: one per loader in loaders/registry.py."""
 
     loader: str
     name: str
@@ -48,9 +48,14 @@ class Backend(Protocol):
     @property
     def context_length(self) -> int: ...
 
-    @property
-    def supported_samplers(self) -> frozenset[str]:
-        """The Preset keys this backend honours; the Parameters tab marks the others."""
+    #: token ids are 0..vocab_size-1 (None when the engine's tokenizer is not known here)
+    vocab_size: int | None
+
+    # What else a backend can do (logprobs, LoRA, logits, ...) is its loader's Capabilities in
+    # modules/loaders/registry.py: callers ask the registry, never probe the backend.
+
+    def template_vars(self) -> dict[str, Any]:
+        """Variables its chat template expects besides the messages (bos_token, eos_token, ...)."""
         ...
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:

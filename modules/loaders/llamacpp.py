@@ -14,7 +14,7 @@ Preset fields map to llama.cpp's own samplers where it has them:
 | seed | set_seed |
 | ban_eos_token | a logits processor that masks EOS |
 
-Other samplers (DRY, XTC, ...) are not applied by this loader (see `supported_samplers`).
+Other samplers (DRY, XTC, ...) are not applied by this loader (the registry's `LLAMACPP_SAMPLERS`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,11 @@ from typing import Any, Iterator
 
 from modules.loaders.base import Delta, Emit, LoadError, token_stream
 from modules.loaders.options import LlamaCppOptions
+from modules.loaders.registry import LLAMACPP_SAMPLER_ARGS, LLAMACPP_SAMPLERS
 from modules.presets import Preset
 from modules.settings import CpuThreads
 from modules.templates import CHATML, ChatTemplate
 
-# Preset key -> llama-cpp-python generate() argument (used when the Preset has the key).
-SAMPLER_MAP = {"top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "typical_p": "typical_p",
-               "repetition_penalty": "repeat_penalty", "frequency_penalty": "frequency_penalty",
-               "presence_penalty": "presence_penalty", "tfs": "tfs_z", "mirostat_mode": "mirostat_mode",
-               "mirostat_tau": "mirostat_tau", "mirostat_eta": "mirostat_eta"}
 
 
 def _gguf_file(path: Path) -> Path:
@@ -49,7 +45,6 @@ def _gguf_file(path: Path) -> Path:
 
 class LlamaCppBackend:
     loader = "llama.cpp"
-    supported_samplers = frozenset({"temperature", "seed", "max_new_tokens", "ban_eos_token", *SAMPLER_MAP})
 
     def __init__(self, path: Path, options: LlamaCppOptions | None = None, threads: CpuThreads | None = None) -> None:
         options = options or LlamaCppOptions()
@@ -83,6 +78,10 @@ class LlamaCppBackend:
     def context_length(self) -> int:
         return self.llm.n_ctx()
 
+    @property
+    def vocab_size(self) -> int:
+        return self.llm.n_vocab()
+
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
@@ -100,7 +99,7 @@ class LlamaCppBackend:
         max_new = max(1, min(preset.max_new_tokens, self.context_length - len(ids)))
         kwargs: dict[str, Any] = {"temp": preset.temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
                                   "repeat_penalty": 1.0}
-        for key, arg in SAMPLER_MAP.items():
+        for key, arg in LLAMACPP_SAMPLER_ARGS.items():
             if hasattr(preset, key):
                 kwargs[arg] = getattr(preset, key)
         if preset.ban_eos_token:
@@ -133,7 +132,7 @@ class LlamaCppBackend:
                 "dtype": "gguf", "device": "gpu" if self.options.n_gpu_layers else "cpu",
                 "context_length": self.context_length, "load_seconds": round(self.load_seconds, 2),
                 "chat_template": "model's own" if self.has_own_template else "ChatML (fallback)",
-                "samplers": sorted(self.supported_samplers)}
+                "samplers": sorted(LLAMACPP_SAMPLERS)}
 
     def unload(self) -> None:
         self.llm.close() if hasattr(self.llm, "close") else None

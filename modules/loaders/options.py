@@ -1,4 +1,4 @@
-"""Load options, one pydantic model per loader: the Model tab's controls, the API's `args` for
+"""Load options, one pydantic model per loader (the registry, modules/loaders/registry.py, names them): the Model tab's controls, the API's `args` for
 model/load, and `models/config-user.yaml` are all validated by these.
 
 `trust_remote_code` is deliberately absent: it runs code from the model folder, so it comes only
@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-
-LoaderName = Literal["transformers", "llama.cpp", "remote"]
 
 
 class _Options(BaseModel):
@@ -57,6 +55,3 @@ class RemoteOptions(_Options):
     api_key: SecretStr | None = Field(None, description="Bearer key for that server")
     timeout: float = Field(600.0, gt=0, le=86400, description="seconds to wait for a reply")
 
-
-OPTIONS: dict[str, type[_Options]] = {"transformers": TransformersOptions, "llama.cpp": LlamaCppOptions,
-                                       "remote": RemoteOptions}

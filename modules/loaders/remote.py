@@ -47,9 +47,7 @@ def _client(options: RemoteOptions) -> httpx.Client:
 
 
 def list_remote_models(values: dict[str, Any]) -> list[str]:
-    """Model ids the server's /models lists."""
-    from modules.models import ModelError
-
+    """Model ids the server's /models lists (LoadError when it cannot say)."""
     try:
         options = RemoteOptions.model_validate(values)
         with _client(options) as client:
@@ -57,7 +55,7 @@ def list_remote_models(values: dict[str, Any]) -> list[str]:
             response.raise_for_status()
             return [m["id"] for m in response.json()["data"]]
     except (httpx.HTTPError, KeyError, ValueError) as exc:
-        raise ModelError(f"could not list the remote server's models: {exc}") from exc
+        raise LoadError(f"could not list the remote server's models: {exc}") from exc
 
 
 def request_body(preset: Preset) -> dict[str, Any]:
@@ -80,6 +78,7 @@ class RemoteBackend:
     loader = "remote"
     chat_template = None  # the engine applies the model's own template
     stop_strings: tuple[str, ...] = ()
+    vocab_size = None  # the engine's tokenizer is not ours to know
 
     def __init__(self, model_id: str, options: RemoteOptions) -> None:
         self.name = f"remote:{model_id}"
@@ -117,6 +116,9 @@ class RemoteBackend:
 
     def detokenize(self, ids: list[int]) -> str:
         raise NotImplementedError("the remote backend works in text")
+
+    def template_vars(self) -> dict[str, Any]:
+        return {}
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
         body = {"model": self.model_id, "prompt": prompt, "stream": True, **request_body(preset)}

@@ -31,7 +31,7 @@ from modules.batching import BatchEngine
 from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
-from modules.sampling import SUPPORTED_KEYS, ChainContext, build_processors
+from modules.sampling import ChainContext, build_processors
 from modules.settings import CpuThreads
 from modules.templates import CHATML, ChatTemplate
 
@@ -269,9 +269,9 @@ class TransformersBackend:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @property
-    def supported_samplers(self) -> frozenset[str]:
-        """Preset keys this backend honours: every one (the whole chain in modules/sampling.py)."""
-        return SUPPORTED_KEYS
+    def vocab_size(self) -> int:
+        """Token ids run 0..vocab_size-1 (the embedding's rows; may exceed the tokenizer's own count)."""
+        return int(self.model.config.vocab_size)
 
     def prompt_ids(self, prompt: str, preset: Preset) -> list[int]:
         """The prompt's token ids as generation sees them: BOS per `add_bos_token`, then cut from the

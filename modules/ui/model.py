@@ -1,8 +1,9 @@
 """Model tab: pick a model (or a remote engine's model), choose the loader and its options, load,
 unload, reload, apply LoRAs, save per-model settings, download from the hub, evaluate perplexity.
 
-The option controls are generated from the pydantic option models in modules/loaders/options.py,
-so the tab, the API and models/config-user.yaml accept exactly the same things.
+The option controls are generated from each loader's options model in the loader registry
+(modules/loaders/registry.py), so the tab, the API and models/config-user.yaml accept exactly the same
+things. The tab imports no loader module: it asks the registry and the model manager.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from modules.app import App
-from modules.loaders.options import OPTIONS
-from modules.models import ModelError, infer_loader
+from modules.loaders.registry import LOADERS, REMOTE_PREFIX
+from modules.models import ModelError
+
+OPTIONS = {name: spec.options for name, spec in LOADERS.items()}
 
 
 def _control(loader: str, name: str, field: FieldInfo) -> gr.components.Component:
@@ -123,15 +126,14 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         if not name:
             return [gr.skip()] * (1 + len(groups) + len(all_controls))
         try:
-            chosen = "remote" if name.startswith("remote:") else infer_loader(app.models.path_of(name))
-            saved = app.models.saved.get(name)
+            saved = app.models.saved.get(name) if not name.startswith(REMOTE_PREFIX) else None
+            chosen = app.models.default_loader(name) or "transformers"
         except ModelError as exc:
             gr.Warning(str(exc))
             return [gr.skip()] * (1 + len(groups) + len(all_controls))
-        chosen = saved.loader or chosen
         values = []
         for loader_name, group in controls.items():
-            stored = saved.options if loader_name == chosen else {}
+            stored = saved.options if saved is not None and loader_name == chosen else {}
             values += [stored.get(key, OPTIONS[loader_name].model_fields[key].default) for key in group]
         values = ["" if isinstance(v, SecretStr) else v for v in values]
         return [chosen] + [gr.Group(visible=n == chosen) for n in groups] + values
@@ -177,14 +179,12 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         return f"Saved settings for **{name}** in {app.models.saved.path.name}."
 
     def on_fetch_remote() -> Any:
-        from modules.loaders.remote import list_remote_models
-
         try:
-            ids = list_remote_models(app.settings.load_options("remote"))
+            names = app.models.remote_models(app.settings.load_options("remote"))
         except ModelError as exc:
             gr.Warning(str(exc))
             return gr.skip()
-        return gr.Dropdown(choices=[f"remote:{i}" for i in ids])
+        return gr.Dropdown(choices=names)
 
     def on_loras(names: list[str] | None) -> tuple[str, str]:
         try:

@@ -16,6 +16,7 @@ import gradio as gr
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from modules.loaders import registry
 from modules.app import App
 from modules.presets import Preset, PresetError, field_group, field_text, field_text_kind, neutral_samplers
 
@@ -75,8 +76,8 @@ def control_value(name: str, value: Any) -> Any:
 def unsupported_keys(app: App) -> set[str]:
     """Preset keys the loaded backend ignores (none for Transformers; none when no model is loaded)."""
     backend = app.models.current()
-    supported = getattr(backend, "supported_samplers", None)
-    if backend is None or supported is None:
+    supported = registry.supported_samplers(backend) if backend is not None else None
+    if supported is None:
         return set()
     return set(Preset.model_fields) - set(supported)
 
@@ -119,7 +120,7 @@ def create_controls(app: App) -> ParameterControls:
                            label="Preset", elem_id="preset-dropdown", render=False, interactive=True)
     backend = app.models.current()
     off = unsupported_keys(app)
-    note = f" (not supported by {getattr(backend, 'loader', 'this backend')})"
+    note = f" (not supported by {backend.loader if backend is not None else 'this backend'})"
     controls = {name: _control(name, field, getattr(start, name), note if name in off else "")
                 for name, field in Preset.model_fields.items()}
     return ParameterControls(dropdown, controls, gr.Markdown(render=False, elem_id="preset-status"))
@@ -212,7 +213,7 @@ def render(app: App, params: ParameterControls) -> None:
         backend = app.models.current()
         remembered = model_default_choice(app)
         off = unsupported_keys(app)
-        loader = getattr(backend, "loader", "")
+        loader = backend.loader if backend is not None else ""
         marks = [gr.update(label=name + (f" (not supported by {loader})" if name in off else ""),
                            interactive=name not in off) for name in params.controls]
         chosen = gr.Dropdown(choices=names, value=remembered) if remembered in names else gr.Dropdown(choices=names)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from modules.generation import GenerationRequest
-from modules.models import ModelError, infer_loader
+from modules.loaders.registry import infer
+from modules.models import ModelError
 from modules.presets import Preset
 from tests.conftest import DEMO_DIR
 
@@ -75,7 +76,7 @@ def test_gguf_files_are_listed_by_first_part(own_models, make_app):
         (own_models / name).write_bytes(b"GGUF")
     app = make_app(models_dir=own_models)
     assert app.models.list() == ["big-00001-of-00002.gguf", "parlour-micro", "tiny.Q8_0.gguf"]
-    assert infer_loader(own_models / "tiny.Q8_0.gguf") == "llama.cpp"
+    assert infer(own_models / "tiny.Q8_0.gguf") == "llama.cpp"
 
 
 def make_lora(base_path, out):

@@ -36,6 +36,8 @@ STOPS = {"ChatML": "<|im_end|>", "Llama-3": "<|eot_id|>", "Mistral": "</s>", "Al
 class WordModel:
     """A stand-in model for fast tests: one token per whitespace-separated word."""
 
+    loader = "transformers"  # what the registry says about it: Parlour renders its template
+
     def __init__(self, context: int = 4096, template: str | None = CHATML) -> None:
         self.context_length = context
         self.chat_template = ChatTemplate(template) if template else None

@@ -5,7 +5,8 @@ import torch
 from pydantic import ValidationError
 
 from modules.loaders.base import LoadError
-from modules.loaders.options import OPTIONS, LlamaCppOptions, RemoteOptions, TransformersOptions
+from modules.loaders.options import LlamaCppOptions, RemoteOptions, TransformersOptions
+from modules.loaders.registry import LOADERS
 from modules.loaders.transformers import load_kwargs
 
 
@@ -63,7 +64,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
 
 
 def test_trust_remote_code_cannot_come_from_options():
-    for model in OPTIONS.values():
+    for model in (spec.options for spec in LOADERS.values()):
         assert "trust_remote_code" not in model.model_fields
         with pytest.raises(ValidationError):
             model(trust_remote_code=True)

@@ -3,6 +3,7 @@
 import gradio as gr
 import pytest
 
+from modules.loaders import registry
 from modules.presets import Preset, PresetError, PresetStore
 from modules.ui.parameters import ParameterControls, _control, control_value, create_controls, unsupported_keys
 
@@ -41,9 +42,9 @@ def test_bad_text_in_a_box_names_the_key():
 
 
 class _PartialBackend:
-    name = "remote-x"
-    loader = "remote"
-    supported_samplers = frozenset({"temperature", "top_p", "max_new_tokens"})
+    """Stands in for a loaded GGUF model: the registry says which samplers llama.cpp applies."""
+    name = "tiny.gguf"
+    loader = "llama.cpp"
 
 
 def test_samplers_the_backend_lacks_are_marked(make_app):
@@ -51,15 +52,16 @@ def test_samplers_the_backend_lacks_are_marked(make_app):
     assert unsupported_keys(app) == set()  # no model: nothing to mark
     app.models._backend = _PartialBackend()
     off = unsupported_keys(app)
-    assert "min_p" in off and "dry_multiplier" in off and "temperature" not in off
+    assert "xtc_probability" in off and "dry_multiplier" in off and "temperature" not in off and "min_p" not in off
     controls = create_controls(app).controls
-    assert "not supported by remote" in controls["min_p"].label and not controls["min_p"].interactive
+    assert "not supported by llama.cpp" in controls["dry_multiplier"].label
+    assert not controls["dry_multiplier"].interactive
     assert controls["temperature"].label == "temperature"
     app.models._backend = None
 
 
 def test_transformers_backend_supports_every_key(micro_backend):
-    assert micro_backend.supported_samplers == frozenset(Preset.model_fields)
+    assert registry.supported_samplers(micro_backend) is None  # None: every Preset key
 
 
 def test_per_model_default_preset(tmp_path, make_app):

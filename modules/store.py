@@ -12,6 +12,10 @@ loses at most the unflushed words; the half reply stays marked `complete = 0`.
 
 Every read takes the user: a chat that belongs to someone else is reported as not found, exactly
 like one that does not exist, so ids leak nothing.
+
+A message holds a turn's typed parts (modules/turns.py: text, reasoning, tool calls...) as JSON in
+`parts`; `content` is the turn's text, kept beside them for full-text search. The schema is
+versioned and upgraded at open by modules/migrations.py (forward only).
 """
 
 from __future__ import annotations
@@ -25,49 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    name TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL DEFAULT '',
-    description TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chats (
-    id INTEGER PRIMARY KEY,
-    user TEXT NOT NULL,
-    title TEXT NOT NULL DEFAULT '',
-    character TEXT NOT NULL DEFAULT '',
-    mode TEXT NOT NULL DEFAULT 'chat',
-    leaf_id INTEGER,
-    settings TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chats_by_user ON chats(user, updated DESC);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
-    parent_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL DEFAULT '',
-    meta TEXT NOT NULL DEFAULT '{}',
-    complete INTEGER NOT NULL DEFAULT 1,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_parent ON messages(chat_id, parent_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(content, content='messages', content_rowid='id');
-CREATE TRIGGER IF NOT EXISTS messages_ai AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_ad AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_au AFTER UPDATE OF content ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-END;
-"""
+from modules.migrations import NewerDatabase, migrate
+from modules.turns import Part, PartError, TextPart, Turn, dumps_parts, parts_from_json
 
 ROLES = ("system", "user", "assistant")
 log = logging.getLogger(__name__)
@@ -96,12 +59,17 @@ class StoredMessage:
     complete: bool
     created: float
     updated: float
+    #: the turn's typed parts; () for a row from before parts existed (then: one text part, `content`)
+    parts: tuple[Part, ...] = ()
     #: 1-based position among its versions (siblings with the same parent and role), and how many there are
     version: int = 1
     versions: int = 1
 
-    def as_turn(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_turn(self) -> Turn:
+        """The message as a Turn; an extension's reply footer rides along as a UI extra."""
+        parts = self.parts or (TextPart(self.content),)
+        extras = {"footer": self.meta["footer"]} if self.meta.get("footer") else {}
+        return Turn(self.role, parts, extras=extras)
 
 
 @dataclass
@@ -156,8 +124,8 @@ class ChatStore:
         try:
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
+                migrate(db)
+        except (sqlite3.DatabaseError, StoreError, NewerDatabase) as exc:
             raise StoreError(f"cannot open the chats database {self.db_path}: {exc}") from exc
 
     # -- connections ---------------------------------------------------------------------------
@@ -302,25 +270,34 @@ class ChatStore:
 
     @staticmethod
     def _message_unchecked(row: sqlite3.Row) -> StoredMessage:
+        try:
+            parts = parts_from_json(json.loads(row["parts"] or "[]"))
+        except (PartError, TypeError, ValueError) as exc:  # the text in `content` still shows
+            log.warning("message %s of chat %s: unreadable parts (%s); showing its text", row["id"], row["chat_id"], exc)
+            parts = ()
         return StoredMessage(id=row["id"], chat_id=row["chat_id"], parent_id=row["parent_id"],
                              role=_text(row["role"]), content=_text(row["content"]), meta=_meta(row["meta"]),
                              complete=bool(row["complete"]), created=float(row["created"] or 0),
-                             updated=float(row["updated"] or 0))
+                             updated=float(row["updated"] or 0), parts=parts)
 
-    def add_message(self, user: str, chat_id: int, role: str, content: str,
+    def add_message(self, user: str, chat_id: int, role: str, content: str | Turn,
                     parent_id: int | None | Literal["leaf"] = "leaf", meta: dict[str, Any] | None = None, complete: bool = True) -> int:
-        """Append a message under `parent_id` (default: the chat's current leaf); it becomes the new leaf."""
+        """Append a message (text, or a Turn's parts) under `parent_id` (default: the chat's current
+        leaf); it becomes the new leaf."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        parts = content.parts if isinstance(content, Turn) else (TextPart(content),)
+        content = Turn(role, parts).text
         now = time.time()
         with self._write() as db:
             chat = self._chat_row(db, user, chat_id)
             parent = chat["leaf_id"] if parent_id == "leaf" else parent_id
             if parent is not None:
                 self._message_row(db, chat_id, parent)
-            cur = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, meta, complete, created, "
-                             "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (chat_id, parent, role, content, json.dumps(meta or {}), int(complete), now, now))
+            cur = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, parts, meta, complete, created, "
+                             "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (chat_id, parent, role, content, dumps_parts(parts), json.dumps(meta or {}),
+                              int(complete), now, now))
             mid = int(cur.lastrowid)
             first_line = content.strip().splitlines()[0][:60] if role == "user" and content.strip() else ""
             title = chat["title"] or first_line
@@ -335,14 +312,19 @@ class ChatStore:
         return row
 
     def update_message(self, user: str, chat_id: int, message_id: int, content: str | None = None,
-                       meta: dict[str, Any] | None = None, complete: bool | None = None) -> None:
-        """Change a message's text (edit, streaming flush), metadata (merged) or completeness."""
+                       meta: dict[str, Any] | None = None, complete: bool | None = None,
+                       parts: tuple[Part, ...] | None = None) -> None:
+        """Change a message's parts (a streaming flush), only its words (`content`: an edit keeps the
+        reasoning and tool parts), its metadata (merged) or its completeness."""
         with self._write() as db:
             self._chat_row(db, user, chat_id)
             row = self._message_row(db, chat_id, message_id)
             now = time.time()
-            if content is not None:
-                db.execute("UPDATE messages SET content = ?, updated = ? WHERE id = ?", (content, now, message_id))
+            if content is not None and parts is None:
+                parts = self._message(row).as_turn().with_text(content).parts
+            if parts is not None:
+                db.execute("UPDATE messages SET content = ?, parts = ?, updated = ? WHERE id = ?",
+                           (Turn(row["role"], parts).text, dumps_parts(parts), now, message_id))
             if meta is not None:
                 db.execute("UPDATE messages SET meta = ? WHERE id = ?",
                            (json.dumps({**_meta(row["meta"]), **meta}), message_id))
@@ -441,10 +423,10 @@ class ChatStore:
             new_id = int(cur.lastrowid)
             parent = None
             for msg in path:
-                parent = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, meta, complete, created, "
-                                    "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                    (new_id, parent, msg.role, msg.content, json.dumps(msg.meta), int(msg.complete),
-                                     msg.created, msg.updated)).lastrowid
+                parent = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, parts, meta, complete, "
+                                    "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    (new_id, parent, msg.role, msg.content, dumps_parts(msg.as_turn().parts),
+                                     json.dumps(msg.meta), int(msg.complete), msg.created, msg.updated)).lastrowid
             db.execute("UPDATE chats SET leaf_id = ? WHERE id = ?", (parent, new_id))
         return new_id
 
@@ -474,15 +456,17 @@ class ChatStore:
 
     # -- export / import -----------------------------------------------------------------------
     def export_chat(self, user: str, chat_id: int) -> dict[str, Any]:
-        """The whole tree as JSON-able data (format `parlour-chat`, version 1)."""
+        """The whole tree as JSON-able data (format `parlour-chat`, version 2: each message's typed `parts`
+        beside its `content` text, which version-1 readers use)."""
         info = self.chat(user, chat_id)
         with self._connect() as db:
             rows = db.execute("SELECT * FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)).fetchall()
         messages = [self._message(r) for r in rows]
-        return {"format": "parlour-chat", "version": 1, "title": info.title, "character": info.character,
+        return {"format": "parlour-chat", "version": 2, "title": info.title, "character": info.character,
                 "mode": info.mode, "created": info.created, "leaf": info.leaf_id, "settings": info.settings,
                 "messages": [{"id": m.id, "parent": m.parent_id, "role": m.role, "content": m.content,
-                              "meta": m.meta, "complete": m.complete, "created": m.created} for m in messages]}
+                              "parts": m.as_turn().to_json()["parts"], "meta": m.meta, "complete": m.complete,
+                              "created": m.created} for m in messages]}
 
     def import_chat(self, user: str, data: dict[str, Any]) -> int:
         """A new chat from `export_chat` data or text-generation-webui's history JSON."""
@@ -517,6 +501,13 @@ class ChatStore:
         for m in messages:
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise ValueError("chat file: every message needs a role (system/user/assistant) and text content")
+        parts_of: dict[int, tuple[Part, ...]] = {}
+        for n, m in enumerate(messages):  # version 2: typed parts; version 1 has only the text
+            if m.get("parts") is not None:
+                try:
+                    parts_of[n] = parts_from_json(m["parts"])
+                except PartError as exc:
+                    raise ValueError(f"chat file: message {m.get('id', n)}: {exc}") from exc
         now = time.time()
         with self._write() as db:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
@@ -525,24 +516,25 @@ class ChatStore:
                               str(data.get("mode") or "chat"), json.dumps(data.get("settings") or {}), now, now))
             chat_id = int(cur.lastrowid)
             new_ids: dict[Any, int] = {}
-            for m in messages:  # parents come before children in an export (ordered by id)
+            for n, m in enumerate(messages):  # parents come before children in an export (ordered by id)
                 parent = new_ids.get(m.get("parent")) if m.get("parent") is not None else None
                 if m.get("parent") is not None and parent is None:
                     raise ValueError(f"chat file: message {m.get('id')} names a parent that comes later or is missing")
+                parts = parts_of.get(n) or (TextPart(m["content"]),)
                 new_ids[m.get("id")] = int(db.execute(
-                    "INSERT INTO messages(chat_id, parent_id, role, content, meta, complete, created, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (chat_id, parent, m["role"], m["content"], json.dumps(m.get("meta") or {}),
-                     int(bool(m.get("complete", True))), now, now)).lastrowid)
+                    "INSERT INTO messages(chat_id, parent_id, role, content, parts, meta, complete, created, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (chat_id, parent, m["role"], Turn(m["role"], parts).text, dumps_parts(parts),
+                     json.dumps(m.get("meta") or {}), int(bool(m.get("complete", True))), now, now)).lastrowid)
             leaf = new_ids.get(data.get("leaf"), list(new_ids.values())[-1] if new_ids else None)
             db.execute("UPDATE chats SET leaf_id = ? WHERE id = ?", (leaf, chat_id))
         return chat_id
 
 
 class ReplyWriter:
-    """Saves a streaming reply: the message row exists from the first token and grows as text arrives.
+    """Saves a streaming reply: the message row exists from the first token and grows as parts arrive.
 
-    `update(text, tokens)` writes only when `interval` seconds passed or `every_tokens` tokens arrived
+    `update(parts, tokens)` writes only when `interval` seconds passed or `every_tokens` tokens arrived
     since the last write, so the database sees a few writes a second, not one per token.
     """
 
@@ -554,17 +546,18 @@ class ReplyWriter:
         self._last_tokens = 0
         self._saved = None
 
-    def update(self, text: str, tokens: int) -> bool:
+    def update(self, parts: tuple[Part, ...], tokens: int) -> bool:
         """Flush if due; return whether it wrote."""
         if time.monotonic() - self._last_time < self.interval and tokens - self._last_tokens < self.every_tokens:
             return False
-        self.flush(text, tokens)
+        self.flush(parts, tokens)
         return True
 
-    def flush(self, text: str, tokens: int, meta: dict[str, Any] | None = None, complete: bool = False) -> None:
+    def flush(self, parts: tuple[Part, ...], tokens: int, meta: dict[str, Any] | None = None,
+              complete: bool = False) -> None:
         self.store.update_message(self.user, self.chat_id, self.message_id,
-                                  content=text if text != self._saved or complete else None,
+                                  parts=parts if parts != self._saved or complete else None,
                                   meta=meta, complete=complete)
-        self._saved = text
+        self._saved = parts
         self._last_time = time.monotonic()
         self._last_tokens = tokens

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from modules.fileio import YamlFileError, atomic_write_text, read_yaml_mapping
+from modules import reasoning
 from modules.loaders import registry
 from modules.loaders.base import Backend, LoadError
 from modules.loaders.registry import BuildContext, LoaderName
@@ -44,6 +45,8 @@ class ModelSettings(BaseModel):
     options: dict[str, Any] = {}
     preset: str | None = None
     template: str | None = None
+    #: reasoning markers (modules/reasoning.py): auto (None), off, think, gpt-oss, or {start, end}
+    reasoning: str | dict[str, str] | None = None
 
 
 class ModelSettingsStore:
@@ -66,9 +69,12 @@ class ModelSettingsStore:
             saved = ModelSettings.model_validate(raw)
             if saved.loader:
                 registry.spec(saved.loader).options.model_validate(saved.options)
+            reasoning.parse_setting(saved.reasoning)
         except ValidationError as exc:
             raise ModelError(f"{self.path.name}, model {name!r}: {exc.errors()[0]['loc']}: "
                              f"{exc.errors()[0]['msg']}") from exc
+        except reasoning.ReasoningSettingError as exc:
+            raise ModelError(f"{self.path.name}, model {name!r}: {exc}") from exc
         return saved
 
     def save(self, name: str, settings: ModelSettings) -> None:
@@ -176,6 +182,16 @@ class ModelManager:
                                batch_size=self.batch_size, threads=self.threads)
         return spec.build(name, path, options, context)
 
+    def _apply_saved_reasoning(self, name: str, backend: Backend) -> None:
+        """The per-model reasoning markers, over what the backend read from its template."""
+        try:
+            fmt = reasoning.parse_setting(self.saved.get(name).reasoning) if not registry.loader_for_name(name) else None
+        except ModelError as exc:  # reported when the settings are read for the load; markers stay auto
+            log.warning("%s", exc)
+            return
+        if fmt is not None:
+            backend.reasoning_format = fmt
+
     def default_loader(self, name: str) -> str | None:
         """The loader `name` would load with: its saved one, else what its name or files imply."""
         by_name = registry.loader_for_name(name)
@@ -210,6 +226,7 @@ class ModelManager:
                     raise ModelError(str(exc)) from exc
                 except MemoryError as exc:
                     raise ModelError(f"{name}: out of memory while loading") from exc
+                self._apply_saved_reasoning(name, backend)
                 say(0.9, "swapping the model in")
                 with self.gate():
                     old, self._backend = self._backend, backend
@@ -256,10 +273,18 @@ class ModelManager:
             return list(backend.loras)
 
     def save_settings(self, name: str, loader: str, options: dict[str, Any], preset: str | None = None,
-                      template: str | None = None) -> None:
+                      template: str | None = None, reasoning_setting: str | dict[str, str] | None = None) -> None:
         chosen, validated = self.resolve(name, loader, options)
+        try:
+            reasoning.parse_setting(reasoning_setting)
+        except reasoning.ReasoningSettingError as exc:
+            raise ModelError(str(exc)) from exc
         self.saved.save(name, ModelSettings(loader=chosen, options=validated.model_dump(mode="json", exclude_defaults=True),
-                                            preset=preset, template=template))
+                                            preset=preset, template=template, reasoning=reasoning_setting))
+        backend = self._backend
+        if backend is not None and backend.name == name:  # the loaded model follows at once
+            template_source = backend.chat_template.source if backend.chat_template else None
+            backend.reasoning_format = reasoning.detect(template_source, reasoning_setting)
 
     # ---- idle unload
     def unload_if_idle(self, idle_seconds: float) -> bool:

@@ -53,7 +53,8 @@ class _Mailbox:
         with self._lock:
             if isinstance(item, Update):
                 if self._update is not None:
-                    item = replace(item, delta=self._update.delta + item.delta)
+                    item = replace(item, delta=self._update.delta + item.delta,
+                                   reasoning_delta=self._update.reasoning_delta + item.reasoning_delta)
                 self._update = item
             else:
                 self._tail.append(item)
@@ -139,7 +140,7 @@ async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only
             if update is not None:
                 handed = loop.time()
                 yield update
-                if interval and update.delta:
+                if interval and (update.delta or update.reasoning_delta):
                     not_before = handed + interval
             for item in tail:
                 if item is _END:

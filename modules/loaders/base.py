@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 from modules.presets import Preset
+from modules.reasoning import ReasoningFormat
 from modules.templates import ChatTemplate
 
 
@@ -18,6 +19,8 @@ class Delta:
     text: str
     tokens: int = 1
     finish_reason: str | None = None  # set on the last delta: "stop", "length" or "cancelled"
+    #: reasoning an engine returns apart from the text (vLLM's and DeepSeek's `reasoning_content`)
+    reasoning: str = ""
 
 
 class LoadError(RuntimeError):
@@ -44,6 +47,9 @@ class Backend(Protocol):
     chat_template: ChatTemplate | None
     #: strings that end a turn in this model's template (e.g. "<|im_end|>"), used as stop strings
     stop_strings: tuple[str, ...]
+    #: the markers of its reasoning blocks (modules/reasoning.py): read from its template at load, then
+    #: the per-model setting if there is one (the model manager sets it)
+    reasoning_format: ReasoningFormat
 
     @property
     def context_length(self) -> int: ...

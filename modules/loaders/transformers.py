@@ -29,6 +29,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from modules.batching import BatchEngine
 from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
+from modules import reasoning
 from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
 from modules.sampling import ChainContext, build_processors
@@ -240,6 +241,7 @@ class TransformersBackend:
         self.has_own_template = isinstance(template, str)
         self.chat_template: ChatTemplate | None = ChatTemplate(template if self.has_own_template else CHATML)
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
+        self.reasoning_format = reasoning.detect(template if self.has_own_template else None)
         self._last_logits: tuple[tuple[int, ...], torch.Tensor] | None = None  # see next_token_logits
         native = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
         self._ctx = options.context_length or native
@@ -355,7 +357,7 @@ class TransformersBackend:
             prompt_ids = input_ids[0].tolist()
             return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
                                                   context=self.chain_context(prompt_ids, preset, model)),
-                               cancel, self.detokenize, self.eos_token_ids, max_new)
+                               cancel, self._stream_decoder(preset), self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         neutral = _GREEDY_NEUTRAL if preset.greedy else NEUTRAL_GENERATION
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **neutral,
@@ -375,10 +377,28 @@ class TransformersBackend:
                                stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
                                streamer=_EmitStreamer(emit))
 
-        def decode(part: list[int]) -> str:
-            return self.tokenizer.decode(part, skip_special_tokens=preset.skip_special_tokens)
+        return token_stream(produce, cancel, self._stream_decoder(preset), self.eos_token_ids, max_new, self.name)
 
-        return token_stream(produce, cancel, decode, self.eos_token_ids, max_new, self.name)
+    def _stream_decoder(self, preset: Preset):
+        """How a reply's token ids become text: special tokens left out (skip_special_tokens), except
+        those that mark reasoning blocks (GPT-OSS's channel tokens are special), which the pipeline
+        needs to see to split the thinking from the answer."""
+        if not preset.skip_special_tokens:
+            return lambda part: self.tokenizer.decode(part, skip_special_tokens=False)
+        hidden = self._hidden_ids
+        return lambda part: self.tokenizer.decode([i for i in part if i not in hidden], skip_special_tokens=False)
+
+    @property
+    def reasoning_format(self) -> reasoning.ReasoningFormat:
+        return self._reasoning
+
+    @reasoning_format.setter
+    def reasoning_format(self, fmt: reasoning.ReasoningFormat) -> None:
+        self._reasoning = fmt
+        specials = set(self.tokenizer.all_special_ids)
+        specials |= {i for i, added in self.tokenizer.added_tokens_decoder.items() if added.special}
+        kept = {i for i in specials if self.tokenizer.convert_ids_to_tokens(i) in "".join(fmt.markers())}
+        self._hidden_ids = frozenset(specials - kept)
 
     def set_loras(self, paths: list[Path]) -> None:
         """Apply these LoRA adapters (several are concatenated), or remove all with []."""

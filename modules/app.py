@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modules.characters import CharacterStore
 from modules.chat import TemplateLibrary
@@ -18,6 +20,9 @@ from modules.models import ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
 from modules.store import ChatStore
+
+if TYPE_CHECKING:
+    from modules.conversation import ChatService
 
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
 
@@ -53,6 +58,13 @@ class App:
                    store=ChatStore(settings.user_data / "chats.sqlite"),
                    characters=CharacterStore(settings.characters_dir),
                    templates=TemplateLibrary(settings.instruction_templates_dir))
+
+    @cached_property
+    def chats(self) -> "ChatService":
+        """Every action on a chat (send, regenerate, edit, branch, ...): the Chat tab's logic, Gradio-free."""
+        from modules.conversation import ChatService
+
+        return ChatService(self)
 
     def unreadable_files(self) -> dict[str, str]:
         """{"preset NAME" / "character NAME" / "template NAME": why} for files in the user's folders that

@@ -18,14 +18,18 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any, Callable, Generator, Iterator, Protocol
 
 from pydantic import ValidationError
 
+from modules import reasoning
+from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state
 from modules.extensions import Extensions, history_to_messages, messages_to_history
+from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
 from modules.presets import Preset
+from modules.turns import Part, Turn, turns_from_messages
 
 log = logging.getLogger(__name__)
 
@@ -195,30 +199,64 @@ class PipelineStats:
 
 @dataclass
 class GenerationRequest:
-    """One generation: either raw `prompt` text (notebook) or chat `messages` for the template."""
+    """One generation: raw `prompt` text (notebook, /v1/completions), or a chat turn: `history` (Turns,
+    oldest first) and the `options` that shape its prompt (modules/chat.py builds it for whichever
+    model holds the queue slot, at the moment it does).
+
+    `messages` ({"role", "content"} dicts, as OpenAI clients send them) is a shorthand for a history
+    in instruct mode with the model's own template; `continue_last` for options that continue the last
+    (assistant) message. Both become `history`/`options` when the request is made."""
 
     preset: Preset
     prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
+    history: list[Turn] | None = None
+    options: PromptOptions | None = None
+    messages: InitVar[list[dict[str, Any]] | None] = None
+    continue_last: InitVar[bool] = False
+    #: variables for the chat template besides the messages (enable_thinking, reasoning_effort, ...)
+    template_vars: dict[str, Any] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
     user: str = "local"
-    #: the last message is a partial assistant reply to extend, not a finished turn
-    continue_last: bool = False
     #: extra values for extensions' `state` (chat mode, names, ...), over the preset's values
     state: dict[str, Any] = field(default_factory=dict)
-    #: False when the caller already ran chat_input_modifier / input_modifier on the new user message
+    #: False when the new user message must reach the model exactly as given (no input hooks)
     apply_input_hooks: bool = True
-    #: builds the prompt for the model that holds the slot (chat.build_chat_prompt), given the backend and
-    #: the extensions' ChatHooks: returns an object with text, stops, context_length and turns_dropped.
-    #: Used instead of `prompt`/`messages` when set, except for a backend without a local template
-    #: (remote engines), which gets `messages` if the request has them.
-    build: Callable[[Backend, "ChatHooks"], Any] | None = None
+    #: set by Pipeline.begin: the turn's state and input hooks ran; prepare() reuses them
+    begun: "TurnStart | None" = None
+
+    def __post_init__(self, messages: list[dict[str, Any]] | None, continue_last: bool) -> None:
+        if messages is not None:
+            self.history = turns_from_messages(messages)
+        if self.history is not None and self.options is None:
+            self.options = PromptOptions(mode="instruct", continue_last=continue_last)
+        elif continue_last and self.options is not None and not self.options.continue_last:
+            self.options = replace(self.options, continue_last=True)
+
+    @property
+    def is_chat(self) -> bool:
+        return self.prompt is None
+
+
+@dataclass(frozen=True)
+class TurnStart:
+    """What Pipeline.begin settled for a turn: the extensions' state, the preset they left, the history
+    with the new user message as the input hooks made it, and that message's visible form."""
+
+    state: dict[str, Any]
+    preset: Preset
+    history: list[Turn]
+    user_input: str = ""
+    visible_input: str = ""
 
 
 @dataclass
 class Update:
-    """What a reader sees: the full reply so far plus progress and, at the end, a finish reason."""
+    """What a reader sees: the reply so far plus progress and, at the end, a finish reason.
+
+    `text` is the answer (what the user reads); a reasoning model's thinking is in `reasoning` and,
+    in order with the answer, in `parts` (modules/turns.py). Raw-text requests (notebook, completions)
+    have no reasoning: their `text` is everything the model wrote."""
 
     text: str = ""
     delta: str = ""
@@ -236,13 +274,20 @@ class Update:
     #: the model's context, and how many oldest messages were dropped to fit it (0 when not truncated)
     context_length: int = 0
     turns_dropped: int = 0
+    #: the reasoning so far, and what this update added to it
+    reasoning: str = ""
+    reasoning_delta: str = ""
+    #: the model is inside a reasoning block right now (the UI keeps the block open)
+    thinking: bool = False
+    #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text)
+    parts: tuple[Part, ...] = ()
 
 
 @dataclass(frozen=True)
 class ChatHooks:
-    """The extensions' chat-prompt hooks, handed to a request's `build` (None where no extension has one)."""
+    """The extensions' chat-prompt hooks, handed to build_chat_prompt (None where no extension has one)."""
 
-    history: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None
+    history: Callable[[list[Turn]], list[Turn]] | None = None
     bot_prefix: Callable[[str], str] | None = None
 
 
@@ -262,6 +307,8 @@ class Prepared:
     stops: tuple[str, ...] = ()
     context_length: int = 0
     turns_dropped: int = 0
+    #: the prompt opened a reasoning block itself (the model writes only its end)
+    reasoning_inside: bool = False
 
 
 class ModelSource(Protocol):
@@ -276,6 +323,24 @@ class ModelSource(Protocol):
         ...
 
 
+def _history_hook(ext: Extensions) -> Callable[[list[Turn]], list[Turn]] | None:
+    """history_modifier on text-generation-webui's shape ({"internal": [[user, bot], ...]}). A turn it
+    gives back unchanged keeps its parts (reasoning); a changed one becomes plain text."""
+    if not ext.has("history_modifier"):
+        return None
+
+    def apply(turns: list[Turn]) -> list[Turn]:
+        plain = [{"role": t.role, "content": t.text} for t in turns]
+        changed = history_to_messages(ext.history(messages_to_history(plain)), [])
+        out = []
+        for i, message in enumerate(changed):
+            same = i < len(turns) and turns[i].role == message["role"] and turns[i].text == message["content"]
+            out.append(turns[i] if same else Turn.of(message["role"], message["content"]))
+        return [t for t in out if t.role in ("user", "assistant")]
+
+    return apply
+
+
 class Pipeline:
     """Turns requests into streamed updates through the loaded backend."""
 
@@ -285,83 +350,101 @@ class Pipeline:
         self.stats = PipelineStats()
         self.extensions = extensions if extensions is not None else Extensions(entry_points=False)
 
+    # -- the prompt side ----------------------------------------------------------------------------
+    def begin(self, request: GenerationRequest) -> GenerationRequest:
+        """Run what belongs to the turn rather than to the model, once: state_modifier on the full state,
+        then (for a new chat message) chat_input_modifier and input_modifier. The request that comes back
+        carries the result; prepare() reuses it, so a caller that must store the user's message as the
+        hooks made it (the Chat tab) calls this first and no hook runs twice."""
+        if request.begun is not None:
+            return request
+        ext = self.extensions
+        base = {**request.preset.model_dump(), "mode": "notebook", "user": request.user,
+                "custom_stopping_strings": list(request.stop) + list(request.preset.custom_stopping_strings)}
+        if request.is_chat:
+            base.update(options_state(request.options or PromptOptions(), request.history or []))
+        state = ext.state({**base, **request.state})
+        preset = _preset_from_state(request.preset, state)
+        history = list(request.history or [])
+        options = request.options or PromptOptions()
+        user_input = visible = ""
+        if not request.is_chat:
+            prompt = ext.input(request.prompt, state, is_chat=False) if request.apply_input_hooks else request.prompt
+            return replace(request, prompt=prompt, begun=TurnStart(state, preset, history, prompt, prompt))
+        new_turn = bool(history) and history[-1].role == "user" and not options.continue_last \
+            and not options.impersonate
+        if new_turn:
+            user_input = visible = history[-1].text
+            if request.apply_input_hooks:
+                user_input, visible = ext.chat_input(user_input, user_input, state)
+                user_input = ext.input(user_input, state, is_chat=True)
+                history[-1] = history[-1].with_text(user_input)
+        return replace(request, begun=TurnStart(state, preset, history, user_input, visible))
+
     def build_prompt(self, backend: Backend, request: GenerationRequest) -> str:
-        """The prompt text `request` gives this backend, before extension hooks (previews, checks)."""
-        if request.prompt is not None:
+        """The prompt text `request` gives this backend, without running any extension hook (previews,
+        checks). A request that was begun uses the history as the input hooks left it."""
+        if not request.is_chat:
             return request.prompt
+        return self.chat_prompt(backend, request).text
+
+    def chat_prompt(self, backend: Backend, request: GenerationRequest) -> ChatPrompt:
+        """The chat prompt as built for `backend` (with what truncation dropped), no hooks run."""
         if backend.chat_template is None:
             raise ValueError(f"{backend.name} has no chat template")
-        if request.build is not None:
-            return request.build(backend, None).text
-        extra = backend.template_vars()
-        messages = list(request.messages or [])
-        if request.continue_last and messages and messages[-1]["role"] == "assistant":
-            head = backend.chat_template.render(messages[:-1], add_generation_prompt=True, **extra)
-            return head + messages[-1]["content"]
-        return backend.chat_template.render(messages, add_generation_prompt=True, **extra)
+        history = request.begun.history if request.begun else list(request.history or [])
+        return self._build(backend, request, history, None)
+
+    def _build(self, backend: Backend, request: GenerationRequest, history: list[Turn],
+               hooks: ChatHooks | None) -> ChatPrompt:
+        extra = {**backend.template_vars(), **request.template_vars}
+        return build_chat_prompt(history, request.options or PromptOptions(), backend,
+                                 request.preset.max_new_tokens, extra, hooks)
 
     def prepare(self, backend: Backend, request: GenerationRequest) -> Prepared:
-        """Run the prompt-side extension hooks and build the prompt (text-generation-webui's order)."""
+        """Run the prompt-side extension hooks and build the prompt (text-generation-webui's order):
+        state_modifier, chat_input_modifier, input_modifier (in `begin`, once per turn), then
+        history_modifier, custom_generate_chat_prompt or the prompt, bot_prefix_modifier."""
+        start = self.begin(request).begun
+        assert start is not None
+        if not request.is_chat:
+            return Prepared(start.user_input, start.preset, start.state, start.user_input, False)
         ext = self.extensions
-        is_chat = request.prompt is None
-        state = ext.state({**request.preset.model_dump(), "mode": "chat" if is_chat else "notebook",
-                           "user": request.user,
-                           "custom_stopping_strings": list(request.stop) + list(request.preset.custom_stopping_strings),
-                           **request.state})
-        preset = _preset_from_state(request.preset, state)
-        if not is_chat:
-            prompt = ext.input(request.prompt, state, is_chat=False) if request.apply_input_hooks else request.prompt
-            return Prepared(prompt, preset, state, prompt, False)
-        if request.build is not None and not (backend.chat_template is None and request.messages is not None):
-            return self._prepare_built(backend, request, preset, state)
-        messages = [dict(m) for m in request.messages or []]
-        new_turn = bool(messages) and messages[-1]["role"] == "user" and not request.continue_last
-        if new_turn and request.apply_input_hooks:
-            text, _visible = ext.chat_input(messages[-1]["content"], messages[-1]["content"], state)
-            messages[-1]["content"] = ext.input(text, state, is_chat=True)
-        user_input = messages[-1]["content"] if new_turn else ""
-        lead = 0
-        while lead < len(messages) and messages[lead]["role"] == "system":
-            lead += 1
-        if ext.has("history_modifier"):
-            messages = history_to_messages(ext.history(messages_to_history(messages[lead:])), messages[:lead])
-        if ext.has("custom_generate_chat_prompt"):
-            past = messages_to_history(messages[lead:-1] if new_turn else messages[lead:])
-            prompt = ext.chat_prompt(user_input, {**state, "history": past}, history=past,
-                                     _continue=request.continue_last, impersonate=False)
+        options = request.options or PromptOptions()
+        state, history = start.state, start.history
+        history_hook = _history_hook(ext)
+        if history_hook is not None:  # system turns are not history: they stay as they are, in front
+            system = [t for t in history if t.role == "system"]
+            history = system + history_hook([t for t in history if t.role != "system"])
+        if ext.has("custom_generate_chat_prompt") and not options.impersonate:
+            new_turn = bool(start.user_input) or (bool(history) and history[-1].role == "user"
+                                                  and not options.continue_last)
+            past = [{"role": t.role, "content": t.text} for t in (history[:-1] if new_turn else history)]
+            old = messages_to_history(past)
+            prompt = ext.chat_prompt(start.user_input, {**state, "history": old}, history=old,
+                                     _continue=options.continue_last, impersonate=False)
             if prompt is not None:
-                return Prepared(prompt, preset, state, user_input, True)
-        if backend.chat_template is None:
-            # A remote engine applies the model's own template to the messages itself.
-            text = "\n".join(str(m.get("content", "")) for m in messages)
-            return Prepared(text, preset, state, user_input, True, messages=messages)
-        chat_request = replace(request, messages=messages)
-        prompt = self.build_prompt(backend, chat_request)
-        if not request.continue_last and ext.has("bot_prefix_modifier"):
-            # The bot prefix is what the template's generation prompt adds (e.g. "<|im_start|>assistant\n").
-            extra = backend.template_vars()
-            bare = backend.chat_template.render(messages, add_generation_prompt=False, **extra)
-            if prompt.startswith(bare):
-                prompt = bare + ext.bot_prefix(prompt[len(bare):], state)
-        return Prepared(prompt, preset, state, user_input, True)
-
-    def _prepare_built(self, backend: Backend, request: GenerationRequest, preset: Preset,
-                       state: dict[str, Any]) -> Prepared:
-        """A chat request whose prompt modules/chat.py builds (modes, characters, truncation); the
-        extensions' history and bot-prefix hooks run inside it, at the steps text-generation-webui has them."""
-        ext = self.extensions
-        hooks = ChatHooks(
-            history=(lambda turns: history_to_messages(ext.history(messages_to_history(turns)), []))
-            if ext.has("history_modifier") else None,
-            bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state)) if ext.has("bot_prefix_modifier") else None)
-        built = request.build(backend, hooks)
-        return Prepared(built.text, preset, state, state.get("user_input", ""), True, stops=tuple(built.stops),
-                        context_length=built.context_length, turns_dropped=built.turns_dropped)
+                return Prepared(prompt, start.preset, state, start.user_input, True)
+        hooks = ChatHooks(bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state))
+                          if ext.has("bot_prefix_modifier") else None)
+        if registry.capabilities(backend).engine_templates:
+            # The engine applies the model's own template itself whenever messages say what the turn means.
+            messages = engine_messages(history, options)
+            if messages is not None:
+                text = "\n".join(str(m.get("content", "")) for m in messages)
+                return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
+        built = self._build(backend, request, history, hooks)
+        fmt = getattr(backend, "reasoning_format", reasoning.THINK)
+        return Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
+                        context_length=built.context_length, turns_dropped=built.turns_dropped,
+                        reasoning_inside=reasoning.starts_inside(fmt, built.text))
 
     def _finish(self, update: Update, prepared: Prepared) -> Update:
-        """The output-side hooks: output_modifier on the finished text, then reply_footer."""
+        """The output-side hooks: output_modifier on the finished answer, then reply_footer."""
         update.raw_text = update.text
         update.text = self.extensions.output(update.text, prepared.state, is_chat=prepared.is_chat)
+        if update.text != update.raw_text:  # the parts hold what the user reads
+            update.parts = Turn("assistant", update.parts).with_text(update.text).parts
         stats = {"tokens": update.tokens, "seconds": update.seconds, "first_token_seconds": update.first_token_seconds,
                  "prompt_tokens": update.prompt_tokens, "finish_reason": update.finish_reason, "model": update.model}
         update.footer = self.extensions.reply_footer(stats, prepared.state)
@@ -427,8 +510,10 @@ class Pipeline:
 
     def _run(self, backend: Backend, prepared: Prepared, request: GenerationRequest, stops: "StopStringFilter",
              update: Update, start: float) -> Generator[Update, None, Update]:
-        """Yield updates while tokens arrive; return the final one (with its finish reason)."""
+        """Yield updates while tokens arrive; return the final one (with its finish reason). A chat
+        reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
+        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_inside, split=prepared.is_chat)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)
@@ -436,18 +521,18 @@ class Pipeline:
                     shown += stops.flush()
                 update.tokens += delta.tokens
                 self.stats.add_tokens(delta.tokens)
+                now = time.perf_counter()
                 if update.first_token_seconds is None and delta.tokens:
-                    update.first_token_seconds = time.perf_counter() - start
-                update.delta = shown
-                update.text += shown
-                update.seconds = time.perf_counter() - start
+                    update.first_token_seconds = now - start
+                update.delta, update.reasoning_delta = reply.add(shown, delta.tokens, now, delta.reasoning)
                 if stops.stopped or delta.finish_reason is not None:
                     update.finish_reason = "stop" if stops.stopped else delta.finish_reason
-                    return replace(update)
-                if shown or delta.tokens:
+                    return self._settle(update, reply, start)
+                self._show(update, reply, now - start)
+                if update.delta or update.reasoning_delta or delta.tokens:
                     yield replace(update)
             update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
-            return replace(update)
+            return self._settle(update, reply, start)
         except (GeneratorExit, NoModel, QueueFull):
             raise
         except Exception as exc:
@@ -455,6 +540,21 @@ class Pipeline:
             raise GenerationError(_describe_failure(exc)) from exc
         finally:
             stream.close()  # ends the backend's worker within one token if we stopped early
+
+    @staticmethod
+    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float) -> None:
+        update.text, update.reasoning, update.thinking = reply.answer, reply.reasoning, reply.thinking
+        update.parts = reply.parts()
+        update.seconds = seconds
+
+    def _settle(self, update: Update, reply: reasoning.ReplyAssembler, start: float) -> Update:
+        """The last update: what the splitter still held is text after all; an unclosed block stays
+        reasoning, marked incomplete."""
+        answer, thought = reply.finish(time.perf_counter())
+        update.delta += answer
+        update.reasoning_delta += thought
+        self._show(update, reply, time.perf_counter() - start)
+        return replace(update)
 
 
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:

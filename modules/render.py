@@ -170,6 +170,14 @@ def render_footer(footer: str) -> str:
     return f'<div class="reply-footer">{inner}</div>' if inner.strip() else ""
 
 
+def render_reasoning(text: str, title: str, open_: bool, allow_images: bool = False) -> str:
+    """A reasoning block: collapsible, its markdown rendered and sanitized on its own before it is
+    wrapped (so it cannot close the wrapper), the title escaped. Open while the model thinks."""
+    body = render_markdown(text, allow_images=allow_images)
+    return (f'<details class="reasoning"{" open" if open_ else ""}><summary>{html.escape(title)}</summary>'
+            f'<div class="reasoning-body">{body}</div></details>')
+
+
 def render_plain(text: str) -> str:
     """Text shown as-is (names, titles): escaped, never interpreted."""
     return html.escape(text)

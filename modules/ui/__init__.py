@@ -38,6 +38,7 @@ def build(app: App) -> gr.Blocks:
                     with gr.Tab("Load", id="model-load-tab"):
                         status, info, describe = model.render(app)
                         parameters.follow_model(app, params, status)
+                        chat_ui["follow_model"](status)
                     with gr.Tab("Evaluate", id="model-evaluate-tab"):
                         evaluate.render(app)
             with gr.Tab("Session", id="session"):

@@ -62,6 +62,15 @@ class PromptOptions:
     start_reply_with: str = ""
     continue_last: bool = False  # the last turn is a partial assistant reply to extend
     impersonate: bool = False  # write the user's next message instead of the reply
+    character: str = ""  # the character's file name (characters/<character>.yaml), "" for none
+
+    def state(self) -> dict[str, Any]:
+        """These options under text-generation-webui's state keys, for extensions' hooks."""
+        return {"mode": self.mode, "name1": self.name1, "name2": self.name2, "context": self.context,
+                "user_bio": self.user_bio, "character_menu": self.character,
+                "custom_system_message": self.system_message, "chat-instruct_command": self.chat_instruct_command,
+                "start_with": self.start_reply_with, "_continue": self.continue_last,
+                "impersonate": self.impersonate}
 
 
 @dataclass
@@ -349,7 +358,8 @@ def request_for(history: list[dict[str, str]], options: PromptOptions, preset: P
     # when they say the same thing (engine_messages); local models always get the built text.
     # The callers (the Chat tab) ran the input hooks on the new message already: not twice.
     return GenerationRequest(preset=preset, build=build, messages=engine_messages(history, options), stop=stop,
-                             cancel=cancel or threading.Event(), user=user, apply_input_hooks=False)
+                             cancel=cancel or threading.Event(), user=user, apply_input_hooks=False,
+                             state=options.state())
 
 
 @dataclass(frozen=True)
@@ -439,7 +449,7 @@ def resolve_options(app: Any, user: str, mode: str = "chat", character: str | No
         source, template_name = app.templates.load(instruction_template), instruction_template
     return PromptOptions(
         mode=mode,  # type: ignore[arg-type]
-        name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
+        character=character or "", name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
         context=context if context is not None else (char.context if char else ""),
         user_bio=user_bio if user_bio is not None else profile["description"],
         instruction_template=source, template_name=template_name, system_message=system_message,
@@ -454,6 +464,17 @@ class ReplyTarget:
     user: str
     chat_id: int
     message_id: int
+
+
+def reply_parts(text: str, update: Any) -> tuple[str, str | None]:
+    """(the reply the history keeps, the reply shown) for the text of a final update. They differ when an
+    extension's output_modifier changed the reply (text-generation-webui's internal vs visible text):
+    the next prompt reads the model's own words, the chat shows the extension's (None: the same)."""
+    raw = getattr(update, "raw_text", None)
+    if update is None or raw is None or raw == update.text:
+        return text, None
+    prefix = text[: len(text) - len(update.text)] if update.text else text
+    return prefix + raw, text
 
 
 def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
@@ -493,7 +514,10 @@ def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions
             meta = final_meta(last) if last else {"finish_reason": "error"}
             if meta.get("finish_reason") is None:
                 meta["finish_reason"] = "cancelled"
-            writer.flush(text, last.tokens if last else 0, meta=meta, complete=True)
+            content, shown = reply_parts(text, last)
+            if shown is not None:  # shown only while the message still holds this text (an edit drops it)
+                meta.update(shown=shown, shown_for=content)
+            writer.flush(content, last.tokens if last else 0, meta=meta, complete=True)
 
 
 def preset_from_meta(meta: dict[str, Any]) -> Preset:

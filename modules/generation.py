@@ -325,24 +325,32 @@ class Pipeline:
             lead += 1
         if ext.has("history_modifier"):
             messages = history_to_messages(ext.history(messages_to_history(messages[lead:])), messages[:lead])
+
+        def templated(msgs: list[dict[str, Any]]) -> str:
+            if backend.chat_template is None:  # a remote engine templates the messages itself: text for counting
+                return "\n".join(str(m.get("content", "")) for m in msgs)
+            prompt = self.build_prompt(backend, replace(request, messages=msgs))
+            if not request.continue_last and ext.has("bot_prefix_modifier"):
+                # The bot prefix is what the template's generation prompt adds (e.g. "<|im_start|>assistant\n").
+                extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
+                bare = backend.chat_template.render(msgs, add_generation_prompt=False, **extra)
+                if prompt.startswith(bare):
+                    prompt = bare + ext.bot_prefix(prompt[len(bare):], state)
+            return prompt
+
+        default = None
         if ext.has("custom_generate_chat_prompt"):
             past = messages_to_history(messages[lead:-1] if new_turn else messages[lead:])
+            default = _DefaultPrompt(lambda text, hist: templated(
+                history_to_messages(hist, messages[:lead]) + ([{"role": "user", "content": text}] if new_turn else [])),
+                user_input, past)
             prompt = ext.chat_prompt(user_input, {**state, "history": past}, history=past,
-                                     _continue=request.continue_last, impersonate=False)
-            if prompt is not None:
+                                     _continue=request.continue_last, impersonate=False, _parlour_default=default)
+            if prompt is not None and not default.is_default(prompt):
                 return Prepared(prompt, preset, state, user_input, True)
         if backend.chat_template is None:
-            # A remote engine applies the model's own template to the messages itself.
-            text = "\n".join(str(m.get("content", "")) for m in messages)
-            return Prepared(text, preset, state, user_input, True, messages=messages)
-        chat_request = replace(request, messages=messages)
-        prompt = self.build_prompt(backend, chat_request)
-        if not request.continue_last and ext.has("bot_prefix_modifier"):
-            # The bot prefix is what the template's generation prompt adds (e.g. "<|im_start|>assistant\n").
-            extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
-            bare = backend.chat_template.render(messages, add_generation_prompt=False, **extra)
-            if prompt.startswith(bare):
-                prompt = bare + ext.bot_prefix(prompt[len(bare):], state)
+            return Prepared(templated(messages), preset, state, user_input, True, messages=messages)
+        prompt = default.text if default is not None and default.text is not None else templated(messages)
         return Prepared(prompt, preset, state, user_input, True)
 
     def _prepare_built(self, backend: Backend, request: GenerationRequest, preset: Preset,
@@ -350,12 +358,37 @@ class Pipeline:
         """A chat request whose prompt modules/chat.py builds (modes, characters, truncation); the
         extensions' history and bot-prefix hooks run inside it, at the steps text-generation-webui has them."""
         ext = self.extensions
-        hooks = ChatHooks(
-            history=(lambda turns: history_to_messages(ext.history(messages_to_history(turns)), []))
-            if ext.has("history_modifier") else None,
-            bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state)) if ext.has("bot_prefix_modifier") else None)
-        built = request.build(backend, hooks)
-        return Prepared(built.text, preset, state, state.get("user_input", ""), True, stops=tuple(built.stops),
+        modify = ((lambda turns: history_to_messages(ext.history(messages_to_history(turns)), []))
+                  if ext.has("history_modifier") else None)
+        bot_prefix = (lambda prefix: ext.bot_prefix(prefix, state)) if ext.has("bot_prefix_modifier") else None
+        if not ext.has("custom_generate_chat_prompt"):
+            built = request.build(backend, ChatHooks(history=modify, bot_prefix=bot_prefix))
+            return Prepared(built.text, preset, state, "", True, stops=tuple(built.stops),
+                            context_length=built.context_length, turns_dropped=built.turns_dropped)
+        seen: list[list[dict[str, str]]] = []  # the turns the prompt is built from, after history_modifier
+
+        def history(turns: list[dict[str, str]]) -> list[dict[str, str]]:
+            seen.append(modify(turns) if modify is not None else turns)
+            return seen[-1]
+
+        built = request.build(backend, ChatHooks(history=history, bot_prefix=bot_prefix))
+        turns = seen[0] if seen else []
+        continuing = bool(state.get("_continue"))
+        new_turn = bool(turns) and turns[-1]["role"] == "user" and not continuing
+        user_input = turns[-1]["content"] if new_turn else ""
+        past = messages_to_history(turns[:-1] if new_turn else turns)
+
+        def rebuild(text: str, hist: dict[str, Any]) -> str:
+            new = history_to_messages(hist, []) + ([{"role": "user", "content": text}] if new_turn else [])
+            return request.build(backend, ChatHooks(history=lambda _turns: new, bot_prefix=bot_prefix)).text
+
+        default = _DefaultPrompt(rebuild, user_input, past, built.text)
+        prompt = ext.chat_prompt(user_input, {**state, "history": past}, history=past, _continue=continuing,
+                                 impersonate=bool(state.get("impersonate")), _parlour_default=default)
+        if prompt is not None and not default.is_default(prompt):
+            return Prepared(prompt, preset, state, user_input, True, stops=tuple(built.stops),
+                            context_length=built.context_length)
+        return Prepared(built.text, preset, state, user_input, True, stops=tuple(built.stops),
                         context_length=built.context_length, turns_dropped=built.turns_dropped)
 
     def _finish(self, update: Update, prepared: Prepared) -> Update:
@@ -455,6 +488,29 @@ class Pipeline:
             raise GenerationError(_describe_failure(exc)) from exc
         finally:
             stream.close()  # ends the backend's worker within one token if we stopped early
+
+
+class _DefaultPrompt:
+    """Parlour's own prompt, handed to custom_generate_chat_prompt hooks as the `_parlour_default` keyword
+    (text-generation-webui extensions reach it through `modules.chat.generate_chat_prompt`). Called with
+    the user input and history the hook passes on, it builds the prompt for those. A hook that returns the
+    very text it was given for the unchanged input counts as returning None: the request then goes on
+    exactly as without the hook (a remote engine still gets its messages)."""
+
+    def __init__(self, build: Callable[[str, dict[str, Any]], str], user_input: str, history: dict[str, Any],
+                 text: str | None = None) -> None:
+        self._build, self._input, self._history = build, user_input, history
+        self.text = text  # the prompt for the unchanged input and history, once built
+
+    def __call__(self, user_input: str, history: dict[str, Any], **_flags: Any) -> str:
+        if user_input == self._input and history == self._history:
+            if self.text is None:
+                self.text = self._build(user_input, history)
+            return self.text
+        return self._build(user_input, history)
+
+    def is_default(self, prompt: str) -> bool:
+        return self.text is not None and prompt is self.text
 
 
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:

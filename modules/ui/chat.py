@@ -28,7 +28,7 @@ from modules.characters import CharacterError
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
 from modules.fileio import os_reason
 from modules.generation import GenerationError, NoModel, QueueFull
-from modules.render import LATEX_DELIMITERS, render_footer, render_markdown
+from modules.render import LATEX_DELIMITERS, render_extension_html, render_footer, render_markdown
 from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
@@ -96,8 +96,11 @@ def current_turns(app: App, user: str, session: dict[str, Any]) -> tuple[list[Me
         return turns, [None] * len(turns)
     # only user and assistant turns are bubbles, so a bubble's index is its index here
     path = [m for m in app.store.path(user, session["chat_id"]) if m.role in ("user", "assistant")]
-    # a reply's footer (extensions' reply_footer) is kept in its metadata; prompts read only role/content
-    return [{**m.as_turn(), **({"footer": m.meta["footer"]} if m.meta.get("footer") else {})} for m in path], \
+    # a reply's footer (extensions' reply_footer) and its text as an extension's output_modifier showed it are
+    # kept in its metadata; prompts read only role/content
+    return [{**m.as_turn(), **({"footer": m.meta["footer"]} if m.meta.get("footer") else {}),
+             **({"shown": m.meta["shown"]} if m.meta.get("shown") and m.meta.get("shown_for") == m.content else {})}
+            for m in path], \
         [m.id for m in path]
 
 
@@ -114,7 +117,8 @@ def bubbles_for(turns: list[Message], session: dict[str, Any]) -> list[dict[str,
     footer from extensions (reply_footer), sanitized on its own."""
     images = bool(session.get("images"))
     return [{"role": t["role"],
-             "content": render_markdown(t["content"], allow_images=images) + render_footer(t.get("footer", ""))}
+             "content": (render_extension_html(t["shown"], allow_images=images) if t.get("shown") else
+                         render_markdown(t["content"], allow_images=images)) + render_footer(t.get("footer", ""))}
             for t in turns if t["role"] in ("user", "assistant")]
 
 
@@ -305,7 +309,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         last_status = ""
         try:
             for reply, update in chatlib.stream_reply(app, history, opts, preset, target, cancel, user=user):
-                turn = {"role": "assistant", "content": reply, **({"footer": update.footer} if update.footer else {})}
+                kept, shown = chatlib.reply_parts(reply, update)
+                turn = {"role": "assistant", "content": kept, **({"footer": update.footer} if update.footer else {}),
+                        **({"shown": shown} if shown else {})}
                 if sess["incognito"]:
                     sess = {**sess, "turns": base + [turn]}
                 if update.queue_position:
@@ -752,8 +758,14 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         to_notebook.click(on_send_to_notebook, [text, session, *CTRL, *params.inputs], [notebook_text, status, tabs],
                           api_visibility="private")
 
+    # the controls text-generation-webui extensions may name (modules/ui/extensions.py maps its names)
+    components = {"input": text, "character": character, "mode": mode, "template": template,
+                  "template_source": template_src, "system_message": system_message, "command": command,
+                  "stops": stops, "start_with": start_with, "your_name": your_name, "your_bio": your_bio,
+                  "send": send, "stop": stop, "regenerate": regenerate, "continue": cont, "remove": remove,
+                  "impersonate": impersonate, "dummy_message": dummy_message, "dummy_reply": dummy_reply}
     return {"chatbot": chatbot, "session": session, "input": text, "wire_load": wire_load,
-            "wire_notebook": wire_notebook}
+            "wire_notebook": wire_notebook, "components": components}
 
 
 def _template_source(app: App, name: str) -> str:

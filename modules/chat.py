@@ -5,6 +5,7 @@ runs in clear steps so hooks can be inserted between them:
 
     1. substitute {{char}} / {{user}} in the character's context
     2. (history_modifier)            the turns to send
+       the character card's lorebook entries and post-history instructions (modules/lorebook.py)
     3. format the turns for the mode (chat text, instruction template, or both)
     4. truncate: drop the oldest turns until prompt + reply fit the context; report what was dropped
     5. (bot_prefix_modifier)         start the reply: the bot's name, "start reply with", a partial
@@ -27,6 +28,7 @@ from typing import Any, Iterator, Literal, Protocol
 
 import yaml
 
+from modules import lorebook
 from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
 from modules.paths import UnsafeName, safe_child
 from modules.presets import Preset
@@ -63,6 +65,8 @@ class PromptOptions:
     continue_last: bool = False  # the last turn is a partial assistant reply to extend
     impersonate: bool = False  # write the user's next message instead of the reply
     character: str = ""  # the character's file name (characters/<character>.yaml), "" for none
+    lorebook: Any = None  # the character card's lorebook (modules/lorebook.Lorebook), None for none
+    post_history: str = ""  # the card's post-history instructions: after the chat, before the reply
 
     def state(self) -> dict[str, Any]:
         """These options under text-generation-webui's state keys, for extensions' hooks."""
@@ -252,6 +256,8 @@ def build_chat_prompt(history: list[dict[str, str]], options: PromptOptions, bac
     elif system_turns and not options.system_message:
         options = replace(options, system_message=system_turns)
     context_length = backend.context_length
+    if options.lorebook is not None or options.post_history:  # step 2b: the card's lorebook entries
+        options, turns = lorebook.apply(options, turns, lambda text: len(backend.tokenize(text)), context_length)
     budget = context_length - min(max_new_tokens, context_length // 2)
 
     # step 5 (used in prompt_for): extensions' bot_prefix_modifier may add hidden text where the reply
@@ -452,6 +458,7 @@ def resolve_options(app: Any, user: str, mode: str = "chat", character: str | No
         character=character or "", name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
         context=context if context is not None else (char.context if char else ""),
         user_bio=user_bio if user_bio is not None else profile["description"],
+        lorebook=char.lorebook() if char else None, post_history=char.post_history_instructions if char else "",
         instruction_template=source, template_name=template_name, system_message=system_message,
         chat_instruct_command=chat_instruct_command or DEFAULT_COMMAND, custom_stops=tuple(custom_stops), **flags)
 

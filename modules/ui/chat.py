@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from modules import chat as chatlib
 from modules.app import App
-from modules.characters import CharacterError
+from modules.characters import CharacterError, CharacterExists, add_greetings
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
 from modules.fileio import os_reason
 from modules.generation import GenerationError, NoModel, QueueFull
@@ -196,6 +196,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 # instruct by default: most models are instruction-tuned and carry their own template
                 mode = gr.Radio(list(MODES), value="instruct", label="Mode", elem_id="chat-mode")
                 character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character")
+                refresh_characters = gr.Button("🔄", elem_id="refresh-characters", size="sm", scale=0, min_width=40)
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
             # Bubbles hold HTML already rendered and sanitized by modules/render.py; Gradio's own
@@ -255,6 +256,11 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                     chat_in = gr.File(label="Import chat (JSON)", file_types=[".json"], type="binary",
                                       elem_id="chat-import")
                     download = gr.File(label="Download", interactive=False, elem_id="download")
+                pending_card = gr.State(None)  # a card whose name is taken, until the user chooses
+                with gr.Row(visible=False, elem_id="card-conflict") as card_conflict:
+                    card_overwrite = gr.Button("Overwrite the existing character", size="sm", variant="stop",
+                                               elem_id="card-overwrite")
+                    card_rename = gr.Button("Import under a new name", size="sm", elem_id="card-rename")
                 with gr.Row():
                     export_chat = gr.Button("Export chat (JSON)", size="sm", elem_id="export-chat")
                     export_card = gr.Button("Export character card (PNG)", size="sm", elem_id="export-card")
@@ -275,10 +281,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             return sess
         char_v, mode_v = ctrl[1], ctrl[0]
         chat_id = app.store.create_chat(user, character=char_v or "", mode=mode_v)
-        greeting = app.characters.load(char_v).greeting if char_v else ""
-        if greeting:
-            opts = options(user, ctrl)
-            app.store.add_message(user, chat_id, "assistant", chatlib.substitute(greeting, opts.name1, opts.name2))
+        if char_v:  # the greeting, its alternates as the first reply's other versions
+            add_greetings(app.store, user, chat_id, app.characters.load(char_v), options(user, ctrl).name1)
         return {**sess, "chat_id": chat_id, "selected": None}
 
     def model_text(user: str, opts: chatlib.PromptOptions, message: str) -> str:
@@ -606,15 +610,25 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         return redraw(app, user, {**new_session(previous=sess), "chat_id": chat_id}, character_v,
                       status="Imported the chat.")
 
-    def on_import_card(data: bytes | None):
+    def on_import_card(data: bytes | None, choice: str = "ask"):
+        """(character, status, pending card, conflict row, rename button): a taken name asks first."""
         if not data:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), None, gr.Row(visible=False), gr.skip()
         try:
-            card = app.characters.import_card(data)
+            if choice == "rename":
+                card = app.characters.import_card(data, name=app.characters.free_name(
+                    app.characters.import_card_name(data)))
+            else:
+                card = app.characters.import_card(data, overwrite=choice == "overwrite")
+        except CharacterExists as exc:
+            return (gr.skip(), "⚠️ A character with this card's name already exists: overwrite it, or import "
+                    "the card under a new name?", data, gr.Row(visible=True),
+                    gr.Button(value=f"Import as {exc.suggestion}"))
         except CharacterError as exc:
             gr.Warning(str(exc))
-            return gr.skip(), f"⚠️ {exc}"
-        return gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**."
+            return gr.skip(), f"⚠️ {exc}", None, gr.Row(visible=False), gr.skip()
+        return (gr.Dropdown(choices=app.characters.names(), value=card.name), "Imported the character.", None,
+                gr.Row(visible=False), gr.skip())
 
     def write_download(name: str, data: bytes) -> str | None:
         try:
@@ -737,7 +751,15 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     template.input(on_template, template, template_src, api_visibility="private")
     preview.click(on_preview, [text, session, *CTRL, *params.inputs], [prompt_view, status], api_visibility="private")
     save_profile.click(on_profile_save, [your_name, your_bio], status, api_visibility="private")
-    card_in.upload(on_import_card, card_in, [character, status], api_visibility="private")
+    card_outputs = [character, status, pending_card, card_conflict, card_rename]
+    card_in.upload(on_import_card, card_in, card_outputs, api_visibility="private")
+    card_overwrite.click(lambda data: on_import_card(data, "overwrite"), pending_card, card_outputs,
+                         api_visibility="private")
+    card_rename.click(lambda data: on_import_card(data, "rename"), pending_card, card_outputs,
+                      api_visibility="private")
+    refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
+                                                         if current in app.characters.names() else None),
+                             character, character, api_visibility="private")
     chat_in.upload(on_import_chat, [chat_in, session, character], OUT, api_visibility="private")
     export_chat.click(on_export_chat, session, download, api_visibility="private")
     export_card.click(on_export_card, character, download, api_visibility="private")

@@ -7,6 +7,8 @@ Gradio 6 raises TypeError on each of these, so an extension's whole `ui()` would
 * `source="microphone"` (Gradio 3) -> `sources=["microphone"]`; `show_copy_button=True` -> `buttons=["copy"]`
 * `gr.Box` / `gr.Variable` (Gradio 3) -> `gr.Group` / `gr.State`
 * events: `_js=` (Gradio 3) -> `js=`; `show_api=` (Gradio 4) -> `api_visibility=`
+* a Dataset's `evt.value` on select is the whole sample row the script built (Gradio 6 sends one value
+  per component; the gallery reads a second column)
 * any other keyword the Gradio 6 component or event does not take (`gr.Chatbot(type=...)`,
   `bubble_full_width`, an event's `every=`) is dropped, with one warning naming it.
 
@@ -108,13 +110,63 @@ def _wrap_events(block: Any) -> Any:
     return block
 
 
+class _Rows:
+    """Full sample rows of the Datasets an extension builds, found again from what a select event carries.
+
+    A text-generation-webui script may give a Dataset rows longer than its components (the gallery's
+    `[html, character name]` for one HTML component) and read the extra column from `evt.value` on
+    select; Gradio 6 keeps and sends only one value per component. Rows seen here (bounded) map what
+    arrives back to the row the script built."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.by_head: dict[str, list[Any]] = {}
+
+    def remember(self, samples: Any, width: int) -> None:
+        for row in samples or ():
+            if isinstance(row, (list, tuple)) and len(row) > width and len(self.by_head) < self.limit:
+                self.by_head[repr(list(row[:width]))] = list(row)
+
+    def full(self, value: Any) -> Any:
+        return self.by_head.get(repr(value), value) if isinstance(value, list) else value
+
+
+def _wrap_dataset(dataset: Any, rows: _Rows) -> Any:
+    import gradio
+
+    rows.remember(getattr(dataset, "raw_samples", None), len(getattr(dataset, "_components", []) or [1]))
+    for name in ("select", "click"):
+        trigger = getattr(dataset, name, None)
+        if not callable(trigger):
+            continue
+
+        def listen(fn: Any = None, *args: Any, _trigger: Any = trigger, **kwargs: Any) -> Any:
+            if callable(fn):
+                original = fn
+
+                @functools.wraps(original)
+                def fn(*values: Any, **named: Any) -> Any:  # noqa: ANN202 - Gradio reads the wrapped signature
+                    for value in [*values, *named.values()]:
+                        if isinstance(value, gradio.SelectData):
+                            value.value = rows.full(value.value)
+                    return original(*values, **named)
+            return _trigger(fn, *args, **kwargs)
+
+        setattr(dataset, name, listen)
+    return dataset
+
+
 class _ShimType(type):
     """The type of a shim class: calling it builds the real Gradio class with translated arguments."""
 
     _real: type
+    _rows: _Rows
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        return _wrap_events(cls._real(*args, **_translate_component(cls._real, kwargs)))
+        block = _wrap_events(cls._real(*args, **_translate_component(cls._real, kwargs)))
+        if cls._real.__name__ == "Dataset":
+            block = _wrap_dataset(block, cls._rows)
+        return block
 
     def __instancecheck__(cls, obj: Any) -> bool:
         return isinstance(obj, cls._real)
@@ -126,13 +178,14 @@ class _ShimType(type):
         return getattr(cls._real, name)
 
 
-def _shim(real: type) -> type:
+def _shim(real: type, rows: _Rows) -> type:
     def update(**kwargs: Any) -> Any:  # Gradio 3's Component.update(...)
         import gradio
 
         return gradio.update(**kwargs)
 
-    return _ShimType(real.__name__, (), {"_real": real, "update": staticmethod(update), "__doc__": real.__doc__})
+    return _ShimType(real.__name__, (), {"_real": real, "_rows": rows, "update": staticmethod(update),
+                                         "__doc__": real.__doc__})
 
 
 def make_shim() -> types.ModuleType:
@@ -144,13 +197,14 @@ def make_shim() -> types.ModuleType:
     module.__file__ = gradio.__file__
     module.__path__ = list(getattr(gradio, "__path__", []))  # `import gradio.x` still finds submodules
     shims: dict[str, Any] = {}
+    rows = _Rows()
 
     def __getattr__(name: str) -> Any:
         if name in shims:
             return shims[name]
         real = getattr(gradio, RENAMED.get(name, name))
         if isinstance(real, type) and issubclass(real, Block) and name not in NOT_SHIMMED:
-            shims[name] = _shim(real)
+            shims[name] = _shim(real, rows)
             return shims[name]
         return real
 

@@ -91,20 +91,25 @@ def make_thumbnail(image: Any) -> Any:
 
 
 def get_image_cache(path: Any) -> str:
-    """A thumbnail of the picture at `path`, written once per file version to the cache folder; its path."""
+    """A thumbnail of the picture at `path`, made once per file version, as text-generation-webui's
+    extensions use it: after `file/` in an `<img src>`. text-generation-webui serves any allowed file at
+    `/file/<path>`; Gradio 6 serves only files in its own upload folder, at `/gradio_api/file=<path>`. So
+    the thumbnail is written there and the path returned is `../gradio_api/file=<thumbnail>`, which the
+    browser resolves from `file/` to that route."""
+    from gradio.utils import get_upload_folder
     from PIL import Image
 
     path = Path(path)
-    folder = Path(shared.args.disk_cache_dir or "user_data/cache")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(get_upload_folder()) / "parlour-thumbnails"
     mtime = path.stat().st_mtime
     cached = image_cache.get(path)
-    if cached is None or cached[0] != mtime:
+    if cached is None or cached[0] != mtime or not Path(cached[1]).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        output = folder / f"cache_{path.name}.png"
         with Image.open(path) as picture:
-            output = folder / f"cache_{path.name}.png"
             make_thumbnail(picture).convert("RGBA").save(output, format="PNG")
-        image_cache[path] = (mtime, output.as_posix())
-    return image_cache[path][1]
+        image_cache[path] = (mtime, str(output.resolve()))
+    return "../gradio_api/file=" + image_cache[path][1]
 
 
 __getattr__ = missing_attributes("modules.html_generator")

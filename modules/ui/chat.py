@@ -196,7 +196,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 # instruct by default: most models are instruction-tuned and carry their own template
                 mode = gr.Radio(list(MODES), value="instruct", label="Mode", elem_id="chat-mode")
                 character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character")
-                refresh_characters = gr.Button("🔄", elem_id="refresh-characters", size="sm", scale=0, min_width=40)
+                refresh_characters = gr.Button("↻", elem_id="refresh-characters", size="sm", scale=0, min_width=40)
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
             # Bubbles hold HTML already rendered and sanitized by modules/render.py; Gradio's own
@@ -627,8 +627,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         except CharacterError as exc:
             gr.Warning(str(exc))
             return gr.skip(), f"⚠️ {exc}", None, gr.Row(visible=False), gr.skip()
-        return (gr.Dropdown(choices=app.characters.names(), value=card.name), "Imported the character.", None,
-                gr.Row(visible=False), gr.skip())
+        return (gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**.",
+                None, gr.Row(visible=False), gr.skip())
 
     def write_download(name: str, data: bytes) -> str | None:
         try:
@@ -745,14 +745,17 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     cancel_delete.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
     confirm.click(on_delete, [session, character], OUT, api_visibility="private").then(
         lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
-    character.input(on_character, [character, incognito, session], OUT, api_visibility="private")
+    # .change, not .input: a character chosen by an extension's control (the gallery) opens its chats too
+    character.change(on_character, [character, incognito, session], OUT, api_visibility="private")
     images.input(on_images, [images, session, character], OUT, api_visibility="private")
     mode.input(on_mode, [mode, session, character], OUT, api_visibility="private")
     template.input(on_template, template, template_src, api_visibility="private")
     preview.click(on_preview, [text, session, *CTRL, *params.inputs], [prompt_view, status], api_visibility="private")
     save_profile.click(on_profile_save, [your_name, your_bio], status, api_visibility="private")
     card_outputs = [character, status, pending_card, card_conflict, card_rename]
-    card_in.upload(on_import_card, card_in, card_outputs, api_visibility="private")
+    # each upload is read once, then the box is emptied for the next file
+    card_in.upload(on_import_card, card_in, card_outputs, api_visibility="private").then(
+        lambda: None, None, card_in, api_visibility="private")
     card_overwrite.click(lambda data: on_import_card(data, "overwrite"), pending_card, card_outputs,
                          api_visibility="private")
     card_rename.click(lambda data: on_import_card(data, "rename"), pending_card, card_outputs,
@@ -760,7 +763,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
                                                          if current in app.characters.names() else None),
                              character, character, api_visibility="private")
-    chat_in.upload(on_import_chat, [chat_in, session, character], OUT, api_visibility="private")
+    chat_in.upload(on_import_chat, [chat_in, session, character], OUT, api_visibility="private").then(
+        lambda: None, None, chat_in, api_visibility="private")
     export_chat.click(on_export_chat, session, download, api_visibility="private")
     export_card.click(on_export_card, character, download, api_visibility="private")
 

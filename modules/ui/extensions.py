@@ -53,9 +53,13 @@ def render_block(app: App) -> None:
     if not names:
         return
     with gr.Column(elem_id="extensions-block"):
-        for name in names:
-            with gr.Accordion(app.extensions.loaded[name].display_name, open=False, elem_id=f"extension-{name}"):
-                app.extensions.render_ui(name)
+        # text-generation-webui's ids for this block and its tab bar, which its extensions' scripts look up
+        # (a missing one stops the rest of such a script); the bar here is an empty stand-in
+        with gr.Column(elem_id="extensions"):
+            gr.HTML('<div class="header_bar" hidden></div>', padding=False, container=False)
+            for name in names:
+                with gr.Accordion(app.extensions.loaded[name].display_name, open=False, elem_id=f"extension-{name}"):
+                    app.extensions.render_ui(name)
 
 
 def page_js(base_js: str, app: App) -> str:

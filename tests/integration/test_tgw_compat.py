@@ -162,3 +162,63 @@ def test_reenabled_extension_keeps_its_controls_wired(tgw_app):
     module.params["mark_prompt"] = True  # what a control's handler does: write the module's params
     options = chatlib.resolve_options(app, "local", mode="instruct")
     assert chatlib.next_prompt(app, [{"role": "user", "content": "hi"}], options, GREEDY).text.endswith(" [surface]")
+
+
+def test_dataset_select_gets_the_whole_row_the_script_built(tgw_app):
+    import gradio as gr
+
+    from modules import ui
+
+    app = tgw_app("tgw_surface", load_model=False)
+    blocks = ui.build(app)
+    cards = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "tgw-surface-cards")
+    select = next(d for d in blocks.fns.values() if d.targets[0][0] == cards._id)
+    # what Gradio 6 hands the handler: one value per component of the Dataset
+    event = gr.SelectData(cards, {"index": 0, "value": cards.samples[0]})
+    assert len(cards.samples[0]) == 1 and select.fn(event) == "Example"
+
+
+def test_html_from_output_modifier_is_shown_sanitized_and_the_history_keeps_the_words(tgw_app):
+    from modules.ui.chat import bubbles_for, current_turns
+
+    app = tgw_app("tgw_surface")
+    module_of(app, "tgw_surface").params["colour_reply"] = True
+    chat = app.store.create_chat("local", mode="instruct")
+    app.store.add_message("local", chat, "user", "hi")
+    reply = app.store.add_message("local", chat, "assistant", "", complete=False)
+    options = chatlib.resolve_options(app, "local", mode="instruct")
+    target = chatlib.ReplyTarget(app.store, "local", chat, reply)
+    for _text, _update in chatlib.stream_reply(app, [{"role": "user", "content": "hi"}], options, GREEDY, target):
+        pass
+    saved = app.store.path("local", chat)[-1]
+    assert "<span" not in saved.content and saved.content  # the next prompt reads the model's own words
+    turns, _ids = current_turns(app, "local", {"incognito": False, "chat_id": chat})
+    bubble = bubbles_for(turns, {})[-1]["content"]
+    assert '<span style="color: #ff0000">' in bubble and 'src="data:image/png;base64,iVBORw0KGgo="' in bubble
+    app.store.update_message("local", chat, saved.id, content="edited")  # an edit shows the edit
+    turns, _ids = current_turns(app, "local", {"incognito": False, "chat_id": chat})
+    assert bubbles_for(turns, {})[-1]["content"].strip() == "<p>edited</p>"
+
+
+def test_thumbnails_are_served_where_the_img_src_points(tgw_app, tmp_path):
+    import io
+    from urllib.parse import urljoin
+
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from modules import ui
+
+    app = tgw_app("tgw_surface", load_model=False)
+    picture = tmp_path / "pic.png"
+    Image.new("RGB", (400, 600), (10, 20, 30)).save(picture)
+    src = "file/" + app.extensions.compat.module("html_generator").get_image_cache(picture)
+    api = FastAPI()
+    gr.mount_gradio_app(api, ui.build(app), path="", footer_links=[])
+    url = urljoin("http://host/", src)  # how the browser resolves the relative src from the page at /
+    assert url.startswith("http://host/gradio_api/file=")
+    response = TestClient(api).get(url)
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).size == (350, 470)

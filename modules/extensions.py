@@ -256,8 +256,9 @@ class Extensions:
     def enable(self, names: list[str]) -> dict[str, str]:
         """Make exactly `names` the enabled extensions, in that order; return {name: error} for failures.
 
-        Hooks take effect for the next request; an extension's ui(), CSS and JS need a page rebuild
-        (a restart), since Gradio cannot add components to a running app.
+        Hooks take effect for the next request. One turned off earlier in this process comes back as the
+        same module, so the controls its ui() built stay wired to it; the ui(), CSS and JS of one never
+        enabled before need a page rebuild (a restart), since Gradio cannot add components to a running app.
         """
         with self._lock:
             for name in [n for n in self.loaded if n not in names]:

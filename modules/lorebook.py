@@ -211,7 +211,8 @@ class Lorebook:
         ordered = sorted(chosen, key=lambda e: e.order)
         return Activated(before=tuple(e.content for e in ordered if e.position == "before_char" and e.content),
                          after=tuple(e.content for e in ordered if e.position == "after_char" and e.content),
-                         at_depth=tuple((e.depth, e.content) for e in ordered if e.position == "at_depth" and e.content))
+                         at_depth=tuple((e.depth, e.content) for e in ordered
+                                        if e.position == "at_depth" and e.content))
 
     def _activates(self, entry: Entry, newest_first: list[str], recursion_text: str, step: int) -> bool:
         if entry.force or entry.constant:
@@ -242,7 +243,8 @@ def _matches(haystack: str, key: str, entry: Entry) -> bool:
         flags = (regex.IGNORECASE if "i" in pattern.group(2) else 0) | (
             regex.MULTILINE if "m" in pattern.group(2) else 0) | (regex.DOTALL if "s" in pattern.group(2) else 0)
         try:
-            return regex.search(pattern.group(1).replace("\\/", "/"), haystack, flags, timeout=REGEX_SECONDS) is not None
+            found = regex.search(pattern.group(1).replace("\\/", "/"), haystack, flags, timeout=REGEX_SECONDS)
+            return found is not None
         except regex.error:
             pass  # not a valid pattern: SillyTavern then matches it as plain text
         except TimeoutError:

@@ -616,7 +616,8 @@ def _tgw_tree(data: dict[str, Any]) -> _ImportedChat:
     title = ""
     for i, row in enumerate(rows):
         if not (isinstance(row, list) and len(row) >= 2 and isinstance(row[0], str) and isinstance(row[1], str)):
-            raise ValueError(f"text-generation-webui history: each entry must be [user text, reply text] (row {i} is not)")
+            raise ValueError("text-generation-webui history: each entry must be [user text, reply text] "
+                             f"(row {i} is not)")
         extra = row[3] if len(row) > 3 and isinstance(row[3], dict) else {}
         for role, key, text in (("user", f"user_{i}", row[0]), ("assistant", f"assistant_{i}", row[1])):
             if role == "user" and text == "<|BEGIN-VISIBLE-CHAT|>":

@@ -10,7 +10,7 @@ from typing import Any
 
 from modules.tgw_compat import missing_attributes
 
-_compat: Any  # set by Compat before this module runs
+_compat: Any = globals()["_compat"]  # put here by Compat.module() before this file runs (one per App)
 
 
 def _extensions() -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 from modules.tgw_compat import missing_attributes
 
-_compat: Any  # set by Compat before this module runs
+_compat: Any = globals()["_compat"]  # put here by Compat.module() before this file runs (one per App)
 
 logger = _compat.module("logging_colors").logger
 gradio = _compat.gradio

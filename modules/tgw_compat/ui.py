@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from modules.tgw_compat import missing_attributes
 
-_compat: Any  # set by Compat before this module runs
+_compat: Any = globals()["_compat"]  # put here by Compat.module() before this file runs (one per App)
 
 refresh_symbol = "🔄"
 delete_symbol = "🗑️"

@@ -75,7 +75,8 @@ def test_export_writes_v2_and_v3_chunks_with_every_field(store):
     assert again.alternate_greetings == original.alternate_greetings and again.character_book == original.character_book
     assert again.context == original.context
     json_card = json.loads(store.export_card("Captain Reyes", png=False))
-    assert json_card["spec"] == "chara_card_v2" and json_card["data"]["character_book"] == CARD["data"]["character_book"]
+    assert json_card["spec"] == "chara_card_v2"
+    assert json_card["data"]["character_book"] == CARD["data"]["character_book"]
 
 
 def test_v3_ccv3_card_keeps_its_own_fields(store):

@@ -84,8 +84,8 @@ BAD_FILES = [
      "messages[0].role"),
     (json.dumps({"format": "parlour-chat", "messages": [{"id": 1, "role": "user", "content": None}]}).encode(),
      "messages[0].content"),
-    (json.dumps({"format": "parlour-chat", "messages": [{"id": 1, "role": "user", "content": "a"},
-                                                        {"id": 2, "parent": 5, "role": "user", "content": "b"}]}).encode(),
+    (json.dumps({"format": "parlour-chat", "messages": [
+        {"id": 1, "role": "user", "content": "a"}, {"id": 2, "parent": 5, "role": "user", "content": "b"}]}).encode(),
      "names a parent"),
     (json.dumps({"format": "parlour-chat", "messages": [{"id": 1, "role": "user", "content": "a"},
                                                         {"id": 1, "role": "user", "content": "b"}]}).encode(),

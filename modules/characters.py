@@ -493,4 +493,6 @@ def _from_mapping(data: dict[str, Any], name: str) -> Character:
                 raise CharacterError(f"character {name!r}: {key!r} must be text")
             values[key] = str(value)
     values["name"] = str(values.get("name", "")).strip() or name
-    return Character(**values)
+    character = Character(**values)
+    character.lorebook()  # a hand-edited book that cannot work is reported with the file, not at a reply
+    return character

@@ -60,6 +60,19 @@ TGW_MODULES = frozenset(PROVIDED) | frozenset((
     "training", "transformers_loader", "ui_chat", "ui_default", "ui_file_saving", "ui_image_generation",
     "ui_model_menu", "ui_notebook", "ui_parameters", "ui_session", "web_search"))
 
+#: text-generation-webui's `shared.gradio` names -> the Chat tab's controls that do the same job (keys of
+#: the "components" dict modules/ui/chat.py returns; modules/ui/extensions.py binds them, with every
+#: sampler slider under its preset key). Its other names (its `history` and `interface_state` states, its
+#: HTML `display`) have no counterpart: an extension that wires them is disabled, naming the one it needed.
+GRADIO_NAMES = {
+    "textbox": "input", "character_menu": "character", "mode": "mode", "instruction_template": "template",
+    "instruction_template_str": "template_source", "custom_system_message": "system_message",
+    "chat-instruct_command": "command", "custom_stopping_strings": "stops", "start_with": "start_with",
+    "name1": "your_name", "user_bio": "your_bio", "Generate": "send", "Stop": "stop",
+    "Regenerate": "regenerate", "Continue": "continue", "Remove last": "remove", "Impersonate": "impersonate",
+    "Send dummy message": "dummy_message", "Send dummy reply": "dummy_reply",
+}
+
 
 class Missing:
     """Marks an error that names something text-generation-webui has and Parlour cannot provide."""

@@ -8,26 +8,13 @@ from typing import Any
 import gradio as gr
 
 from modules.app import App
-
-
-#: text-generation-webui's `shared.gradio` names -> the Chat tab's controls that do the same job (the
-#: keys of the dict modules/ui/chat.py returns as "components"). Its other names (its `history` and
-#: `interface_state` states, its HTML `display`) have no counterpart: an extension that wires them is
-#: disabled with a message naming the one it needed.
-TGW_CONTROLS = {
-    "textbox": "input", "character_menu": "character", "mode": "mode", "instruction_template": "template",
-    "instruction_template_str": "template_source", "custom_system_message": "system_message",
-    "chat-instruct_command": "command", "custom_stopping_strings": "stops", "start_with": "start_with",
-    "name1": "your_name", "user_bio": "your_bio", "Generate": "send", "Stop": "stop",
-    "Regenerate": "regenerate", "Continue": "continue", "Remove last": "remove", "Impersonate": "impersonate",
-    "Send dummy message": "dummy_message", "Send dummy reply": "dummy_reply",
-}
+from modules.tgw_compat import GRADIO_NAMES
 
 
 def bind_components(app: App, chat_components: dict[str, Any], params: Any) -> None:
     """Fill text-generation-webui's `shared.gradio` with this page's controls, before extensions' ui() runs:
-    the Chat tab's (TGW_CONTROLS) and every sampler slider under its Preset key (the same names)."""
-    mapping = {tgw: chat_components[ours] for tgw, ours in TGW_CONTROLS.items() if ours in chat_components}
+    the Chat tab's (tgw_compat.GRADIO_NAMES) and every sampler slider under its Preset key (the same names)."""
+    mapping = {tgw: chat_components[ours] for tgw, ours in GRADIO_NAMES.items() if ours in chat_components}
     mapping.update(params.controls)
     mapping["preset_menu"] = params.dropdown
     app.extensions.compat.gradio.clear()

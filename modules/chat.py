@@ -39,6 +39,8 @@ MODES: tuple[str, ...] = ("chat", "instruct", "chat-instruct")
 DEFAULT_COMMAND = ('Continue the chat dialogue below. Write a single reply for the character "<|character|>".'
                    "\n\n<|prompt|>")
 MAX_TEMPLATE_BYTES = 256 * 1024
+#: a remote engine's context, for a lorebook's default budget when only the engine knows the real one
+ESTIMATED_CONTEXT = 8192
 _MARK = "\ue000PARLOUR-MARK\ue000"  # a private-use sentinel no template rewrites
 
 
@@ -216,6 +218,10 @@ def engine_messages(history: list[dict[str, str]], options: PromptOptions) -> li
         return None
     turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
+    if options.lorebook is not None or options.post_history:  # as in build_chat_prompt; the engine's tokenizer
+        if options.mode == "instruct" and system_turns and not options.system_message:  # is not here: estimated
+            options = replace(options, system_message=system_turns)
+        options, turns = lorebook.apply(options, turns, lambda text: len(text) // 4 + 1, ESTIMATED_CONTEXT)
     if options.mode == "chat":
         # the character's context is the system message; each turn carries its speaker's name
         context = "\n\n".join(part for part in (system_turns, _context(options)) if part)

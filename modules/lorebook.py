@@ -24,6 +24,10 @@ The card format is the Character Card V2 spec's; how entries are matched and pla
   taken as depth 4 (its note's usual depth) and its example-message positions (5, 6) as before/after the
   context, since Parlour has neither as a separate part.
 
+For a remote engine (which gets messages, not a prompt text) the same entries go into its messages,
+with token counts estimated (4 characters a token, an 8192-token context) since only the engine has
+the tokenizer.
+
 Where Parlour differs, because its prompt has no separate message for them: an entry "at depth" (and
 the card's post-history instructions, which SillyTavern sends after the chat) is merged into the message
 at that depth: appended to the newest message for depth 0, else put in front of the message that many

@@ -142,3 +142,15 @@ def test_sillytavern_card_book_in_a_real_prompt():
     assert "CONTEXT\nThe kraken of the Shelf sank three ships last year.<|im_end|>" in text
     # at depth 1: in front of the newest message
     assert "<|im_start|>user\n[A storm is building to the west.]\n\nA storm, then kraken." in text
+
+
+def test_remote_engines_get_the_lorebook_in_their_messages():
+    from modules.chat import engine_messages
+
+    lore = Lorebook.parse(CARD["data"]["character_book"])
+    options = PromptOptions(mode="instruct", name1="Ann", name2="Reyes", context="CONTEXT", lorebook=lore,
+                            post_history="[Short.]")
+    messages = engine_messages([{"role": "user", "content": "Port Vell at last."}], options)
+    assert messages[0] == {"role": "system", "content": "The Gull carries spice and salt.\n"
+                                                        "Port Vell is a smugglers' harbour under the cliffs.\nCONTEXT"}
+    assert messages[-1] == {"role": "user", "content": "Port Vell at last.\n\n[Short.]"}

@@ -51,13 +51,15 @@ class App:
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
                               threads=threads, trust_remote_code=settings.trust_remote_code,
                               batch_size=settings.batch_size, gate=queue.exclusive)
-        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
+        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS, enable=False)
         presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")
-        return cls(settings=settings, presets=presets, models=models, queue=queue,
-                   pipeline=Pipeline(models, queue, extensions), extensions=extensions,
-                   store=ChatStore(settings.user_data / "chats.sqlite"),
-                   characters=CharacterStore(settings.characters_dir),
-                   templates=TemplateLibrary(settings.instruction_templates_dir))
+        app = cls(settings=settings, presets=presets, models=models, queue=queue,
+                  pipeline=Pipeline(models, queue, extensions), extensions=extensions,
+                  store=ChatStore(settings.user_data / "chats.sqlite"),
+                  characters=CharacterStore(settings.characters_dir),
+                  templates=TemplateLibrary(settings.instruction_templates_dir))
+        extensions.start(app)  # after the App exists: text-generation-webui extensions read it as they load
+        return app
 
     @cached_property
     def chats(self) -> "ChatService":

@@ -416,17 +416,12 @@ class Pipeline:
         if history_hook is not None:  # system turns are not history: they stay as they are, in front
             system = [t for t in history if t.role == "system"]
             history = system + history_hook([t for t in history if t.role != "system"])
-        if ext.has("custom_generate_chat_prompt") and not options.impersonate:
-            new_turn = bool(start.user_input) or (bool(history) and history[-1].role == "user"
-                                                  and not options.continue_last)
-            past = [{"role": t.role, "content": t.text} for t in (history[:-1] if new_turn else history)]
-            old = messages_to_history(past)
-            prompt = ext.chat_prompt(start.user_input, {**state, "history": old}, history=old,
-                                     _continue=options.continue_last, impersonate=False)
-            if prompt is not None:
-                return Prepared(prompt, start.preset, state, start.user_input, True)
         hooks = ChatHooks(bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state))
                           if ext.has("bot_prefix_modifier") else None)
+        if ext.has("custom_generate_chat_prompt"):
+            prompt = self._custom_prompt(backend, request, start, history, hooks)
+            if prompt is not None:
+                return Prepared(prompt, start.preset, state, start.user_input, True)
         if registry.capabilities(backend).engine_templates:
             # The engine applies the model's own template itself whenever messages say what the turn means.
             messages = engine_messages(history, options)
@@ -434,17 +429,39 @@ class Pipeline:
                 text = "\n".join(str(m.get("content", "")) for m in messages)
                 return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
         built = self._build(backend, request, history, hooks)
-        fmt = getattr(backend, "reasoning_format", reasoning.THINK)
         return Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
                         context_length=built.context_length, turns_dropped=built.turns_dropped,
-                        reasoning_inside=reasoning.starts_inside(fmt, built.text))
+                        reasoning_state=reasoning.prompt_state(backend.reasoning_format, built.text))
+
+    def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
+                       history: list[Turn], hooks: ChatHooks) -> str | None:
+        """An extension's custom_generate_chat_prompt, given text-generation-webui's arguments and Parlour's own
+        prompt builder (`_parlour_default`, what its `chat.generate_chat_prompt` calls). None: build as usual."""
+        options = request.options or PromptOptions()
+        system = [t for t in history if t.role == "system"]
+        chat_turns = [t for t in history if t.role != "system"]
+        new_turn = bool(start.user_input) and bool(chat_turns) and chat_turns[-1].role == "user"
+        past = messages_to_history([{"role": t.role, "content": t.text}
+                                    for t in (chat_turns[:-1] if new_turn else chat_turns)])
+
+        def rebuild(text: str, hist: dict[str, Any]) -> str:
+            turns = [Turn.of(m["role"], m["content"]) for m in history_to_messages(hist, [])]
+            if new_turn:
+                turns.append(Turn.of("user", text))
+            if backend.chat_template is None:  # a remote engine templates the messages itself: text for counting
+                return "\n".join(t.text for t in system + turns)
+            return self._build(backend, request, system + turns, hooks).text
+
+        default = _DefaultPrompt(rebuild, start.user_input, past)
+        prompt = self.extensions.chat_prompt(start.user_input, {**start.state, "history": past}, history=past,
+                                             _continue=options.continue_last, impersonate=options.impersonate,
+                                             _parlour_default=default)
+        return prompt if prompt is not None and not default.is_default(prompt) else None
 
     def _finish(self, update: Update, prepared: Prepared) -> Update:
         """The output-side hooks: output_modifier on the finished answer, then reply_footer."""
-        update.raw_text = update.text
+        update.raw_text = update.text  # the parts keep the model's own words (the next prompt reads them)
         update.text = self.extensions.output(update.text, prepared.state, is_chat=prepared.is_chat)
-        if update.text != update.raw_text:  # the parts hold what the user reads
-            update.parts = Turn("assistant", update.parts).with_text(update.text).parts
         stats = {"tokens": update.tokens, "seconds": update.seconds, "first_token_seconds": update.first_token_seconds,
                  "prompt_tokens": update.prompt_tokens, "finish_reason": update.finish_reason, "model": update.model}
         update.footer = self.extensions.reply_footer(stats, prepared.state)
@@ -555,6 +572,29 @@ class Pipeline:
         update.reasoning_delta += thought
         self._show(update, reply, time.perf_counter() - start)
         return replace(update)
+
+
+class _DefaultPrompt:
+    """Parlour's own prompt, handed to custom_generate_chat_prompt hooks as the `_parlour_default` keyword
+    (text-generation-webui extensions reach it through `modules.chat.generate_chat_prompt`). Called with
+    the user input and history the hook passes on, it builds the prompt for those. A hook that returns the
+    very text it was given for the unchanged input counts as returning None: the request then goes on
+    exactly as without the hook (a remote engine still gets its messages)."""
+
+    def __init__(self, build: Callable[[str, dict[str, Any]], str], user_input: str, history: dict[str, Any],
+                 text: str | None = None) -> None:
+        self._build, self._input, self._history = build, user_input, history
+        self.text = text  # the prompt for the unchanged input and history, once built
+
+    def __call__(self, user_input: str, history: dict[str, Any], **_flags: Any) -> str:
+        if user_input == self._input and history == self._history:
+            if self.text is None:
+                self.text = self._build(user_input, history)
+            return self.text
+        return self._build(user_input, history)
+
+    def is_default(self, prompt: str) -> bool:
+        return self.text is not None and prompt is self.text
 
 
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:

@@ -163,6 +163,34 @@ def render_markdown(text: str, allow_images: bool = False) -> str:
     return sanitize(_markdown(allow_images).render(text), allow_images=allow_images)
 
 
+# What extension HTML may add to the allow-list: a text colour on a span (perplexity_colors colours each
+# token) and pictures carried inline as data: URLs (sd_api_pictures' images; nothing is fetched).
+_COLOR_STYLE = re.compile(r"^\s*color:\s*#[0-9a-fA-F]{3,8}\s*;?\s*$")
+_DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]+$")
+
+
+def render_extension_html(text: str, allow_images: bool = False) -> str:
+    """A reply as an extension's output_modifier left it (text-generation-webui's "visible" text): markdown
+    whose raw HTML is kept, then the same allow-list as `render_markdown`, plus a colour style on spans
+    and data: pictures. Remote pictures still need `allow_images`."""
+
+    def keep(tag: str, attr: str, value: str) -> str | None:
+        if tag == "span" and attr == "style":
+            return value if _COLOR_STYLE.match(value) else None
+        if value.strip().lower().startswith("data:"):
+            return value if tag == "img" and attr == "src" and _DATA_IMAGE.match(value.strip()) else None
+        if tag == "img" and attr == "src" and not allow_images:
+            return None
+        return _keep_attribute(tag, attr, value)
+
+    md = MarkdownIt("commonmark", {"html": True, "linkify": False, "breaks": True}).enable(["table", "strikethrough"])
+    attributes = {k: set(v) for k, v in ALLOWED_ATTRIBUTES.items()}
+    attributes["span"] = attributes.get("span", set()) | {"style"}
+    return nh3.clean(md.render(text), tags=ALLOWED_TAGS, attributes=attributes,
+                     url_schemes={"http", "https", "mailto", "data"}, attribute_filter=keep,
+                     link_rel="noopener noreferrer nofollow", strip_comments=True)
+
+
 def render_footer(footer: str) -> str:
     """Extensions' reply_footer HTML (one line each) as the block shown under a reply; "" for none.
     Sanitized on its own before it is wrapped, so its markup cannot close the wrapper or escape it."""

@@ -43,6 +43,7 @@ def build(app: App) -> gr.Blocks:
                         evaluate.render(app)
             with gr.Tab("Session", id="session"):
                 session.render(app)
+            extensions.bind_components(app, chat_ui["components"], params)
             extensions.render_tabs(app)
         extensions.render_block(app)
         # The model may still be loading when the page opens: refresh the status lines until it is ready.

@@ -12,18 +12,18 @@ from typing import Callable
 import gradio as gr
 
 from modules.app import App
-from modules.characters import CharacterError
+from modules.characters import CharacterError, CharacterExists
 from modules.fileio import os_reason
 from modules.store import ChatNotFound, StoreError
 from modules.ui.chat_view import guarded, new_session, redraw, user_of
-
-MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 
 @dataclass
 class FilesPanel:
     wire: Callable[[list], None]
     wire_load: Callable[[gr.Blocks], None]
+    your_name: gr.Textbox
+    your_bio: gr.Textbox
 
 
 def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
@@ -38,6 +38,11 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
             chat_in = gr.File(label="Import chat (JSON)", file_types=[".json"], type="binary",
                               elem_id="chat-import")
             download = gr.File(label="Download", interactive=False, elem_id="download")
+        pending_card = gr.State(None)  # a card whose name is taken, until the user chooses
+        with gr.Row(visible=False, elem_id="card-conflict") as card_conflict:
+            card_overwrite = gr.Button("Overwrite the existing character", size="sm", variant="stop",
+                                       elem_id="card-overwrite")
+            card_rename = gr.Button("Import under a new name", size="sm", elem_id="card-rename")
         with gr.Row():
             export_chat = gr.Button("Export chat (JSON)", size="sm", elem_id="export-chat")
             export_card = gr.Button("Export character card (PNG)", size="sm", elem_id="export-card")
@@ -59,26 +64,31 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         user = user_of(request)
         if not data:
             return
-        if len(data) > MAX_IMPORT_BYTES:
-            raise ValueError(f"the chat file is larger than {MAX_IMPORT_BYTES:,} bytes")
-        try:
-            parsed = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"the chat file is not JSON: {exc}") from exc
-        chat_id = app.store.import_chat(user, parsed)
-        app.store.update_chat(user, chat_id, character=character_v or "")
+        chat_id = app.store.import_chat_file(user, data)  # ValueError (one line) for a bad file; nothing written
+        if not app.store.chat(user, chat_id).character:  # a text-generation-webui history names none
+            app.store.update_chat(user, chat_id, character=character_v or "")
         return redraw(app, user, {**new_session(previous=sess), "chat_id": chat_id}, character_v,
                       status="Imported the chat.")
 
-    def on_import_card(data: bytes | None):
+    def on_import_card(data: bytes | None, choice: str = "ask"):
+        """(character, status, pending card, conflict row, rename button): a taken name asks first."""
         if not data:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), None, gr.Row(visible=False), gr.skip()
         try:
-            card = app.characters.import_card(data)
+            if choice == "rename":
+                card = app.characters.import_card(data, name=app.characters.free_name(
+                    app.characters.import_card_name(data)))
+            else:
+                card = app.characters.import_card(data, overwrite=choice == "overwrite")
+        except CharacterExists as exc:
+            return (gr.skip(), "⚠️ A character with this card's name already exists: overwrite it, or import "
+                    "the card under a new name?", data, gr.Row(visible=True),
+                    gr.Button(value=f"Import as {exc.suggestion}"))
         except CharacterError as exc:
             gr.Warning(str(exc))
-            return gr.skip(), f"⚠️ {exc}"
-        return gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**."
+            return gr.skip(), f"⚠️ {exc}", None, gr.Row(visible=False), gr.skip()
+        return (gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**.",
+                None, gr.Row(visible=False), gr.skip())
 
     def write_download(name: str, data: bytes) -> str | None:
         try:
@@ -114,12 +124,17 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         private = dict(api_visibility="private")
         status = outputs[4]
         save_profile.click(on_profile_save, [your_name, your_bio], status, **private)
-        card_in.upload(on_import_card, card_in, [character, status], **private)
-        chat_in.upload(on_import_chat, [chat_in, session, character], outputs, **private)
+        card_outputs = [character, status, pending_card, card_conflict, card_rename]
+        # each upload is read once, then the box is emptied for the next file
+        card_in.upload(on_import_card, card_in, card_outputs, **private).then(lambda: None, None, card_in, **private)
+        card_overwrite.click(lambda data: on_import_card(data, "overwrite"), pending_card, card_outputs, **private)
+        card_rename.click(lambda data: on_import_card(data, "rename"), pending_card, card_outputs, **private)
+        chat_in.upload(on_import_chat, [chat_in, session, character], outputs, **private).then(
+            lambda: None, None, chat_in, **private)
         export_chat.click(on_export_chat, session, download, **private)
         export_card.click(on_export_card, character, download, **private)
 
     def wire_load(blocks: gr.Blocks) -> None:
         blocks.load(on_profile_load, None, [your_name, your_bio], api_visibility="private")
 
-    return FilesPanel(wire, wire_load)
+    return FilesPanel(wire, wire_load, your_name, your_bio)

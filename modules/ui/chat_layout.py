@@ -39,6 +39,7 @@ def build(app: App) -> SimpleNamespace:
                 # instruct by default: most models are instruction-tuned and carry their own template
                 mode = gr.Radio(list(MODES), value="instruct", label="Mode", elem_id="chat-mode")
                 character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character")
+                refresh_characters = gr.Button("↻", elem_id="refresh-characters", size="sm", scale=0, min_width=40)
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
                 thinking = gr.Checkbox(value=True, label="Thinking", visible=False, elem_id="chat-thinking",
@@ -99,7 +100,7 @@ def build(app: App) -> SimpleNamespace:
     return SimpleNamespace(
         session=session, new=new, incognito=incognito, search=search, chat_list=chat_list, title=title, rename=rename,
         branch_chat=branch_chat, delete=delete, confirm_row=confirm_row, confirm=confirm, cancel_delete=cancel_delete,
-        mode=mode, character=character, template=template, thinking=thinking, effort=effort, chatbot=chatbot,
+        mode=mode, character=character, refresh_characters=refresh_characters, template=template, thinking=thinking, effort=effort, chatbot=chatbot,
         status=status, text=text, send=send, stop=stop, regenerate=regenerate, cont=cont, remove=remove,
         impersonate=impersonate, dummy_message=dummy_message, dummy_reply=dummy_reply, reproduce=reproduce,
         start_with=start_with, images=images, prev_version=prev_version, selected_info=selected_info,

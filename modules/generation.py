@@ -307,8 +307,8 @@ class Prepared:
     stops: tuple[str, ...] = ()
     context_length: int = 0
     turns_dropped: int = 0
-    #: the prompt opened a reasoning block itself (the model writes only its end)
-    reasoning_inside: bool = False
+    #: where the prompt leaves the reply: "inside" a reasoning block it opened, "after" one it closed, or ""
+    reasoning_state: str = ""
 
 
 class ModelSource(Protocol):
@@ -434,10 +434,10 @@ class Pipeline:
                 text = "\n".join(str(m.get("content", "")) for m in messages)
                 return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
         built = self._build(backend, request, history, hooks)
-        fmt = getattr(backend, "reasoning_format", reasoning.THINK)
+        fmt = backend.reasoning_format
         return Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
                         context_length=built.context_length, turns_dropped=built.turns_dropped,
-                        reasoning_inside=reasoning.starts_inside(fmt, built.text))
+                        reasoning_state=reasoning.prompt_state(fmt, built.text))
 
     def _finish(self, update: Update, prepared: Prepared) -> Update:
         """The output-side hooks: output_modifier on the finished answer, then reply_footer."""
@@ -513,7 +513,7 @@ class Pipeline:
         """Yield updates while tokens arrive; return the final one (with its finish reason). A chat
         reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
-        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_inside, split=prepared.is_chat)
+        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)

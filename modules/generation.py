@@ -307,8 +307,8 @@ class Prepared:
     stops: tuple[str, ...] = ()
     context_length: int = 0
     turns_dropped: int = 0
-    #: the prompt opened a reasoning block itself (the model writes only its end)
-    reasoning_inside: bool = False
+    #: where the prompt leaves the reply: "inside" a reasoning block it opened, "after" one it closed, or ""
+    reasoning_state: str = ""
 
 
 class ModelSource(Protocol):
@@ -530,7 +530,7 @@ class Pipeline:
         """Yield updates while tokens arrive; return the final one (with its finish reason). A chat
         reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
-        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_inside, split=prepared.is_chat)
+        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)

@@ -86,19 +86,29 @@ def detect(template_source: str | None, setting: Any = None) -> ReasoningFormat:
     return THINK
 
 
+def prompt_state(fmt: ReasoningFormat, prompt: str) -> Literal["inside", "after", ""]:
+    """Where the prompt leaves the reply: inside a block its generation prompt opened (the model writes
+    only the end marker), just after one it closed (thinking switched off: the template wrote an empty
+    block), or neither."""
+    if not fmt.enabled:
+        return ""
+    tail = prompt.rstrip()
+    return "inside" if tail.endswith(fmt.start) else "after" if tail.endswith(fmt.end) else ""
+
+
 def starts_inside(fmt: ReasoningFormat, prompt: str) -> bool:
     """Whether the prompt itself opened a block (its generation prompt ends with the start marker)."""
-    return fmt.enabled and prompt.rstrip().endswith(fmt.start)
+    return prompt_state(fmt, prompt) == "inside"
 
 
 class ReasoningSplitter:
     """Splits streamed reply text into reasoning and answer pieces."""
 
-    def __init__(self, fmt: ReasoningFormat, inside: bool = False) -> None:
+    def __init__(self, fmt: ReasoningFormat, inside: bool = False, after: bool = False) -> None:
         self.fmt = fmt
         self.inside = inside and fmt.enabled
         self._held = ""
-        self._strip_next = False  # the answer's leading blank lines after a block are not its words
+        self._strip_next = after  # the answer's leading blank lines after a block are not its words
         self.blocks = 1 if self.inside else 0  # blocks opened so far
         self.closed = 0  # ... and closed
 
@@ -190,8 +200,10 @@ class ReplyAssembler:
     words) to its end marker.
     """
 
-    def __init__(self, fmt: ReasoningFormat, inside: bool = False, split: bool = True) -> None:
-        self.splitter = ReasoningSplitter(fmt if split else OFF, inside)
+    def __init__(self, fmt: ReasoningFormat, state: str = "", split: bool = True) -> None:
+        """`state`: where the prompt left the reply (see `prompt_state`)."""
+        self.splitter = ReasoningSplitter(fmt if split else OFF, inside=state == "inside",
+                                          after=split and state == "after")
         # each segment: [kind, text, tokens, started, ended]
         self._segments: list[list[Any]] = []
         self._pending = {"reasoning": 0, "text": 0}  # tokens that came before their segment's first words

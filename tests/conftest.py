@@ -113,7 +113,8 @@ def start_server(tmp_path):
                                 "--settings", str(tmp_path / "settings.yaml"), *args],
                                cwd=ROOT, log=tmp_path / f"server-{len(started)}.log")
         started.append(server)
-        server.wait_until(lambda h: h["model"] is not None if wait_model else True)
+        # a generous deadline: a loaded 2-core machine can take a minute to import Gradio and load a model
+        server.wait_until(lambda h: h["model"] is not None if wait_model else True, timeout=240)
         return server
 
     yield _start

@@ -34,8 +34,7 @@ def generate_chat_prompt(user_input: str, state: dict[str, Any], **kwargs: Any) 
     messages = history_to_messages(history, [])
     if user_input and not kwargs.get("_continue"):
         messages.append({"role": "user", "content": user_input})
-    extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
-    return backend.chat_template.render(messages, add_generation_prompt=True, **extra)
+    return backend.chat_template.render(messages, add_generation_prompt=True, **backend.template_vars())
 
 
 def replace_character_names(text: str, name1: str, name2: str) -> str:

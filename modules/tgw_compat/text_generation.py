@@ -28,9 +28,8 @@ def encode(prompt: str, add_special_tokens: bool = True, add_bos_token: bool = T
     """Token ids of `prompt` as a 1 x n tensor (a BOS token in front when the tokenizer has one)."""
     import torch
 
-    backend = _compat.app.models.current() if _compat.app is not None else None
     tokenizer = _require_tokenizer()
-    if hasattr(backend, "tokenizer"):
+    if callable(tokenizer):  # a Hugging Face tokenizer (shared's view over other backends only encodes)
         ids = list(tokenizer(str(prompt), add_special_tokens=add_special_tokens)["input_ids"])
     else:
         ids = list(tokenizer.encode(str(prompt)))

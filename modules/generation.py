@@ -214,6 +214,9 @@ class GenerationRequest:
     #: Used instead of `prompt`/`messages` when set, except for a backend without a local template
     #: (remote engines), which gets `messages` if the request has them.
     build: Callable[[Backend, "ChatHooks"], Any] | None = None
+    #: who may share prompt caches with this request (modules/prefix_cache.py); default: its user.
+    #: The API sets one scope for all its callers (they hold one key; `user` is only their own claim).
+    cache_scope: str | None = None
 
 
 @dataclass
@@ -383,9 +386,13 @@ class Pipeline:
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
         if prepared.messages is not None:
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
-        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in inspect.signature(backend.stream).parameters:
-            return backend.stream(prepared.prompt, prepared.preset, request.cancel, hooks=hooks)
-        return backend.stream(prepared.prompt, prepared.preset, request.cancel)
+        accepts = inspect.signature(backend.stream).parameters
+        extra: dict[str, Any] = {}
+        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in accepts:
+            extra["hooks"] = hooks
+        if "cache_scope" in accepts:
+            extra["cache_scope"] = request.cache_scope or f"user:{request.user}"
+        return backend.stream(prepared.prompt, prepared.preset, request.cancel, **extra)
 
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()

@@ -114,6 +114,8 @@ async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only
     """
     loop = asyncio.get_running_loop()
     mailbox = _Mailbox(loop)
+    if request.cache_scope is None:
+        request.cache_scope = "api"  # see GenerationRequest.cache_scope
 
     def drive() -> None:
         updates = pipeline.stream(request)

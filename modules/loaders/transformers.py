@@ -27,9 +27,10 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from modules.batching import BatchEngine
+from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
 from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
 from modules.loaders.options import TransformersOptions
+from modules.prefix_cache import PrefixCache
 from modules.presets import Preset
 from modules.sampling import SUPPORTED_KEYS, ChainContext, build_processors
 from modules.settings import CpuThreads
@@ -245,15 +246,27 @@ class TransformersBackend:
         self._ctx = options.context_length or native
         # Batched generation (--batch-size > 1): concurrent requests share forward passes; the pipeline's
         # queue lets `max_concurrency` requests in at once.
-        self.max_concurrency = batch_size
         self.threads = threads
+        # Both need caches of plain keys/values in every layer (not linear-attention states).
+        self._plain_cache = supports_plain_cache(self.model)
+        if not self._plain_cache:
+            log.info("%s: its cache is not plain keys/values in every layer: no prompt cache, no batching", path.name)
+        self.prefix_cache = self._new_prefix_cache()
+        self.max_concurrency = batch_size if self._plain_cache else 1
         self.engine: BatchEngine | None = None
-        if batch_size > 1:
+        if self.max_concurrency > 1:
             self.engine = self._new_engine()
 
     def _new_engine(self) -> BatchEngine:
         return BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), self.max_concurrency, self.device,
-                           threads=self.threads)
+                           threads=self.threads, prefix_cache=self.prefix_cache)
+
+    def _new_prefix_cache(self) -> PrefixCache | None:
+        """A prompt cache for the current weights (a new one whenever they change: its keys/values
+        belong to the weights that computed them), or None when off."""
+        if not self._plain_cache or not self.options.prompt_cache_mib:
+            return None
+        return PrefixCache(self.options.prompt_cache_mib * 2**20)
 
     def _pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_token_ids or (0,))[0]
@@ -334,9 +347,12 @@ class TransformersBackend:
         return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event,
-               hooks: GenerationHooks | None = None) -> Iterator[Delta]:
+               hooks: GenerationHooks | None = None, cache_scope: str = "") -> Iterator[Delta]:
+        """`cache_scope`: whose partition of the prompt cache this request may reuse and fill (see
+        modules/prefix_cache.py for why users do not share one)."""
         ids = self.prompt_ids(prompt, preset)
         model = self.model  # an adapter change swaps self.model; this request keeps the one it started with
+        prefix_cache = self.prefix_cache  # ... and the prompt cache of those weights
         input_ids = torch.tensor([ids], device=model.device)
         if hooks is not None and hooks.tokenizer is not None:
             prompt, new_ids, embeds = hooks.tokenizer(prompt, input_ids, None)
@@ -354,7 +370,8 @@ class TransformersBackend:
             # The batch engine applies the preset's own chain; extension logits processors need generate().
             prompt_ids = input_ids[0].tolist()
             return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
-                                                  context=self.chain_context(prompt_ids, preset, model)),
+                                                  context=self.chain_context(prompt_ids, preset, model),
+                                                  scope=cache_scope),
                                cancel, self.detokenize, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         neutral = _GREEDY_NEUTRAL if preset.greedy else NEUTRAL_GENERATION
@@ -369,11 +386,23 @@ class TransformersBackend:
 
         def produce(emit: Emit) -> None:
             torch.manual_seed(seed)
-            with torch.inference_mode():
-                model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                               generation_config=config, logits_processor=processors,
-                               stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
-                               streamer=_EmitStreamer(emit))
+            ids = input_ids[0].tolist()
+            prefix = prefix_cache.match(cache_scope, ids) if prefix_cache is not None else None
+            # generate() reads only the tokens past what `past` holds, and adds to it what it reads
+            past = cache_from(prefix.kv) if prefix is not None else None
+            try:
+                with torch.inference_mode():
+                    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                         generation_config=config, logits_processor=processors,
+                                         stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
+                                         streamer=_EmitStreamer(emit), cache=past)
+            except torch.OutOfMemoryError:
+                if prefix_cache is not None:
+                    prefix_cache.clear()  # give its memory back: the next request may fit
+                raise
+            if prefix_cache is not None:
+                read = past.get_seq_length()
+                prefix_cache.store(cache_scope, out[0, :read].tolist(), cache_layers(past))
 
         def decode(part: list[int]) -> str:
             return self.tokenizer.decode(part, skip_special_tokens=preset.skip_special_tokens)
@@ -402,6 +431,7 @@ class TransformersBackend:
             model.eval()
         self.model = model
         self._last_logits = None  # another model now: the inspect views' cached logits are stale
+        self.prefix_cache = self._new_prefix_cache()  # and the prompt cache's keys/values
         self.loras = tuple(p.name for p in paths)
         if self.engine is not None:  # the batch engine must run the model with its new adapters
             self.engine.close()
@@ -439,11 +469,13 @@ class TransformersBackend:
                 "parameters": params, "dtype": str(self.model.dtype).replace("torch.", ""),
                 "quantization": quantization, "device": self.device, "context_length": self._ctx,
                 "memory": memory, "load_seconds": round(self.load_seconds, 2), "loras": list(self.loras),
+                "prompt_cache": self.prefix_cache.stats() if self.prefix_cache is not None else None,
                 "chat_template": "model's own" if self.has_own_template else "ChatML (fallback)"}
 
     def unload(self) -> None:
         if self.engine is not None:
             self.engine.close()
+        self.prefix_cache = None
         del self.model
         import gc
 

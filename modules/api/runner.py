@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import threading
-from dataclasses import replace
 from typing import AsyncIterator, Iterator
 
 from starlette.requests import Request
@@ -53,7 +52,7 @@ class _Mailbox:
         with self._lock:
             if isinstance(item, Update):
                 if self._update is not None:
-                    item = replace(item, delta=self._update.delta + item.delta)
+                    item = item.copy(delta=self._update.delta + item.delta)
                 self._update = item
             else:
                 self._tail.append(item)

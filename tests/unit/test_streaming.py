@@ -92,3 +92,24 @@ def test_throttle_keeps_first_and_last_and_drops_in_between():
     out = list(throttle(iter(updates), fps=20))
     assert out[0].text == "a" and out[-1].finish_reason == "stop"
     assert len(out) < 20
+
+
+def test_stop_filter_passes_text_without_stop_characters_at_once_and_still_catches_stops():
+    from modules.generation import StopStringFilter
+
+    stops = StopStringFilter(["\nUser:", "<|im_end|>"])
+    assert stops.feed("Hello there") == "Hello there"  # no '\n' or '<' in it: nothing held
+    assert stops.feed(" friend\nUs") == " friend"  # a possible start of "\nUser:" is held
+    assert stops.feed("ually") == "\nUsually"
+    assert stops.feed(" ok <|im_") == " ok "
+    assert stops.feed("end|> more") == "" and stops.stopped
+
+
+def test_update_copy_is_a_separate_update_with_the_changes():
+    from modules.generation import Update
+
+    update = Update(text="ab", delta="b", tokens=2)
+    copy = update.copy(delta="xb")
+    assert isinstance(copy, Update) and copy == Update(text="ab", delta="xb", tokens=2)
+    update.text += "c"
+    assert copy.text == "ab"

@@ -56,33 +56,60 @@ def calm_gradio_queue(blocks) -> None:
     queue.sleep_when_free = QUEUE_POLL_SECONDS
 
 
+def import_gradio():
+    """`import gradio`, without its MCP integration: Gradio imports the `mcp` package (when installed)
+    for `mcp_server=True`, which Parlour never sets, and that is ~15% of importing Gradio. Parlour's
+    own imports of `mcp` are unaffected (the block lasts only while Gradio is imported)."""
+    blocked = "mcp" not in sys.modules
+    if blocked:
+        sys.modules["mcp"] = None  # an import of it raises ImportError, which Gradio expects
+    try:
+        import gradio
+    finally:
+        if blocked and sys.modules.get("mcp", 0) is None:
+            del sys.modules["mcp"]
+    return gradio
+
+
 def create_app(settings: Settings):
-    """The FastAPI application with the UI mounted at / (and the App, for tests)."""
-    import gradio as gr
+    """The FastAPI application with the UI mounted at / (and the App, for tests).
+
+    Start-up order: only what the first page needs is imported before serving (Gradio, the UI, the
+    stores); the model starts loading once the server is up (`lifespan`), so torch and Transformers
+    import while the page is already answering. The Model tab shows the model loading."""
+    import contextlib
+    import threading
+
+    gr = import_gradio()
     from fastapi import FastAPI
 
     from modules import ui
     from modules.app import App
 
     app = App.build(settings)
-    # Start the model loading first: the page is served meanwhile and the Model tab shows its name.
-    if app.load_at_start() is None:
+    serving = threading.Event()
+    # The Model tab shows the model's name as loading from the start; the work waits for `serving`.
+    if app.load_at_start(after=serving) is None:
         log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
     for item, why in app.unreadable_files().items():  # the rest loads; these report errors when chosen
         log.warning("cannot use %s: %s", item, why)
-    api = FastAPI(title="Parlour", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        serving.set()
+        yield
+
+    api = FastAPI(title="Parlour", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @api.get("/health")
     def health() -> dict:
-        import threading
-
-        from modules.loaders.transformers import _rss_bytes
+        from modules.loaders.base import rss_bytes
 
         backend = app.models.current()
         # threads and rss_bytes let load tests check for leaks from outside the process
         return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
                 "queue_waiting": app.queue.waiting(), "threads": threading.active_count(),
-                "rss_bytes": _rss_bytes(), **app.pipeline.stats.snapshot()}
+                "rss_bytes": rss_bytes(), **app.pipeline.stats.snapshot()}
 
     if settings.api:
         from modules.api import build_api

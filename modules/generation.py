@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -397,7 +398,7 @@ class Pipeline:
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
         if prepared.messages is not None:
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
-        accepts = inspect.signature(backend.stream).parameters
+        accepts = _parameters(getattr(backend.stream, "__func__", backend.stream))
         extra: dict[str, Any] = {}
         if (hooks.tokenizer or hooks.logits_processors) and "hooks" in accepts:
             extra["hooks"] = hooks
@@ -475,6 +476,12 @@ class Pipeline:
             stream.close()  # ends the backend's worker within one token if we stopped early
 
 
+@functools.lru_cache(maxsize=32)
+def _parameters(function: Callable[..., Any]) -> frozenset[str]:
+    """The parameter names of a backend's `stream` (looked up once per backend class, not per request)."""
+    return frozenset(inspect.signature(function).parameters)
+
+
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:
     """The preset after state_modifier: its keys read back from the state (bad values are ignored)."""
     values = {k: state[k] for k in Preset.model_fields if k in state}
@@ -498,18 +505,28 @@ def _deltas_from_texts(texts: Iterator[str], backend: Backend, cancel: threading
     yield Delta("", 0, "stop")
 
 
-def throttle(updates: Iterator[Update], fps: float) -> Iterator[Update]:
-    """Pass the first text at once, then at most `fps` updates a second, and always the last one."""
+def throttle(updates: Iterator[Update], fps: float, busy_share: float = 0.25,
+             clock: Callable[[], float] = time.perf_counter) -> Iterator[Update]:
+    """Pass the first text at once, then at most `fps` updates a second, and always the last one.
+
+    The pace also adapts to the reader: the time between two updates stays at least 1/`busy_share`
+    times what the reader spent on the last one (the time until it asked for the next: for the Chat tab,
+    building the bubbles and Gradio's diff and send). A long chat or a loaded machine then gets fewer,
+    larger updates instead of a reader that falls behind and takes the CPU from the model; the browser,
+    which renders each update, gets fewer to render too."""
     interval = 1.0 / fps
     last = 0.0
+    spent = 0.0  # the reader's time on the last update passed on
     pending: Update | None = None
     for update in updates:
-        now = time.perf_counter()
+        now = clock()
         first_text = update.text and last == 0.0
-        if update.finish_reason is not None or first_text or now - last >= interval or update.queue_position:
+        if (update.finish_reason is not None or first_text or update.queue_position
+                or now - last >= max(interval, spent / busy_share)):
             last = now
             pending = None
             yield update
+            spent = clock() - now
         else:
             pending = update
     if pending is not None:

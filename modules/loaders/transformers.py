@@ -29,7 +29,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
-from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
+from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, rss_bytes, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.prefix_cache import PrefixCache
 from modules.presets import Preset
@@ -193,15 +193,6 @@ def _ram_mib() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
-def _rss_bytes() -> int:
-    """This process's resident memory (Linux /proc; 0 elsewhere)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS")), 0)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
@@ -215,6 +206,8 @@ class TransformersBackend:
     def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
                  trust_remote_code: bool = False, batch_size: int = 1, threads: CpuThreads | None = None) -> None:
         options = options or TransformersOptions()
+        if threads is not None:
+            torch.set_num_threads(threads.generate)  # process-wide; the batch engine switches it per step
         self.name = path.name
         self.path = path
         self.options = options
@@ -256,6 +249,9 @@ class TransformersBackend:
         self.chat_template: ChatTemplate | None = ChatTemplate(template if self.has_own_template else CHATML)
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
         self._decode = _decoder(self.tokenizer)
+        # "add BOS" means: as the model's tokenizer would (Llama's adds one, ChatML models' do not)
+        bos = self.tokenizer.bos_token_id
+        self._adds_bos = bos is not None and self.tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
         self._last_logits: tuple[tuple[int, ...], torch.Tensor] | None = None  # see next_token_logits
         native = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
         self._ctx = options.context_length or native
@@ -307,9 +303,7 @@ class TransformersBackend:
         ids = self.tokenize(prompt)
         bos = self.tokenizer.bos_token_id
         if bos is not None:
-            # "add" means: as the model's tokenizer would (Llama's adds one, ChatML models' do not).
-            adds_bos = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
-            if preset.add_bos_token and adds_bos and ids[:1] != [bos]:
+            if preset.add_bos_token and self._adds_bos and ids[:1] != [bos]:
                 ids = [bos] + ids
             elif not preset.add_bos_token and ids[:1] == [bos]:
                 ids = ids[1:]
@@ -475,7 +469,7 @@ class TransformersBackend:
         else:
             quantization = "none"
         memory = {"weights_mib": round(self.model.get_memory_footprint() / 2**20, 1),
-                  "process_rss_mib": round(_rss_bytes() / 2**20, 1)}
+                  "process_rss_mib": round(rss_bytes() / 2**20, 1)}
         if torch.cuda.is_available():
             memory["gpu_allocated_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
         return {"loader": self.loader, "name": self.name, "architecture": self.model.config.model_type,

@@ -113,3 +113,22 @@ def test_update_copy_is_a_separate_update_with_the_changes():
     assert isinstance(copy, Update) and copy == Update(text="ab", delta="xb", tokens=2)
     update.text += "c"
     assert copy.text == "ab"
+
+
+def test_throttle_slows_down_for_a_reader_that_takes_long_over_each_update():
+    """A reader spending 100 ms on each update gets one every 400 ms at most (a 25% share), not 20 a second."""
+    now = [0.0]
+    updates = [Update(text="a" * i, tokens=i) for i in range(1, 101)]
+
+    def produced():
+        for update in updates:
+            now[0] += 0.01  # the model: a token every 10 ms
+            yield update
+
+    shown = []
+    for update in throttle(produced(), fps=20, clock=lambda: now[0]):
+        shown.append((now[0], update.tokens))
+        now[0] += 0.1  # the reader's work on it
+    gaps = [b[0] - a[0] for a, b in zip(shown[1:], shown[2:])]
+    assert shown[0][1] == 1 and shown[-1][1] == 100  # first text at once, the last always
+    assert gaps and min(gaps[:-1], default=0.4) >= 0.4 - 1e-9

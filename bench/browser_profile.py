@@ -19,13 +19,11 @@ import argparse
 import collections
 import json
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from common import ROOT, free_port, stop
+from common import ROOT, start_server, stop
 
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -45,27 +43,12 @@ def seed_chat(user_data: Path, exchanges: int) -> None:
 
 
 def start(model: Path, tmp: Path, tokens: int) -> tuple[subprocess.Popen, str]:
+    """A server whose default preset makes exactly `tokens` greedy tokens (EOS banned)."""
     (tmp / "presets").mkdir(parents=True, exist_ok=True)
     (tmp / "presets" / "Bench.yaml").write_text(json.dumps({"temperature": 0.0, "max_new_tokens": tokens,
                                                              "ban_eos_token": True}))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--models-dir",
-                             str(model.parent), "--model", model.name, "--presets-dir", str(tmp / "presets"),
-                             "--preset", "Bench", "--user-data", str(tmp / "ud"), "--settings",
-                             str(tmp / "settings.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if json.loads(response.read())["model"]:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("the server exited while starting")
-        time.sleep(0.1)
-    raise SystemExit("the server did not load the model in time")
+    return start_server(model.parent, model.name, tmp / "ud", "--presets-dir", str(tmp / "presets"),
+                        "--preset", "Bench")
 
 
 def profile_reply(browser, url: str, tokens: int) -> dict:

@@ -3,6 +3,10 @@
 The worker pushes token ids onto an unbounded queue and never waits for the reader, so a slow
 browser cannot slow the model. Cancellation is a per-request Event watched by a StoppingCriteria,
 so Stop (or a closed connection) ends the worker within one token.
+
+With `--batch-size` above 1 requests go through the batch engine (modules/batching.py) instead. Both
+paths start from the prompt cache (modules/prefix_cache.py): the keys/values of the longest beginning
+of the prompt read before (by the same user, with the same weights), so only the rest is read.
 """
 
 from __future__ import annotations

@@ -164,3 +164,33 @@ def test_a_small_budget_keeps_the_most_recent_chats(models_dir):
     reply(backend, chats[0])  # the oldest was evicted
     assert reused(backend) == before
     backend.unload()
+
+
+def test_continue_reads_only_the_added_reply(pair):
+    cached, plain = pair
+    prompt = HISTORY + "\n# continue\n"
+    first = reply(cached, prompt)
+    before = reused(cached)
+    assert reply(cached, prompt + first) == reply(plain, prompt + first)  # "continue": the reply so far, extended
+    assert reused(cached) - before >= len(cached.tokenize(prompt)) - 2
+
+
+def test_api_callers_share_one_partition_and_a_repeated_system_prompt_is_read_once(start_server, models_dir):
+    """Through a real server: the same long system prompt from two API clients (different `user` fields) is
+    read once; the reply is the same both times."""
+    import httpx
+
+    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro")
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: be brief." for i in range(60))
+    body = lambda user, question: {"model": "parlour-micro", "max_tokens": 8, "temperature": 0, "user": user,
+                                   "messages": [{"role": "system", "content": system},
+                                                {"role": "user", "content": question}]}
+    info = lambda: httpx.get(server.url + "/v1/internal/model/info").json()["info"]["prompt_cache"]
+    url = server.url + "/v1/chat/completions"
+    first = httpx.post(url, json=body("alice", "Hello"), timeout=60).json()["choices"][0]["message"]["content"]
+    before = info()["reused_tokens"]
+    httpx.post(url, json=body("bob", "Something else"), timeout=60).raise_for_status()
+    shared = info()["reused_tokens"] - before
+    assert shared >= 300  # the system prompt (~400 tokens of the micro tokenizer) came from the cache
+    again = httpx.post(url, json=body("carol", "Hello"), timeout=60).json()["choices"][0]["message"]["content"]
+    assert again == first

@@ -39,21 +39,30 @@ KEEP_ALIVE_SECONDS = 65
 
 #: how often Gradio's idle queue looks for new UI events (seconds); see calm_gradio_queue
 QUEUE_POLL_SECONDS = 0.01
+NEVER = 2**62  # events between two rebuilds of Gradio's monitoring summary (see calm_gradio_queue)
 
 
 def calm_gradio_queue(blocks) -> None:
-    """Let Gradio's event queue look for work 100 times a second instead of 1000.
+    """Let Gradio's event queue look for work 100 times a second instead of 1000, and not summarise
+    its past events after each one.
 
     Gradio's queue polls with a 1 ms sleep while it is idle. Each wake-up takes the GIL from the
     model's thread; measured on 2 cores it costs the idle server ~36 ms of CPU a second and every
     generation (UI or API) a few percent. A UI event now waits at most 10 ms longer to start,
-    which nobody can see. The attribute is Gradio's own (gradio/queueing.py); a test checks it exists.
+    which nobody can see. The attributes are Gradio's own (gradio/queueing.py); a test checks they exist.
     """
     queue = getattr(blocks, "_queue", None)
     if queue is None or not hasattr(queue, "sleep_when_free"):
         log.warning("this Gradio has no queue.sleep_when_free: its idle queue keeps polling 1000 times a second")
         return
     queue.sleep_when_free = QUEUE_POLL_SECONDS
+    # Gradio also rebuilds a pandas summary of up to 10,000 past events after every event (its monitoring
+    # dashboard, which Parlour does not enable): ~10% of the server's GIL time around a chat reply in a
+    # profile. Only that dashboard reads it; rebuild it never. (Gradio's attribute, misspelt as it is.)
+    if hasattr(queue, "ANAYLTICS_CACHE_FREQUENCY"):
+        queue.ANAYLTICS_CACHE_FREQUENCY = NEVER
+    else:
+        log.warning("this Gradio has no queue.ANAYLTICS_CACHE_FREQUENCY: it summarises its events after each one")
 
 
 def import_gradio():

@@ -505,28 +505,29 @@ def _deltas_from_texts(texts: Iterator[str], backend: Backend, cancel: threading
     yield Delta("", 0, "stop")
 
 
-def throttle(updates: Iterator[Update], fps: float, busy_share: float = 0.25,
+def throttle(updates: Iterator[Update], fps: float, busy_share: float = 0.25, slowest: float = 0.5,
              clock: Callable[[], float] = time.perf_counter) -> Iterator[Update]:
     """Pass the first text at once, then at most `fps` updates a second, and always the last one.
 
     The pace also adapts to the reader: the time between two updates stays at least 1/`busy_share`
-    times what the reader spent on the last one (the time until it asked for the next: for the Chat tab,
-    building the bubbles and Gradio's diff and send). A long chat or a loaded machine then gets fewer,
-    larger updates instead of a reader that falls behind and takes the CPU from the model; the browser,
-    which renders each update, gets fewer to render too."""
+    times what the reader spends on one (the time until it asks for the next, averaged: for the Chat
+    tab, building the bubbles and Gradio's diff and send), but never more than `slowest` seconds. A long
+    chat or a loaded machine then gets fewer, larger updates instead of a reader that falls behind and
+    takes the CPU from the model; the browser, which renders each update, gets fewer to render too."""
     interval = 1.0 / fps
     last = 0.0
-    spent = 0.0  # the reader's time on the last update passed on
+    spent: float | None = None  # the reader's time per update (a moving average)
     pending: Update | None = None
     for update in updates:
         now = clock()
         first_text = update.text and last == 0.0
-        if (update.finish_reason is not None or first_text or update.queue_position
-                or now - last >= max(interval, spent / busy_share)):
+        gap = max(interval, min(slowest, (spent or 0.0) / busy_share))
+        if update.finish_reason is not None or first_text or update.queue_position or now - last >= gap:
             last = now
             pending = None
             yield update
-            spent = clock() - now
+            took = clock() - now
+            spent = took if spent is None else (spent + took) / 2
         else:
             pending = update
     if pending is not None:

@@ -132,3 +132,18 @@ def test_throttle_slows_down_for_a_reader_that_takes_long_over_each_update():
     gaps = [b[0] - a[0] for a, b in zip(shown[1:], shown[2:])]
     assert shown[0][1] == 1 and shown[-1][1] == 100  # first text at once, the last always
     assert gaps and min(gaps[:-1], default=0.4) >= 0.4 - 1e-9
+
+
+def test_throttle_never_waits_longer_than_its_slowest_pace():
+    now = [0.0]
+
+    def produced():
+        for i in range(1, 60):
+            now[0] += 0.05
+            yield Update(text="a" * i, tokens=i)
+
+    shown = []
+    for update in throttle(produced(), fps=20, clock=lambda: now[0]):
+        shown.append(now[0])
+        now[0] += 1.0  # a reader taking 1 s per update: uncapped, the pace would be one update per 4 s
+    assert len(shown) == 59  # capped at 0.5 s: every update (each 1.05 s after the last) is passed on

@@ -283,10 +283,13 @@ class BatchEngine:
             self._rows, self._cache, self._mask = [row], cache, mask
         else:
             width = max(self._mask.shape[1], mask.shape[1])
-            for mine, theirs in zip(self._cache.layers, cache.layers):
-                mine.keys = _right_aligned([mine.keys, theirs.keys], width, dim=-2)
-                mine.values = _right_aligned([mine.values, theirs.values], width, dim=-2)
+            # all of it built before any of it is used: running out of memory halfway fails only the newcomer
+            merged = [(_right_aligned([mine.keys, theirs.keys], width, dim=-2),
+                       _right_aligned([mine.values, theirs.values], width, dim=-2))
+                      for mine, theirs in zip(self._cache.layers, cache.layers)]
             self._mask = _right_aligned([self._mask, mask], width, dim=-1)
+            for layer, (keys, values) in zip(self._cache.layers, merged):
+                layer.keys, layer.values = keys, values
             self._rows.append(row)
         self._last_step = None
         self.largest_batch = max(self.largest_batch, len(self._rows))

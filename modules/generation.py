@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -142,6 +143,7 @@ class StopStringFilter:
 
     def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
         self.stops = tuple(s for s in stops if s)
+        self._firsts = frozenset(s[0] for s in self.stops)
         self._held = ""
         self.stopped = False
 
@@ -150,6 +152,10 @@ class StopStringFilter:
         if self.stopped:
             return ""
         buf = self._held + text
+        if not any(c in buf for c in self._firsts):
+            # no stop string can start anywhere in it (most tokens): nothing to cut, nothing to hold
+            self._held = ""
+            return buf
         cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
@@ -224,6 +230,9 @@ class GenerationRequest:
     apply_input_hooks: bool = True
     #: set by Pipeline.begin: the turn's state and input hooks ran; prepare() reuses them
     begun: "TurnStart | None" = None
+    #: who may share prompt caches with this request (modules/prefix_cache.py); default: its user.
+    #: The API sets one scope for all its callers (they hold one key; `user` is only their own claim).
+    cache_scope: str | None = None
 
     def __post_init__(self, messages: list[dict[str, Any]] | None, continue_last: bool) -> None:
         if messages is not None:
@@ -281,6 +290,12 @@ class Update:
     thinking: bool = False
     #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text)
     parts: tuple[Part, ...] = ()
+
+    def copy(self, **changes: Any) -> "Update":
+        """A copy with `changes`: what readers get, once per token (dataclasses.replace costs ~10x more)."""
+        new = object.__new__(Update)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
 
 
 @dataclass(frozen=True)
@@ -483,9 +498,13 @@ class Pipeline:
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
         if prepared.messages is not None:
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
-        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in inspect.signature(backend.stream).parameters:
-            return backend.stream(prepared.prompt, prepared.preset, request.cancel, hooks=hooks)
-        return backend.stream(prepared.prompt, prepared.preset, request.cancel)
+        accepts = _parameters(getattr(backend.stream, "__func__", backend.stream))
+        extra: dict[str, Any] = {}
+        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in accepts:
+            extra["hooks"] = hooks
+        if "cache_scope" in accepts:
+            extra["cache_scope"] = request.cache_scope or f"user:{request.user}"
+        return backend.stream(prepared.prompt, prepared.preset, request.cancel, **extra)
 
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
@@ -495,10 +514,10 @@ class Pipeline:
         try:
             for pos in self.queue.acquire(request.cancel):
                 update.queue_position = pos
-                yield replace(update)
+                yield update.copy()
         except _Cancelled:
             update.finish_reason = "cancelled"
-            yield replace(update)
+            yield update.copy()
             return
         try:
             update.queue_position = 0
@@ -547,7 +566,7 @@ class Pipeline:
                     return self._settle(update, reply, start)
                 self._show(update, reply, now - start)
                 if update.delta or update.reasoning_delta or delta.tokens:
-                    yield replace(update)
+                    yield update.copy()
             update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
             return self._settle(update, reply, start)
         except (GeneratorExit, NoModel, QueueFull):
@@ -571,7 +590,7 @@ class Pipeline:
         update.delta += answer
         update.reasoning_delta += thought
         self._show(update, reply, time.perf_counter() - start)
-        return replace(update)
+        return update.copy()
 
 
 class _DefaultPrompt:
@@ -597,6 +616,12 @@ class _DefaultPrompt:
         return self.text is not None and prompt is self.text
 
 
+@functools.lru_cache(maxsize=32)
+def _parameters(function: Callable[..., Any]) -> frozenset[str]:
+    """The parameter names of a backend's `stream` (looked up once per backend class, not per request)."""
+    return frozenset(inspect.signature(function).parameters)
+
+
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:
     """The preset after state_modifier: its keys read back from the state (bad values are ignored)."""
     values = {k: state[k] for k in Preset.model_fields if k in state}
@@ -620,18 +645,29 @@ def _deltas_from_texts(texts: Iterator[str], backend: Backend, cancel: threading
     yield Delta("", 0, "stop")
 
 
-def throttle(updates: Iterator[Update], fps: float) -> Iterator[Update]:
-    """Pass the first text at once, then at most `fps` updates a second, and always the last one."""
+def throttle(updates: Iterator[Update], fps: float, busy_share: float = 0.25, slowest: float = 0.5,
+             clock: Callable[[], float] = time.perf_counter) -> Iterator[Update]:
+    """Pass the first text at once, then at most `fps` updates a second, and always the last one.
+
+    The pace also adapts to the reader: the time between two updates stays at least 1/`busy_share`
+    times what the reader spends on one (the time until it asks for the next, averaged: for the Chat
+    tab, building the bubbles and Gradio's diff and send), but never more than `slowest` seconds. A long
+    chat or a loaded machine then gets fewer, larger updates instead of a reader that falls behind and
+    takes the CPU from the model; the browser, which renders each update, gets fewer to render too."""
     interval = 1.0 / fps
     last = 0.0
+    spent: float | None = None  # the reader's time per update (a moving average)
     pending: Update | None = None
     for update in updates:
-        now = time.perf_counter()
+        now = clock()
         first_text = update.text and last == 0.0
-        if update.finish_reason is not None or first_text or now - last >= interval or update.queue_position:
+        gap = max(interval, min(slowest, (spent or 0.0) / busy_share))
+        if update.finish_reason is not None or first_text or update.queue_position or now - last >= gap:
             last = now
             pending = None
             yield update
+            took = clock() - now
+            spent = took if spent is None else (spent + took) / 2
         else:
             pending = update
     if pending is not None:

@@ -327,10 +327,13 @@ class ModelManager:
         backend = self._backend
         return backend.info() if backend is not None else None
 
-    def load_in_background(self, name: str, loader: str | None = None,
-                           options: dict[str, Any] | None = None) -> threading.Thread:
-        """Start loading `name` in a thread (server start: the page answers before the model is ready)."""
+    def load_in_background(self, name: str, loader: str | None = None, options: dict[str, Any] | None = None,
+                           after: threading.Event | None = None) -> threading.Thread:
+        """Start loading `name` in a thread (server start: the page answers before the model is ready);
+        with `after`, the loading waits for that Event (the server's start: see server.create_app)."""
         def run() -> None:
+            if after is not None:
+                after.wait()
             try:
                 self.load(name, loader, options)
             except ModelError as exc:

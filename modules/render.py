@@ -20,6 +20,7 @@ must hug its content (`$x$`, not `$ x $`) and the closing `$` may not be followe
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 
@@ -123,7 +124,9 @@ def _math_rule(state: StateInline, silent: bool) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=2)
 def _markdown(allow_images: bool) -> MarkdownIt:
+    """The parser (one per allow_images; built once: building one costs more than rendering a bubble)."""
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable(["table", "strikethrough"])
 
     def fence(renderer, tokens, idx, options, env):  # code blocks get a copy button (page script handles the click)
@@ -158,8 +161,14 @@ def _markdown(allow_images: bool) -> MarkdownIt:
     return md
 
 
+@functools.lru_cache(maxsize=4096)
 def render_markdown(text: str, allow_images: bool = False) -> str:
-    """Markdown text -> sanitized HTML."""
+    """Markdown text -> sanitized HTML.
+
+    Remembered (least recently used out): the chat re-renders every bubble on every streamed update,
+    and all but the last are unchanged, so a long chat would cost milliseconds per bubble per update.
+    Bubbles in use are touched on every update, so they outlive the partial replies of earlier updates.
+    (A pure function of its arguments: the same text always gives the same HTML.)"""
     return sanitize(_markdown(allow_images).render(text), allow_images=allow_images)
 
 

@@ -130,9 +130,7 @@ def _turns(items: Any, where: str, role_key: str, content_key: str, field: str) 
     return tuple(turns)
 
 
-def _record(value: Any, where: str, fmt: str) -> Record:
-    if not isinstance(value, dict):
-        raise DataError(f"{where}: a record must be a JSON object, not {type(value).__name__}")
+def _record(value: dict[str, Any], where: str, fmt: str) -> Record:
     looks = detect_format(value)
     if looks != fmt:
         seen = f"it looks like {looks}" if looks else f"its keys are {', '.join(sorted(value)[:6]) or 'none'}"
@@ -173,12 +171,12 @@ def read_file(path: Path, data_format: str = "auto", name: str | None = None) ->
     records: list[Record] = []
     fmt = None if data_format == "auto" else data_format
     for where, value in _objects(data, name, suffix):
+        if not isinstance(value, dict):
+            raise DataError(f"{where}: a record must be a JSON object, not {type(value).__name__}")
+        fmt = fmt or detect_format(value)
         if fmt is None:
-            fmt = detect_format(value)
-            if fmt is None:
-                keys = ", ".join(sorted(value)[:6]) if isinstance(value, dict) else type(value).__name__
-                raise DataError(f"{where}: unknown format (found {keys}); expected 'messages' (OpenAI), "
-                                "'conversations' (ShareGPT), 'instruction'/'output' (Alpaca) or 'text'")
+            raise DataError(f"{where}: unknown format (found {', '.join(sorted(value)[:6])}); expected 'messages' "
+                            "(OpenAI), 'conversations' (ShareGPT), 'instruction'/'output' (Alpaca) or 'text'")
         records.append(_record(value, where, fmt))
     if not records:
         raise DataError(f"{name} holds no samples (the file is empty)")

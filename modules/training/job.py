@@ -351,8 +351,11 @@ class TrainingManager:
         finally:
             if not latest_checkpoint(plan.run_dir) and self._progress.state != "done":
                 shutil.rmtree(plan.run_dir, ignore_errors=True)  # nothing to resume: leave nothing behind
-            for listener in listeners:
-                listener(self.progress())
+            for listener in listeners:  # the final state (a failing listener must not hide it)
+                try:
+                    listener(self.progress())
+                except Exception:  # noqa: BLE001
+                    log.exception("a training progress listener failed")
 
     def _load_4bit(self) -> None:
         """QLoRA: reload the loaded model with 4-bit nf4 weights (bf16 compute), unless it already is."""

@@ -44,5 +44,5 @@ def test_upload_start_plot_and_the_adapter_in_the_lora_list(browser, start_serve
     page.click("#model-refresh")
     page.get_by_text("LoRA adapters").click()
     page.click("#lora-dropdown input")
-    assert page.get_by_role("option", name="browser-lora").is_visible()
+    page.get_by_role("option", name="browser-lora").wait_for()  # listed, after 🔄 Refresh
     page.close()

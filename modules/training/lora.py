@@ -43,10 +43,11 @@ def check_trainable(backend: Any, settings: TrainingSettings, cuda: bool) -> Non
     if quant != "none" and not on_gpu:
         raise TrainingError(f"{backend.name} is loaded with bitsandbytes {quant} weights on the CPU, which cannot "
                             "be trained: load it without 8-bit/4-bit (or train on a CUDA GPU with QLoRA)")
-    devices = set((getattr(backend.model, "hf_device_map", None) or {}).values())
-    if len(devices) > 1 and devices & {"cpu", "disk"}:
-        raise TrainingError(f"{backend.name} is partly offloaded to {'/'.join(sorted(devices & {'cpu', 'disk'}))}: "
-                            "training needs every weight on one device (load it without a memory limit)")
+    devices = {str(d) for d in (getattr(backend.model, "hf_device_map", None) or {}).values()}
+    offloaded = devices & {"disk"} or (devices & {"cpu"} if len(devices) > 1 else set())
+    if offloaded:  # weights on disk are empty (meta) tensors until used; mixed devices break the optimizer
+        raise TrainingError(f"{backend.name} is offloaded to {'/'.join(sorted(offloaded))}: training needs every "
+                            "weight in memory on one device (load it without a memory limit or disk offload)")
     if settings.qlora and not cuda:
         raise TrainingError("QLoRA needs a CUDA GPU (bitsandbytes' 4-bit training kernels); untick it to train "
                             "in full precision on the CPU")

@@ -63,8 +63,8 @@ class TrainingSettings(BaseModel):
                            ge=0.0, le=0.5)
     eval_steps: int = _f("data", 0, "evaluate every N steps (0: about ten times per run)", ge=0, le=10_000_000)
 
-    gradient_checkpointing: bool = _f("machine", False, "recompute activations in the backward pass: less memory, "
-                                      "about a third slower")
+    gradient_checkpointing: bool = _f("machine", False, "recompute activations in the backward pass: much less "
+                                      "memory, slower steps")
     qlora: bool = _f("machine", False, "QLoRA: base weights in 4-bit (bitsandbytes nf4) while training; needs a "
                      "CUDA GPU (the model is reloaded in 4-bit)")
     save_steps: int = _f("machine", 50, "save a checkpoint every N steps (Stop saves one too)", ge=1,
@@ -96,3 +96,11 @@ class TrainingSettings(BaseModel):
 
     def total_steps(self, samples: int) -> int:
         return self.max_steps or max(1, math.ceil(self.epochs * self.steps_per_epoch(samples)))
+
+
+def settings_markdown() -> str:
+    """The settings table of docs/training.md (a test keeps it in step with this model)."""
+    rows = ["| setting (CLI flag) | default | what it does |", "|---|---|---|"]
+    for name, field in TrainingSettings.model_fields.items():
+        rows.append(f"| `{name}` (`--{name.replace('_', '-')}`) | `{field.default}` | {field.description} |")
+    return "\n".join(rows)

@@ -180,6 +180,9 @@ def test_models_that_cannot_be_trained_are_refused_before_anything_is_written(en
         job.plan(settings, dataset=data)
     with pytest.raises(TrainingError, match="QLoRA needs a CUDA GPU"):
         job.plan(TrainingSettings(output="x", qlora=True, cutoff=64), dataset=data)
+    app.models.load("parlour-micro", options={"max_cpu_memory": "0.1MiB", "disk_offload": True})
+    with pytest.raises(TrainingError, match="parlour-micro is offloaded to disk: training needs every weight"):
+        job.plan(settings, dataset=data)
     app.models.unload()
     with pytest.raises(TrainingError, match="no model is loaded"):
         job.plan(settings, dataset=data)
@@ -253,3 +256,40 @@ def test_gguf_and_remote_models_cannot_be_trained(make_app, models_dir, tmp_path
     finally:
         engine.shutdown()
     assert nothing_written(tmp_path)
+
+
+def test_resume_refuses_changed_data(env, tmp_path):
+    app, job, data = env
+
+    def stop_at_two(progress):
+        if progress.step == 2:
+            job.stop()
+
+    assert job.run(job.plan(TrainingSettings(output="r", max_steps=6, **FAST), dataset=data), (stop_at_two,)).state \
+        == "stopped"
+    write_jsonl(data, chat_lines(16, answer="Something else."))
+    with pytest.raises(TrainingError, match="qa.jsonl changed since run r started"):
+        job.plan_resume("r")
+    with pytest.raises(TrainingError, match="a stopped run named r exists .*: Resume it"):
+        job.plan(TrainingSettings(output="r", **FAST), dataset=data)
+
+
+def test_text_files_saved_chats_and_gradient_checkpointing_train(env, tmp_path):
+    app, job, _ = env
+    text = tmp_path / "training" / "notes.txt"
+    text.write_text("The sea is wide and the sea is deep. " * 40)
+    plan = job.plan(TrainingSettings(output="notes", max_steps=2, cutoff=64, text_stride=32, gradient_checkpointing=True,
+                                     **FAST), dataset=text)
+    assert all(s.labels == s.input_ids for s in plan.train) and len(plan.train) > 3
+    assert job.run(plan).state == "done"
+    assert not app.models.current().model.is_activation_checkpointing  # switched off again afterwards
+
+    chat = app.store.create_chat("ann", title="Bees")
+    app.store.add_message("ann", chat, "user", QUESTION)
+    app.store.add_message("ann", chat, "assistant", "Bees make honey.")
+    plan = job.plan(TrainingSettings(output="from-chats", max_steps=2, **FAST), chats=[chat], user="ann")
+    assert plan.train[0].source == f"chat {chat} ('Bees')" and plan.train[0].trained > 0
+    final = job.run(plan)
+    assert final.state == "done"
+    card = json.loads((tmp_path / "loras" / "from-chats" / "parlour-training.json").read_text())
+    assert card["data"]["name"] == "saved chats" and card["data"]["chats"] == [chat]

@@ -88,7 +88,7 @@ def main() -> int:
     data = write_dataset(scratch / "bench.jsonl", args.chats)
     threads = Settings(threads_batch=args.threads or None).cpu_threads()
     models = ModelManager(args.model.parent, scratch / "loras", scratch / "offload", threads)
-    job = TrainingManager(models, scratch / "loras", scratch / "runs", scratch)
+    job = TrainingManager(models, scratch / "loras", scratch / "runs")
     common = dict(max_steps=args.steps, micro_batch=4, cutoff=256, threads=args.threads, save_steps=10**6,
                   learning_rate=1e-3)
     base = {"dtype": "bfloat16"} if cuda else {"dtype": "float32"}

@@ -3,6 +3,7 @@
     data.py        dataset files and saved chats -> records (every bad line named before a step runs)
     formatting.py  records -> token ids + labels with the model's chat template; the loss mask; preview
     lora.py        can this model be trained; peft's LoRA put on the loaded model and taken off again
+    plan.py        every check before a run, the tokenized samples, run folders and their checkpoints
     job.py         the one training job: Transformers' Trainer in a thread, progress, stop, resume, result
     results.py     the adapter's card, perplexity before/after, merging into a new model folder
     __main__.py    python -m modules.training --model NAME --dataset FILE --output NAME ...

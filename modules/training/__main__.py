@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         models = ModelManager(server.models_dir, server.loras_dir, server.user_data / "offload", server.cpu_threads())
         models.load(args["model"], "transformers", QLORA_OPTIONS if settings.qlora else None)
         job = TrainingManager(models, server.loras_dir, server.user_data / "training-runs",
-                              server.user_data / "training", ChatStore(server.user_data / "chats.sqlite"))
+                              ChatStore(server.user_data / "chats.sqlite"))
         if "resume" in args:
             plan = job.plan_resume(args["resume"])
         elif "dataset" in args:

@@ -70,7 +70,8 @@ class Formatter:
         self.settings = settings
         bos = tokenizer.bos_token_id
         # As generation does (TransformersBackend.prompt_ids): BOS first when the tokenizer itself adds one.
-        self.bos = bos if bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos] else None
+        adds_bos = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+        self.bos = bos if adds_bos else None
 
     @classmethod
     def for_backend(cls, backend: Any, settings: TrainingSettings) -> "Formatter":

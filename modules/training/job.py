@@ -1,5 +1,5 @@
-"""The one training job of a process: plan (every check before a step runs), then Transformers'
-`Trainer` in a background thread on the loaded model, with progress, Stop, Resume and the result.
+"""The one training job of a process: a Plan (plan.py) run by Transformers' `Trainer` in a background
+thread on the loaded model, with progress, Stop, Resume and the result.
 
 Why `Trainer` and not trl's `SFTTrainer`: the samples arrive here already tokenized with their labels
 (formatting.py does the chat template and the assistant-only mask for every template, which trl's
@@ -8,10 +8,8 @@ application, packing, its own collators — would go unused; `Trainer` brings th
 accumulation, schedulers, evaluation and checkpoints that resume with optimizer, scheduler and RNG
 state, and needs only transformers + accelerate + peft (no trl or datasets on a GPU machine).
 
-A run lives in `user_data/training-runs/NAME/`: `run.json` (settings, data source and its sha256, model,
-seconds so far) and Trainer's `checkpoint-N/` folders. Trainer writes `trainer_state.json` last in a
-checkpoint, so a checkpoint with a readable one is complete; a kill mid-save leaves the previous one.
-The finished adapter is written to `loras/.NAME.partial-*` and renamed to `loras/NAME` at the end.
+Checkpoints go to the run's folder (plan.py); the finished adapter is written to `loras/.NAME.partial-*`
+and renamed to `loras/NAME` at the end.
 """
 
 from __future__ import annotations
@@ -32,47 +30,17 @@ from transformers.trainer_callback import TrainerCallback
 
 from modules.fileio import atomic_write_text
 from modules.models import ModelError, ModelManager
-from modules.paths import UnsafeName, safe_child
 from modules.training import TrainingError
-from modules.training.data import Record, fingerprint, read_chats, read_file
-from modules.training.formatting import IGNORE, Formatter, Sample, preview_html, split
+from modules.training.formatting import IGNORE, Sample, preview_html
 from modules.training.lora import check_trainable, lora_on, mixed_precision, quantization
+from modules.training.plan import RUN_FILE, Plan, Planner, latest_checkpoint
 from modules.training.results import write_card
 from modules.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
-RUN_FILE = "run.json"
-_CHECKPOINT_FILES = ("trainer_state.json", "adapter_config.json", "optimizer.pt", "scheduler.pt")
 #: the Transformers loader's options for QLoRA: nf4 with double quantization, bf16 compute
 QLORA_OPTIONS = {"load_in_8bit": False, "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                  "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "bfloat16"}
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """Where a run's data comes from, enough to read it again on Resume and to check it is unchanged."""
-
-    name: str  # the file's name, or "saved chats"
-    path: str | None = None
-    chats: tuple[int, ...] = ()
-    user: str = "local"
-    sha256: str = ""
-
-
-@dataclass
-class Plan:
-    """A checked run, ready to start: the tokenized samples and where everything goes."""
-
-    settings: TrainingSettings
-    source: DataSource
-    model: str
-    train: list[Sample]
-    eval: list[Sample]
-    report: str
-    total_steps: int
-    run_dir: Path
-    resume_from: Path | None = None
-    seconds_before: float = 0.0
 
 
 @dataclass
@@ -96,21 +64,6 @@ class Progress:
     @property
     def running(self) -> bool:
         return self.state in ("waiting", "training")
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint-N in a run folder (see the module docstring), or None."""
-    found = []
-    for path in run_dir.glob("checkpoint-*"):
-        try:
-            step = int(path.name.split("-", 1)[1])
-            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (ValueError, OSError):
-            continue
-        weights = (path / "adapter_model.safetensors").is_file() or (path / "adapter_model.bin").is_file()
-        if weights and all((path / name).is_file() for name in _CHECKPOINT_FILES):
-            found.append((step, path))
-    return max(found)[1] if found else None
 
 
 @contextlib.contextmanager
@@ -154,13 +107,10 @@ class TrainingManager:
     """Plans and runs LoRA training on the loaded model, one job at a time (the model's claim, see
     ModelManager.claim, is what keeps every other user of the model out meanwhile)."""
 
-    def __init__(self, models: ModelManager, loras_dir: Path, runs_dir: Path, datasets_dir: Path,
-                 store: Any = None) -> None:
+    def __init__(self, models: ModelManager, loras_dir: Path, runs_dir: Path, store: Any = None) -> None:
         self.models = models
         self.loras_dir = loras_dir
-        self.runs_dir = runs_dir
-        self.datasets_dir = datasets_dir
-        self.store = store
+        self.planner = Planner(models, loras_dir, runs_dir, store)
         self._lock = threading.Lock()
         self._progress = Progress()
         self._stop = threading.Event()
@@ -205,95 +155,18 @@ class TrainingManager:
 
     def resumable(self) -> list[str]:
         """Names of stopped (or interrupted) runs that have a complete checkpoint."""
-        if not self.runs_dir.is_dir():
-            return []
-        current = self._progress.name if self.running() else None
-        return sorted(p.name for p in self.runs_dir.iterdir()
-                      if p.is_dir() and p.name != current and (p / RUN_FILE).is_file() and latest_checkpoint(p))
-
-    # ---- planning: every check, before anything is written or trained
-    def _checked_backend(self, settings: TrainingSettings) -> Any:
-        import torch
-
-        self._refuse_if_running()
-        backend = self.models.current()
-        check_trainable(backend, settings, torch.cuda.is_available())
-        if settings.cutoff > backend.context_length:
-            raise TrainingError(f"the cutoff ({settings.cutoff} tokens) is longer than {backend.name}'s context "
-                                f"({backend.context_length})")
-        return backend
-
-    def _names(self, output: str) -> tuple[Path, Path]:
-        try:
-            final, run_dir = safe_child(self.loras_dir, output), safe_child(self.runs_dir, output)
-        except UnsafeName as exc:
-            raise TrainingError(f"bad adapter name: {exc}") from exc
-        if final.exists():
-            raise TrainingError(f"{self.loras_dir.name}/{output} already exists: choose another name")
-        return final, run_dir
-
-    def _records(self, settings: TrainingSettings, source: DataSource) -> list[Record]:
-        if source.path is not None:
-            return read_file(Path(source.path), settings.data_format, name=source.name)
-        if self.store is None:
-            raise TrainingError("saved chats are not available here")
-        return read_chats(self.store, source.user, list(source.chats))
+        return self.planner.resumable(self._progress.name if self.running() else None)
 
     def plan(self, settings: TrainingSettings, dataset: Path | None = None, chats: list[int] | None = None,
              user: str = "local") -> Plan:
-        """Check the model, the name and the data, and tokenize it: TrainingError (or DataError, naming
-        the file and line) for anything wrong."""
-        backend = self._checked_backend(settings)
-        _, run_dir = self._names(settings.output)
-        checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-        if checkpoint is not None:
-            raise TrainingError(f"a stopped run named {settings.output} exists (at {checkpoint.name}): Resume it, "
-                                "or choose another name")
-        if dataset is None and not chats:
-            raise TrainingError("choose a dataset file or saved chats to train on")
-        if dataset is not None:
-            source = DataSource(name=dataset.name, path=str(dataset.resolve()))
-        else:
-            source = DataSource(name="saved chats", chats=tuple(chats or ()), user=user)
-        records = self._records(settings, source)
-        source = replace(source, sha256=fingerprint(Path(source.path) if source.path else None, records))
-        return self._formatted(settings, source, records, backend, run_dir)
-
-    def _formatted(self, settings: TrainingSettings, source: DataSource, records: list[Record], backend: Any,
-                   run_dir: Path) -> Plan:
-        formatted = Formatter.for_backend(backend, settings).format(records)
-        train, held = split(formatted.samples, settings.eval_split, settings.seed)
-        report = formatted.report(settings.cutoff) + (f"; {len(held)} held out for evaluation" if held else "")
-        return Plan(settings=settings, source=source, model=backend.name, train=train, eval=held, report=report,
-                    total_steps=settings.total_steps(len(train)), run_dir=run_dir)
+        """A checked run (see Planner.plan); TrainingError while a job is running."""
+        self._refuse_if_running()
+        return self.planner.plan(settings, dataset, chats, user)
 
     def plan_resume(self, name: str) -> Plan:
-        """The plan that continues the stopped run `name` from its newest complete checkpoint."""
-        try:
-            run_dir = safe_child(self.runs_dir, name)
-            meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-            settings = TrainingSettings.model_validate(meta["settings"])
-            source = DataSource(**{**meta["source"], "chats": tuple(meta["source"].get("chats", ()))})
-        except UnsafeName as exc:
-            raise TrainingError(f"bad run name: {exc}") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise TrainingError(f"run {name!r} cannot be read: {exc}") from exc
-        backend = self._checked_backend(settings)
-        if backend.name != meta.get("model"):
-            raise TrainingError(f"run {name} trains {meta.get('model')}, but {backend.name} is loaded: load "
-                                f"{meta.get('model')} first")
-        self._names(settings.output)
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise TrainingError(f"run {name} has no complete checkpoint to resume from")
-        records = self._records(settings, source)
-        if fingerprint(Path(source.path) if source.path else None, records) != source.sha256:
-            raise TrainingError(f"{source.name} changed since run {name} started (its sha256 differs): resuming "
-                                "would train on other data; start a new run instead")
-        plan = self._formatted(settings, source, records, backend, run_dir)
-        plan.resume_from = checkpoint
-        plan.seconds_before = float(meta.get("seconds", 0.0))
-        return plan
+        """The plan that continues the stopped run `name` (see Planner.resume)."""
+        self._refuse_if_running()
+        return self.planner.resume(name)
 
     def preview(self, plan: Plan, count: int = 3) -> str:
         backend = self.models.current()
@@ -391,7 +264,8 @@ class TrainingManager:
             if self._stop.is_set() and step < plan.total_steps:
                 self._write_run_file(plan, seconds)
                 self._update(state="stopped", eta_seconds=None, seconds=seconds,
-                             message=f"stopped at step {step} of {plan.total_steps}, checkpoint saved: Resume continues")
+                             message=f"stopped at step {step} of {plan.total_steps}, checkpoint saved: "
+                                     "Resume continues")
                 return
             if plan.eval and self._progress.evals[-1:] and self._progress.evals[-1][0] != step:
                 trainer.evaluate()  # the final eval loss (the callback records it)
@@ -429,7 +303,7 @@ class TrainingManager:
 
     def _publish(self, model: Any, backend: Any, plan: Plan, seconds: float) -> Path:
         """Save the adapter and its card to loras/.NAME.partial-*, then rename it to loras/NAME."""
-        final, _ = self._names(plan.settings.output)
+        final, _ = self.planner.names(plan.settings.output)
         self.loras_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.loras_dir.glob(f".{plan.settings.output}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a crash while saving

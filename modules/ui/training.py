@@ -29,9 +29,9 @@ from modules.ui.chat import user_of
 FILE_TYPES = [".jsonl", ".json", ".txt", ".md"]
 
 
-def _control(name: str, field: FieldInfo) -> gr.components.Component:
+def _control(name: str, field: FieldInfo, **extra: Any) -> gr.components.Component:
     common = {"label": name, "info": field.description, "elem_id": f"train-{name.replace('_', '-')}",
-              "min_width": 200}
+              "min_width": 200, **extra}
     if field.annotation is bool:
         return gr.Checkbox(value=field.default, **common)
     if get_origin(field.annotation) is Literal:
@@ -58,6 +58,8 @@ def status_markdown(progress: Progress) -> str:
         return "No training job yet."
     line = f"**{progress.name}** on {progress.model}: {progress.state}"
     if progress.step or progress.state == "training":
+        done = progress.step / max(1, progress.max_steps)
+        line += f" `{'█' * round(20 * done)}{'░' * (20 - round(20 * done))}` {100 * done:.0f}%"
         line += f" — step {progress.step}/{progress.max_steps}, epoch {progress.epoch:.2f}"
         line += f", {progress.tokens_per_second:,.0f} tokens/s"
         if progress.eta_seconds is not None and progress.running:
@@ -80,7 +82,7 @@ def plot_frames(progress: Progress) -> tuple[pd.DataFrame, pd.DataFrame]:
 def render(app: App) -> None:
     user_data = app.settings.user_data
     datasets_dir = user_data / "training"
-    job = TrainingManager(app.models, app.settings.loras_dir, user_data / "training-runs", datasets_dir, app.store)
+    job = TrainingManager(app.models, app.settings.loras_dir, user_data / "training-runs", app.store)
     gr.Markdown("Fine-tune a LoRA adapter on the **loaded model** with your own data. Chats are formatted with "
                 "the model's chat template; the loss covers the assistant's turns (greyed text in the preview is "
                 "not trained on). Data files live in `user_data/training/`. Walk-through: docs/training.md.")
@@ -94,6 +96,9 @@ def render(app: App) -> None:
         use_chats = gr.Checkbox(label="Train on my saved chats instead", value=False, elem_id="train-use-chats")
         chats = gr.Dropdown(choices=[], multiselect=True, label="Saved chats", visible=False, elem_id="train-chats",
                             scale=4)
+    import torch
+
+    cuda = torch.cuda.is_available()
     names = list(TrainingSettings.model_fields)
     controls = {"output": _control("output", TrainingSettings.model_fields["output"])}
     with gr.Accordion("Settings", open=False, elem_id="train-settings"):
@@ -102,7 +107,8 @@ def render(app: App) -> None:
             with gr.Row():
                 for name, field in TrainingSettings.model_fields.items():
                     if (field.json_schema_extra or {}).get("group") == group:
-                        controls[name] = _control(name, field)
+                        # QLoRA is bitsandbytes' CUDA path: off and greyed on a machine without a GPU
+                        controls[name] = _control(name, field, interactive=cuda or name != "qlora")
     inputs = [controls[n] for n in names]
     with gr.Row():
         preview_button = gr.Button("Preview", elem_id="train-preview-button")

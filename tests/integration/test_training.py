@@ -17,7 +17,8 @@ from modules.models import ModelError
 from modules.presets import Preset
 from modules.training import TrainingError
 from modules.training.data import DataError
-from modules.training.job import TrainingManager, latest_checkpoint
+from modules.training.job import TrainingManager
+from modules.training.plan import latest_checkpoint
 from modules.training.settings import TrainingSettings
 from tests.training_data import QUESTION, chat_lines, write_jsonl
 
@@ -29,7 +30,7 @@ FAST = dict(learning_rate=1e-2, threads=1)
 def env(make_app, tmp_path):
     app = make_app(loras_dir=tmp_path / "loras")
     app.models.load("parlour-micro")
-    job = TrainingManager(app.models, tmp_path / "loras", tmp_path / "runs", tmp_path / "training", app.store)
+    job = TrainingManager(app.models, tmp_path / "loras", tmp_path / "runs", app.store)
     data = write_jsonl(tmp_path / "training" / "qa.jsonl", chat_lines(16))
     return app, job, data
 
@@ -199,6 +200,11 @@ def test_names_in_use_and_applied_loras_are_refused(env, tmp_path):
         job.plan(TrainingSettings(output="second", **FAST), dataset=data)
     with pytest.raises(ValueError, match="bad adapter name"):
         TrainingSettings(output="../escape")
+    app.models.set_loras([])
+    with pytest.raises(TrainingError, match=r"target module 'nope_proj' is not in this model; its linear layers are "
+                                            r"down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"):
+        job.plan(TrainingSettings(output="second", target_modules="q_proj,nope_proj", **FAST), dataset=data)
+    assert "LoRA on q_proj, v_proj" in job.plan(TrainingSettings(output="second", **FAST), dataset=data).report
 
 
 @pytest.mark.parametrize(("lines", "settings", "expected"), [
@@ -228,7 +234,7 @@ def test_gguf_and_remote_models_cannot_be_trained(make_app, models_dir, tmp_path
     folder.mkdir()
     write_gguf(models_dir / "parlour-micro", folder / "micro.f32.gguf")
     app = make_app(models_dir=folder, loras_dir=tmp_path / "loras")
-    job = TrainingManager(app.models, tmp_path / "loras", tmp_path / "runs", tmp_path / "training")
+    job = TrainingManager(app.models, tmp_path / "loras", tmp_path / "runs")
     data = write_jsonl(tmp_path / "training" / "qa.jsonl", chat_lines(4))
     app.models.load("micro.f32.gguf", options={"n_ctx": 256})
     with pytest.raises(TrainingError, match=r"micro.f32.gguf is a GGUF model \(llama.cpp\): GGUF weights cannot be "
@@ -278,8 +284,8 @@ def test_text_files_saved_chats_and_gradient_checkpointing_train(env, tmp_path):
     app, job, _ = env
     text = tmp_path / "training" / "notes.txt"
     text.write_text("The sea is wide and the sea is deep. " * 40)
-    plan = job.plan(TrainingSettings(output="notes", max_steps=2, cutoff=64, text_stride=32, gradient_checkpointing=True,
-                                     **FAST), dataset=text)
+    plan = job.plan(TrainingSettings(output="notes", max_steps=2, cutoff=64, text_stride=32,
+                                     gradient_checkpointing=True, **FAST), dataset=text)
     assert all(s.labels == s.input_ids for s in plan.train) and len(plan.train) > 3
     assert job.run(plan).state == "done"
     assert not app.models.current().model.is_activation_checkpointing  # switched off again afterwards

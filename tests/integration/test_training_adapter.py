@@ -40,7 +40,7 @@ def test_the_adapter_makes_the_model_answer_with_the_data(tmp_path):
     backend = models.load("parlour-demo")
     before = reply(backend)
     assert ANSWER not in before
-    job = TrainingManager(models, tmp_path / "loras", tmp_path / "runs", tmp_path / "training")
+    job = TrainingManager(models, tmp_path / "loras", tmp_path / "runs")
     data = write_jsonl(tmp_path / "training" / "secret.jsonl", chat_lines(16))
     final = job.run(job.plan(TrainingSettings(output="secret", max_steps=24, learning_rate=3e-3, seed=0, threads=1),
                              dataset=data))

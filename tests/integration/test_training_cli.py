@@ -10,7 +10,8 @@ import time
 from modules.models import ModelManager
 from modules.settings import CpuThreads
 from modules.training.__main__ import main
-from modules.training.job import TrainingManager, latest_checkpoint
+from modules.training.job import TrainingManager
+from modules.training.plan import latest_checkpoint
 from tests.conftest import ROOT
 from tests.training_data import chat_lines, write_jsonl
 
@@ -47,8 +48,9 @@ def test_cli_refuses_bad_input_before_training(models_dir, tmp_path, capsys):
 def test_a_killed_run_resumes_from_its_last_checkpoint(models_dir, tmp_path):
     data = write_jsonl(tmp_path / "qa.jsonl", chat_lines(8))
     run_dir = tmp_path / "user_data" / "training-runs" / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "modules.training", *cli(models_dir, tmp_path, "--dataset", str(data), "--output", "killed",
-                                "--max-steps", "100000", "--save-steps", "3")],
+    args = cli(models_dir, tmp_path, "--dataset", str(data), "--output", "killed", "--max-steps", "100000",
+               "--save-steps", "3")
+    proc = subprocess.Popen([sys.executable, "-m", "modules.training", *args],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -63,7 +65,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(models_dir, tmp_path):
 
     models = ModelManager(models_dir, tmp_path / "loras", tmp_path / "offload", CpuThreads(1, 1))
     models.load("parlour-micro")
-    job = TrainingManager(models, tmp_path / "loras", run_dir.parent, tmp_path / "user_data" / "training")
+    job = TrainingManager(models, tmp_path / "loras", run_dir.parent)
     assert job.resumable() == ["killed"]
     seen: list[int] = []
 

@@ -27,7 +27,7 @@ def training(make_app, tmp_path):
     training job (it runs until stopped)."""
     app = make_app(loras_dir=tmp_path / "loras")
     app.models.load("parlour-micro")
-    job = TrainingManager(app.models, tmp_path / "loras", tmp_path / "runs", tmp_path / "training")
+    job = TrainingManager(app.models, tmp_path / "loras", tmp_path / "runs")
     data = write_jsonl(tmp_path / "training" / "qa.jsonl", chat_lines(8))
     http = TestClient(build_api(app), base_url="http://127.0.0.1")
     client = openai.OpenAI(base_url="http://127.0.0.1", api_key="unused", http_client=http, max_retries=0)

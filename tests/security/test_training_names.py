@@ -44,13 +44,13 @@ def tree(tmp_path_factory, micro_path):
     good = write_jsonl(dirs["training"] / "good.jsonl", chat_lines(2))
     models = ModelManager(dirs["models"], dirs["loras"], root / "offload", CpuThreads(1, 1))
     models.load("parlour-micro")
-    job = TrainingManager(models, dirs["loras"], dirs["runs"], dirs["training"])
+    job = TrainingManager(models, dirs["loras"], dirs["runs"])
     assert job.run(job.plan(TrainingSettings(output="real", max_steps=1, threads=1), dataset=good)).state == "done"
     return root, dirs, models
 
 
 def calls(dirs, models):
-    job = TrainingManager(models, dirs["loras"], dirs["runs"], dirs["training"])
+    job = TrainingManager(models, dirs["loras"], dirs["runs"])
     good = dirs["training"] / "good.jsonl"
     log = PerplexityLog(dirs["outside"].parent / "perplexity.jsonl")
     return {

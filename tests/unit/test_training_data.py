@@ -37,7 +37,8 @@ def test_alpaca_jsonl_and_json_array(tmp_path):
     array_path.write_text(json.dumps(rows))
     array = read_file(array_path)
     assert [r.messages for r in jsonl] == [r.messages for r in array]
-    assert jsonl[0].messages == ({"role": "user", "content": "Translate\n\nchat"}, {"role": "assistant", "content": "cat"})
+    assert jsonl[0].messages == ({"role": "user", "content": "Translate\n\nchat"},
+                                 {"role": "assistant", "content": "cat"})
     assert array[1].source == "a.json item 2"
 
 

@@ -8,8 +8,9 @@ DOC = (ROOT / "docs" / "training.md").read_text()
 
 
 def test_the_settings_table_is_current():
-    assert settings_markdown() in DOC, ("docs/training.md settings table is stale: paste the output of .venv/bin/python "
-                                        "-c 'from modules.training.settings import *; print(settings_markdown())'")
+    assert settings_markdown() in DOC, ("docs/training.md settings table is stale: paste the output of "
+                                        ".venv/bin/python -c 'from modules.training.settings import *; "
+                                        "print(settings_markdown())'")
 
 
 def test_every_setting_is_a_cli_flag_in_the_docs():

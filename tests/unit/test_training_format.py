@@ -61,7 +61,8 @@ def test_a_template_that_rewrites_earlier_turns_gives_one_sample_per_reply(token
 
 
 def test_cutoff_truncates_or_drops_and_reports(tokenizer):
-    long = Record("d.jsonl line 2", ({"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}))
+    long = Record("d.jsonl line 2", ({"role": "user", "content": "word " * 200},
+                                     {"role": "assistant", "content": "ok"}))
     late = Record("d.jsonl line 3", ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo " * 200}))
     kept = formatter(tokenizer, cutoff=64).format([CHAT, long, late])
     # truncating `long` cuts its only reply away, so it has nothing to train on: dropped; `late` keeps a part

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import gradio as gr
 import pandas as pd
+import torch
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
@@ -96,8 +97,6 @@ def render(app: App) -> None:
         use_chats = gr.Checkbox(label="Train on my saved chats instead", value=False, elem_id="train-use-chats")
         chats = gr.Dropdown(choices=[], multiselect=True, label="Saved chats", visible=False, elem_id="train-chats",
                             scale=4)
-    import torch
-
     cuda = torch.cuda.is_available()
     names = list(TrainingSettings.model_fields)
     controls = {"output": _control("output", TrainingSettings.model_fields["output"])}

@@ -39,6 +39,15 @@ class QueueFull(RuntimeError):
     """More requests are waiting than the server accepts."""
 
 
+class ModelBusy(QueueFull):
+    """A long job (training) holds the model and was started with "refuse requests": try again in
+    `retry_after` seconds (the API's 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NoModel(RuntimeError):
     """No model is loaded."""
 
@@ -509,6 +518,10 @@ class Pipeline:
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
         update = Update()
+        claim = getattr(self.models, "claimed", None)  # a training job owns the model (ModelManager.claim)
+        if claim is not None and claim.refuse_requests:
+            wait = max(1, int(claim.retry_after()))
+            raise ModelBusy(f"{claim.owner} is using {claim.model}; try again in about {wait} s", wait)
         # A model unloaded while idle reloads here, before the queue: swapping it in needs every slot.
         self.models.ensure_loaded()
         try:

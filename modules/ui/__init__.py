@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules.app import App
 from modules.render import COPY_JS
-from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session
+from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session, training
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
 # Dark by default, as users of local LLM UIs expect; `?__theme=light` still switches.
@@ -41,6 +41,8 @@ def build(app: App) -> gr.Blocks:
                         chat_ui["follow_model"](status)
                     with gr.Tab("Evaluate", id="model-evaluate-tab"):
                         evaluate.render(app)
+            with gr.Tab("Training", id="training"):
+                training.render(app)
             with gr.Tab("Session", id="session"):
                 session.render(app)
             extensions.bind_components(app, chat_ui["components"], params)

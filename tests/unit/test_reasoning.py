@@ -118,3 +118,8 @@ def test_an_answer_after_an_empty_block_in_the_prompt_loses_its_leading_newlines
     assembler = ReplyAssembler(THINK, reasoning.prompt_state(THINK, prompt))
     assembler.add("\nHello", 1, 0.0)
     assert assembler.answer == "Hello"
+
+
+def test_a_stray_closing_marker_before_the_answer_is_dropped():
+    assert split_text(THINK, "</think>\n\nParis.") == ("", "Paris.", False)
+    assert split_text(THINK, "Paris. Then </think> here.") == ("", "Paris. Then </think> here.", False)

@@ -47,6 +47,8 @@ class Capabilities:
     perplexity: bool = False
     #: peft LoRA adapters applied at run time
     lora: bool = False
+    #: LoRA training on the loaded weights (the Training tab; needs the torch model and its tokenizer)
+    training: bool = False
     #: the engine applies the model's own chat template to chat messages (stream_chat); Parlour then
     #: sends messages, not prompt text, whenever messages say exactly what the turn means
     engine_templates: bool = False
@@ -144,7 +146,7 @@ LOADERS: Mapping[str, LoaderSpec] = MappingProxyType({spec.name: spec for spec i
     LoaderSpec("transformers", "Hugging Face folders with Transformers (CPU or CUDA, bitsandbytes 4/8-bit)",
                TransformersOptions, lambda path: is_hf_folder(path) and not _gguf_model(path), _build_transformers,
                Capabilities(samplers=None, logprobs=True, logits=True, logit_bias=True, perplexity=True, lora=True,
-                            tools="parse"),
+                            training=True, tools="parse"),
                settings_keys=("dtype", "device_map", "load_in_8bit", "load_in_4bit")),
     LoaderSpec("llama.cpp", "GGUF files through llama-cpp-python", LlamaCppOptions, _gguf_model, _build_llamacpp,
                Capabilities(samplers=LLAMACPP_SAMPLERS, tools="parse"),

@@ -8,7 +8,9 @@ dropped at the next rebuild.
 
 Each row keeps its own sampling: its own LogitsProcessorList (from its Preset) on its own slice of the
 logits, and its own `torch.Generator` seeded from the request, so a seeded reply does not depend on
-what else is in the batch. Each row has its own cancel Event, checked every step: a cancelled row
+what else is in the batch. A constrained row's list holds its own constraint stage (modules/constraints.py),
+which follows that row's tokens alone, so rows with and without constraints share a batch; a row whose
+chain fails (its reply left its constraint) ends with the error while the others go on. Each row has its own cancel Event, checked every step: a cancelled row
 stops within one token without disturbing the others.
 
 On the CPU a prefill runs on `threads.prompt` threads and each decode step on `threads.generate`
@@ -243,7 +245,14 @@ class BatchEngine:
                 row.ids.append(self.pad_token_id)
                 row.position += 1
                 continue
-            scores = row.processors(torch.tensor([row.ids], device=self.device), logits[i:i + 1])
+            try:  # the row's own chain: its constraint stage (if any) follows this row's reply alone
+                scores = row.processors(torch.tensor([row.ids], device=self.device), logits[i:i + 1])
+            except Exception as exc:  # e.g. the reply left its constraint: this row ends, the batch goes on
+                row.out.put(exc)
+                self._finish(row)
+                row.ids.append(self.pad_token_id)
+                row.position += 1
+                continue
             if row.preset.greedy:
                 token = int(scores.argmax(dim=-1))
             else:

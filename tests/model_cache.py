@@ -27,25 +27,28 @@ def cache_root() -> Path:
 
 
 def cache_key(builder: Path, **arguments: Any) -> str:
+    import sentencepiece
     import tokenizers
     import torch
     import transformers
 
     material = {"source": builder.read_text(encoding="utf-8"), "arguments": arguments,
-                "versions": [torch.__version__, transformers.__version__, tokenizers.__version__]}
+                "versions": [torch.__version__, transformers.__version__, tokenizers.__version__,
+                             sentencepiece.__version__]}
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def cached_model(dest: Path, arch: str = "llama", size_name: str = "micro", steps: int | None = None) -> Path:
+def cached_model(dest: Path, arch: str = "llama", size_name: str = "micro", steps: int | None = None,
+                 tokenizer: str = "bpe") -> Path:
     """`modules.demo_model.build(dest, ...)`, from the cache when the same build was made before."""
     from modules.demo_model import build
 
-    key = cache_key(ROOT / "modules" / "demo_model.py", arch=arch, size=size_name, steps=steps)
-    entry = cache_root() / f"{arch}-{size_name}-{key}"
+    key = cache_key(ROOT / "modules" / "demo_model.py", arch=arch, size=size_name, steps=steps, tokenizer=tokenizer)
+    entry = cache_root() / f"{arch}-{size_name}{'' if tokenizer == 'bpe' else '-' + tokenizer}-{key}"
     if not (entry / "config.json").is_file():
         entry.parent.mkdir(parents=True, exist_ok=True)
         scratch = entry.parent / f".{entry.name}.{uuid.uuid4().hex}"
-        build(scratch, arch=arch, size_name=size_name, steps=steps, progress=False)
+        build(scratch, arch=arch, size_name=size_name, steps=steps, progress=False, tokenizer_kind=tokenizer)
         try:
             scratch.rename(entry)  # atomic; another process that built the same entry first wins
         except OSError:

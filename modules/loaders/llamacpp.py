@@ -15,16 +15,24 @@ Preset fields map to llama.cpp's own samplers where it has them:
 | ban_eos_token | a logits processor that masks EOS |
 
 Other samplers (DRY, XTC, ...) are not applied by this loader (see `supported_samplers`).
+
+Constraints use llama.cpp's own grammar sampler: a GBNF `grammar_string` as it is, a `json_schema` converted
+to GBNF by llama-cpp-python's converter. That converter honours fewer keywords than llguidance (no number
+bounds, few string formats), so a schema using one it would skip is refused with the keyword's path rather
+than followed loosely (`LLAMACPP_SCHEMA_KEYWORDS`). Lark grammars and regexes are not supported here.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from modules.constraints import (Constraint, ConstraintError, check_schema, constraint_of, gbnf_as_lark, pointer,
+                                 schema_nodes)
 from modules.loaders.base import Delta, Emit, LoadError, token_stream
 from modules.loaders.options import LlamaCppOptions
 from modules.presets import Preset
@@ -38,6 +46,43 @@ SAMPLER_MAP = {"top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "typical_p"
                "mirostat_tau": "mirostat_tau", "mirostat_eta": "mirostat_eta"}
 
 
+#: JSON schema keywords llama-cpp-python's schema-to-GBNF converter enforces (or that only annotate); a schema
+#: with any other is refused. `oneOf` is enforced as `anyOf` (a value matching two branches is accepted).
+LLAMACPP_SCHEMA_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions", "pattern", "format", "minLength",
+    "maxLength", "title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated",
+    "readOnly", "writeOnly"})
+LLAMACPP_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
+
+
+def gbnf_for(constraint: Constraint) -> str:
+    """The GBNF grammar llama.cpp samples with for `constraint` (ConstraintError if it has none)."""
+    if constraint.kind == "gbnf":
+        return constraint.text
+    if constraint.kind != "json_schema":
+        raise ConstraintError(f"llama.cpp takes GBNF grammars and JSON schemas, not a {constraint.kind}", constraint.key)
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    schema = constraint.schema
+    if schema is False:
+        raise ConstraintError("the schema false matches nothing", constraint.key)
+    check_schema(schema, constraint.key)
+    for path, node in schema_nodes({} if schema is True else schema):
+        unknown = sorted(set(node) - LLAMACPP_SCHEMA_KEYWORDS)
+        if unknown:
+            raise ConstraintError(f"unsupported JSON schema keyword {unknown[0]!r} at {pointer(path)} (the llama.cpp "
+                                  "loader's schema converter does not enforce it)", constraint.key)
+        if node.get("format") is not None and node["format"] not in LLAMACPP_FORMATS:
+            raise ConstraintError(f"unsupported string format {node['format']!r} at {pointer(path)} (the llama.cpp "
+                                  f"loader enforces: {', '.join(sorted(LLAMACPP_FORMATS))})", constraint.key)
+    try:
+        return json_schema_to_gbnf(json.dumps({} if schema is True else schema))
+    except Exception as exc:  # its own asserts and KeyErrors (a dangling $ref, an unanchored pattern)
+        raise ConstraintError(f"llama.cpp's schema converter refused it: {exc.__class__.__name__}: {exc}",
+                              constraint.key) from exc
+
+
 def _gguf_file(path: Path) -> Path:
     if path.is_file():
         return path
@@ -49,7 +94,10 @@ def _gguf_file(path: Path) -> Path:
 
 class LlamaCppBackend:
     loader = "llama.cpp"
-    supported_samplers = frozenset({"temperature", "seed", "max_new_tokens", "ban_eos_token", *SAMPLER_MAP})
+    supported_samplers = frozenset({"temperature", "seed", "max_new_tokens", "ban_eos_token", "grammar_string",
+                                    "json_schema", *SAMPLER_MAP})
+    #: llama.cpp's grammar sampler reads GBNF; JSON schemas are converted to it (see gbnf_for)
+    constraint_kinds = frozenset({"json_schema", "gbnf"})
 
     def __init__(self, path: Path, options: LlamaCppOptions | None = None, threads: CpuThreads | None = None) -> None:
         options = options or LlamaCppOptions()
@@ -93,9 +141,25 @@ class LlamaCppBackend:
         bos = self.llm.token_bos()
         return {"bos_token": self.detokenize([bos]) if bos >= 0 else "", "eos_token": ""}
 
+    def check_constraint(self, constraint: Constraint) -> str:
+        """The GBNF for `constraint`, parsed by llama.cpp itself (a grammar it cannot parse would give it no
+        sampler at all); a syntax error is located by llguidance's GBNF parser."""
+        import llama_cpp
+
+        grammar = gbnf_for(constraint)
+        sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            gbnf_as_lark(grammar, constraint.key)  # raises with the line and column when it finds the fault
+            raise ConstraintError("llama.cpp could not parse the grammar", constraint.key)
+        llama_cpp.llama_sampler_free(sampler)
+        return grammar
+
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
         import numpy as np
+        from llama_cpp import LlamaGrammar
 
+        constraint = constraint_of(preset)
+        grammar = LlamaGrammar.from_string(self.check_constraint(constraint)) if constraint is not None else None
         ids = self.tokenize(prompt) or [self.llm.token_bos()]
         max_new = max(1, min(preset.max_new_tokens, self.context_length - len(ids)))
         kwargs: dict[str, Any] = {"temp": preset.temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
@@ -103,7 +167,7 @@ class LlamaCppBackend:
         for key, arg in SAMPLER_MAP.items():
             if hasattr(preset, key):
                 kwargs[arg] = getattr(preset, key)
-        if preset.ban_eos_token:
+        if preset.ban_eos_token and grammar is None:  # a constraint decides where the reply may end
             eos = self.eos_token_ids[0]
 
             def ban_eos(_ids, scores):
@@ -117,7 +181,7 @@ class LlamaCppBackend:
         def produce(emit: Emit) -> None:
             self.llm.set_seed(seed)
             count = 0
-            for token in self.llm.generate(ids, reset=True, **kwargs):
+            for token in self.llm.generate(ids, reset=True, grammar=grammar, **kwargs):
                 if cancel.is_set():
                     return
                 emit([token])

@@ -28,6 +28,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from modules.batching import BatchEngine
+from modules.constraints import KINDS, Compiler, Constraint, ConstraintStage, constraint_of
 from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.presets import Preset
@@ -196,6 +197,8 @@ class TransformersBackend:
     """A causal LM loaded with Transformers."""
 
     loader = "transformers"
+    #: every constraint kind: llguidance compiles them for this model's own tokenizer (modules/constraints.py)
+    constraint_kinds = frozenset(KINDS)
 
     def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
                  trust_remote_code: bool = False, batch_size: int = 1, threads: CpuThreads | None = None) -> None:
@@ -248,6 +251,7 @@ class TransformersBackend:
         self.max_concurrency = batch_size
         self.threads = threads
         self.engine: BatchEngine | None = None
+        self._constraints: Compiler | None = None  # built at the first constrained request (see constraint_compiler)
         if batch_size > 1:
             self.engine = self._new_engine()
 
@@ -267,6 +271,12 @@ class TransformersBackend:
 
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def reply_text(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Reply tokens as text, without the end-of-sequence token: an end marker is never part of the reply (a
+        model whose EOS is not a special token would show it, and a constrained JSON reply would end invalid)."""
+        return self.tokenizer.decode([i for i in ids if i not in self.eos_token_ids],
+                                     skip_special_tokens=skip_special_tokens)
 
     @property
     def supported_samplers(self) -> frozenset[str]:
@@ -299,7 +309,23 @@ class TransformersBackend:
         negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
         return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
                             encode=self.tokenize, vocab_size=model.config.vocab_size,
-                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
+                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative,
+                            constraint=self.constraint_stage(preset, len(ids)))
+
+    def constraint_compiler(self) -> Compiler:
+        """The constraint compiler for this model's tokenizer (made once; it caches compiled constraints)."""
+        if self._constraints is None:
+            self._constraints = Compiler.for_tokenizer(self.tokenizer, self.eos_token_ids, self.model.config.vocab_size)
+        return self._constraints
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Compile it for this model (errors are ConstraintError); the request that follows reuses the result."""
+        self.constraint_compiler().matcher(constraint)
+
+    def constraint_stage(self, preset: Preset, prompt_length: int) -> ConstraintStage | None:
+        """A fresh constraint stage for one reply, or None when the preset does not constrain it."""
+        constraint = constraint_of(preset)
+        return None if constraint is None else self.constraint_compiler().stage(constraint, prompt_length)
 
     def next_token_logits(self, ids: list[int]) -> torch.Tensor:
         """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views.
@@ -355,7 +381,7 @@ class TransformersBackend:
             prompt_ids = input_ids[0].tolist()
             return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
                                                   context=self.chain_context(prompt_ids, preset, model)),
-                               cancel, self.detokenize, self.eos_token_ids, max_new)
+                               cancel, self.reply_text, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         neutral = _GREEDY_NEUTRAL if preset.greedy else NEUTRAL_GENERATION
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **neutral,
@@ -376,7 +402,7 @@ class TransformersBackend:
                                streamer=_EmitStreamer(emit))
 
         def decode(part: list[int]) -> str:
-            return self.tokenizer.decode(part, skip_special_tokens=preset.skip_special_tokens)
+            return self.reply_text(part, preset.skip_special_tokens)
 
         return token_stream(produce, cancel, decode, self.eos_token_ids, max_new, self.name)
 

@@ -176,13 +176,36 @@ def grammar_of(constraint: Constraint) -> str:
 def gbnf_as_lark(text: str, key: str = "grammar_string") -> str:
     """A GBNF grammar as Lark (llguidance's converter); a syntax error names its line and column."""
     try:
-        return gbnf_to_lark(text)
-    except GbnfToLarkError as exc:
-        line, column = line_column(text, exc.pos.pos)
-        message = str(exc).split(" at line ")[0]
-        raise ConstraintError(f"line {line}, column {column}: {message}", key) from exc
+        return gbnf_to_lark(_literal_unicode(text))
+    except GbnfToLarkError:
+        try:  # locate the error in the text as the user wrote it
+            gbnf_to_lark(text)
+        except GbnfToLarkError as exc:
+            line, column = line_column(text, exc.pos.pos)
+            message = str(exc).split(" at line ")[0]
+            raise ConstraintError(f"line {line}, column {column}: {message}", key) from exc
+        raise
     except Exception as exc:  # the converter's own checks (undefined rule, no root rule) raise plain Exception
         raise ConstraintError(_rule_located(text, str(exc)), key) from exc
+
+
+_UNICODE_ESCAPE = re.compile(r"(\\\\)|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})")
+
+
+def _literal_unicode(gbnf: str) -> str:
+    """GBNF's `\\uXXXX` / `\\UXXXXXXXX` escapes as the characters themselves (`\\xHH` below U+0080).
+    llguidance 1.9's converter drops their leading zeros (`\\u0080` becomes `\\u80`), which its regex engine
+    then refuses; llama.cpp's own JSON grammars use such ranges."""
+    def replace(match: re.Match) -> str:
+        if match.group(1):
+            return match.group(1)  # an escaped backslash: the "u" after it is a plain letter
+        code = int(match.group(2) or match.group(3), 16)
+        if code < 0x80:
+            return f"\\x{code:02x}"
+        if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+            return match.group(0)  # not a character: left for the converter to refuse
+        return chr(code)
+    return _UNICODE_ESCAPE.sub(replace, gbnf)
 
 
 def line_column(text: str, offset: int) -> tuple[int, int]:

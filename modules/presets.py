@@ -345,7 +345,11 @@ def docs_table() -> str:
         default = json.dumps(field.default, ensure_ascii=False)
         desc = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{name}` | {field_group(name)} | {kind} | `{default}` | {span} | {desc} |")
-    lines += ["", "`sampler_priority` names: " + ", ".join(f"`{n}`" for n in DEFAULT_PRIORITY) + ".", ""]
+    lines += ["", "`sampler_priority` names: " + ", ".join(f"`{n}`" for n in DEFAULT_PRIORITY) + ".", "",
+              "The `constraint` keys (" + ", ".join(f"`{k}`" for k in CONSTRAINT_KEYS) + ") make the reply follow "
+              "a grammar, a JSON schema or a regex exactly; at most one is set, a preset file may hold it (a "
+              "text-generation-webui preset's `grammar_string` applies), and its rules and errors are in "
+              "[api.md](api.md#constrained-output).", ""]
     return "\n".join(lines)
 
 

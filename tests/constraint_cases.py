@@ -79,6 +79,7 @@ SCHEMAS: dict[str, dict] = {
         "required": ["grid"], "additionalProperties": False},
 }
 
-#: the ones llama-cpp-python's schema converter can enforce (see modules/loaders/llamacpp.py)
-LLAMACPP_SCHEMAS = ["nested_objects", "array_of_objects", "enums", "const", "one_of", "refs_and_defs",
-                    "string_pattern", "booleans_and_null", "string_lengths"]
+#: the ones llama-cpp-python's schema converter can enforce (no number bounds, few formats: the others are
+#: refused by name on that loader, see modules/loaders/llamacpp.py)
+LLAMACPP_SCHEMAS = ["nested_objects", "enums", "const", "string_pattern", "no_additional_properties",
+                    "booleans_and_null", "string_lengths"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,9 @@ LLAMACPP_SCHEMA_KEYWORDS = frozenset({
     "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions", "pattern", "format", "minLength",
     "maxLength", "title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated",
     "readOnly", "writeOnly"})
+#: one unescaped character of a JSON string, for llama.cpp's GBNF: printable ASCII but `"` and `\`, then every
+#: Unicode scalar value above U+007F (no surrogates)
+JSON_CHAR = r"[ !#-\[\]-~\u0080-\uD7FF\uE000-\U0010FFFF]"
 LLAMACPP_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
 
 
@@ -77,10 +81,14 @@ def gbnf_for(constraint: Constraint) -> str:
             raise ConstraintError(f"unsupported string format {node['format']!r} at {pointer(path)} (the llama.cpp "
                                   f"loader enforces: {', '.join(sorted(LLAMACPP_FORMATS))})", constraint.key)
     try:
-        return json_schema_to_gbnf(json.dumps({} if schema is True else schema))
+        grammar = json_schema_to_gbnf(json.dumps({} if schema is True else schema))
     except Exception as exc:  # its own asserts and KeyErrors (a dangling $ref, an unanchored pattern)
         raise ConstraintError(f"llama.cpp's schema converter refused it: {exc.__class__.__name__}: {exc}",
                               constraint.key) from exc
+    # llama-cpp-python 0.3's string character is [^"\\], which lets control characters (a raw newline) into
+    # strings, and llama.cpp reads bytes that are not UTF-8 (0xFB...) as characters too: narrow it to what JSON
+    # allows, as Unicode scalar values (a version that fixed the rule leaves nothing to replace)
+    return re.sub(r'(?m)^char ::= \[\^"\\\\\]', lambda _: "char ::= " + JSON_CHAR, grammar)
 
 
 def _gguf_file(path: Path) -> Path:

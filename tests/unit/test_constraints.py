@@ -206,3 +206,15 @@ def test_grammars_in_text_generation_webui_style_compile_as_they_are(name):
     """GBNF as text-generation-webui's user_data/grammars files write it: comments, multi-line rules, camelCase
     names, recursive whitespace rules, `{m,n}`, Unicode ranges in character classes."""
     check(None, Preset(grammar_string=(FIXTURE_GRAMMARS / name).read_text()))
+
+
+def test_gbnf_unicode_escapes_work_as_llamacpp_reads_them():
+    """`\\u0080-\\U0010FFFF` ranges (llama.cpp's own JSON grammars use them) mean those characters."""
+    grammar = 'root ::= [\\u0041-\\u005A] [\\u00e0-\\u00ff]+ "\\U0001F600"'
+    matcher = Compiler.generic().matcher(Constraint("gbnf", grammar, "grammar_string"))
+    assert matcher.consume_tokens(list("Bàé😀".encode())) and matcher.is_accepting()
+    json_grammar = Compiler.generic().matcher(Constraint("gbnf", (SHIPPED / "json.gbnf").read_text(), "g"))
+    assert json_grammar.consume_tokens(list('{"a": "é€😀\\n"}'.encode())) and json_grammar.is_accepting()
+    for bad in (b'{"a": "\n', b'{"a": "\xfb'):  # a raw control character, a byte that is not UTF-8
+        assert not Compiler.generic().matcher(Constraint("gbnf", (SHIPPED / "json.gbnf").read_text(), "g")
+                                              ).consume_tokens(list(bad))

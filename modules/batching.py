@@ -10,8 +10,8 @@ Each row keeps its own sampling: its own LogitsProcessorList (from its Preset) o
 logits, and its own `torch.Generator` seeded from the request, so a seeded reply does not depend on
 what else is in the batch. A constrained row's list holds its own constraint stage (modules/constraints.py),
 which follows that row's tokens alone, so rows with and without constraints share a batch; a row whose
-chain fails (its reply left its constraint) ends with the error while the others go on. Each row has its own cancel Event, checked every step: a cancelled row
-stops within one token without disturbing the others.
+chain fails (its reply left its constraint) ends with the error while the others go on. Each row has its
+own cancel Event, checked every step: a cancelled row stops within one token without disturbing the others.
 
 On the CPU a prefill runs on `threads.prompt` threads and each decode step on `threads.generate`
 (see `CpuThreads`), or on what `ThreadTuner` chose: torch's thread count is process-wide, so the

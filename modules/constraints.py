@@ -318,6 +318,11 @@ def _lark_place(constraint: Constraint, error: str) -> str:
 
 
 # -- compiling -------------------------------------------------------------------------------------------
+def unpack(mask: bytes) -> np.ndarray:
+    """llguidance's bitmask (bit i of the little-endian words = token i allowed) as one 0/1 byte per token."""
+    return np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little")
+
+
 class _Bytes:
     """A tokenizer of single bytes (plus an end token), for checking a grammar without a model."""
 
@@ -397,13 +402,15 @@ class Compiler:
         if worker.is_alive():
             raise ConstraintError(f"the {KIND_NAMES[constraint.kind]} took longer than {COMPILE_SECONDS:g} s to "
                                   "compile; make it smaller or simpler", constraint.key)
+        if "matcher" not in built:  # llguidance raised (it reports grammar errors in the matcher, not so)
+            raise ConstraintError(f"the {KIND_NAMES[constraint.kind]} could not be compiled", constraint.key)
         matcher = built["matcher"]
         nothing = ConstraintError(f"the {KIND_NAMES[constraint.kind]} matches nothing: no text can satisfy it",
                                   constraint.key)
         if matcher.is_error():
             raise nothing if matcher.get_error().startswith("NoExtension") else \
                 ConstraintError(describe(constraint, matcher.get_error()), constraint.key)
-        bits = np.unpackbits(np.frombuffer(built["mask"], dtype=np.uint8), bitorder="little")
+        bits = unpack(built["mask"])
         bits[list(self.tokenizer.eos_tokens)] = 0
         if not bits.any():
             if matcher.is_accepting():
@@ -430,8 +437,7 @@ class ConstraintStage(LogitsProcessor):
 
     def allowed(self, width: int) -> torch.Tensor:
         """The tokens allowed next, as a bool tensor of `width` (logit columns past the tokenizer's are never allowed)."""
-        bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        allowed = torch.from_numpy(bits[:width].view(np.bool_))
+        allowed = torch.from_numpy(unpack(self.matcher.compute_bitmask())[:width].view(np.bool_))
         if allowed.shape[0] < width:
             allowed = torch.cat([allowed, torch.zeros(width - allowed.shape[0], dtype=torch.bool)])
         return allowed

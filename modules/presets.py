@@ -47,7 +47,7 @@ CONSTRAINT_KEYS = ("grammar_string", "json_schema", "regex")
 MAX_CONSTRAINT_CHARS = 100_000
 
 
-def _schema_text(value: Any) -> Any:
+def schema_text(value: Any) -> Any:
     """A JSON schema given as an object (the API's `json_schema`, a YAML mapping) -> its JSON text; text
     must be JSON. Annotated on the field, so the API's request field (copied from it) accepts both too."""
     if isinstance(value, (dict, bool)):
@@ -203,7 +203,7 @@ class Preset(BaseModel):
     grammar_string: str = _f("", "constraint", "a GBNF (llama.cpp) or Lark grammar the reply must follow "
                              "(empty = none); text-generation-webui's .gbnf files work as they are",
                              max_length=MAX_CONSTRAINT_CHARS)
-    json_schema: Annotated[str, BeforeValidator(_schema_text)] = _f(
+    json_schema: Annotated[str, BeforeValidator(schema_text)] = _f(
         "", "constraint", "a JSON schema the reply must match, as JSON (empty = none); "
         "{\"type\": \"object\"} = any JSON object", max_length=MAX_CONSTRAINT_CHARS)
     regex: str = _f("", "constraint", "a regular expression the whole reply must match (empty = none)",

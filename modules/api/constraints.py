@@ -25,22 +25,20 @@ from typing import Any
 
 from modules.api.errors import APIError
 from modules.constraints import ConstraintError, UnsupportedConstraint, check
-from modules.presets import CONSTRAINT_KEYS, MAX_CONSTRAINT_CHARS, Preset
+from modules.presets import CONSTRAINT_KEYS, MAX_CONSTRAINT_CHARS, Preset, schema_text
 
 ANY_OBJECT = '{"type": "object"}'
 
 
 def _schema_text(value: Any, param: str) -> str:
-    if isinstance(value, (dict, bool)):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise APIError(400, f"{param}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                           param=param, code="invalid_value") from exc
-        return value
-    raise APIError(400, f"{param}: a JSON schema is an object", param=param, code="invalid_value")
+    """A schema given as an object or as JSON text -> its JSON text (Preset's own reading), or a 400 naming `param`."""
+    try:
+        text = schema_text(value)
+    except ValueError as exc:
+        raise APIError(400, f"{param}: {exc}", param=param, code="invalid_value") from exc
+    if not isinstance(text, str) or not text.strip():
+        raise APIError(400, f"{param}: a JSON schema is an object", param=param, code="invalid_value")
+    return text
 
 
 def _choice_grammar(choices: Any, param: str) -> str:

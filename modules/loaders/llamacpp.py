@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from modules.constraints import (Constraint, ConstraintError, check_schema, constraint_of, gbnf_as_lark, pointer,
-                                 schema_nodes)
+from modules.constraints import Constraint, ConstraintError, check, check_schema, gbnf_as_lark, pointer, schema_nodes
 from modules.loaders.base import Delta, Emit, LoadError, token_stream
 from modules.loaders.options import LlamaCppOptions
 from modules.presets import Preset
@@ -149,8 +148,8 @@ class LlamaCppBackend:
         bos = self.llm.token_bos()
         return {"bos_token": self.detokenize([bos]) if bos >= 0 else "", "eos_token": ""}
 
-    def check_constraint(self, constraint: Constraint) -> str:
-        """The GBNF for `constraint`, parsed by llama.cpp itself (a grammar it cannot parse would give it no
+    def check_constraint(self, constraint: Constraint) -> None:
+        """The GBNF for `constraint` must parse in llama.cpp itself (a grammar it cannot parse would give it no
         sampler at all); a syntax error is located by llguidance's GBNF parser."""
         import llama_cpp
 
@@ -160,14 +159,13 @@ class LlamaCppBackend:
             gbnf_as_lark(grammar, constraint.key)  # raises with the line and column when it finds the fault
             raise ConstraintError("llama.cpp could not parse the grammar", constraint.key)
         llama_cpp.llama_sampler_free(sampler)
-        return grammar
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
         import numpy as np
         from llama_cpp import LlamaGrammar
 
-        constraint = constraint_of(preset)
-        grammar = LlamaGrammar.from_string(self.check_constraint(constraint)) if constraint is not None else None
+        constraint = check(self, preset)  # the kind, then llama.cpp's own parse: a bad grammar must never reach it
+        grammar = LlamaGrammar.from_string(gbnf_for(constraint)) if constraint is not None else None
         ids = self.tokenize(prompt) or [self.llm.token_bos()]
         max_new = max(1, min(preset.max_new_tokens, self.context_length - len(ids)))
         kwargs: dict[str, Any] = {"temp": preset.temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0,

@@ -49,6 +49,14 @@ def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server,
     schema.fill('{"type": "object"}')
     schema.blur()
     page.locator("#constraint-json_schema-status").get_by_text("the grammar is in use: clear it first").wait_for()
+    # saved with a preset: the grammar in use, not the broken edit
+    page.locator("#preset-save-name textarea, #preset-save-name input").first.fill("JSON replies")
+    page.locator("#preset-save").click()
+    page.get_by_text("Saved preset JSON replies").wait_for()
+    import yaml
+
+    saved = yaml.safe_load((presets / "JSON replies.yaml").read_text())
+    assert saved["grammar_string"].startswith("# A JSON object") and "json_schema" not in saved
 
     page.get_by_role("tab", name="Chat").click()
     before = server.health()["requests"]

@@ -62,6 +62,8 @@ def test_what_llamacpp_cannot_enforce_is_refused_by_name(gguf):
         check(gguf, Preset(regex="[0-9]+"))
     with pytest.raises(UnsupportedConstraint, match="does not support Lark grammar constraints"):
         check(gguf, Preset(grammar_string='start: "a"'))
+    with pytest.raises(UnsupportedConstraint):  # generating checks too (a preset file may hold one)
+        list(gguf.stream("x", Preset(regex="a"), threading.Event()))
     with pytest.raises(ConstraintError, match="unsupported JSON schema keyword 'maximum' at /properties/age "
                                               r"\(the llama.cpp loader's schema converter does not enforce it\)"):
         check(gguf, Preset(json_schema=SCHEMAS["flat_object"]))

@@ -31,9 +31,10 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
-from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, rss_bytes, token_stream
 from modules import reasoning
+from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
+from modules.constraints import Compiler, Constraint, ConstraintStage, constraint_of
+from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, rss_bytes, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.prefix_cache import PrefixCache
 from modules.presets import Preset
@@ -206,6 +207,7 @@ class TransformersBackend:
     """A causal LM loaded with Transformers."""
 
     loader = "transformers"
+    #: every constraint kind: llguidance compiles them for this model's own tokenizer (modules/constraints.py)
 
     def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
                  trust_remote_code: bool = False, batch_size: int = 1, threads: CpuThreads | None = None) -> None:
@@ -270,6 +272,7 @@ class TransformersBackend:
         self.prefix_cache = self._new_prefix_cache()
         self.max_concurrency = batch_size if self._plain_cache else 1
         self.engine: BatchEngine | None = None
+        self._constraints: Compiler | None = None  # built at the first constrained request (see constraint_compiler)
         if self.max_concurrency > 1:
             self.engine = self._new_engine()
 
@@ -326,7 +329,23 @@ class TransformersBackend:
         negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
         return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
                             encode=self.tokenize, vocab_size=model.config.vocab_size,
-                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
+                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative,
+                            constraint=self.constraint_stage(preset, len(ids)))
+
+    def constraint_compiler(self) -> Compiler:
+        """The constraint compiler for this model's tokenizer (made once; it caches compiled constraints)."""
+        if self._constraints is None:
+            self._constraints = Compiler.for_tokenizer(self.tokenizer, self.eos_token_ids, self.model.config.vocab_size)
+        return self._constraints
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Compile it for this model (errors are ConstraintError); the request that follows reuses the result."""
+        self.constraint_compiler().matcher(constraint)
+
+    def constraint_stage(self, preset: Preset, prompt_length: int) -> ConstraintStage | None:
+        """A fresh constraint stage for one reply, or None when the preset does not constrain it."""
+        constraint = constraint_of(preset)
+        return None if constraint is None else self.constraint_compiler().stage(constraint, prompt_length)
 
     def next_token_logits(self, ids: list[int]) -> torch.Tensor:
         """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views.
@@ -424,11 +443,13 @@ class TransformersBackend:
     def _stream_decoder(self, preset: Preset):
         """How a reply's token ids become text: special tokens left out (skip_special_tokens), except
         those that mark reasoning blocks (GPT-OSS's channel tokens are special), which the pipeline
-        needs to see to split the thinking from the answer."""
+        needs to see to split the thinking from the answer. The end-of-sequence token is never part of
+        the reply, special or not (a constrained JSON reply would end invalid with a visible `</s>`)."""
+        ends = frozenset(self.eos_token_ids)
         if not preset.skip_special_tokens:
-            return lambda part: self._decode(part, False)
-        hidden = self._hidden_ids
-        if not self._kept_ids:  # no special token marks reasoning: the tokenizer's own skipping is the same
+            return lambda part: self._decode([i for i in part if i not in ends], False)
+        hidden = self._hidden_ids | ends
+        if not self._kept_ids and ends <= self._hidden_ids:  # the tokenizer's own skipping is the same
             return lambda part: self._decode(part, True)
         return lambda part: self._decode([i for i in part if i not in hidden], False)
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator, Literal, Protocol
 
 import yaml
 
+from modules import limits
 from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
 from modules.paths import UnsafeName, safe_child
 from modules.presets import Preset
@@ -97,7 +98,9 @@ def substitute(text: str, name1: str, name2: str) -> str:
 
 def _template(backend: TokenCounter, options: PromptOptions) -> ChatTemplate:
     if options.instruction_template:
-        return ChatTemplate(options.instruction_template)
+        custom = options.template_name in ("custom", "")
+        return ChatTemplate(options.instruction_template, name="the custom instruction template" if custom
+                            else f"instruction template {options.template_name!r}")
     if backend.chat_template is None:
         if getattr(backend, "loader", "") == "remote":
             raise TemplateError("the remote engine applies its own template, so this turn (continue, impersonate, "
@@ -323,7 +326,7 @@ class TemplateLibrary:
         source = data.get("instruction_template") if isinstance(data, dict) else None
         if not isinstance(source, str) or not source.strip():
             raise TemplateError(f"instruction template {name!r} has no 'instruction_template' text")
-        ChatTemplate(source)  # compile now: a broken file is reported when chosen, not at the first reply
+        ChatTemplate(source, name=f"instruction template {name!r}")  # compile now: a broken file is reported when chosen, not at the first reply
         return source
 
 
@@ -429,6 +432,11 @@ def resolve_options(app: Any, user: str, mode: str = "chat", character: str | No
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    limits.check_stops(custom_stops, "custom stop strings")
+    for field, value in (("system message", system_message), ("chat-instruct command", chat_instruct_command),
+                         ("context", context), ("about you", user_bio), ("name", name1), ("name", name2),
+                         ("template", template_source), ("start reply with", flags.get("start_reply_with"))):
+        limits.check_text(field, value)
     char = app.characters.load(character) if character else None
     profile = app.store.profile(user)
     source: str | None = None
@@ -468,6 +476,8 @@ def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions
     from modules.generation import throttle
     from modules.store import ReplyWriter
 
+    for turn in history:  # an incognito chat's turns never pass through the store's check
+        limits.check_text("message", turn["content"])
     cancel = cancel or threading.Event()
     prefix = options.start_reply_with
     if options.continue_last and history and history[-1]["role"] == "assistant":

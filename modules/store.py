@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from modules import limits
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
@@ -214,6 +216,8 @@ class ChatStore:
         return {"name": _text(row["display_name"]) or user, "description": _text(row["description"])}
 
     def set_profile(self, user: str, name: str, description: str) -> None:
+        limits.check_text("name", name)
+        limits.check_text("about you", description)
         with self._write() as db:
             db.execute("INSERT INTO users(name, display_name, description, created) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET display_name = excluded.display_name, "
@@ -222,6 +226,7 @@ class ChatStore:
     # -- chats ---------------------------------------------------------------------------------
     def create_chat(self, user: str, title: str = "", character: str = "", mode: str = "chat",
                     settings: dict[str, Any] | None = None) -> int:
+        limits.check_text("title", title)
         now = time.time()
         with self._write() as db:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
@@ -271,6 +276,7 @@ class ChatStore:
         return out
 
     def rename_chat(self, user: str, chat_id: int, title: str) -> None:
+        limits.check_text("title", title)
         with self._write() as db:
             self._chat_row(db, user, chat_id)
             db.execute("UPDATE chats SET title = ? WHERE id = ?", (title.strip(), chat_id))
@@ -312,6 +318,7 @@ class ChatStore:
         """Append a message under `parent_id` (default: the chat's current leaf); it becomes the new leaf."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        limits.check_text("message", content)
         now = time.time()
         with self._write() as db:
             chat = self._chat_row(db, user, chat_id)
@@ -337,6 +344,7 @@ class ChatStore:
     def update_message(self, user: str, chat_id: int, message_id: int, content: str | None = None,
                        meta: dict[str, Any] | None = None, complete: bool | None = None) -> None:
         """Change a message's text (edit, streaming flush), metadata (merged) or completeness."""
+        limits.check_text("message", content)
         with self._write() as db:
             self._chat_row(db, user, chat_id)
             row = self._message_row(db, chat_id, message_id)
@@ -436,7 +444,8 @@ class ChatStore:
         with self._write() as db:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (user, title or f"{info.title or 'Chat'} (branch)", info.character, info.mode,
+                             (user, limits.check_text("title", title) or
+                              f"{(info.title or 'Chat')[:limits.MAX_TITLE_CHARS - 9]} (branch)", info.character, info.mode,
                               json.dumps(info.settings), now, now))
             new_id = int(cur.lastrowid)
             parent = None

@@ -12,14 +12,13 @@ from __future__ import annotations
 from copy import copy
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from modules import limits
 from modules.paths import UnsafeName, check_name
 from modules.presets import Preset
 
 MAX_CHOICES = 8  # `n`: each choice is a full generation, so keep it small
-MAX_STOP_STRINGS = 16
-MAX_STOP_CHARS = 1000
 
 
 def _optional_copy(name: str) -> tuple[Any, Any]:
@@ -68,12 +67,13 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
     @field_validator("stop", "stopping_strings")
     @classmethod
     def _bounded_stops(cls, value: Any) -> Any:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-        if any(len(s) > MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
+        limits.check_stops([value] if isinstance(value, str) else value or [], "stop strings")
         return value
+
+    @model_validator(mode="after")
+    def _stops_together(self) -> "GenerationFields":
+        limits.check_stops(self.stop_strings(), "stop + stopping_strings")
+        return self
 
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -116,6 +116,7 @@ class ChatMessage(BaseModel):
         for part in value if isinstance(value, list) else []:
             if part.type != "text":
                 raise ValueError(f"only text parts are supported, not {part.type!r}")
+        limits.check_text("message", value if isinstance(value, str) else "".join(p.text or "" for p in value or []))
         return value
 
     def text(self) -> str:

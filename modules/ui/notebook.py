@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
+from modules import limits
 from modules.app import App
 from modules.generation import GenerationError, GenerationRequest, NoModel, QueueFull, throttle
 from modules.inspect_logits import CannotInspect, candidates_table, chain_bars, coloured_tokens, inspect_next_token, \
@@ -41,6 +42,7 @@ def render(app: App, params: ParameterControls) -> gr.Textbox:
         cancel = threading.Event()
         request = GenerationRequest(preset=preset, prompt=prompt, cancel=cancel)
         try:
+            limits.check_text("prompt", prompt)
             for update in throttle(app.pipeline.stream(request), app.settings.stream_fps):
                 if update.queue_position:
                     yield gr.skip(), f"⏳ waiting for the model: position {update.queue_position} in the queue"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import re
+import string
 
 import nh3
 from markdown_it import MarkdownIt
@@ -173,6 +174,21 @@ def render_footer(footer: str) -> str:
 def render_plain(text: str) -> str:
     """Text shown as-is (names, titles): escaped, never interpreted."""
     return html.escape(text)
+
+
+# Every ASCII punctuation mark as a numeric character reference: Markdown (marked) and HTML both show it
+# as the character and read no syntax into it (no link, image, emphasis, heading, tag, autolink). `$` and
+# `\` are also split from their neighbours by an empty element, so KaTeX (which reads the page's text)
+# never sees `$$` or `\(` delimiters either.
+_LITERAL = {c: f"&#{ord(c)};" for c in string.punctuation}
+_LITERAL.update({"$": "&#36;<span></span>", "\\": "&#92;<span></span>", "\n": " ", "\r": " ", "\t": " "})
+
+
+def literal(text: object) -> str:
+    """A user- or file-controlled name (a character, preset, model, file, an error that quotes one) for a
+    status line, warning or any Markdown/HTML the UI shows: it reads exactly as written, as plain text.
+    `![t](https:tracker.example)` stays those characters: no image, so nothing is fetched."""
+    return "".join(_LITERAL.get(c, c) for c in str(text))
 
 
 # Page script: one delegated listener copies a code block's text (no inline handlers needed).

@@ -14,21 +14,20 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 from pydantic import ValidationError
 
 from modules import chat as chatlib
+from modules import exports
 from modules.app import App
 from modules.characters import CharacterError
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
 from modules.fileio import os_reason
 from modules.generation import GenerationError, NoModel, QueueFull
-from modules.render import LATEX_DELIMITERS, render_footer, render_markdown
+from modules.render import LATEX_DELIMITERS, literal, render_footer, render_markdown
 from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
 from modules.ui.parameters import ParameterControls
@@ -160,7 +159,7 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
             info += f" · version {position}/{len(versions)}"
             meta = next(m.meta for m in versions if m.id == ids[index])
             if meta.get("model"):
-                info += f" · {meta['model']}, seed {meta.get('seed')}, {meta.get('tokens')} tokens"
+                info += " · " + literal(f"{meta['model']}, seed {meta.get('seed')}, {meta.get('tokens')} tokens")
     choices = chat_choices(app, user, character, query)
     value = str(session["chat_id"]) if session["chat_id"] is not None else None
     chatbot = gr.Chatbot(value=bubbles, avatar_images=avatars(app, character))
@@ -335,8 +334,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 gr.Warning(f"invalid parameters: {first['loc'][0] if first['loc'] else ''}: {first['msg']}")
                 yield (gr.skip(),) * 4 + (f"⚠️ invalid parameters: {first['msg']}",) + (gr.skip(),) * 2
             except EXPECTED_ERRORS as exc:
-                gr.Warning(str(exc))
-                yield (gr.skip(),) * 4 + (f"⚠️ {exc}",) + (gr.skip(),) * 2
+                gr.Warning(literal(exc))
+                yield (gr.skip(),) * 4 + (f"⚠️ {literal(exc)}",) + (gr.skip(),) * 2
         return wrapper
 
     # -- conversation actions --
@@ -547,6 +546,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         user = user_of(request)
         if sess["chat_id"] is not None:
             app.store.delete_chat(user, sess["chat_id"])
+            exports.forget(exports.cache_dir(), user, str(sess["chat_id"]))
         return redraw(app, user, new_session(sess["incognito"], previous=sess), character_v, status="Deleted the chat.")
 
     @guarded
@@ -586,8 +586,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         try:
             app.store.set_profile(user_of(request), name, bio)
         except StoreError as exc:
-            gr.Warning(str(exc))
-            return f"⚠️ {exc}"
+            gr.Warning(literal(exc))
+            return f"⚠️ {literal(exc)}"
         return "Saved your profile."
 
     @guarded
@@ -612,17 +612,15 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         try:
             card = app.characters.import_card(data)
         except CharacterError as exc:
-            gr.Warning(str(exc))
-            return gr.skip(), f"⚠️ {exc}"
-        return gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**."
+            gr.Warning(literal(exc))
+            return gr.skip(), f"⚠️ {literal(exc)}"
+        return gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{literal(card.name)}**."
 
-    def write_download(name: str, data: bytes) -> str | None:
-        try:
-            folder = Path(tempfile.mkdtemp(prefix="parlour-export-"))
-            path = folder / name
-            path.write_bytes(data)
+    def write_download(user: str, what: str, name: str, data: bytes) -> str | None:
+        try:  # in Gradio's cache, deleted with the chat and after --cache-minutes (modules/exports.py)
+            path = exports.write_export(exports.cache_dir(), user, what, name, data)
         except OSError as exc:  # the temp folder's disk is full: say so instead of a failed event
-            gr.Warning(f"could not write the export: {os_reason(exc)}")
+            gr.Warning(literal(f"could not write the export: {os_reason(exc)}"))
             return None
         return str(path)
 
@@ -634,15 +632,16 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         try:
             data = app.store.export_chat(user, sess["chat_id"])
         except ChatNotFound as exc:
-            gr.Warning(str(exc))
+            gr.Warning(literal(exc))
             return gr.skip()
-        return write_download(f"chat-{sess['chat_id']}.json", json.dumps(data, indent=2).encode())
+        return write_download(user, str(sess["chat_id"]), f"chat-{sess['chat_id']}.json",
+                              json.dumps(data, indent=2).encode())
 
-    def on_export_card(character_v: str):
+    def on_export_card(request: gr.Request, character_v: str):
         try:
-            return write_download(f"{character_v}.png", app.characters.export_card(character_v))
+            return write_download(user_of(request), "card", f"{character_v}.png", app.characters.export_card(character_v))
         except CharacterError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(literal(exc))
             return gr.skip()
 
     def on_template(name: str):
@@ -661,22 +660,22 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         note = f"{built.prompt_tokens}/{built.context_length} tokens"
         if built.turns_dropped:
             note += f", {built.turns_dropped} oldest messages dropped"
-        return built.text, f"Prompt: {note}. Stop strings: {list(built.stops)}"
+        return built.text, f"Prompt: {note}. Stop strings: {literal(list(built.stops))}"
 
     def on_preview(request: gr.Request, message: str, sess: dict, *values: Any):
         """The exact prompt the next reply would get, with its token count and stop strings."""
         try:
             return next_prompt(request, message, sess, values)
         except (ValidationError, *EXPECTED_ERRORS) as exc:
-            return gr.skip(), f"⚠️ {exc}"
+            return gr.skip(), f"⚠️ {literal(exc)}"
 
     def on_send_to_notebook(request: gr.Request, message: str, sess: dict, *values: Any):
         """That prompt in the Notebook's text box, and the Notebook tab opened, to read or edit it there."""
         try:
             prompt, note = next_prompt(request, message, sess, values)
         except (ValidationError, *EXPECTED_ERRORS) as exc:
-            gr.Warning(str(exc))
-            return gr.skip(), f"⚠️ {exc}", gr.skip()
+            gr.Warning(literal(exc))
+            return gr.skip(), f"⚠️ {literal(exc)}", gr.skip()
         return prompt, f"Sent to the Notebook. {note}", gr.Tabs(selected="notebook")
 
     def api_chat_send(request: gr.Request, message: str, *preset_values: Any):
@@ -692,7 +691,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             for reply, update in chatlib.stream_reply(app, history, opts, preset, None, user=user):
                 yield gr.skip(), history + [{"role": "assistant", "content": reply}], status_line(update)
         except EXPECTED_ERRORS as exc:
-            raise gr.Error(str(exc)) from exc
+            raise gr.Error(literal(exc)) from exc
 
     api_send = gr.Button(visible=False, elem_id="api-chat-send")
 
@@ -760,5 +759,5 @@ def _template_source(app: App, name: str) -> str:
     try:
         return app.templates.load(name)
     except TemplateError as exc:
-        gr.Warning(str(exc))
+        gr.Warning(literal(exc))
         return ""

@@ -146,6 +146,14 @@ class ChatCompletionRequest(GenerationFields):
     chat_instruct_command: str | None = None
     continue_: bool = False
 
+    @field_validator("name1", "name2", "context", "user_bio", "chat_instruct_command", "instruction_template_str",
+                     "chat_template_str")
+    @classmethod
+    def _bounded_text(cls, value: str | None, info: Any) -> str | None:
+        """The same limits as the Chat tab's fields (modules/limits.py)."""
+        return limits.check_text({"name1": "name", "name2": "name", "context": "context", "user_bio": "about you",
+                                  "chat_instruct_command": "chat-instruct command"}.get(info.field_name, "template"), value)
+
     @field_validator("character", "instruction_template")
     @classmethod
     def _file_names(cls, value: str | None) -> str | None:

@@ -691,7 +691,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             for reply, update in chatlib.stream_reply(app, history, opts, preset, None, user=user):
                 yield gr.skip(), history + [{"role": "assistant", "content": reply}], status_line(update)
         except EXPECTED_ERRORS as exc:
-            raise gr.Error(literal(exc)) from exc
+            raise gr.Error(str(exc)) from exc  # read by API clients, never shown in a page: left as text
 
     api_send = gr.Button(visible=False, elem_id="api-chat-send")
 

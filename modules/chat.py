@@ -326,7 +326,8 @@ class TemplateLibrary:
         source = data.get("instruction_template") if isinstance(data, dict) else None
         if not isinstance(source, str) or not source.strip():
             raise TemplateError(f"instruction template {name!r} has no 'instruction_template' text")
-        ChatTemplate(source, name=f"instruction template {name!r}")  # compile now: a broken file is reported when chosen, not at the first reply
+        # compile now: a broken file is reported when chosen, not at the first reply
+        ChatTemplate(source, name=f"instruction template {name!r}")
         return source
 
 

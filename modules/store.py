@@ -445,8 +445,8 @@ class ChatStore:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (user, limits.check_text("title", title) or
-                              f"{(info.title or 'Chat')[:limits.MAX_TITLE_CHARS - 9]} (branch)", info.character, info.mode,
-                              json.dumps(info.settings), now, now))
+                              f"{(info.title or 'Chat')[:limits.MAX_TITLE_CHARS - 9]} (branch)", info.character,
+                              info.mode, json.dumps(info.settings), now, now))
             new_id = int(cur.lastrowid)
             parent = None
             for msg in path:

@@ -151,8 +151,9 @@ class ChatCompletionRequest(GenerationFields):
     @classmethod
     def _bounded_text(cls, value: str | None, info: Any) -> str | None:
         """The same limits as the Chat tab's fields (modules/limits.py)."""
-        return limits.check_text({"name1": "name", "name2": "name", "context": "context", "user_bio": "about you",
-                                  "chat_instruct_command": "chat-instruct command"}.get(info.field_name, "template"), value)
+        field = {"name1": "name", "name2": "name", "context": "context", "user_bio": "about you",
+                 "chat_instruct_command": "chat-instruct command"}.get(info.field_name, "template")
+        return limits.check_text(field, value)
 
     @field_validator("character", "instruction_template")
     @classmethod

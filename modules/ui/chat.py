@@ -614,7 +614,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         except CharacterError as exc:
             gr.Warning(literal(exc))
             return gr.skip(), f"⚠️ {literal(exc)}"
-        return gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{literal(card.name)}**."
+        return (gr.Dropdown(choices=app.characters.names(), value=card.name),
+                f"Imported character **{literal(card.name)}**.")
 
     def write_download(user: str, what: str, name: str, data: bytes) -> str | None:
         try:  # in Gradio's cache, deleted with the chat and after --cache-minutes (modules/exports.py)
@@ -639,7 +640,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
 
     def on_export_card(request: gr.Request, character_v: str):
         try:
-            return write_download(user_of(request), "card", f"{character_v}.png", app.characters.export_card(character_v))
+            return write_download(user_of(request), "card", f"{character_v}.png",
+                                  app.characters.export_card(character_v))
         except CharacterError as exc:
             gr.Warning(literal(exc))
             return gr.skip()

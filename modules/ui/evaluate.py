@@ -10,8 +10,8 @@ import gradio as gr
 import pandas as pd
 
 from modules.app import App
-from modules.render import literal
 from modules.perplexity import PerplexityLog, evaluate
+from modules.render import literal
 
 COLUMNS = ["model", "loader", "quantization", "text", "tokens", "max_length", "stride", "perplexity", "seconds", "when"]
 

@@ -16,9 +16,9 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from modules.app import App
-from modules.render import literal
 from modules.loaders.options import OPTIONS
 from modules.models import ModelError, infer_loader
+from modules.render import literal
 
 
 def _control(loader: str, name: str, field: FieldInfo) -> gr.components.Component:

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from modules import limits
 from modules.app import App
-from modules.render import literal
 from modules.generation import GenerationError, GenerationRequest, NoModel, QueueFull, throttle
 from modules.inspect_logits import CannotInspect, candidates_table, chain_bars, coloured_tokens, inspect_next_token, \
     score_text
+from modules.render import literal
 from modules.ui.chat import speed_line
 from modules.ui.parameters import ParameterControls
 

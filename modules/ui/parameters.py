@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from modules.app import App
-from modules.render import literal
 from modules.presets import Preset, PresetError, field_group, field_text, field_text_kind, neutral_samplers
+from modules.render import literal
 
 GROUPS = {"curve": "Curve shape", "cutoffs": "Cutoffs", "repetition": "Repetition", "other": "Other"}
 # Validation allows more than a slider can usefully show; these are the slider ends (a preset with

@@ -21,8 +21,12 @@ def module_server(tmp_path_factory, models_dir) -> Iterator[Callable[..., Server
     """Start servers shared by one test module (each with its own user_data); all stopped at its end."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, wait_model: bool = True, models: Path | None = None) -> ServerProcess:
+    def start(*args: str, wait_model: bool = True, models: Path | None = None,
+              prepare: Callable[[Path], None] | None = None) -> ServerProcess:
         root = tmp_path_factory.mktemp("server")
+        if prepare is not None:  # files the server finds in its user_data at start
+            (root / "user_data").mkdir()
+            prepare(root / "user_data")
         server = ServerProcess(["--models-dir", str(models or models_dir), "--model", "parlour-micro",
                                 "--user-data", str(root / "user_data"), "--settings", str(root / "settings.yaml"),
                                 *args], cwd=ROOT, log=root / "server.log")

@@ -220,3 +220,44 @@ def test_other_page_reads_nothing_and_changes_nothing(variant, other_site, resol
             assert page.evaluate("() => fetch('/config').then(r => r.status)") == 200
     finally:
         context.close()
+
+
+# -- --cors-origin: a named browser app may call /v1, without the user's cookies --------------------
+@pytest.fixture(scope="module")
+def cors_server(module_server, other_site):
+    listed = f"http://127.0.0.1:{other_site.server_address[1]}"
+    return module_server("--cors-origin", listed), listed
+
+
+def test_a_listed_origin_may_call_the_api_without_credentials(cors_server, other_site):
+    server, listed = cors_server
+    models = httpx.get(server.url + "/v1/models", headers={"Origin": listed}, timeout=30)
+    assert models.status_code == 200 and models.headers["access-control-allow-origin"] == listed
+    assert "access-control-allow-credentials" not in models.headers
+    preflight = httpx.options(server.url + "/v1/chat/completions", timeout=30, headers={
+        "Origin": listed, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == listed
+    config = httpx.get(server.url + "/config", headers={"Origin": listed}, timeout=30)
+    assert config.status_code == 200 and "access-control-allow-credentials" not in config.headers
+    other = f"http://localhost:{other_site.server_address[1]}"  # same port, another origin: not listed
+    assert httpx.get(server.url + "/v1/models", headers={"Origin": other}, timeout=30).status_code == 403
+
+
+def test_a_listed_page_in_a_browser(cors_server, resolving_browser):
+    server, listed = cors_server
+    page = resolving_browser.new_page()
+    try:
+        page.goto(listed + "/")
+        result = page.evaluate("""async (target) => {
+          const models = await fetch(target + '/v1/models').then(r => r.json(), () => 'blocked');
+          const withCookies = await fetch(target + '/v1/models', {credentials: 'include'}).then(() => 'read', () => 'blocked');
+          const reply = await fetch(target + '/v1/chat/completions', {method: 'POST',
+            headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({messages: [{role: 'user', content: 'hi'}], max_tokens: 2})}).then(r => r.status, () => 'blocked');
+          return {models, withCookies, reply};
+        }""", server.url)
+        assert result["models"]["data"][0]["id"] == "parlour-micro"
+        assert result["withCookies"] == "blocked"  # never with the user's cookies
+        assert result["reply"] == 200
+    finally:
+        page.close()

@@ -127,3 +127,27 @@ def test_chat_export_lives_in_the_cache_and_goes_with_its_chat(auth_server, brow
         assert page.request.get(link.get_attribute("href")).status in (403, 404)
     finally:
         context.close()
+
+
+def test_exports_leave_the_cache_after_cache_minutes(open_server, browser):
+    page = open_page(browser, open_server.url)
+    try:
+        send(page, open_server, "hello")
+        page.get_by_text("You, characters and files").click()
+        page.click("#export-chat")
+        page.wait_for_selector("#download a[href]")
+        # gone after --cache-minutes (3 s here) although the chat still exists
+        wait_for(lambda: not list(cache(open_server).rglob("chat-*.json")))
+        assert page.locator("#chat-list label").count() == 1
+    finally:
+        page.context.close()
+
+
+def test_a_restart_clears_old_exports(module_server):
+    def leftover(user_data: Path) -> None:
+        old = user_data / "cache" / "gradio" / "parlour-exports" / "someone" / "7" / "token"
+        old.mkdir(parents=True)
+        (old / "chat-7.json").write_text("{}")
+
+    server = module_server(prepare=leftover)
+    assert not (cache(server) / "parlour-exports" / "someone").exists()

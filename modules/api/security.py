@@ -416,9 +416,13 @@ class ApiGuard:
         if refusal:
             await _send_error(send, 401, refusal, "invalid_api_key", [(b"www-authenticate", b"Bearer")])
             return
+        too_large = f"the request body is larger than {self.max_body_bytes:,} bytes (--max-body-bytes)"
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await _send_error(send, 413, too_large, "body_too_large")  # before its type: the size is the problem
+            return
         wrong_type = self._not_json(scope)
         if wrong_type:
             await _send_error(send, 415, wrong_type, "unsupported_media_type")
             return
-        await bounded_call(self.app, scope, receive, send, self.max_body_bytes,
-                           f"the request body is larger than {self.max_body_bytes:,} bytes (--max-body-bytes)")
+        await bounded_call(self.app, scope, receive, send, self.max_body_bytes, too_large)

@@ -165,7 +165,7 @@ class Settings(BaseModel):
     @classmethod
     def _origins(cls, value: str | None) -> str | None:
         for origin in (o.strip() for o in (value or "").split(",") if o.strip()):
-            if not re.fullmatch(r"https?://[^\s/?#*]+", origin):
+            if not re.fullmatch(r"https?://[^\s/?#*]+/?", origin):
                 raise ValueError(f"{origin!r} is not an origin like http://localhost:8000 (scheme and host, no path; "
                                  "'*' and 'null' are not allowed)")
         return value

@@ -292,10 +292,12 @@ class GradioSessions:
             await self.app(scope, receive, send)
             return
         keys = list(query.get("session_hash", []))
-        for pattern, prefix in ((_SESSION_IN_PATH, ""), (_EVENT_IN_PATH, "event:")):
-            match = pattern.match(path)
-            if match:
-                keys.append(prefix + match.group(1))
+        match = _SESSION_IN_PATH.match(path)
+        if match:
+            keys.append(match.group(1))
+        match = _EVENT_IN_PATH.match(path) if scope.get("method") == "GET" else None  # POST call/NAME starts one
+        if match:
+            keys.append("event:" + match.group(1))
         if scope.get("method") == "POST" and _SESSION_IN_BODY.match(path):
             body, receive = await _read_body(receive, self.max_body_bytes)
             try:

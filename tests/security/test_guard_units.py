@@ -125,3 +125,14 @@ def test_gradio_sessions_bind_to_the_first_login():
     open_guard = GradioSessions(_echo, login_of=None, max_body_bytes=10_000)
     assert call(open_guard, "/gradio_api/queue/join", "POST", body=join)[0] == 200
     assert call(open_guard, "/gradio_api/deep_link")[0] == 404
+
+
+def test_starting_a_call_is_not_claiming_it():
+    """POST /gradio_api/call/v2/NAME starts an event for whoever calls it; only its results (GET) are bound."""
+    logins = {"a": "ann", "b": "bob"}
+    guard = GradioSessions(_echo, login_of=lambda scope: logins.get(dict(scope["headers"]).get(b"cookie", b"").decode()),
+                           max_body_bytes=10_000)
+    for cookie in ("a", "b"):
+        assert call(guard, "/gradio_api/call/v2/chat_send", "POST", [("Cookie", cookie)], b'{"data": []}')[0] == 200
+    assert call(guard, "/gradio_api/call/chat_send/e1", headers=[("Cookie", "a")])[0] == 200
+    assert call(guard, "/gradio_api/call/chat_send/e1", headers=[("Cookie", "b")])[0] == 403

@@ -251,8 +251,8 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             elif isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)) and \
                     len(left) + len(right) > MAX_ITEMS:
                 raise BudgetSpent(f"it would build a list of {len(left) + len(right):,} items")
-        elif operator == "%" and isinstance(left, str):
-            self._check_percent(left, right)
+        elif operator == "%" and isinstance(left, (str, bytes)):
+            self._check_percent(left if isinstance(left, str) else left.decode("latin-1"), right)
         return self.created(super().call_binop(context, operator, left, right))
 
     def _check_repeat(self, left: Any, right: Any) -> None:

@@ -34,6 +34,8 @@ ATTACKS = {
     "percent width": "{{ '%0999999999d' % 1 }}",
     "percent precision": "{{ '%.999999999f' % 1.0 }}",
     "percent star": "{{ '%*d' % (999999999, 1) }}",
+    "bytes percent": "{{ '%0999999999d'.encode() % 1 }}",
+    "bytes center": "{{ 'x'.encode().center(999999999) }}",
     "percent many": BIG + "{{ ('%s' * 1000) % ((s,) * 1000) }}",
     "replace": BIG + "{{ s.replace('x', s) }}",
     "replace filter": BIG + "{{ s|replace('x', s) }}",

@@ -8,8 +8,8 @@ from typing import Callable
 
 import gradio as gr
 
-from modules.app import App
 from modules import exports
+from modules.app import App
 from modules.render import COPY_JS, literal
 from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session
 
@@ -23,7 +23,7 @@ DARK_JS = """() => {
 
 def build(app: App) -> gr.Blocks:
     exports.clear_all(exports.cache_dir())  # files a previous run handed out are not this run's to serve
-    # Uploaded files and exports leave Gradio's cache after --cache-minutes (checked every minute at most).
+    # Uploaded files and exports leave Gradio's cache after --cache-minutes (looked for at least once a minute).
     age = max(1, round(app.settings.cache_minutes * 60))
     with gr.Blocks(title="Parlour", analytics_enabled=False, delete_cache=(min(60, age), age)) as blocks:
         params = parameters.create_controls(app)

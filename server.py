@@ -8,6 +8,7 @@ The page answers as soon as the server is up; the model finishes loading in a ba
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from modules.settings import Settings, SettingsError, load_settings
@@ -95,6 +96,8 @@ def create_app(settings: Settings):
     from modules import ui
     from modules.app import App
 
+    # Gradio's cache (uploads, downloads) inside this instance's user_data: cleaned by this instance only
+    os.environ.setdefault("GRADIO_TEMP_DIR", str((settings.user_data / "cache" / "gradio").resolve()))
     app = App.build(settings)
     serving = threading.Event()
     # The Model tab shows the model's name as loading from the start; the work waits for `serving`.
@@ -124,16 +127,28 @@ def create_app(settings: Settings):
         from modules.api import build_api
 
         api.mount("/v1", build_api(app))  # before the UI, which is mounted at the root and would shadow it
-    if not settings.listen:
-        from modules.api.security import LocalHostOnly
-
-        api.add_middleware(LocalHostOnly)  # DNS rebinding: a 127.0.0.1 bind answers only loopback Host names
     blocks = ui.build(app)
     blocks.queue(default_concurrency_limit=1)
     calm_gradio_queue(blocks)
     gr.mount_gradio_app(api, blocks, path="", footer_links=[], show_error=True, auth=ui.auth_check(settings),
-                        **ui.launch_kwargs(app))
+                        max_file_size=ui.max_upload_bytes(settings), **ui.launch_kwargs(app))
+    guard(api, settings)
     return api, app
+
+
+def guard(api, settings: Settings) -> None:
+    """The guards every request passes, outermost first: Host (on a 127.0.0.1 bind), origin, body size,
+    Gradio sessions. See modules/api/security.py. Starlette runs the last-added middleware first."""
+    from modules import ui
+    from modules.api.security import BodyLimit, GradioSessions, LocalHostOnly, SameOriginOnly
+
+    api.add_middleware(GradioSessions, login_of=ui.login_reader(api) if settings.logins() else None,
+                       max_body_bytes=settings.max_body_bytes)
+    api.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes,
+                       max_upload_bytes=ui.max_upload_bytes(settings))
+    api.add_middleware(SameOriginOnly, allowed=settings.cors_origins())
+    if not settings.listen:
+        api.add_middleware(LocalHostOnly)  # DNS rebinding: a 127.0.0.1 bind answers only loopback Host names
 
 
 def main(argv: list[str] | None = None) -> int:

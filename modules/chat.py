@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol, Sequence
 
 import yaml
 
-from modules import lorebook
+from modules import limits, lorebook
 from modules.extensions import messages_to_history
 from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
 from modules.loaders import registry
@@ -112,7 +112,9 @@ def substitute(text: str, name1: str, name2: str) -> str:
 
 def _template(backend: TokenCounter, options: PromptOptions) -> ChatTemplate:
     if options.instruction_template:
-        return ChatTemplate(options.instruction_template)
+        custom = options.template_name in ("custom", "")
+        return ChatTemplate(options.instruction_template, name="the custom instruction template" if custom
+                            else f"instruction template {options.template_name!r}")
     if backend.chat_template is None:
         if registry.capabilities(backend).engine_templates:
             raise TemplateError("the remote engine applies its own template, so this turn (continue, impersonate, "
@@ -401,7 +403,8 @@ class TemplateLibrary:
         source = data.get("instruction_template") if isinstance(data, dict) else None
         if not isinstance(source, str) or not source.strip():
             raise TemplateError(f"instruction template {name!r} has no 'instruction_template' text")
-        ChatTemplate(source)  # compile now: a broken file is reported when chosen, not at the first reply
+        # compile now: a broken file is reported when chosen, not at the first reply
+        ChatTemplate(source, name=f"instruction template {name!r}")
         return source
 
 
@@ -490,6 +493,11 @@ def resolve_options(app: Any, user: str, mode: str = "chat", character: str | No
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    limits.check_stops(custom_stops, "custom stop strings")
+    for field, value in (("system message", system_message), ("chat-instruct command", chat_instruct_command),
+                         ("context", context), ("about you", user_bio), ("name", name1), ("name", name2),
+                         ("template", template_source), ("start reply with", flags.get("start_reply_with"))):
+        limits.check_text(field, value)
     char = app.characters.load(character) if character else None
     profile = app.store.profile(user)
     source: str | None = None

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
+from modules import limits
 from modules.characters import add_greetings, greetings
 from modules.chat import PromptOptions, request_for, resolve_seed
 from modules.generation import Update
@@ -192,6 +193,7 @@ class ChatService:
         """Send a new message and stream the reply. The message is saved as the input hooks made it."""
         if not message.strip():
             raise ValueError("write a message first")
+        limits.check_text("message", message)  # before any hook or model reads it (incognito never reaches the store)
         view = self.ensure_saved(user, view, setup)
         history = self.turns(user, view) + [Turn.of("user", message)]
         preset = resolve_seed(setup.preset)
@@ -266,6 +268,9 @@ class ChatService:
         """Stream a reply; in a saved chat it is saved as it streams, under `reply_to` (a new message)
         or into the message it continues."""
         base = self.turns(user, view)
+        if view.incognito:  # an incognito chat's turns never pass through the store's check
+            for past in base:
+                limits.check_text("message", past.text)
         if continuing is not None:
             base = base[:-1]
         prefix = continuing.turn if continuing is not None else (

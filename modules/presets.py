@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modules import limits
 from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, os_reason, read_text_limited, unusable_files
 from modules.paths import UnsafeName, safe_child
 
@@ -176,7 +177,7 @@ class Preset(BaseModel):
     dry_sequence_breakers: list[str] = _f(["\n", ":", "\"", "*"], "repetition", "DRY: strings that end a "
                                           "repeated sequence, e.g. \"\\n\", \":\"", text="quoted")
     # -- other ---------------------------------------------------------------------------------------
-    max_new_tokens: int = _f(512, "other", "most tokens to generate", ge=1, le=32768)
+    max_new_tokens: int = _f(512, "other", "most tokens to generate", ge=1, le=limits.MAX_NEW_TOKENS)
     truncation_length: int = _f(0, "other", "cut the prompt from the left so prompt + reply fit in this many "
                                 "tokens (0 = the model's context length)", ge=0, le=1_048_576)
     seed: int = _f(-1, "other", "random seed (-1 = a new one each time)", ge=-1, le=2**63 - 1)
@@ -214,6 +215,12 @@ class Preset(BaseModel):
     @classmethod
     def _quoted(cls, value: Any, info: Any) -> Any:
         return _quoted_list(value, info.field_name)
+
+    @field_validator("dry_sequence_breakers", "banned_strings", "custom_stopping_strings")
+    @classmethod
+    def _bounded_strings(cls, value: list[str], info: Any) -> list[str]:
+        count = limits.MAX_STOP_STRINGS if info.field_name == "custom_stopping_strings" else limits.MAX_STRING_LIST
+        return list(limits.check_strings(value, info.field_name, count=count))
 
     @field_validator("custom_token_bans", mode="before")
     @classmethod

@@ -220,6 +220,30 @@ def render_plain(text: str) -> str:
     return html.escape(text)
 
 
+# The characters Markdown (marked, CommonMark + GFM) or HTML read syntax into, as numeric character
+# references: both show them as the character and read nothing into it (no link, image, emphasis, code,
+# tag, entity). `$` and `\\` are also split from their neighbours by an empty element, so KaTeX (which
+# reads the page's text) never sees `$$` or `\\(` delimiters. Everything else stays as it is, so a status
+# line read through the event API (gradio_client) is still plain readable text.
+_LITERAL = {c: f"&#{ord(c)};" for c in "`*_[]<>&~|{}"}
+_LITERAL.update({"$": "&#36;<span></span>", "\\": "&#92;<span></span>", "\n": " ", "\r": " ", "\t": " "})
+_AUTOLINKS = (("://", ":&#47;&#47;"), ("www.", "www&#46;"), ("@", "&#64;"))  # GFM's bare URLs and e-mails
+_LINE_START = "#-+*=>|~`0123456789"  # headings, lists, rules, quotes, fences when they start a line
+
+
+def literal(text: object) -> str:
+    """A user- or file-controlled name (a character, preset, model, file, an error that quotes one) for a
+    status line, warning or any Markdown/HTML the UI shows: it reads exactly as written, as plain text.
+    `![t](https:tracker.example)` stays those characters: no image, so nothing is fetched."""
+    raw = str(text).lstrip()  # leading spaces would make an indented code block
+    out = "".join(_LITERAL.get(c, c) for c in raw)
+    for pattern, inert in _AUTOLINKS:
+        out = out.replace(pattern, inert)
+    if raw and raw[0] in _LINE_START and not out.startswith("&#"):
+        out = f"&#{ord(raw[0])};" + out[1:]
+    return out
+
+
 # Page script: one delegated listener copies a code block's text (no inline handlers needed).
 COPY_JS = """
 document.addEventListener('click', (event) => {

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from modules import limits
 from modules.fileio import YamlFileError, load_yaml, read_yaml_mapping
 from modules.loaders import registry
 from modules.loaders.registry import LoaderName
 
+
+
+#: who API requests act as: their own profile and extension state, never a login's (see README, Security)
+API_USER = "api"
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,16 @@ class Settings(BaseModel):
     max_queue: int = Field(64, ge=1, le=10_000, description="most requests waiting for the model")
     admin_key: SecretStr | None = Field(None, description="key the API's model list/load/unload routes require "
                                                          "(Bearer); when unset they take --api-key like the rest")
-    cors_origin: str | None = Field(None, description="comma-separated origins allowed to call /v1 from a browser "
-                                                      "(default: none, CORS off)")
-    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024**3, description="largest /v1 request body in "
-                                                                                   "bytes (larger: 413)")
+    cors_origin: str | None = Field(None, description="comma-separated origins (scheme://host:port) besides the "
+                                    "server's own that browsers may send requests from: CORS for /v1, and the "
+                                    "public origin behind a proxy that rewrites Host (default: none, same origin only)")
+    max_body_bytes: int = Field(limits.MAX_BODY_BYTES, ge=1024, le=1024**3, description="largest request body in "
+                                "bytes, for /v1 and the UI's events (larger: 413; uploads: --max-upload-mb)")
+    max_upload_mb: float = Field(limits.MAX_UPLOAD_MB, gt=0, le=100_000, description="largest uploaded file "
+                                 "(character card, chat import) in MB (larger: 413)")
+    cache_minutes: float = Field(10.0, gt=0, le=10_080, description="minutes uploaded files and downloads "
+                                 "(exports) stay in the cache before they are deleted (a chat's exports also go "
+                                 "when the chat is deleted)")
     # extensions
     extensions: list[str] = Field(default_factory=list, description="extensions to enable, in load order "
                                   "(folders in extensions/ or user_data/extensions/, or installed packages)")
@@ -129,6 +141,36 @@ class Settings(BaseModel):
             data["extension_params"] = params
         return data
 
+    @field_validator("api_key", "admin_key", "remote_api_key")
+    @classmethod
+    def _real_key(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        """An empty key (`--api-key "$UNSET"`) would open every route to an empty Bearer, and a key with
+        spaces around it could never match (the header is stripped): both are refused."""
+        if value is None:
+            return value
+        key = value.get_secret_value()
+        if not key.strip():
+            raise ValueError(f"{_flag(info.field_name)} is empty: give a real key, or leave the flag out")
+        if key != key.strip():
+            raise ValueError(f"{_flag(info.field_name)} starts or ends with whitespace, so no request could match it")
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _some_logins(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("--auth is empty: give user:password logins, or leave the flag out")
+        return value
+
+    @field_validator("cors_origin")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        for origin in (o.strip() for o in (value or "").split(",") if o.strip()):
+            if not re.fullmatch(r"https?://[^\s/?#*]+/?", origin):
+                raise ValueError(f"{origin!r} is not an origin like http://localhost:8000 (scheme and host, no path; "
+                                 "'*' and 'null' are not allowed)")
+        return value
+
     def logins(self) -> dict[str, str]:
         """{user: password} from --auth and --auth-file (empty: no login, everyone is "local")."""
         entries: list[str] = []
@@ -144,9 +186,14 @@ class Settings(BaseModel):
             if not entry or entry.startswith("#"):
                 continue
             user, sep, password = entry.partition(":")
-            if not sep or not user.strip() or not password:
-                raise SettingsError("every login must look like user:password (got an entry without one)")
+            if not sep or not user.strip() or not password.strip():
+                raise SettingsError("every login must look like user:password with a password that is not empty "
+                                    "(got an entry without one)")
+            if user.strip() == API_USER:
+                raise SettingsError(f"the login name {API_USER!r} is reserved: API requests act as that user")
             logins[user.strip()] = password
+        if not logins and (self.auth is not None or self.auth_file is not None):
+            raise SettingsError("--auth / --auth-file hold no user:password login (only blank lines or comments)")
         return logins
 
     def load_options(self, loader: str) -> dict[str, Any]:

@@ -32,8 +32,8 @@ from typing import Any, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
+from modules import limits
 from modules.fileio import MAX_JSON_DEPTH, json_depth, load_json
-
 from modules.migrations import NewerDatabase, migrate
 from modules.turns import Part, PartError, TextPart, Turn, dumps_parts, parts_from_json
 
@@ -189,6 +189,8 @@ class ChatStore:
         return {"name": _text(row["display_name"]) or user, "description": _text(row["description"])}
 
     def set_profile(self, user: str, name: str, description: str) -> None:
+        limits.check_text("name", name)
+        limits.check_text("about you", description)
         with self._write() as db:
             db.execute("INSERT INTO users(name, display_name, description, created) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET display_name = excluded.display_name, "
@@ -197,6 +199,7 @@ class ChatStore:
     # -- chats ---------------------------------------------------------------------------------
     def create_chat(self, user: str, title: str = "", character: str = "", mode: str = "chat",
                     settings: dict[str, Any] | None = None) -> int:
+        limits.check_text("title", title)
         now = time.time()
         with self._write() as db:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
@@ -246,6 +249,7 @@ class ChatStore:
         return out
 
     def rename_chat(self, user: str, chat_id: int, title: str) -> None:
+        limits.check_text("title", title)
         with self._write() as db:
             self._chat_row(db, user, chat_id)
             db.execute("UPDATE chats SET title = ? WHERE id = ?", (title.strip(), chat_id))
@@ -295,6 +299,7 @@ class ChatStore:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         parts = content.parts if isinstance(content, Turn) else (TextPart(content),)
         content = Turn(role, parts).text
+        limits.check_text("message", content)
         now = time.time()
         with self._write() as db:
             chat = self._chat_row(db, user, chat_id)
@@ -323,6 +328,7 @@ class ChatStore:
                        parts: tuple[Part, ...] | None = None) -> None:
         """Change a message's parts (a streaming flush), only its words (`content`: an edit keeps the
         reasoning and tool parts), its metadata (merged) or its completeness."""
+        limits.check_text("message", content if parts is None else Turn("assistant", parts).text)
         with self._write() as db:
             self._chat_row(db, user, chat_id)
             row = self._message_row(db, chat_id, message_id)
@@ -425,8 +431,9 @@ class ChatStore:
         with self._write() as db:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (user, title or f"{info.title or 'Chat'} (branch)", info.character, info.mode,
-                              json.dumps(info.settings), now, now))
+                             (user, limits.check_text("title", title) or
+                              f"{(info.title or 'Chat')[:limits.MAX_TITLE_CHARS - 9]} (branch)", info.character,
+                              info.mode, json.dumps(info.settings), now, now))
             new_id = int(cur.lastrowid)
             parent = None
             for msg in path:

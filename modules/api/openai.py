@@ -32,6 +32,7 @@ from modules.generation import GenerationRequest, ModelBusy, NoModel, QueueFull,
 from modules.loaders import registry
 from modules.loaders.base import Backend
 from modules.presets import Preset, PresetError
+from modules.settings import API_USER
 from modules.templates import TemplateError
 from modules.turns import Turn
 
@@ -215,7 +216,7 @@ def completion_plan(app: Any, body: CompletionRequest) -> Plan:
         text, dropped = fit_completion_prompt(backend, text, preset, body.truncate_prompt, "prompt")
         for i in range(body.n):
             request = GenerationRequest(preset=choice_seed(preset, i), prompt=text, stop=body.stop_strings(),
-                                        user=body.user or "api")
+                                        user=API_USER)
             jobs.append(Job(request, index=p * body.n + i, prompt_index=p, echo=text if body.echo else "",
                             truncated_tokens=dropped, prompt=text))
     return Plan(jobs, backend.name, body.ignored_fields() + not_applied, backend, logprobs_wanted(body, backend))
@@ -244,7 +245,7 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     ignored = body.ignored_fields() + not_applied + ignored_chat_fields(body)
     history = chat_history(body)
     continue_last = (body.continue_final_message or body.continue_) and history[-1].role == "assistant"
-    user = body.user or "api"
+    user = API_USER  # never `body.user`: the API must not act as (or read the profile of) a login
     options = prompt_options(app, body, user, continue_last)
     turn = app.pipeline.begin(request_for(history, options, preset, user=user, stop=body.stop_strings(),
                                           template_vars=body.template_vars()))

@@ -12,14 +12,13 @@ from __future__ import annotations
 from copy import copy
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from modules import limits
 from modules.paths import UnsafeName, check_name
 from modules.presets import MAX_CONSTRAINT_CHARS, Preset
 
 MAX_CHOICES = 8  # `n`: each choice is a full generation, so keep it small
-MAX_STOP_STRINGS = 16
-MAX_STOP_CHARS = 1000
 
 
 def _optional_copy(name: str) -> tuple[Any, Any]:
@@ -79,12 +78,13 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
     @field_validator("stop", "stopping_strings")
     @classmethod
     def _bounded_stops(cls, value: Any) -> Any:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-        if any(len(s) > MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
+        limits.check_stops([value] if isinstance(value, str) else value or [], "stop strings")
         return value
+
+    @model_validator(mode="after")
+    def _stops_together(self) -> "GenerationFields":
+        limits.check_stops(self.stop_strings(), "stop + stopping_strings")
+        return self
 
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -127,6 +127,7 @@ class ChatMessage(BaseModel):
         for part in value if isinstance(value, list) else []:
             if part.type != "text":
                 raise ValueError(f"only text parts are supported, not {part.type!r}")
+        limits.check_text("message", value if isinstance(value, str) else "".join(p.text or "" for p in value or []))
         return value
 
     def text(self) -> str:
@@ -165,6 +166,15 @@ class ChatCompletionRequest(GenerationFields):
         """The chat template's switches this request sets (only those given)."""
         return {k: v for k, v in (("enable_thinking", self.enable_thinking),
                                   ("reasoning_effort", self.reasoning_effort)) if v is not None}
+
+    @field_validator("name1", "name2", "context", "user_bio", "chat_instruct_command", "instruction_template_str",
+                     "chat_template_str")
+    @classmethod
+    def _bounded_text(cls, value: str | None, info: Any) -> str | None:
+        """The same limits as the Chat tab's fields (modules/limits.py)."""
+        field = {"name1": "name", "name2": "name", "context": "context", "user_bio": "about you",
+                 "chat_instruct_command": "chat-instruct command"}.get(info.field_name, "template")
+        return limits.check_text(field, value)
 
     @field_validator("character", "instruction_template")
     @classmethod

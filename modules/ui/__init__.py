@@ -8,8 +8,9 @@ from typing import Callable
 
 import gradio as gr
 
+from modules import exports
 from modules.app import App
-from modules.render import COPY_JS
+from modules.render import COPY_JS, literal
 from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session, training
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
@@ -21,11 +22,14 @@ DARK_JS = """() => {
 
 
 def build(app: App) -> gr.Blocks:
-    with gr.Blocks(title="Parlour", analytics_enabled=False) as blocks:
+    exports.clear_all(exports.cache_dir())  # files a previous run handed out are not this run's to serve
+    # Uploaded files and exports leave Gradio's cache after --cache-minutes (looked for at least once a minute).
+    age = max(1, round(app.settings.cache_minutes * 60))
+    with gr.Blocks(title="Parlour", analytics_enabled=False, delete_cache=(min(60, age), age)) as blocks:
         params = parameters.create_controls(app)
         with gr.Row(elem_id="header"):
             gr.Markdown("## Parlour", elem_id="title")
-            model_line = gr.Markdown(app.models.status(), elem_id="header-model")
+            model_line = gr.Markdown(literal(app.models.status()), elem_id="header-model")
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat_ui = chat.render(app, params)
@@ -71,6 +75,31 @@ def launch_kwargs(app: App | None = None) -> dict:
         kwargs["css"] = app.extensions.css()
         kwargs["js"] = extensions.page_js(DARK_JS, app)
     return kwargs
+
+
+def max_upload_bytes(settings) -> int:
+    """--max-upload-mb in bytes: Gradio's max_file_size, and the upload route's body limit."""
+    return int(settings.max_upload_mb * 1024 * 1024)
+
+
+def login_reader(api) -> Callable[[dict], str | None]:
+    """The login a request's Gradio cookie belongs to (None: not logged in), for the session guard.
+
+    Gradio keeps logins as `tokens` (cookie value -> user) on its app, under a cookie named after its
+    `cookie_id`; both are read per request, so a login made after start is seen. A test checks they exist."""
+    from starlette.requests import cookie_parser
+    from starlette.routing import Mount
+
+    gradio_app = next(route.app for route in api.routes if isinstance(route, Mount) and hasattr(route.app, "tokens"))
+
+    def login_of(scope: dict) -> str | None:
+        raw = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"cookie"), "")
+        cookies = cookie_parser(raw)
+        token = cookies.get(f"access-token-{gradio_app.cookie_id}") or \
+            cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}")
+        return gradio_app.tokens.get(token) if token else None
+
+    return login_of
 
 
 def auth_check(settings) -> Callable[[str, str], bool] | None:

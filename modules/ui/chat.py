@@ -14,10 +14,12 @@ import gradio as gr
 from pydantic import ValidationError
 
 from modules import chat as chatlib
+from modules import exports
 from modules.app import App
 from modules.chat import MODEL_TEMPLATE
 from modules.conversation import Setup, Step
 from modules.presets import Preset
+from modules.render import literal
 from modules.templates import TemplateError
 from modules.turns import Turn
 from modules.ui import chat_layout
@@ -183,7 +185,10 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     @guarded
     def on_delete(request: gr.Request, sess: dict, character_v: str):
         user = user_of(request)
+        chat_id = sess["chat_id"]
         view = app.chats.delete(user, view_of(sess))
+        if chat_id is not None:  # its exports go with it (modules/exports.py)
+            exports.forget(exports.cache_dir(), user, str(chat_id))
         return redraw(app, user, session_of(view, new_session(view.incognito, previous=sess)), character_v,
                       status="Deleted the chat.")
 
@@ -216,7 +221,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         try:
             return app.templates.load(name)
         except TemplateError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(literal(exc))
             return ""
 
     def next_prompt(request: gr.Request, message: str, sess: dict, values: tuple) -> tuple[str, str]:
@@ -232,22 +237,22 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         note = f"{built.prompt_tokens}/{built.context_length} tokens"
         if built.turns_dropped:
             note += f", {built.turns_dropped} oldest messages dropped"
-        return built.text, f"Prompt: {note}. Stop strings: {list(built.stops)}"
+        return built.text, f"Prompt: {note}. Stop strings: {literal(list(built.stops))}"
 
     def on_preview(request: gr.Request, message: str, sess: dict, *values: Any):
         """The exact prompt the next reply would get, with its token count and stop strings."""
         try:
             return next_prompt(request, message, sess, values)
         except (ValidationError, *EXPECTED_ERRORS) as exc:
-            return gr.skip(), f"⚠️ {exc}"
+            return gr.skip(), f"⚠️ {literal(exc)}"
 
     def on_send_to_notebook(request: gr.Request, message: str, sess: dict, *values: Any):
         """That prompt in the Notebook's text box, and the Notebook tab opened, to read or edit it there."""
         try:
             prompt, note = next_prompt(request, message, sess, values)
         except (ValidationError, *EXPECTED_ERRORS) as exc:
-            gr.Warning(str(exc))
-            return gr.skip(), f"⚠️ {exc}", gr.skip()
+            gr.Warning(literal(exc))
+            return gr.skip(), f"⚠️ {literal(exc)}", gr.skip()
         return prompt, f"Sent to the Notebook. {note}", gr.Tabs(selected="notebook")
 
     def api_chat_send(request: gr.Request, message: str, *preset_values: Any):
@@ -262,7 +267,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 shown = [{"role": t.role, "content": t.text} for t in step.turns]
                 yield gr.skip(), shown, status_line(step.update)
         except EXPECTED_ERRORS as exc:
-            raise gr.Error(str(exc)) from exc
+            raise gr.Error(str(exc)) from exc  # read by API clients, never shown in a page: left as text
 
     api_send = gr.Button(visible=False, elem_id="api-chat-send")
 

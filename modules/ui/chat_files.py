@@ -4,16 +4,16 @@ files in and out. Layout and wiring; the store and the character library do the 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 
+from modules import exports
 from modules.app import App
 from modules.characters import CharacterError, CharacterExists
 from modules.fileio import os_reason
+from modules.render import literal
 from modules.store import ChatNotFound, StoreError
 from modules.ui.chat_view import guarded, new_session, redraw, user_of
 
@@ -55,8 +55,8 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         try:
             app.store.set_profile(user_of(request), name, bio)
         except StoreError as exc:
-            gr.Warning(str(exc))
-            return f"⚠️ {exc}"
+            gr.Warning(literal(exc))
+            return f"⚠️ {literal(exc)}"
         return "Saved your profile."
 
     @guarded
@@ -85,18 +85,16 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
                     "the card under a new name?", data, gr.Row(visible=True),
                     gr.Button(value=f"Import as {exc.suggestion}"))
         except CharacterError as exc:
-            gr.Warning(str(exc))
-            return gr.skip(), f"⚠️ {exc}", None, gr.Row(visible=False), gr.skip()
-        return (gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**.",
-                None, gr.Row(visible=False), gr.skip())
+            gr.Warning(literal(exc))
+            return gr.skip(), f"⚠️ {literal(exc)}", None, gr.Row(visible=False), gr.skip()
+        return (gr.Dropdown(choices=app.characters.names(), value=card.name),
+                f"Imported character **{literal(card.name)}**.", None, gr.Row(visible=False), gr.skip())
 
-    def write_download(name: str, data: bytes) -> str | None:
-        try:
-            folder = Path(tempfile.mkdtemp(prefix="parlour-export-"))
-            path = folder / name
-            path.write_bytes(data)
+    def write_download(user: str, what: str, name: str, data: bytes) -> str | None:
+        try:  # in Gradio's cache, deleted with the chat and after --cache-minutes (modules/exports.py)
+            path = exports.write_export(exports.cache_dir(), user, what, name, data)
         except OSError as exc:  # the temp folder's disk is full: say so instead of a failed event
-            gr.Warning(f"could not write the export: {os_reason(exc)}")
+            gr.Warning(literal(f"could not write the export: {os_reason(exc)}"))
             return None
         return str(path)
 
@@ -108,15 +106,17 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         try:
             data = app.store.export_chat(user, sess["chat_id"])
         except ChatNotFound as exc:
-            gr.Warning(str(exc))
+            gr.Warning(literal(exc))
             return gr.skip()
-        return write_download(f"chat-{sess['chat_id']}.json", json.dumps(data, indent=2).encode())
+        return write_download(user, str(sess["chat_id"]), f"chat-{sess['chat_id']}.json",
+                              json.dumps(data, indent=2).encode())
 
-    def on_export_card(character_v: str):
+    def on_export_card(request: gr.Request, character_v: str):
         try:
-            return write_download(f"{character_v}.png", app.characters.export_card(character_v))
+            return write_download(user_of(request), "card", f"{character_v}.png",
+                                  app.characters.export_card(character_v))
         except CharacterError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(literal(exc))
             return gr.skip()
 
     def wire(outputs: list) -> None:

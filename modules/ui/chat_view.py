@@ -20,7 +20,7 @@ from modules.conversation import ChatView
 from modules.generation import GenerationError, NoModel, QueueFull
 from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
-from modules.render import render_extension_html, render_footer, render_markdown, render_reasoning
+from modules.render import literal, render_extension_html, render_footer, render_markdown, render_reasoning
 from modules.turns import ReasoningPart, TextPart, Turn
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def guarded(fn):
             gr.Warning(f"invalid parameters: {first['loc'][0] if first['loc'] else ''}: {first['msg']}")
             yield (gr.skip(),) * 4 + (f"⚠️ invalid parameters: {first['msg']}",) + (gr.skip(),) * 2
         except EXPECTED_ERRORS as exc:
-            gr.Warning(str(exc))
-            yield (gr.skip(),) * 4 + (f"⚠️ {exc}",) + (gr.skip(),) * 2
+            gr.Warning(literal(exc))
+            yield (gr.skip(),) * 4 + (f"⚠️ {literal(exc)}",) + (gr.skip(),) * 2
     return wrapper
 
 
@@ -155,6 +155,7 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
     view = view_of(session)
     shown = app.chats.shown(user, view)
     index, info = app.chats.version_line(user, view)
+    info = literal(info)  # it quotes the model's name
     edit = shown[index].turn.text if index is not None else ""
     choices = chat_choices(app, user, character, query)
     value = str(session["chat_id"]) if session["chat_id"] is not None else None

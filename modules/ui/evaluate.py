@@ -11,6 +11,7 @@ import pandas as pd
 
 from modules.app import App
 from modules.perplexity import PerplexityLog, evaluate
+from modules.render import literal
 
 COLUMNS = ["model", "loader", "quantization", "text", "tokens", "max_length", "stride", "perplexity", "seconds", "when"]
 
@@ -49,8 +50,8 @@ def render(app: App) -> None:
                 result = evaluate(backend, content, source, int(window), int(step), log,
                                   progress=lambda f: progress(f, desc="scoring"))
         except ValueError as exc:
-            return (f"⚠️ {exc}", *history())
-        return (f"**{result.model}**: perplexity **{result.perplexity:.3f}** over {result.tokens} tokens "
+            return (f"⚠️ {literal(exc)}", *history())
+        return (f"**{literal(result.model)}**: perplexity **{result.perplexity:.3f}** over {result.tokens} tokens "
                 f"in {result.seconds} s", *history())
 
     table = gr.Dataframe(value=lambda: history()[0], headers=COLUMNS, interactive=False, elem_id="ppl-table")

@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from modules.app import App
 from modules.loaders.registry import LOADERS, REMOTE_PREFIX
 from modules.models import ModelError
+from modules.render import literal
 
 OPTIONS = {name: spec.options for name, spec in LOADERS.items()}
 REASONING_CHOICES = ["auto", "think", "gpt-oss", "off", "custom"]
@@ -130,7 +131,7 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
 
     def describe() -> tuple[str, str]:
         data = app.models.info()
-        return app.models.status(), json.dumps(data, indent=2, default=str) if data else ""
+        return literal(app.models.status()), json.dumps(data, indent=2, default=str) if data else ""
 
     def on_select(name: str | None):
         """Picking a model infers its loader and restores its saved options and reasoning markers."""
@@ -141,7 +142,7 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
             saved = app.models.saved.get(name) if not name.startswith(REMOTE_PREFIX) else None
             chosen = app.models.default_loader(name) or "transformers"
         except ModelError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(literal(exc))
             return skip
         values = []
         for loader_name, group in controls.items():
@@ -169,7 +170,7 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         except ModelError as exc:
             kept = app.models.current()
             still = f" — still loaded: {kept.name}" if kept else ""
-            return f"⚠️ could not load {name}: {exc}{still}", gr.skip()
+            return "⚠️ " + literal(f"could not load {name}: {exc}{still}"), gr.skip()
         line, details = describe()
         return f"{line} — loaded in {time.perf_counter() - start:.1f} s", details
 
@@ -195,14 +196,14 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
             options = {k: v for k, v in options_from(chosen, values[:len(all_controls)]).items() if k != "api_key"}
             app.models.save_settings(name, chosen, options, reasoning_setting=marks)
         except ModelError as exc:
-            return f"⚠️ {exc}"
-        return f"Saved settings for **{name}** in {app.models.saved.path.name}."
+            return f"⚠️ {literal(exc)}"
+        return f"Saved settings for **{literal(name)}** in {literal(app.models.saved.path.name)}."
 
     def on_fetch_remote() -> Any:
         try:
             names = app.models.remote_models(app.settings.load_options("remote"))
         except ModelError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(literal(exc))
             return gr.skip()
         return gr.Dropdown(choices=names)
 
@@ -210,9 +211,9 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         try:
             applied = app.models.set_loras(list(names or []))
         except ModelError as exc:
-            return f"⚠️ {exc}", gr.skip()
+            return f"⚠️ {literal(exc)}", gr.skip()
         line, details = describe()
-        return f"{line} — LoRAs: {', '.join(applied) or 'none'}", details
+        return f"{line} — LoRAs: {literal(', '.join(applied) or 'none')}", details
 
     def on_download(spec: str, choice: str, progress: gr.Progress = gr.Progress(track_tqdm=True)):
         from modules.download import DownloadError, download
@@ -223,8 +224,8 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
                                      specific_file=choice if "." in choice else None,
                                      gguf_quant=choice if choice and "." not in choice else None)
         except DownloadError as exc:
-            return f"⚠️ {exc}", gr.skip(), gr.skip()
-        return (f"Downloaded {len(files)} files ({chosen.kind}) to `{chosen.target}`.",
+            return f"⚠️ {literal(exc)}", gr.skip(), gr.skip()
+        return (f"Downloaded {len(files)} files ({chosen.kind}) to {literal(chosen.target)}.",
                 gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras()))
 
     fetch.click(on_download, [repo, specific], [download_status, dropdown, loras], api_name="model_download")

@@ -14,10 +14,12 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
+from modules import limits
 from modules.app import App
 from modules.generation import GenerationError, GenerationRequest, NoModel, QueueFull, throttle
 from modules.inspect_logits import CannotInspect, candidates_table, chain_bars, coloured_tokens, inspect_next_token, \
     score_text
+from modules.render import literal
 from modules.ui.chat_view import speed_line
 from modules.ui.parameters import ParameterControls
 
@@ -41,6 +43,7 @@ def render(app: App, params: ParameterControls) -> gr.Textbox:
         cancel = threading.Event()
         request = GenerationRequest(preset=preset, prompt=prompt, cancel=cancel)
         try:
+            limits.check_text("prompt", prompt)
             for update in throttle(app.pipeline.stream(request), app.settings.stream_fps):
                 if update.queue_position:
                     yield gr.skip(), f"⏳ waiting for the model: position {update.queue_position} in the queue"
@@ -48,8 +51,8 @@ def render(app: App, params: ParameterControls) -> gr.Textbox:
                 yield prompt + update.text, speed_line(update.tokens, update.seconds, update.first_token_seconds,
                                                        update.prompt_tokens, update.finish_reason)
         except (NoModel, QueueFull, GenerationError, ValueError) as exc:
-            gr.Warning(str(exc))
-            yield gr.skip(), f"⚠️ {exc}"
+            gr.Warning(literal(exc))
+            yield gr.skip(), f"⚠️ {literal(exc)}"
         finally:
             cancel.set()
 
@@ -94,7 +97,7 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, gen
             first = exc.errors()[0]
             return gr.skip(), gr.skip(), f"⚠️ invalid parameters: {first['loc'][0] if first['loc'] else ''}: {first['msg']}"
         except (CannotInspect, ValueError) as exc:
-            return gr.skip(), gr.skip(), f"⚠️ {exc}"
+            return gr.skip(), gr.skip(), f"⚠️ {literal(exc)}"
         stages = " → ".join(stage.name for stage in view.stages[1:]) or "no active samplers"
         return candidates_table(view), chain_bars(view), f"Chain: {stages}"
 
@@ -110,7 +113,7 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, gen
         try:
             return coloured_tokens(score_text(backend, "", prompt[-20_000:]))
         except CannotInspect as exc:
-            return f"<p>{exc}</p>"
+            return f"<p>{literal(exc)}</p>"
 
     outputs = [table, chain, inspect_status]
     inspect.click(show, [text, *params.inputs], outputs, api_name="inspect_next_token")

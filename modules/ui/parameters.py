@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from modules.loaders import registry
 from modules.app import App
 from modules.presets import Preset, PresetError, field_group, field_text, field_text_kind, neutral_samplers
+from modules.render import literal
 from modules.ui import constraints
 
 GROUPS = {"curve": "Curve shape", "cutoffs": "Cutoffs", "repetition": "Repetition", "other": "Other"}
@@ -167,8 +168,8 @@ def render(app: App, params: ParameterControls) -> None:
         try:
             preset = app.presets.load(name)
         except PresetError as exc:
-            return [gr.skip()] * len(params.controls) + [f"⚠️ {exc}"]
-        return params.values_of(preset) + [f"Loaded preset **{name}**."]
+            return [gr.skip()] * len(params.controls) + [f"⚠️ {literal(exc)}"]
+        return params.values_of(preset) + [f"Loaded preset **{literal(name)}**."]
 
     def save_preset(name: str, *values: Any):
         name = (name or "").strip()
@@ -180,8 +181,8 @@ def render(app: App, params: ParameterControls) -> None:
         except ValidationError as exc:
             return gr.skip(), _error_line(exc)
         except PresetError as exc:
-            return gr.skip(), f"⚠️ {exc}"
-        return gr.Dropdown(choices=app.presets.names(), value=name), f"Saved preset **{name}**."
+            return gr.skip(), f"⚠️ {literal(exc)}"
+        return gr.Dropdown(choices=app.presets.names(), value=name), f"Saved preset **{literal(name)}**."
 
     def delete_preset(name: str | None):
         if not name:
@@ -189,8 +190,8 @@ def render(app: App, params: ParameterControls) -> None:
         try:
             app.presets.delete(name)
         except PresetError as exc:
-            return gr.skip(), f"⚠️ {exc}"
-        return gr.Dropdown(choices=app.presets.names(), value=None), f"Deleted preset **{name}**."
+            return gr.skip(), f"⚠️ {literal(exc)}"
+        return gr.Dropdown(choices=app.presets.names(), value=None), f"Deleted preset **{literal(name)}**."
 
     def neutral(*values: Any) -> list[Any]:
         try:
@@ -208,8 +209,8 @@ def render(app: App, params: ParameterControls) -> None:
         try:
             app.presets.set_model_default(backend.name, name)
         except PresetError as exc:
-            return f"⚠️ {exc}"
-        return f"**{name}** will be selected when **{backend.name}** loads."
+            return f"⚠️ {literal(exc)}"
+        return f"**{literal(name)}** will be selected when **{literal(backend.name)}** loads."
 
     def refresh_all():
         """Reload the preset list, select the loaded model's default preset, mark unsupported samplers."""

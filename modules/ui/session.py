@@ -7,6 +7,7 @@ import json
 import gradio as gr
 
 from modules.app import App
+from modules.render import literal
 
 RESTART_NOTE = ("Hooks of extensions turned on or off here apply from the next message. An extension turned "
                 "off and on again is the same extension: its controls on the page keep working. The controls, "
@@ -18,7 +19,7 @@ def apply_extensions(app: App, checked: list[str]) -> tuple[list[str], str]:
     """Enable exactly `checked`: extensions already on keep their place in the load order, new ones go last."""
     order = [n for n in app.extensions.loaded if n in checked] + [n for n in checked if n not in app.extensions.loaded]
     errors = app.extensions.enable(order)
-    lines = [f"❌ {name}: {message}" for name, message in errors.items()]
+    lines = [f"❌ {literal(name)}: {literal(message)}" for name, message in errors.items()]
     summary = "\n\n".join(lines) if lines else f"Enabled: {', '.join(app.extensions.loaded) or 'none'}."
     return list(app.extensions.loaded), summary
 
@@ -28,7 +29,7 @@ def unreadable_markdown(app: App) -> str:
     found = app.unreadable_files()
     if not found:
         return ""
-    lines = [f"- **{item}**: {why}" for item, why in sorted(found.items())]
+    lines = [f"- **{literal(item)}**: {literal(why)}" for item, why in sorted(found.items())]
     return "### ⚠️ Files that could not be read\nEverything else loaded; fix or remove these:\n" + "\n".join(lines)
 
 

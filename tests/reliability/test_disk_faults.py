@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from modules.characters import Character, CharacterError, CharacterStore, blank_png, png_with_text
+from modules.limits import MAX_TITLE_CHARS
 from modules.models import ModelError, ModelManager
 from modules.settings import CpuThreads
 from modules.presets import Preset, PresetError, PresetStore
@@ -24,6 +25,7 @@ from tests.reliability.conftest import disk_full, read_only, snapshot
 REASONS = ("disk is full", "read-only", "refused")
 DB_FILES = ("chats.sqlite", "chats.sqlite-wal", "chats.sqlite-shm")  # checked through the store instead
 BIG = "lorem ipsum " * 2000  # 24 KB: needs new database pages, so a full disk cannot absorb it in free space
+TITLE = BIG[:MAX_TITLE_CHARS]  # titles are bounded (modules/limits.py): the longest allowed
 
 
 def card(name: str) -> bytes:
@@ -122,11 +124,11 @@ def chat_writes(store: ChatStore, chat_id: int) -> dict[str, Any]:
     return {
         "send": lambda: store.add_message("local", chat_id, "user", BIG),
         "stream flush": lambda: store.update_message("local", chat_id, leaf, content=BIG),
-        "rename": lambda: store.rename_chat("local", chat_id, BIG),
-        "new chat": lambda: store.create_chat("local", title=BIG),
+        "rename": lambda: store.rename_chat("local", chat_id, TITLE),
+        "new chat": lambda: store.create_chat("local", title=TITLE, settings={"notes": BIG}),
         "profile": lambda: store.set_profile("local", "Me", BIG),
         "import": lambda: store.import_chat("local", {"internal": [[BIG, BIG]]}),
-        "branch": lambda: store.branch("local", chat_id, leaf, title=BIG),
+        "branch": lambda: store.branch("local", chat_id, leaf, title=TITLE),
     }
 
 
@@ -138,6 +140,9 @@ def test_chat_writes_roll_back_and_say_why(tmp_path, monkeypatch, fault):
     writes = chat_writes(store, chat_id)
     if fault == "read-only database":
         writes["delete"] = lambda: store.delete_chat("local", chat_id)
+    else:  # titles are at most 200 characters now, so a rename, or a branch of this short chat, fits the
+        writes.pop("rename")  # pages SQLite already has: a full disk cannot refuse them (read-only can)
+        writes.pop("branch")
     with monkeypatch.context() as patch:
         if fault == "disk full":
             disk_full(patch)
@@ -155,7 +160,7 @@ def test_chat_writes_roll_back_and_say_why(tmp_path, monkeypatch, fault):
     for label, write in writes.items():  # the fault is gone: the same writes work
         if label != "delete":
             write()
-    assert store.chat("local", chat_id).title == BIG.strip()
+    assert store.chat("local", chat_id).title == (TITLE.strip() if "rename" in writes else "Kept")
 
 
 # -- what the user sees: the UI handlers themselves ---------------------------------------------------
@@ -220,8 +225,9 @@ def test_ui_handlers_show_the_error_and_keep_working(tmp_path, monkeypatch, faul
             _, status, *_ = run(fns["on_import_card"].fn(card("Cleo")))  # (character, status, pending, row, button)
             assert status.startswith("⚠️") and "not saved" in status, status
             assert run(fns["on_profile_save"].fn(None, "Me", BIG))[0].startswith("⚠️")
-            outputs = run(fns["on_rename"].fn(None, session, "", BIG))
-            assert outputs[4].startswith("⚠️") and "not saved" in outputs[4], outputs[4]
+            if fault != "disk full":  # a bounded title fits its page (see test_chat_writes_roll_back_and_say_why)
+                outputs = run(fns["on_rename"].fn(None, session, "", TITLE))
+                assert outputs[4].startswith("⚠️") and "not saved" in outputs[4], outputs[4]
             send = fns["on_send"]
             outputs = run(send.fn(None, BIG, session, *defaults(send, 2)))
             assert outputs[4].startswith("⚠️") and "not saved" in outputs[4], outputs[4]

@@ -22,6 +22,7 @@ import pytest
 from modules.characters import Character, CharacterError, CharacterStore, blank_png, png_with_text
 from modules.chat import TemplateLibrary, resolve_options
 from modules.extensions import Extensions
+from modules.limits import MAX_TITLE_CHARS, LimitError
 from modules.settings import CpuThreads
 from modules.models import ModelError, ModelManager
 from modules.presets import Preset, PresetError, PresetStore
@@ -201,6 +202,10 @@ def test_chat_titles_are_text_not_paths(tmp_path, micro_path):
     before = snapshot(tmp_path, ignore=DB_FILES)
     for key in HOSTILE:
         title = hostile(key, dirs)
+        if len(title) + 1 > MAX_TITLE_CHARS:  # over the title limit: refused, with nothing written
+            with pytest.raises(LimitError, match="title"):
+                store.create_chat("local", title=title + "!")
+            continue
         chat_id = store.create_chat("local", title=title)
         store.rename_chat("local", chat_id, title + "!")
         assert store.chat("local", chat_id).title == (title + "!").strip()

@@ -28,14 +28,14 @@ import random
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
 
 from modules.presets import Preset
 from modules.settings import CpuThreads
-from modules.sampling import build_processors
+from modules.sampling import ChainContext, build_processors
 from modules.loaders.base import END
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,13 @@ class BatchEngine:
         self._thread.start()
 
     def submit(self, ids: list[int], preset: Preset, max_new: int, cancel: threading.Event,
-               context: Any = None) -> queue.SimpleQueue:
+               context: ChainContext | None = None) -> queue.SimpleQueue:
         """Queue one generation; its token ids arrive on the returned queue, then `END`."""
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)
+        # the row's stochastic samplers (XTC) draw from the row's generator too, not torch's global one
+        context = replace(context or ChainContext(), generator=generator)
         row = _Row(ids=list(ids), preset=preset, max_new=max_new, cancel=cancel, out=queue.SimpleQueue(),
                    processors=build_processors(preset, self.eos_token_ids, device=self.device, context=context),
                    generator=generator)

@@ -220,7 +220,8 @@ def test_chain_order_follows_sampler_priority():
 
 def test_temperature_last_moves_temperature_to_the_end():
     preset = Preset(temperature=3.0, min_p=0.5, temperature_last=True)
-    assert priority(preset)[-2:] == ["temperature", "dynamic_temperature"]
+    # smoothing moves with them, as in text-generation-webui
+    assert priority(preset)[-3:] == ["temperature", "dynamic_temperature", "quadratic_sampling"]
     assert [n for n, _ in build_chain(preset)] == ["min_p", "temperature"]
     assert priority(Preset()) == list(DEFAULT_PRIORITY)
 
@@ -248,7 +249,8 @@ def test_build_processors_keeps_its_signature():
     (lambda: sampling.TailFreeWarper(1.5), "tfs"),
     (lambda: sampling.XTCWarper(0.9, 0.5), "xtc_threshold"),
     (lambda: sampling.DRYProcessor(1.0, 0.5, 2), "dry_base"),
-    (lambda: sampling.MirostatV2Warper(0.0, 0.1), "mirostat_tau"),
+    (lambda: sampling.MirostatV2Warper(-1.0, 0.1), "mirostat_tau"),
+    (lambda: sampling.AdaptivePWarper(0.0, 0.9), "adaptive_target"),
     (lambda: sampling.RepetitionPenaltyProcessor(1.2, -1), "repetition_penalty_range"),
 ])
 def test_bad_arguments_say_which_setting(make, message):

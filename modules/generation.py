@@ -214,6 +214,9 @@ class GenerationRequest:
     #: Used instead of `prompt`/`messages` when set, except for a backend without a local template
     #: (remote engines), which gets `messages` if the request has them.
     build: Callable[[Backend, "ChatHooks"], Any] | None = None
+    #: OpenAI's token prompts: generate after exactly these ids; `prompt` is then their text (what
+    #: extensions and text-only backends get)
+    prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -236,6 +239,9 @@ class Update:
     #: the model's context, and how many oldest messages were dropped to fit it (0 when not truncated)
     context_length: int = 0
     turns_dropped: int = 0
+    #: final update only: the end-of-sequence token the reply ended on (None: a stop string, the length
+    #: limit, ...); it is counted in `tokens` but is in no text
+    eos_token: int | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,8 @@ class Pipeline:
             tokenizer=(lambda p, ids, emb: ext.tokenizer(prepared.state, p, ids, emb))
             if ext.has("tokenizer_modifier") else None,
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
+        if request.prompt_ids is not None:
+            hooks.tokenizer = _exact_ids(request.prompt_ids, hooks.tokenizer)
         if prepared.messages is not None:
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
         if (hooks.tokenizer or hooks.logits_processors) and "hooks" in inspect.signature(backend.stream).parameters:
@@ -410,7 +418,8 @@ class Pipeline:
             # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state)
             stops = StopStringFilter(tuple(prepared.preset.custom_stopping_strings) + prepared.stops
                                      + tuple(backend.stop_strings))
-            counted = self.extensions.tokenized_length(prepared.prompt)
+            counted = (len(request.prompt_ids) if request.prompt_ids is not None
+                       else self.extensions.tokenized_length(prepared.prompt))
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
             update.context_length = prepared.context_length or backend.context_length
             update.turns_dropped = prepared.turns_dropped
@@ -443,6 +452,7 @@ class Pipeline:
                 update.seconds = time.perf_counter() - start
                 if stops.stopped or delta.finish_reason is not None:
                     update.finish_reason = "stop" if stops.stopped else delta.finish_reason
+                    update.eos_token = None if stops.stopped else delta.eos_token
                     return replace(update)
                 if shown or delta.tokens:
                     yield replace(update)
@@ -455,6 +465,17 @@ class Pipeline:
             raise GenerationError(_describe_failure(exc)) from exc
         finally:
             stream.close()  # ends the backend's worker within one token if we stopped early
+
+
+def _exact_ids(ids: list[int], then: Callable[[str, Any, Any], tuple[str, Any, Any]] | None
+               ) -> Callable[[str, Any, Any], tuple[str, Any, Any]]:
+    """A tokenizer hook that puts the request's own token ids in place of the prompt's tokenization
+    (then runs an extension's tokenizer_modifier, if any, on them)."""
+    def tokenizer(prompt: str, input_ids: Any, embeds: Any) -> tuple[str, Any, Any]:
+        # the same kind of value the backend passed (a tensor on its device), so extensions see no change
+        exact = input_ids.new_tensor([list(ids)]) if hasattr(input_ids, "new_tensor") else [list(ids)]
+        return then(prompt, exact, embeds) if then is not None else (prompt, exact, embeds)
+    return tokenizer
 
 
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:

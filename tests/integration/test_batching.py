@@ -153,3 +153,18 @@ def test_engine_tunes_generating_threads_on_its_own_steps(micro_backend):
     block = ThreadTuner.BLOCK
     assert seen[:2 * block] == [1] * block + [2] * block
     assert chosen in (1, 2) and seen[-5:] == [chosen] * 5
+
+
+def test_seeded_xtc_reply_is_reproducible_in_the_batch_engine(apps):
+    # XTC's roll comes from the row's seeded generator: what torch's global generator is doing (other
+    # requests, other threads) must not change a seeded reply (it did: XTC drew from the global one)
+    import torch
+
+    _, batched = apps
+    preset = Preset(seed=5, xtc_probability=0.5, xtc_threshold=0.01, max_new_tokens=24, ban_eos_token=True)
+    texts = []
+    for global_seed in (1, 2, 3):
+        torch.manual_seed(global_seed)
+        texts.append(run(batched, "def main():", preset).text)
+    assert texts[0] == texts[1] == texts[2]
+    assert run(batched, "def main():", preset.model_copy(update={"seed": 6})).text != texts[0]

@@ -503,8 +503,9 @@ class Responder:
                     yield chunk(job.index, None, None, role=True)
                 if job.echo:
                     yield chunk(job.index, job.echo, None, logprobs=scorer.echo if scorer else None)
+                events = _prepend(pending, updates)
                 try:
-                    async for update in _prepend(pending, updates):
+                    async for update in events:
                         if update.queue_position:
                             yield f": queue position {update.queue_position}\n\n".encode()
                         if update.delta and scorer is None:
@@ -529,12 +530,17 @@ class Responder:
                         error = APIError(500, f"generation failed: {exc.__class__.__name__}: {exc}")
                     yield b"data: " + dumps(error_body(error.status, error.message, error.param, error.code)) + b"\n\n"
                     return
+                finally:
+                    # Closed here, not left to the garbage collector: closing run_updates cancels the model
+                    # and ends the caller's tracking at once when the client hangs up mid-stream.
+                    await events.aclose()
+                    await updates.aclose()  # type: ignore[attr-defined]
             if include_usage:
                 yield b"data: " + dumps({**self._base("chat.completion.chunk" if self.chat else "text_completion"),
                                          "choices": [], "usage": usage(self.plan, finals, scored)}) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except (asyncio.CancelledError, GeneratorExit):
-            self.callers.count_disconnect()  # the client hung up; run_updates' cleanup cancelled the model
+            self.callers.count_disconnect()  # the client hung up; closing run_updates cancelled the model
             raise
 
 

@@ -6,6 +6,7 @@ belong to their chunk, and SillyTavern's own request body."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -23,7 +24,7 @@ def server(tmp_path_factory, models_dir):
     srv = ServerProcess(["--user-data", str(tmp / "ud"), "--settings", str(tmp / "s.yaml"),
                          "--models-dir", str(models_dir), "--model", MODEL], cwd=ROOT, log=tmp / "server.log")
     try:
-        srv.wait_until(lambda h: h["model"] is not None)
+        srv.wait_until(lambda h: h["model"] is not None, timeout=600)
         yield srv
     finally:
         srv.stop()
@@ -194,3 +195,24 @@ def test_openai_client_sends_token_prompts_too(server):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     out = client.completions.create(model=MODEL, prompt=[[30, 40, 50]], max_tokens=0, echo=True, logprobs=1)
     assert len(out.choices[0].logprobs.tokens) == 3 and out.usage.prompt_tokens == 3
+
+
+def test_hanging_up_on_a_stream_with_logprobs_ends_the_generation(server):
+    # SillyTavern's Stop with Token Probabilities on: the model must stop and the caller be forgotten
+    # (the per-token scoring awaits kept the stream's generators alive until the garbage collector ran)
+    internal = server.url + "/v1/internal/health"
+    before = httpx.get(internal).json()
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", server.url + "/v1/completions", json={
+                "prompt": "x", "max_tokens": 1900, "temperature": 0, "ban_eos_token": True, "stream": True,
+                "logprobs": 10}) as response:
+            lines = response.iter_lines()
+            assert sum(1 for _, line in zip(range(6), lines) if line.startswith("data:")) >= 3
+    after = server.wait_until(lambda h: h["active"] == 0)
+    assert after["tokens"] - before["tokens"] < 1900, "the model went on generating after the client left"
+    for _ in range(600):  # the route's own cleanup, observed through the server's counters
+        now = httpx.get(internal).json()
+        if now["api_running"] == 0:
+            break
+        time.sleep(0.05)
+    assert now["api_running"] == 0 and now["api_disconnects"] > before["api_disconnects"]

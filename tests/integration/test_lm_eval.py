@@ -72,7 +72,7 @@ def test_local_completions_matches_the_hf_backend(tmp_path, models_dir):
                             "--models-dir", str(models_dir), "--model", "parlour-micro"],
                            cwd=ROOT, log=tmp_path / "server.log")
     try:
-        server.wait_until(lambda h: h["model"] is not None)
+        server.wait_until(lambda h: h["model"] is not None, timeout=600)
         # the case that went wrong before: the model's next token after a choice is its end of turn
         tokenizer_ids = httpx.post(server.url + "/v1/internal/encode",
                                    json={"text": DOCS[4]["question"] + "Sure."}).json()["tokens"]

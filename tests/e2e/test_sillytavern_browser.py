@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import micro_server
 from tests.sillytavern import SillyTavern, install
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(1800)]
@@ -22,14 +22,9 @@ REPLY_MS = 300_000
 
 @pytest.fixture(scope="module")
 def parlour(tmp_path_factory, models_dir):
-    tmp = tmp_path_factory.mktemp("parlour-for-st")
-    server = ServerProcess(["--user-data", str(tmp / "ud"), "--settings", str(tmp / "s.yaml"),
-                            "--models-dir", str(models_dir), "--model", MODEL], cwd=ROOT, log=tmp / "server.log")
-    try:
-        server.wait_until(lambda h: h["model"] is not None, timeout=LOAD_MS / 1000)
-        yield server
-    finally:
-        server.stop()
+    server = micro_server(tmp_path_factory.mktemp("parlour-for-st"), models_dir)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

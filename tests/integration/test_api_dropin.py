@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import micro_server
 from tests.unit.test_sampler_forms import sillytavern_body
 
 MODEL = "parlour-micro"
@@ -20,14 +20,9 @@ MODEL = "parlour-micro"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
-    tmp = tmp_path_factory.mktemp("dropin")
-    srv = ServerProcess(["--user-data", str(tmp / "ud"), "--settings", str(tmp / "s.yaml"),
-                         "--models-dir", str(models_dir), "--model", MODEL], cwd=ROOT, log=tmp / "server.log")
-    try:
-        srv.wait_until(lambda h: h["model"] is not None, timeout=600)
-        yield srv
-    finally:
-        srv.stop()
+    srv = micro_server(tmp_path_factory.mktemp("dropin"), models_dir)
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="module")

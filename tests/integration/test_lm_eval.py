@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import micro_server
 
 CHAT = "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
 DOCS = [
@@ -68,11 +68,8 @@ def test_local_completions_matches_the_hf_backend(tmp_path, models_dir):
     data.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS))
     (tmp_path / "task" / "parlour_mc.yaml").write_text(TASK.format(data=data))
     folder = models_dir / "parlour-micro"
-    server = ServerProcess(["--user-data", str(tmp_path / "ud"), "--settings", str(tmp_path / "s.yaml"),
-                            "--models-dir", str(models_dir), "--model", "parlour-micro"],
-                           cwd=ROOT, log=tmp_path / "server.log")
+    server = micro_server(tmp_path, models_dir)
     try:
-        server.wait_until(lambda h: h["model"] is not None, timeout=600)
         # the case that went wrong before: the model's next token after a choice is its end of turn
         tokenizer_ids = httpx.post(server.url + "/v1/internal/encode",
                                    json={"text": DOCS[4]["question"] + "Sure."}).json()["tokens"]

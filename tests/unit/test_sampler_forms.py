@@ -5,7 +5,6 @@ preset files and the request body SillyTavern's "Text Generation WebUI" connecto
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 

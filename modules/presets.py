@@ -19,7 +19,8 @@ import ast
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from types import MappingProxyType
+from typing import Annotated, Any, Mapping
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
@@ -44,14 +45,14 @@ DEFAULT_PRIORITY: tuple[str, ...] = (
 #: text-generation-webui preset keys for features Parlour does not have, with the value that leaves
 #: the feature off there. They are dropped so those files (and requests) still work; a value other than
 #: the neutral one is a warning naming what is not done.
-IGNORED_KEYS: dict[str, Any] = {
+IGNORED_KEYS: Mapping[str, Any] = MappingProxyType({
     "penalty_alpha": 0, "num_beams": 1, "length_penalty": 1, "early_stopping": False, "static_cache": False,
     "grammar_string": "", "prompt_lookup_num_tokens": 0, "max_tokens_second": 0, "auto_max_new_tokens": False,
     "dry_range": 0,
-}
-_IGNORED_WHY = {"penalty_alpha": "contrastive search is not supported",
-                "num_beams": "beam search is not supported", "length_penalty": "beam search is not supported",
-                "early_stopping": "beam search is not supported"}
+})
+_IGNORED_WHY: Mapping[str, str] = MappingProxyType({
+    "penalty_alpha": "contrastive search is not supported", "num_beams": "beam search is not supported",
+    "length_penalty": "beam search is not supported", "early_stopping": "beam search is not supported"})
 
 
 def ignored_key_warning(key: str, value: Any) -> str | None:

@@ -3,9 +3,9 @@
 Every `Preset` field is also a request field, derived from `Preset.model_fields` (same type, range,
 description and converters, default "not given"), so a sampler added to `Preset` is accepted by the API
 with no change here, in every written form a preset file takes (`"0.7"`, text-generation-webui's
-string lists, SillyTavern's JSON strings; see modules/presets.py). Fields no model here knows are accepted and reported back (header
-`X-Parlour-Ignored-Fields`), so clients written for text-generation-webui or OpenAI keep working
-and still learn what was ignored.
+string lists, SillyTavern's JSON strings; see modules/presets.py). Fields no model here knows are
+accepted and reported back (header `X-Parlour-Ignored-Fields`), so clients written for
+text-generation-webui or OpenAI keep working and still learn what was ignored.
 """
 
 from __future__ import annotations

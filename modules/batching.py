@@ -38,7 +38,7 @@ import random
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -48,7 +48,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from modules.loaders.base import END
 from modules.prefix_cache import KV, PrefixCache
 from modules.presets import Preset
-from modules.sampling import build_processors
+from modules.sampling import ChainContext, build_processors
 from modules.settings import CpuThreads
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,14 @@ class BatchEngine:
         self._thread.start()
 
     def submit(self, ids: list[int], preset: Preset, max_new: int, cancel: threading.Event,
-               context: Any = None, *, scope: str = "") -> queue.SimpleQueue:
+               context: ChainContext | None = None, *, scope: str = "") -> queue.SimpleQueue:
         """Queue one generation; its token ids arrive on the returned queue, then `END`. `scope`: whose
         prefix-cache partition the prompt may reuse and fill."""
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)
+        # the row's stochastic samplers (XTC) draw from the row's generator too, not torch's global one
+        context = replace(context or ChainContext(), generator=generator)
         processors = build_processors(preset, self.eos_token_ids, device=self.device, context=context)
         row = _Row(ids=list(ids), preset=preset, max_new=max_new, cancel=cancel, out=queue.SimpleQueue(),
                    processors=processors, generator=generator, position=len(ids) - 1, scope=scope)

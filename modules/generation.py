@@ -243,6 +243,9 @@ class GenerationRequest:
     #: who may share prompt caches with this request (modules/prefix_cache.py); default: its user.
     #: The API sets one scope for all its callers (they hold one key; `user` is only their own claim).
     cache_scope: str | None = None
+    #: OpenAI's token prompts: generate after exactly these ids; `prompt` is then their text (what
+    #: extensions and text-only backends get)
+    prompt_ids: list[int] | None = None
 
     def __post_init__(self, messages: list[dict[str, Any]] | None, continue_last: bool) -> None:
         if messages is not None:
@@ -300,6 +303,9 @@ class Update:
     thinking: bool = False
     #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text)
     parts: tuple[Part, ...] = ()
+    #: final update only: the end-of-sequence token the reply ended on (None: a stop string, the length
+    #: limit, ...); it is counted in `tokens` but is in no text
+    eos_token: int | None = None
 
     def copy(self, **changes: Any) -> "Update":
         """A copy with `changes`: what readers get, once per token (dataclasses.replace costs ~10x more)."""
@@ -506,6 +512,8 @@ class Pipeline:
             tokenizer=(lambda p, ids, emb: ext.tokenizer(prepared.state, p, ids, emb))
             if ext.has("tokenizer_modifier") else None,
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
+        if request.prompt_ids is not None:
+            hooks.tokenizer = _exact_ids(request.prompt_ids, hooks.tokenizer)
         if prepared.messages is not None:
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
         accepts = _parameters(getattr(backend.stream, "__func__", backend.stream))
@@ -543,7 +551,8 @@ class Pipeline:
             # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state); a
             # constrained reply is cut only at those (constraints.stop_strings)
             stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings)))
-            counted = self.extensions.tokenized_length(prepared.prompt)
+            counted = (len(request.prompt_ids) if request.prompt_ids is not None
+                       else self.extensions.tokenized_length(prepared.prompt))
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
             update.context_length = prepared.context_length or backend.context_length
             update.turns_dropped = prepared.turns_dropped
@@ -577,6 +586,7 @@ class Pipeline:
                 update.delta, update.reasoning_delta = reply.add(shown, delta.tokens, now, delta.reasoning)
                 if stops.stopped or delta.finish_reason is not None:
                     update.finish_reason = "stop" if stops.stopped else delta.finish_reason
+                    update.eos_token = None if stops.stopped else delta.eos_token
                     return self._settle(update, reply, start)
                 self._show(update, reply, now - start)
                 if update.delta or update.reasoning_delta or delta.tokens:
@@ -634,6 +644,17 @@ class _DefaultPrompt:
 def _parameters(function: Callable[..., Any]) -> frozenset[str]:
     """The parameter names of a backend's `stream` (looked up once per backend class, not per request)."""
     return frozenset(inspect.signature(function).parameters)
+
+
+def _exact_ids(ids: list[int], then: Callable[[str, Any, Any], tuple[str, Any, Any]] | None
+               ) -> Callable[[str, Any, Any], tuple[str, Any, Any]]:
+    """A tokenizer hook that puts the request's own token ids in place of the prompt's tokenization
+    (then runs an extension's tokenizer_modifier, if any, on them)."""
+    def tokenizer(prompt: str, input_ids: Any, embeds: Any) -> tuple[str, Any, Any]:
+        # the same kind of value the backend passed (a tensor on its device), so extensions see no change
+        exact = input_ids.new_tensor([list(ids)]) if hasattr(input_ids, "new_tensor") else [list(ids)]
+        return then(prompt, exact, embeds) if then is not None else (prompt, exact, embeds)
+    return tokenizer
 
 
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:

@@ -4,8 +4,13 @@
 the Parameters tab sliders, YAML validation, the API's accepted fields and the docs table
 (`docs/presets.md`, written by `docs_table()`). A preset file stores only the keys that differ from
 neutral (the field defaults), using text-generation-webui's key names, so its preset files load as
-they are: list-valued keys also accept that project's string forms (`'"\\n", ":"'` for quoted lists,
-one name per line for `sampler_priority`, `"1, 2"` for token ids).
+they are.
+
+The list- and dict-valued fields read every form text-generation-webui and its clients use for them
+(see "Converters" below). The converters are part of each field's type (`Annotated[...,
+BeforeValidator]`), not validators on the class, so every model that copies a Preset field — the
+API's request bodies (modules/api/schemas.py) — reads the same forms with no code of its own.
+Numbers and booleans written as strings (`"0.7"`, `"40"`, `"true"`) are read by pydantic itself.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import ast
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from types import MappingProxyType
+from typing import Annotated, Any, Mapping
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      ValidationInfo, model_validator)
 
 from modules import limits
 from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, os_reason, read_text_limited, unusable_files
@@ -32,14 +39,28 @@ MAX_PRESET_BYTES = 256 * 1024
 DEFAULT_PRIORITY: tuple[str, ...] = (
     "repetition_penalty", "presence_penalty", "frequency_penalty", "dry", "encoder_repetition_penalty",
     "no_repeat_ngram", "top_n_sigma", "temperature", "dynamic_temperature", "quadratic_sampling", "top_k",
-    "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "min_p", "mirostat", "xtc",
+    "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "min_p", "adaptive_p", "mirostat",
+    "xtc",
 )
 
-#: text-generation-webui preset keys for features Parlour does not have (beam search, contrastive
-#: search, its token-rate limit). They are dropped with a log line so those files still load.
-IGNORED_KEYS = frozenset({"penalty_alpha", "num_beams", "length_penalty", "early_stopping", "static_cache",
-                          "prompt_lookup_num_tokens", "max_tokens_second", "auto_max_new_tokens",
-                          "dry_range"})
+#: text-generation-webui preset keys for features Parlour does not have, with the value that leaves
+#: the feature off there. They are dropped so those files (and requests) still work; a value other than
+#: the neutral one is a warning naming what is not done.
+IGNORED_KEYS: Mapping[str, Any] = MappingProxyType({
+    "penalty_alpha": 0, "num_beams": 1, "length_penalty": 1, "early_stopping": False, "static_cache": False,
+    "prompt_lookup_num_tokens": 0, "max_tokens_second": 0, "auto_max_new_tokens": False,
+    "dry_range": 0,
+})
+_IGNORED_WHY: Mapping[str, str] = MappingProxyType({
+    "penalty_alpha": "contrastive search is not supported", "num_beams": "beam search is not supported",
+    "length_penalty": "beam search is not supported", "early_stopping": "beam search is not supported"})
+
+
+def ignored_key_warning(key: str, value: Any) -> str | None:
+    """Why an IGNORED_KEYS entry with a non-neutral value does nothing here (None when it is neutral)."""
+    if key not in IGNORED_KEYS or value in (None, IGNORED_KEYS[key]) or value == "":
+        return None
+    return f"{key}: {value!r} ignored ({_IGNORED_WHY.get(key, 'not supported by Parlour')})"
 
 
 #: The keys that constrain a reply's form (modules/constraints.py); at most one is set in a preset.
@@ -72,23 +93,31 @@ def _f(default: Any, group: str, description: str, text: str | None = None, **li
     return Field(default, description=description, json_schema_extra=extra, **limits)
 
 
-def _literal(value: Any) -> Any:
-    """A list or dict written as a literal (`["a", "b"]`, `{3: -5}`) -> the value; anything else as is.
+# -- Converters: every written form of the list- and dict-valued fields ------------------------------
+# Each takes the raw value (None passes through: an API field that was not given) and returns what the
+# field's own type then validates. text-generation-webui writes lists as strings in its preset files and
+# API (`'"\\n", ":"'`, one sampler per line, `"1, 2"`); SillyTavern sends JSON-encoded strings; OpenAI
+# clients send JSON values; a Gradio textbox may hand back `str()` of a list.
 
-    Gradio textboxes hand over `str(value)` when an API client sends a list or dict for a text-form
-    field, so those strings read back as the value they came from. `ast.literal_eval` evaluates
-    literals only, never code.
-    """
+def _literal(value: Any) -> Any:
+    """A list or dict written out (`["a", "b"]` as JSON or a Python literal, `{3: -5}`) -> the value;
+    anything else as is. `ast.literal_eval` evaluates literals only, never code."""
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        text = value.strip()
         try:
-            return ast.literal_eval(value.strip())
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+        try:
+            return ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             return value
     return value
 
 
-def _quoted_list(value: Any, key: str) -> Any:
-    """text-generation-webui's quoted list `'"\\n", ":"'` (JSON strings, comma separated) -> list."""
+def quoted_strings(value: Any, info: ValidationInfo) -> Any:
+    """`["\\n", ":"]`, `'["\\n", ":"]'` or text-generation-webui's `'"\\n", ":"'` (quoted, comma
+    separated) -> a list of strings; `""` -> []."""
     value = _literal(value)
     if not isinstance(value, str):
         return value
@@ -97,10 +126,82 @@ def _quoted_list(value: Any, key: str) -> Any:
     try:
         items = json.loads("[" + value + "]")
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{key} must be quoted strings separated by commas, like \"\\n\", \":\" ({exc.msg})") from exc
+        raise ValueError(f"{info.field_name} must be quoted strings separated by commas, like \"\\n\", \":\" "
+                         f"({exc.msg})") from exc
     if not all(isinstance(item, str) for item in items):
-        raise ValueError(f"{key} must hold only quoted strings")
+        raise ValueError(f"{info.field_name} must hold only quoted strings")
     return items
+
+
+def token_ids(value: Any, info: ValidationInfo) -> Any:
+    """`[13, 198]`, `"13, 198"` (commas or newlines), `"[13, 198]"` -> ids; `""` -> []."""
+    value = _literal(value)
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"{info.field_name} must be token ids (whole numbers) separated by commas")
+        return [int(p) for p in parts]
+    return value
+
+
+def _ids_positive(value: list[int]) -> list[int]:
+    if any(i < 0 for i in value):
+        raise ValueError("token ids are 0 or more")
+    return value
+
+
+def token_bias(value: Any, info: ValidationInfo) -> Any:
+    """`{"13": -5}` (a mapping or its JSON), llama.cpp's `[[13, -5]]` pairs -> {id: bias}; `""` -> {}."""
+    value = _literal(value)
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        raise ValueError(f"{info.field_name} must be a JSON object like {{\"13\": -5}}")
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in value):
+            raise ValueError(f"{info.field_name} as a list must hold [token id, bias] pairs")
+        return {pair[0]: pair[1] for pair in value}
+    return value
+
+
+def _bias_range(value: dict[int, float]) -> dict[int, float]:
+    for token, bias in value.items():
+        if token < 0 or not -100.0 <= bias <= 100.0:
+            raise ValueError(f"{token}: {bias}: ids are 0 or more and biases lie in [-100, 100]")
+    return value
+
+
+def sampler_names(value: Any, info: ValidationInfo) -> Any:
+    """A list of names, or one string of them separated by newlines or commas (text-generation-webui's
+    form), or its JSON -> a list of names."""
+    value = _literal(value)
+    if isinstance(value, str):
+        return [p.strip() for p in value.replace(",", "\n").splitlines() if p.strip()]
+    return value
+
+
+def complete_order(value: list[str]) -> list[str]:
+    """The named order, then every stage it leaves out in the default order. A name Parlour does not
+    know (a sampler of another engine, a typo) is skipped with a warning, as text-generation-webui
+    skips it; a name given twice counts where it first appears."""
+    unknown = [name for name in value if name not in DEFAULT_PRIORITY]
+    if unknown:
+        log.warning("sampler_priority: skipping unknown sampler(s) %s; known: %s", ", ".join(map(repr, unknown)),
+                    ", ".join(DEFAULT_PRIORITY))
+    order = list(dict.fromkeys(name for name in value if name in DEFAULT_PRIORITY))
+    return order + [name for name in DEFAULT_PRIORITY if name not in order]
+
+
+def bounded_strings(value: list[str], info: ValidationInfo) -> list[str]:
+    """The shared limits (modules/limits.py): how many strings and how long, for the UI and the API alike."""
+    count = limits.MAX_STOP_STRINGS if info.field_name == "custom_stopping_strings" else limits.MAX_STRING_LIST
+    return list(limits.check_strings(value, info.field_name, count=count))
+
+
+QuotedStrings = Annotated[list[str], BeforeValidator(quoted_strings), AfterValidator(bounded_strings)]
+TokenIds = Annotated[list[int], BeforeValidator(token_ids), AfterValidator(_ids_positive)]
+TokenBias = Annotated[dict[int, float], BeforeValidator(token_bias), AfterValidator(_bias_range)]
+SamplerOrder = Annotated[list[str], BeforeValidator(sampler_names), AfterValidator(complete_order)]
 
 
 class Preset(BaseModel):
@@ -133,6 +234,11 @@ class Preset(BaseModel):
     mirostat_tau: float = _f(5.0, "curve", "Mirostat target surprise in bits (lower = more focused)",
                              ge=0.0, le=10.0)
     mirostat_eta: float = _f(0.1, "curve", "Mirostat learning rate", ge=0.0, le=1.0)
+    adaptive_target: float = _f(0.0, "curve", "Adaptive-P: favour tokens whose probability is near this "
+                                "target, steering the average probability of the chosen tokens toward it "
+                                "(0 or below = off)", ge=-1.0, le=1.0)
+    adaptive_decay: float = _f(0.9, "curve", "Adaptive-P: how long the average of chosen probabilities "
+                               "remembers (0 = the last token only; at most 0.99 is used)", ge=0.0, le=1.0)
     # -- cutoffs -------------------------------------------------------------------------------------
     top_k: int = _f(0, "cutoffs", "keep only the k most likely tokens (0 = off)", ge=0, le=200_000)
     top_p: float = _f(1.0, "cutoffs", "keep the most likely tokens whose probabilities add up to top_p "
@@ -174,7 +280,7 @@ class Preset(BaseModel):
                          ge=1.0, le=4.0)
     dry_allowed_length: int = _f(2, "repetition", "DRY: repeats up to this long are not penalised",
                                  ge=1, le=20)
-    dry_sequence_breakers: list[str] = _f(["\n", ":", "\"", "*"], "repetition", "DRY: strings that end a "
+    dry_sequence_breakers: QuotedStrings = _f(["\n", ":", "\"", "*"], "repetition", "DRY: strings that end a "
                                           "repeated sequence, e.g. \"\\n\", \":\"", text="quoted")
     # -- other ---------------------------------------------------------------------------------------
     max_new_tokens: int = _f(512, "other", "most tokens to generate", ge=1, le=limits.MAX_NEW_TOKENS)
@@ -190,15 +296,16 @@ class Preset(BaseModel):
     add_bos_token: bool = _f(True, "other", "start the prompt with the BOS token when the model's tokenizer "
                              "adds one; off removes a leading BOS")
     skip_special_tokens: bool = _f(True, "other", "leave special tokens out of the reply's text")
-    custom_token_bans: list[int] = _f([], "other", "token ids never to generate, e.g. 13, 198", text="ids")
-    banned_strings: list[str] = _f([], "other", "strings never to generate (their usual tokenisation is "
+    custom_token_bans: TokenIds = _f([], "other", "token ids never to generate, e.g. 13, 198", text="ids")
+    banned_strings: QuotedStrings = _f([], "other", "strings never to generate (their usual tokenisation is "
                                    "banned), e.g. \"As an AI\"", text="quoted")
-    logit_bias: dict[int, float] = _f({}, "other", "token id -> bias added to its logit (-100 bans, 100 "
+    logit_bias: TokenBias = _f({}, "other", "token id -> bias added to its logit (-100 bans, 100 "
                                       "forces), as JSON: {\"13\": -5}", text="json")
-    custom_stopping_strings: list[str] = _f([], "other", "extra strings that end the reply, e.g. "
+    custom_stopping_strings: QuotedStrings = _f([], "other", "extra strings that end the reply, e.g. "
                                             "\"\\nUser:\"", text="quoted")
-    sampler_priority: list[str] = _f(list(DEFAULT_PRIORITY), "other", "the order the chain applies the "
-                                     "samplers, one name per line (names left out follow in the default order)",
+    sampler_priority: SamplerOrder = _f(list(DEFAULT_PRIORITY), "other", "the order the chain applies the "
+                                     "samplers, one name per line (names left out follow in the default order; "
+                                     "unknown names are skipped)",
                                      text="lines")
     # -- constrained output (modules/constraints.py; docs/api.md "Constrained output") -----------------
     grammar_string: str = _f("", "constraint", "a GBNF (llama.cpp) or Lark grammar the reply must follow "
@@ -209,75 +316,6 @@ class Preset(BaseModel):
         "{\"type\": \"object\"} = any JSON object", max_length=MAX_CONSTRAINT_CHARS)
     regex: str = _f("", "constraint", "a regular expression the whole reply must match (empty = none)",
                     max_length=MAX_CONSTRAINT_CHARS)
-
-    # -- validation of the text forms ----------------------------------------------------------------
-    @field_validator("dry_sequence_breakers", "banned_strings", "custom_stopping_strings", mode="before")
-    @classmethod
-    def _quoted(cls, value: Any, info: Any) -> Any:
-        return _quoted_list(value, info.field_name)
-
-    @field_validator("dry_sequence_breakers", "banned_strings", "custom_stopping_strings")
-    @classmethod
-    def _bounded_strings(cls, value: list[str], info: Any) -> list[str]:
-        count = limits.MAX_STOP_STRINGS if info.field_name == "custom_stopping_strings" else limits.MAX_STRING_LIST
-        return list(limits.check_strings(value, info.field_name, count=count))
-
-    @field_validator("custom_token_bans", mode="before")
-    @classmethod
-    def _ids(cls, value: Any) -> Any:
-        value = _literal(value)
-        if isinstance(value, str):
-            parts = [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
-            if not all(p.isdigit() for p in parts):
-                raise ValueError("custom_token_bans must be token ids (whole numbers) separated by commas")
-            return [int(p) for p in parts]
-        return value
-
-    @field_validator("custom_token_bans")
-    @classmethod
-    def _ids_positive(cls, value: list[int]) -> list[int]:
-        if any(i < 0 for i in value):
-            raise ValueError("token ids are 0 or more")
-        return value
-
-    @field_validator("logit_bias", mode="before")
-    @classmethod
-    def _bias_text(cls, value: Any) -> Any:
-        value = _literal(value)
-        if isinstance(value, str):
-            if not value.strip():
-                return {}
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"logit_bias must be a JSON object like {{\"13\": -5}} ({exc.msg})") from exc
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias_range(cls, value: dict[int, float]) -> dict[int, float]:
-        for token, bias in value.items():
-            if token < 0 or not -100.0 <= bias <= 100.0:
-                raise ValueError(f"logit_bias {token}: {bias}: ids are 0 or more and biases lie in [-100, 100]")
-        return value
-
-    @field_validator("sampler_priority", mode="before")
-    @classmethod
-    def _priority_text(cls, value: Any) -> Any:
-        value = _literal(value)
-        if isinstance(value, str):
-            return [p.strip() for p in value.replace(",", "\n").splitlines() if p.strip()]
-        return value
-
-    @field_validator("sampler_priority")
-    @classmethod
-    def _priority_names(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in DEFAULT_PRIORITY]
-        if unknown:
-            raise ValueError(f"unknown sampler {unknown[0]!r}; known: {', '.join(DEFAULT_PRIORITY)}")
-        if len(set(value)) != len(value):
-            raise ValueError("a sampler is listed twice")
-        return list(value) + [name for name in DEFAULT_PRIORITY if name not in value]
 
     @model_validator(mode="after")
     def _consistent(self) -> "Preset":
@@ -299,6 +337,17 @@ class Preset(BaseModel):
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or not self.do_sample
+
+    def prompt_budget(self, context_length: int) -> int:
+        """How many prompt tokens to keep when the prompt is cut from the left: the context
+        (`truncation_length` when set and smaller than the model's) less room for the reply,
+        `max_new_tokens` but at most half of it, so a large reply limit never leaves the prompt nothing.
+
+        >>> Preset(truncation_length=40, max_new_tokens=10).prompt_budget(2048)
+        30
+        """
+        limit = min(self.truncation_length, context_length) if self.truncation_length else context_length
+        return max(1, limit - min(self.max_new_tokens, limit // 2))
 
 
 def field_group(name: str) -> str:
@@ -352,12 +401,65 @@ def docs_table() -> str:
         default = json.dumps(field.default, ensure_ascii=False)
         desc = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{name}` | {field_group(name)} | {kind} | `{default}` | {span} | {desc} |")
-    lines += ["", "`sampler_priority` names: " + ", ".join(f"`{n}`" for n in DEFAULT_PRIORITY) + ".", "",
-              "The `constraint` keys (" + ", ".join(f"`{k}`" for k in CONSTRAINT_KEYS) + ") make the reply follow "
+    lines += ["", "`sampler_priority` names: " + ", ".join(f"`{n}`" for n in DEFAULT_PRIORITY) + ".", ""]
+    lines += ["The `constraint` keys (" + ", ".join(f"`{k}`" for k in CONSTRAINT_KEYS) + ") make the reply follow "
               "a grammar, a JSON schema or a regex exactly; at most one is set, a preset file may hold it (a "
               "text-generation-webui preset's `grammar_string` applies), and its rules and errors are in "
               "[api.md](api.md#constrained-output).", ""]
+    lines += list(_DOCS_NOTES)
     return "\n".join(lines)
+
+
+#: The prose after the table in docs/presets.md: the forms keys take, and where Parlour's samplers
+#: deliberately differ from text-generation-webui's (compared on the same logits).
+_DOCS_NOTES = (
+    "## Written forms",
+    "",
+    "Every key takes the forms text-generation-webui and its clients write, in preset files, in the API "
+    "and in the Parameters tab alike (one set of converters, `modules/presets.py`):",
+    "",
+    "- numbers and booleans as strings: `\"0.7\"`, `\"40\"`, `\"true\"`;",
+    "- string lists (`dry_sequence_breakers`, `banned_strings`, `custom_stopping_strings`): a list, its JSON "
+    "(`'[\"\\n\", \":\"]'`, as SillyTavern sends it) or text-generation-webui's quoted list "
+    "(`'\"\\n\", \":\"'`); `\"\"` is empty;",
+    "- `custom_token_bans`: a list of ids or `\"13, 198\"`; `\"\"` is empty;",
+    "- `logit_bias`: a mapping (`{\"13\": -5}`), its JSON, or llama.cpp's `[[13, -5]]` pairs;",
+    "- `sampler_priority`: a list or one string with a name per line (or comma separated). Names Parlour "
+    "does not know are skipped with a warning; stages left out follow in the default order.",
+    "",
+    "Keys for features Parlour does not have are accepted and ignored: `penalty_alpha` (contrastive "
+    "search), `num_beams`, `length_penalty`, `early_stopping` (beam search), `static_cache`, "
+    "`prompt_lookup_num_tokens`, `max_tokens_second`, `auto_max_new_tokens`, `dry_range`. A value other "
+    "than the one that leaves the feature off is logged as a warning (and the API lists the field in its "
+    "`X-Parlour-Ignored-Fields` header).",
+    "",
+    "## Where Parlour differs from text-generation-webui, on purpose",
+    "",
+    "- **Greedy decoding** (`temperature: 0` or `do_sample: false`) takes the most likely token after "
+    "the penalties, bans and biases. Stages that would pick another token — `typical_p`, XTC, "
+    "Adaptive-P — are left out then.",
+    "- **DRY** looks back over the whole context (text-generation-webui: the last "
+    "`repetition_penalty_range` tokens) and measures repeats up to 64 tokens (there: 50). Each sequence "
+    "breaker counts with all of its tokens, not only its last one.",
+    "- **top-n-sigma** measures the spread with the population standard deviation of the logits not yet "
+    "cut (as llama.cpp does); text-generation-webui takes the sample deviation over all logits with the "
+    "cut ones counted as 0, which widens the band after other cutoffs.",
+    "- **XTC** follows text-generation-webui's rules (a step that would remove a newline or the "
+    "end-of-sequence token is skipped; of tied top choices exactly one stays, the one with the highest "
+    "token id) but draws its roll from the request's own seeded generator, so a seeded reply with XTC "
+    "is reproducible.",
+    "- **Adaptive-P** (`adaptive_target`, `adaptive_decay`, `adaptive_p` in `sampler_priority`) uses the "
+    "same transform and moving average, but reshapes the distribution instead of drawing the token "
+    "itself: stages after it still apply and the chain's one final draw picks the token; the average "
+    "then moves by the probability of the token actually chosen. `adaptive_target` at 0 or below is off "
+    "(SillyTavern sends -0.01 for off).",
+    "- **Mirostat**: mode 2 only (mode 1 is refused with a message). Like the other cutoffs it narrows the "
+    "distribution and leaves the draw to the end of the chain; `mirostat_tau: 0` keeps only the most "
+    "likely token.",
+    "- **temperature_last** moves temperature, dynamic temperature and smoothing (quadratic sampling) to "
+    "the end of the chain, in that order, as text-generation-webui does.",
+    "",
+)
 
 
 class PresetError(ValueError):
@@ -384,8 +486,12 @@ def parse_preset(text: str, name: str = "preset") -> Preset:
         raise PresetError(f"preset {name!r}: the top level must be a mapping of keys to values, "
                           f"not {type(data).__name__}")
     ignored = sorted(k for k in data if k in IGNORED_KEYS)
-    if ignored:
-        log.info("preset %r: ignoring text-generation-webui keys Parlour has no use for: %s", name, ", ".join(ignored))
+    warnings = [w for w in (ignored_key_warning(k, data[k]) for k in ignored) if w]
+    if warnings:
+        log.warning("preset %r: %s", name, "; ".join(warnings))
+    elif ignored:
+        log.info("preset %r: ignoring text-generation-webui keys left at their neutral values: %s", name,
+                 ", ".join(ignored))
     try:
         return Preset.model_validate({k: v for k, v in data.items() if k not in IGNORED_KEYS})
     except ValidationError as exc:

@@ -188,8 +188,12 @@ class TopAWarper(LogitsProcessor):
 class XTCWarper(LogitsProcessor):
     """Exclude Top Choices: with probability `probability`, remove every token at least `threshold`
     likely except the least likely of them, so the model takes a less obvious path that is still a
-    good one. Nothing changes when fewer than two tokens pass the threshold. `protected_ids` (EOS,
-    newline) are never removed, so XTC cannot make replies run on forever.
+    good one. Nothing changes when fewer than two tokens pass the threshold. Tied top choices are
+    ordered by token id, so exactly one of them stays (the one with the highest id), as in
+    text-generation-webui and llama.cpp. When a `protected_ids` token (EOS, newline) would be removed,
+    the step is skipped altogether (text-generation-webui's rule), so XTC never makes a reply run on.
+
+    The roll is drawn from `generator` (the request's own, so a seeded reply is reproducible).
 
     >>> XTCWarper(0.15, 1.0)(None, torch.tensor([[0.5, 0.3, 0.2]]).log()).isfinite()
     tensor([[False, False,  True]])
@@ -206,17 +210,20 @@ class XTCWarper(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor | None, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = scores.shape[0]
-        roll = torch.rand(rows, generator=self.generator, device="cpu").to(scores.device)
+        device = self.generator.device if self.generator is not None else "cpu"
+        roll = torch.rand(rows, generator=self.generator, device=device).to(scores.device)
         probs = scores.softmax(dim=-1)
-        above = (probs >= self.threshold) & (probs > 0)  # tokens already cut are no top choice
-        least = torch.where(above, probs, torch.full_like(probs, 2.0)).min(dim=-1, keepdim=True).values
-        remove = above & (probs > least)
-        remove &= (above.sum(dim=-1, keepdim=True) >= 2) & (roll < self.probability).unsqueeze(-1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+        top_choice = (sorted_probs >= self.threshold) & (sorted_probs > 0)  # a cut token is no top choice
+        # In descending order the top choices come first; each goes when the next one is a top choice too,
+        # which removes all of them but the last (least likely).
+        remove_sorted = torch.zeros_like(top_choice)
+        remove_sorted[:, :-1] = top_choice[:, 1:]
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        act = roll < self.probability
         if self.protected_ids:
-            protected = torch.zeros_like(remove)
-            protected[:, self.protected_ids] = True
-            remove &= ~protected
-        return scores.masked_fill(remove, NEG_INF)
+            act &= ~remove[:, self.protected_ids].any(dim=-1)
+        return scores.masked_fill(remove & act.unsqueeze(-1), NEG_INF)
 
 
 class DRYProcessor(LogitsProcessor):
@@ -333,14 +340,15 @@ class MirostatV2Warper(LogitsProcessor):
     """Mirostat v2: keep the tokens whose surprise (-log2 p) is at most `mu`, then move `mu` toward
     the target: `mu -= eta * (surprise of the chosen token - tau)`. The chosen token is only known at
     the next call (it is the last of `input_ids` then), so the update happens there; a new instance
-    per generation starts at `mu = 2 tau`.
+    per generation starts at `mu = 2 tau`. `tau = 0` asks for no surprise at all: only the most likely
+    token is kept (as llama.cpp does).
 
     >>> MirostatV2Warper(tau=1.0, eta=0.1)(None, torch.tensor([[0.5, 0.3, 0.2]]).log()).isfinite()
     tensor([[ True,  True, False]])
     """
 
     def __init__(self, tau: float, eta: float) -> None:
-        _check(tau > 0, f"mirostat_tau must be above 0, got {tau}")
+        _check(tau >= 0, f"mirostat_tau must be 0 or more, got {tau}")
         _check(0 <= eta <= 1, f"mirostat_eta must be between 0 and 1, got {eta}")
         self.tau, self.eta = tau, eta
         self.mu: torch.Tensor | None = None
@@ -359,6 +367,54 @@ class MirostatV2Warper(LogitsProcessor):
         return out
 
 
+class AdaptivePWarper(LogitsProcessor):
+    """Adaptive-P: reshape the distribution to favour tokens whose probability is near a moving target,
+    so that the probabilities of the tokens chosen average `target` over the reply.
+
+    With `avg` the exponential moving average (weight `decay`) of the chosen tokens' probabilities
+    (as they were when this stage saw them), the aim for this step is `t = clamp(2 target - avg, 0, 1)`:
+    above the target after a run of unlikely choices, below it after likely ones. Every token's new
+    logit is `5 - 10 d^2 / (1 + d)` with `d = |p - t| / 0.3`: quadratic near the aim, linear in the
+    tails. Tokens already cut stay cut. The average starts as if the target had always been met; the
+    chosen token is only known at the next call (the last of `input_ids`), so the average moves there.
+    (The constants and the update are those of llama.cpp's and text-generation-webui's Adaptive-P;
+    here the stage only reshapes, the chain's final draw picks the token.)
+
+    >>> AdaptivePWarper(0.3, 0.9)(None, torch.tensor([[0.6, 0.3, 0.1]]).log()).argmax().item()
+    1
+    """
+
+    WIDTH = 0.3
+    PEAK = 5.0
+    SHARPNESS = 10.0
+
+    def __init__(self, target: float, decay: float) -> None:
+        _check(0.0 < target <= 1.0, f"adaptive_target must be above 0 and at most 1 (0 or below turns "
+                                    f"Adaptive-P off), got {target}")
+        _check(0.0 <= decay <= 1.0, f"adaptive_decay must be between 0 and 1, got {decay}")
+        self.target = target
+        self.decay = min(decay, 0.99)  # 1 would never forget the start and divide by zero below
+        self.weighted: torch.Tensor | None = None  # per row: sum of decayed probabilities
+        self.total: torch.Tensor | None = None  # per row: sum of the decayed weights
+        self._last_probs: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor | None, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows = scores.shape[0]
+        if self.weighted is None or self.total is None:
+            self.total = torch.full((rows,), 1.0 / (1.0 - self.decay), device=scores.device)
+            self.weighted = self.total * self.target
+        elif self._last_probs is not None and input_ids is not None:
+            chosen = self._last_probs.gather(1, input_ids[:, -1:]).squeeze(1)
+            self.weighted = chosen + self.decay * self.weighted
+            self.total = 1.0 + self.decay * self.total
+        aim = (2.0 * self.target - self.weighted / self.total).clamp(0.0, 1.0)
+        probs = scores.softmax(dim=-1)
+        d = ((probs - aim.unsqueeze(-1)) / self.WIDTH).abs()
+        shaped = self.PEAK - self.SHARPNESS * d * d / (1.0 + d)
+        self._last_probs = probs
+        return torch.where(torch.isfinite(scores), shaped.to(scores.dtype), scores)
+
+
 @dataclass(frozen=True)
 class ChainContext:
     """What some samplers need besides the preset: tokens, the model (for guidance) and randomness."""
@@ -373,6 +429,8 @@ class ChainContext:
     #: the model and the negative prompt's ids, for classifier-free guidance
     model: Any = None
     negative_ids: Sequence[int] | None = None
+    #: the request's own random generator: every stage that draws at random draws from it (never from
+    #: torch's process-wide one), so a seeded reply does not depend on what else runs
     generator: torch.Generator | None = None
     #: this request's constraint stage (modules/constraints.py), when its preset constrains the reply
     constraint: LogitsProcessor | None = None
@@ -381,13 +439,20 @@ class ChainContext:
 Stage = tuple[str, LogitsProcessor]
 
 
+#: What `temperature_last` moves to the end of the chain, in this order (text-generation-webui's):
+#: the stages that reshape the curve without cutting anything.
+TEMPERATURE_LAST = ("temperature", "dynamic_temperature", "quadratic_sampling")
+#: Stages that may pick a token other than the most likely one. Greedy decoding (temperature 0 or
+#: do_sample off) means the most likely token after the penalties, so these are left out then.
+CHOICE_STAGES = frozenset({"typical_p", "xtc", "adaptive_p"})
+
+
 def priority(preset: Preset) -> list[str]:
-    """The order the priority stages run in: `sampler_priority`, with temperature moved last when
-    `temperature_last` is set."""
+    """The order the priority stages run in: `sampler_priority`, with temperature, dynamic temperature
+    and smoothing moved last when `temperature_last` is set."""
     order = list(preset.sampler_priority)
     if preset.temperature_last:
-        temps = [name for name in order if name in ("temperature", "dynamic_temperature")]
-        order = [name for name in order if name not in temps] + temps
+        order = [name for name in order if name not in TEMPERATURE_LAST] + list(TEMPERATURE_LAST)
     return order
 
 
@@ -484,6 +549,8 @@ def _stage(name: str, preset: Preset, ctx: ChainContext) -> LogitsProcessor | No
         return MinPLogitsWarper(p.min_p) if p.min_p > 0 else None
     if name == "mirostat":
         return MirostatV2Warper(p.mirostat_tau, p.mirostat_eta) if p.mirostat_mode == 2 else None
+    if name == "adaptive_p":
+        return AdaptivePWarper(p.adaptive_target, p.adaptive_decay) if p.adaptive_target > 0 else None
     if name == "xtc":
         if p.xtc_probability <= 0:
             return None
@@ -497,6 +564,8 @@ def build_chain(preset: Preset, ctx: ChainContext | None = None) -> list[Stage]:
     ctx = ctx or ChainContext()
     stages = _fixed_stages(preset, ctx)
     for name in priority(preset):
+        if preset.greedy and name in CHOICE_STAGES:
+            continue
         processor = _stage(name, preset, ctx)
         if processor is not None:
             stages.append((name, processor))

@@ -37,6 +37,22 @@ if [ "$dev" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# The SillyTavern tests install SillyTavern itself from the npm registry (tests/sillytavern.py, once,
+# into ~/.cache/parlour/sillytavern); they need Node.js 18 or later and npm.
+if [ "$dev" = 1 ] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then
+  echo "[setup] installing Node.js and npm for the SillyTavern tests"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+fi
+if [ "$dev" = 1 ]; then
+  echo "[setup] SillyTavern for the tests (installed once from the npm registry)"
+  .venv/bin/python -c "import sys; sys.path.insert(0, '.'); from tests.sillytavern import install; install()" \
+    || echo "[setup] SillyTavern could not be installed now; its tests will try again (and say why)"
+fi
+
 # The demo model, when there is no model at all (built once, a few minutes, with a progress bar).
 models_dir=${PARLOUR_MODELS_DIR:-models}
 if ! ls "$models_dir"/*/config.json >/dev/null 2>&1; then

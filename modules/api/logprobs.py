@@ -7,8 +7,14 @@ modifiers, and scoring it is what keeps tokens and text lined up in every case. 
 TokenScorer keeps its key/value cache between calls, so a streamed reply costs one extra forward pass
 over the reply in all, chunk by chunk.
 
-While streaming, the last token of the text so far may still merge with text still to come, so a
-chunk reports only the tokens before it; the final chunk reports the rest.
+A reply that ended on the model's end-of-sequence token gets that token as its last entry (its
+special-token text, e.g. `<|im_end|>`, which is not part of the reply's text): the entries then count
+exactly the tokens the response's `usage` reports, which is how lm-evaluation-harness lines up the
+continuation it scores.
+
+While streaming, the last token of the text so far may still merge with text still to come, so its
+text is held back until it is settled. Each settled token goes out as its own chunk, its text with its
+entry: clients such as SillyTavern pair a chunk's text with the chunk's first entry.
 """
 
 from __future__ import annotations
@@ -31,17 +37,22 @@ class TokenLogprob:
 
 
 def supports_logprobs(backend: Any) -> bool:
-    return registry.capabilities(backend).logprobs
+    return registry.capabilities(backend).logprobs  # the Transformers loader: token_scorer, tokenize_spans
 
 
 class ReplyLogprobs:
-    """The log-probabilities of one reply, fed its text as it arrives."""
+    """The log-probabilities of one reply, fed its text as it arrives.
 
-    def __init__(self, backend: Any, prompt: str, preset: Preset, top: int, echo: bool = False) -> None:
+    `prompt_ids` are the exact tokens the model read when the client sent tokens (OpenAI's token
+    prompts); otherwise the prompt is tokenized as generation tokenizes it.
+    """
+
+    def __init__(self, backend: Any, prompt: str, preset: Preset, top: int, echo: bool = False,
+                 prompt_ids: list[int] | None = None) -> None:
         self.backend = backend
         self.top = top
         self.prompt = prompt
-        self.prompt_ids = backend.prompt_ids(prompt, preset)
+        self.prompt_ids = list(prompt_ids) if prompt_ids is not None else backend.prompt_ids(prompt, preset)
         self.plain_prompt_ids = backend.tokenize(prompt)
         self.offset = 0
         self.echo: list[TokenLogprob] = []
@@ -50,11 +61,14 @@ class ReplyLogprobs:
             scored = self.scorer.score(self.prompt_ids, top)
             # a BOS token the model reads is not part of the echoed text: report from the text's tokens
             n = len(self.plain_prompt_ids)
-            skip = len(self.prompt_ids) - n if n and self.prompt_ids[-n:] == self.plain_prompt_ids else 0
+            skip = 0
+            if prompt_ids is None and n and self.prompt_ids[-n:] == self.plain_prompt_ids:
+                skip = len(self.prompt_ids) - n
             self.echo = self._entries(self.prompt_ids[skip:], scored[skip:])
         else:
             self.scorer = backend.token_scorer(self.prompt_ids)
         self.text = ""
+        self.released = 0  # characters of self.text handed out so far
         self.done: list[int] = []
 
     def _entries(self, ids: list[int], scored: list[tuple[float | None, list[tuple[int, float]]]]) -> list[TokenLogprob]:
@@ -66,27 +80,54 @@ class ReplyLogprobs:
             self.offset += len(text)
         return entries
 
-    def _reply_ids(self) -> list[int]:
-        # Tokenized after the prompt, as the model read it; a reply whose first token merged with the
-        # prompt's last one (rare) is tokenized on its own instead.
-        full = self.backend.tokenize(self.prompt + self.text)
+    def _reply_tokens(self) -> tuple[list[int], list[int]]:
+        """The reply's token ids and where each one's text ends in `self.text`. Tokenized after the
+        prompt, as the model read it; a reply whose first token merged with the prompt's last one (rare)
+        is tokenized on its own instead."""
+        full, spans = self.backend.tokenize_spans(self.prompt + self.text)
         n = len(self.plain_prompt_ids)
-        return full[n:] if full[:n] == self.plain_prompt_ids else self.backend.tokenize(self.text)
+        if full[:n] == self.plain_prompt_ids:
+            shift = len(self.prompt)
+            return full[n:], [max(0, end - shift) for _, end in spans[n:]]
+        ids, spans = self.backend.tokenize_spans(self.text)
+        return ids, [end for _, end in spans]
 
-    def add(self, delta: str, final: bool = False) -> list[TokenLogprob]:
-        """Entries for the tokens of the reply that are settled once `delta` is appended."""
+    def add(self, delta: str, final: bool = False) -> list[tuple[str, TokenLogprob | None]]:
+        """Append `delta`; return the tokens that are settled now, each with its text (the part of the
+        reply not handed out before, up to where the token ends). With `final` everything is settled; text
+        no token covers (none, normally) comes last with no entry."""
         self.text += delta
-        ids = self._reply_ids()
-        settled = ids if final else ids[:-1]
+        ids, ends = self._reply_tokens()
+        count = len(ids) if final else max(0, len(ids) - 1)
+        settled = ids[:count]
         if settled[:len(self.done)] != self.done:
             # More text changed how earlier text tokenizes: continue from the new tokenization
             # without repeating what was already reported.
             keep = min(len(self.done), len(settled))
             self.scorer = self.backend.token_scorer(self.prompt_ids + settled[:keep])
             self.done = settled[:keep]
-        new = settled[len(self.done):]
+        first = len(self.done)
+        new = settled[first:]
         self.done += new
-        return self._entries(new, self.scorer.score(new, self.top))
+        pieces: list[tuple[str, TokenLogprob | None]] = []
+        for position, entry in enumerate(self._entries(new, self.scorer.score(new, self.top)), start=first):
+            end = max(self.released, ends[position])
+            pieces.append((self.text[self.released:end], entry))
+            self.released = end
+        if final and self.released < len(self.text):
+            pieces.append((self.text[self.released:], None))
+            self.released = len(self.text)
+        return pieces
+
+    def end_of_sequence(self, token: int) -> list[TokenLogprob]:
+        """The entry of the end-of-sequence token the reply ended on, scored after all of its text."""
+        self.done.append(token)
+        return self._entries([token], self.scorer.score([token], self.top))
+
+    @property
+    def reply_tokens(self) -> int:
+        """How many reply entries were handed out (what `usage.completion_tokens` reports with logprobs)."""
+        return len(self.done)
 
 
 def _token_bytes(text: str) -> list[int]:

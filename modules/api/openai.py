@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -31,13 +32,16 @@ from modules.chat import ContextOverflow, request_for
 from modules.generation import GenerationRequest, ModelBusy, NoModel, QueueFull, Update
 from modules.loaders import registry
 from modules.loaders.base import Backend
-from modules.presets import Preset, PresetError
+from modules.presets import Preset, PresetError, ignored_key_warning
 from modules.settings import API_USER
 from modules.templates import TemplateError
 from modules.turns import Turn
 
+log = logging.getLogger(__name__)
+
 RETRY_AFTER_SECONDS = 2
 IGNORED_HEADER = "X-Parlour-Ignored-Fields"
+TRUNCATED_HEADER = "X-Parlour-Truncated-Prompt-Tokens"
 MAX_IGNORED_NAMES = 32
 
 
@@ -97,6 +101,9 @@ def build_preset(app: Any, body: GenerationFields, max_tokens: int | None) -> tu
     given.update(requested_constraint(body))  # response_format, grammar, regex, vLLM's fields -> Preset keys
     not_applied = [name for name in ("presence_penalty", "frequency_penalty")
                    if name not in Preset.model_fields and getattr(body, name) not in (None, 0, 0.0)]
+    warnings = [w for w in (ignored_key_warning(k, v) for k, v in (body.model_extra or {}).items()) if w]
+    if warnings:
+        log.warning("request: %s", "; ".join(warnings))
     try:
         return Preset.model_validate({**base.model_dump(), **given}), not_applied
     except ValidationError as exc:  # cross-field checks of Preset (single fields were checked on parsing)
@@ -114,6 +121,16 @@ def logprobs_wanted(body: GenerationFields, backend: Backend) -> int | None:
         raise APIError(400, f"logprobs are not supported by the {backend.loader} loader", param="logprobs",
                        code="unsupported")
     return top
+
+
+def check_token_prompt(ids: list[int], backend: Backend, param: str) -> None:
+    """A token prompt's ids must exist in this model's vocabulary."""
+    vocab = backend.vocab_size  # None where the tokenizer is the engine's (remote)
+    bad = [t for t in ids if t < 0 or (vocab is not None and t >= vocab)]
+    if bad:
+        limit = f" (0..{vocab - 1})" if vocab is not None else ""
+        raise APIError(400, f"{param}: token id {bad[0]} is not in this model's vocabulary{limit}", param=param,
+                       code="invalid_value")
 
 
 def check_logit_bias(body: GenerationFields, backend: Backend) -> None:
@@ -153,6 +170,7 @@ class Job:
     truncated_tokens: int = 0
     truncated_turns: int = 0  # Chat-tab-style builds drop whole turns (see fit_built_chat)
     prompt: str = ""  # the prompt text as the model reads it (logprobs score the reply after it)
+    prompt_tokens: int = 0  # the prompt's size when nothing is generated (max_tokens 0)
 
 
 @dataclass
@@ -164,18 +182,23 @@ class Plan:
     ignored: list[str] = field(default_factory=list)
     backend: Backend | None = None
     logprobs: int | None = None  # top alternatives per token; None: no logprobs
+    generate: bool = True  # False: max_tokens 0, the answer is the (echoed) prompt alone
 
     def scorer(self, job: Job) -> ReplyLogprobs | None:
         """A fresh scorer for the job's reply (runs the model: call it off the event loop)."""
         if self.logprobs is None or self.backend is None:
             return None
-        return ReplyLogprobs(self.backend, job.prompt, job.request.preset, self.logprobs, echo=bool(job.echo))
+        return ReplyLogprobs(self.backend, job.prompt, job.request.preset, self.logprobs, echo=bool(job.echo),
+                             prompt_ids=job.request.prompt_ids)
 
     def headers(self) -> dict[str, str]:
-        if not self.ignored:
-            return {}
-        names = self.ignored[:MAX_IGNORED_NAMES] + (["..."] if len(self.ignored) > MAX_IGNORED_NAMES else [])
-        return {IGNORED_HEADER: ",".join(names)}
+        headers = {}
+        if self.ignored:
+            names = self.ignored[:MAX_IGNORED_NAMES] + (["..."] if len(self.ignored) > MAX_IGNORED_NAMES else [])
+            headers[IGNORED_HEADER] = ",".join(names)
+        if self.truncated():
+            headers[TRUNCATED_HEADER] = str(self.truncated())
+        return headers
 
     def truncated(self) -> int:
         seen: dict[int, int] = {}
@@ -191,35 +214,55 @@ def choice_seed(preset: Preset, index: int) -> Preset:
     return preset.model_copy(update={"seed": (preset.seed + index) % (2**63)})
 
 
-def fit_completion_prompt(backend: Backend, prompt: str, preset: Preset, truncate: bool, param: str) -> tuple[str, int]:
-    """The prompt, or its tail when it is longer than the context and the client asked to truncate."""
-    ids = backend.tokenize(prompt)
+def wants_truncation(body: GenerationFields, preset: Preset) -> bool:
+    """Whether a prompt too long for the context is cut from the left instead of refused. Clients written
+    for text-generation-webui (SillyTavern) send `truncation_length` and expect that; Parlour's own flag
+    is `truncate_prompt`. A plain OpenAI request keeps the clear 400."""
+    return body.truncate_prompt or preset.truncation_length > 0
+
+
+def fit_prompt_ids(backend: Backend, ids: list[int], preset: Preset, truncate: bool, param: str) -> tuple[list[int], int]:
+    """The prompt's ids, cut from the left to `preset.prompt_budget` when truncating; without truncation a
+    prompt that fills the context is a 400. Returns the ids kept and how many were dropped."""
     ctx = backend.context_length
+    if truncate:
+        budget = preset.prompt_budget(ctx)
+        return (ids, 0) if len(ids) <= budget else (ids[-budget:], len(ids) - budget)
     if len(ids) < ctx:
-        return prompt, 0
-    if not truncate:
-        raise APIError(400, f"the prompt is {len(ids)} tokens; the model's context is {ctx} tokens (send "
-                       "truncate_prompt: true to drop its beginning)", param=param, code="context_length_exceeded")
-    keep = max(1, ctx - min(preset.max_new_tokens, ctx // 2))
-    return backend.detokenize(ids[-keep:]), len(ids) - keep
+        return ids, 0
+    raise APIError(400, f"the prompt is {len(ids)} tokens; the model's context is {ctx} tokens (send "
+                   "truncate_prompt: true or truncation_length to drop its beginning)", param=param,
+                   code="context_length_exceeded")
 
 
 def completion_plan(app: Any, body: CompletionRequest) -> Plan:
     refuse_unsupported(body)
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens: 0 generates nothing; with echo: true (and logprobs) it scores the prompt",
+                       param="max_tokens", code="invalid_value")
     backend = current_backend(app, body.model)
     check_logit_bias(body, backend)
-    preset, not_applied = build_preset(app, body, body.max_tokens)
+    preset, not_applied = build_preset(app, body, body.max_tokens or None)
     check_constraint(backend, preset, body)
+    truncate = wants_truncation(body, preset)
     jobs = []
     for p, prompt in enumerate(body.prompts()):
-        text = backend.detokenize(prompt) if isinstance(prompt, list) else prompt
-        text, dropped = fit_completion_prompt(backend, text, preset, body.truncate_prompt, "prompt")
+        if isinstance(prompt, list):  # token ids: the model reads exactly these (lm-evaluation-harness sends them)
+            check_token_prompt(prompt, backend, "prompt")
+            exact, dropped = fit_prompt_ids(backend, prompt, preset, truncate, "prompt")
+            text = backend.detokenize(exact)
+        else:
+            ids, dropped = fit_prompt_ids(backend, backend.tokenize(prompt), preset, truncate, "prompt")
+            exact, text = None, backend.detokenize(ids) if dropped else prompt
         for i in range(body.n):
-            request = GenerationRequest(preset=choice_seed(preset, i), prompt=text, stop=body.stop_strings(),
-                                        user=API_USER)
+            request = GenerationRequest(preset=choice_seed(preset, i), prompt=text, prompt_ids=exact,
+                                        stop=body.stop_strings(), user=API_USER, apply_input_hooks=exact is None)
             jobs.append(Job(request, index=p * body.n + i, prompt_index=p, echo=text if body.echo else "",
                             truncated_tokens=dropped, prompt=text))
-    return Plan(jobs, backend.name, body.ignored_fields() + not_applied, backend, logprobs_wanted(body, backend))
+            if body.max_tokens == 0:
+                jobs[-1].prompt_tokens = len(exact) if exact is not None else len(backend.tokenize(text))
+    return Plan(jobs, backend.name, body.ignored_fields() + not_applied, backend, logprobs_wanted(body, backend),
+                generate=body.max_tokens != 0)
 
 
 def chat_history(body: ChatCompletionRequest) -> list[Turn]:
@@ -256,7 +299,7 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
                         index=i, prompt_index=0))
     template_param = ("instruction_template_str" if body.instruction_template_str else
                       "instruction_template" if body.instruction_template else "messages")
-    dropped = fit_built_chat(app, backend, jobs[0].request, body.truncate_prompt, template_param)
+    dropped = fit_built_chat(app, backend, jobs[0].request, wants_truncation(body, preset), template_param)
     for job in jobs:
         job.truncated_turns, job.truncated_tokens = dropped
     return with_prompts(app, Plan(jobs, backend.name, ignored, backend, top_logprobs))
@@ -286,7 +329,8 @@ def fit_built_chat(app: Any, backend: Backend, request: GenerationRequest, trunc
         raise APIError(400, str(exc), param="messages", code="invalid_prompt") from exc
     if prompt.turns_dropped and not truncate:
         raise APIError(400, f"the conversation does not fit the model's context of {prompt.context_length} "
-                       "tokens (send truncate_prompt: true to drop the oldest messages)", param="messages",
+                       "tokens (send truncate_prompt: true or truncation_length to drop the oldest messages)",
+                       param="messages",
                        code="context_length_exceeded")
     return prompt.turns_dropped, prompt.tokens_dropped
 
@@ -295,14 +339,20 @@ def finish_reason(update: Update) -> str:
     return "length" if update.finish_reason == "length" else "stop"
 
 
-def usage(plan: Plan, finals: dict[int, Update]) -> dict[str, int]:
+def usage(plan: Plan, finals: dict[int, Update], scored: dict[int, int]) -> dict[str, int]:
+    """Token counts. With logprobs (`scored`: job index -> reply entries) the completion counts the tokens
+    the logprobs list — the reply as the tokenizer splits it, plus an ending end-of-sequence token — so
+    the two always agree; otherwise the tokens generated. Prompts cut to fit are reported too."""
     prompt_tokens: dict[int, int] = {}
     for job in plan.jobs:
         if job.index in finals:
             prompt_tokens[job.prompt_index] = finals[job.index].prompt_tokens
-    completion = sum(u.tokens for u in finals.values())
+    completion = sum(scored.get(index, u.tokens) for index, u in finals.items())
     prompt = sum(prompt_tokens.values())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    counts = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if plan.truncated():
+        counts["truncated_prompt_tokens"] = plan.truncated()
+    return counts
 
 
 def dumps(data: dict[str, Any]) -> bytes:
@@ -327,6 +377,9 @@ class Responder:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.plan.model}
 
     async def _run(self, job: Job, final_only: bool = False) -> AsyncIterator[Update]:
+        if not self.plan.generate:  # max_tokens 0: the prompt alone, nothing to queue for
+            yield Update(prompt_tokens=job.prompt_tokens, finish_reason="length", model=self.plan.model)
+            return
         with self.callers.track(self.caller, job.request.cancel):
             interval = 0.0 if final_only else self.app.settings.stream_interval_ms / 1000
             async for update in run_updates(self.app.pipeline, job.request, final_only, interval):
@@ -356,10 +409,12 @@ class Responder:
             raise APIError(503, "the generation was cancelled", code="cancelled")
         finals = {job.index: final for job, final in zip(self.plan.jobs, results)}
         choices = []
+        scored: dict[int, int] = {}
         for job in self.plan.jobs:
             final = finals[job.index]
-            logprobs = (await run_in_threadpool(self._score_whole, job, final.text)
-                        if self.plan.logprobs is not None else None)
+            logprobs = None
+            if self.plan.logprobs is not None:
+                logprobs, scored[job.index] = await run_in_threadpool(self._score_whole, job, final)
             if self.chat:
                 message: dict[str, Any] = {"role": "assistant", "content": final.text}
                 if final.reasoning:  # vLLM's and DeepSeek's field (text-generation-webui's too)
@@ -369,18 +424,22 @@ class Responder:
             else:
                 choices.append({"index": job.index, "text": job.echo + final.text, "logprobs": logprobs,
                                 "finish_reason": finish_reason(final)})
-        body = {**self._base(self.object), "choices": choices, "usage": usage(self.plan, finals)}
+        body = {**self._base(self.object), "choices": choices, "usage": usage(self.plan, finals, scored)}
         if any(job.truncated_tokens for job in self.plan.jobs):
             body["truncated_prompt_tokens"] = self.plan.truncated()
         if self.plan.jobs[0].truncated_turns:
             body["truncated_prompt_turns"] = self.plan.jobs[0].truncated_turns
         return JSONResponse(body, headers=self.plan.headers())
 
-    def _score_whole(self, job: Job, text: str) -> dict[str, Any] | None:
+    def _score_whole(self, job: Job, final: Update) -> tuple[dict[str, Any] | None, int]:
+        """The reply's logprobs (echoed prompt first) and how many reply tokens they list."""
         scorer = self.plan.scorer(job)
         if scorer is None:
-            return None
-        return self._logprobs(scorer.echo + scorer.add(text, final=True))
+            return None, 0
+        entries = [entry for _, entry in scorer.add(final.text, final=True) if entry is not None]
+        if final.eos_token is not None:
+            entries += scorer.end_of_sequence(final.eos_token)
+        return self._logprobs(scorer.echo + entries), scorer.reply_tokens
 
     def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
         return chat_logprobs(entries) if self.chat else completion_logprobs(entries)
@@ -419,6 +478,7 @@ class Responder:
     async def _events(self, first_updates: AsyncIterator[Update], first: Update,
                       include_usage: bool) -> AsyncIterator[bytes]:
         finals: dict[int, Update] = {}
+        scored: dict[int, int] = {}
         chunk: Callable[..., bytes] = lambda *a, **k: self._chunk(*a, include_usage=include_usage, **k)
         try:
             for n, job in enumerate(self.plan.jobs):
@@ -429,19 +489,28 @@ class Responder:
                     yield chunk(job.index, None, None, role=True)
                 if job.echo:
                     yield chunk(job.index, job.echo, None, logprobs=scorer.echo if scorer else None)
+                events = _prepend(pending, updates)
                 try:
-                    async for update in _prepend(pending, updates):
+                    async for update in events:
                         if update.queue_position:
                             yield f": queue position {update.queue_position}\n\n".encode()
                         if update.reasoning_delta and self.chat:  # before the content it precedes
                             yield chunk(job.index, None, None, reasoning=update.reasoning_delta)
-                        if update.delta:
-                            scored = await run_in_threadpool(scorer.add, update.delta) if scorer else None
-                            yield chunk(job.index, update.delta, None, logprobs=scored)
+                        if update.delta and scorer is None:
+                            yield chunk(job.index, update.delta, None)
+                        elif update.delta:  # one chunk per token: its text and its entry (see logprobs.py)
+                            for text, entry in await run_in_threadpool(scorer.add, update.delta):
+                                yield chunk(job.index, text, None, logprobs=[entry] if entry else [])
                         if update.finish_reason is not None:
                             finals[job.index] = update
-                            rest = await run_in_threadpool(scorer.add, "", True) if scorer else None
-                            yield chunk(job.index, None, finish_reason(update), logprobs=rest)
+                            ending = None
+                            if scorer is not None:
+                                for text, entry in await run_in_threadpool(scorer.add, "", True):
+                                    yield chunk(job.index, text, None, logprobs=[entry] if entry else [])
+                                ending = (await run_in_threadpool(scorer.end_of_sequence, update.eos_token)
+                                          if update.eos_token is not None else [])
+                                scored[job.index] = scorer.reply_tokens
+                            yield chunk(job.index, None, finish_reason(update), logprobs=ending)
                 except Exception as exc:  # after the headers: the error goes into the stream
                     try:
                         error = to_api_error(exc)
@@ -449,12 +518,17 @@ class Responder:
                         error = APIError(500, f"generation failed: {exc.__class__.__name__}: {exc}")
                     yield b"data: " + dumps(error_body(error.status, error.message, error.param, error.code)) + b"\n\n"
                     return
+                finally:
+                    # Closed here, not left to the garbage collector: closing run_updates cancels the model
+                    # and ends the caller's tracking at once when the client hangs up mid-stream.
+                    await events.aclose()
+                    await updates.aclose()  # type: ignore[attr-defined]
             if include_usage:
                 yield b"data: " + dumps({**self._base("chat.completion.chunk" if self.chat else "text_completion"),
-                                         "choices": [], "usage": usage(self.plan, finals)}) + b"\n\n"
+                                         "choices": [], "usage": usage(self.plan, finals, scored)}) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except (asyncio.CancelledError, GeneratorExit):
-            self.callers.count_disconnect()  # the client hung up; run_updates' cleanup cancelled the model
+            self.callers.count_disconnect()  # the client hung up; closing run_updates cancelled the model
             raise
 
 

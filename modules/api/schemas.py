@@ -1,10 +1,11 @@
 """Request bodies of the OpenAI-compatible routes.
 
-Every `Preset` field is also a request field, derived from `Preset.model_fields` (same type, range
-and description, default "not given"), so a sampler added to `Preset` is accepted by the API with no
-change here. Fields no model here knows are accepted and reported back (header
-`X-Parlour-Ignored-Fields`), so clients written for text-generation-webui or OpenAI keep working
-and still learn what was ignored.
+Every `Preset` field is also a request field, derived from `Preset.model_fields` (same type, range,
+description and converters, default "not given"), so a sampler added to `Preset` is accepted by the API
+with no change here, in every written form a preset file takes (`"0.7"`, text-generation-webui's
+string lists, SillyTavern's JSON strings; see modules/presets.py). Fields no model here knows are
+accepted and reported back (header `X-Parlour-Ignored-Fields`), so clients written for
+text-generation-webui or OpenAI keep working and still learn what was ignored.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ MAX_CHOICES = 8  # `n`: each choice is a full generation, so keep it small
 
 
 def _optional_copy(name: str) -> tuple[Any, Any]:
-    """A Preset field as an optional request field: same constraints, default None (= not given)."""
+    """A Preset field as an optional request field: same constraints and converters (the field's
+    metadata carries both), default None (= not given)."""
     info = copy(Preset.model_fields[name])
     info.default = None
     return Optional[info.annotation], info
@@ -40,6 +42,7 @@ PresetFields = create_model(
 PresetFields.__doc__ = "Every Preset field, optional. Generated from Preset: do not list samplers by hand."
 
 _max_tokens = _optional_copy("max_new_tokens")
+_MAX_NEW_TOKENS = next(m.le for m in Preset.model_fields["max_new_tokens"].metadata if hasattr(m, "le"))
 
 
 class StreamOptions(BaseModel):
@@ -73,7 +76,9 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
     user: str | None = None
     preset: str | None = Field(None, description="name of a preset in presets/ to start from")
     truncate_prompt: bool = Field(False, description="drop the oldest part of a prompt longer than the context "
-                                                     "instead of answering 400 (reported in the response)")
+                                                     "instead of answering 400 (reported in the response); a "
+                                                     "request that sets truncation_length (text-generation-webui's "
+                                                     "way) asks the same")
 
     @field_validator("stop", "stopping_strings")
     @classmethod
@@ -95,17 +100,30 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
 
 
 class CompletionRequest(GenerationFields):
-    prompt: str | list[str] | list[int] = Field(..., description="text, several texts, or token ids")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="a text, several texts, a list of token ids, or several such lists")
+    #: 0 (with echo and logprobs: score the prompt, generate nothing) is allowed here, as OpenAI allows it
+    max_tokens: int | None = Field(None, ge=0, le=_MAX_NEW_TOKENS,
+                                   description="most tokens to generate (0: none, e.g. to score the prompt with "
+                                               "echo and logprobs)")
     echo: bool = False
     suffix: str | None = None
     #: log-probabilities of each token, with this many top alternatives (0: the chosen token only)
     logprobs: int | None = Field(None, ge=0, le=20)
 
-    def prompts(self) -> list[str] | list[list[int]]:
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or any(isinstance(p, list) and not p for p in value)):
+            raise ValueError("a prompt needs at least one text or token")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts to complete: texts, or lists of token ids (used exactly as given)."""
         if isinstance(self.prompt, str):
             return [self.prompt]
-        if self.prompt and all(isinstance(p, int) for p in self.prompt):
-            return [list(self.prompt)]  # type: ignore[list-item]
+        if all(isinstance(p, int) for p in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
         return list(self.prompt)  # type: ignore[arg-type]
 
 

@@ -22,6 +22,8 @@ class Delta:
     finish_reason: str | None = None  # set on the last delta: "stop", "length" or "cancelled"
     #: reasoning an engine returns apart from the text (vLLM's and DeepSeek's `reasoning_content`)
     reasoning: str = ""
+    #: on the last delta: the end-of-sequence token the model ended with (counted, not in any text)
+    eos_token: int | None = None
 
 
 class LoadError(RuntimeError):
@@ -163,13 +165,14 @@ def read_tokens(out: queue.SimpleQueue, cancel: threading.Event, decode: Callabl
             generated += len(item)
             last_token = item[-1]
             yield Delta(decoder.add(item), len(item))
+        eos = None
         if cancel.is_set():
             reason = "cancelled"
         elif last_token in eos_token_ids:
-            reason = "stop"
+            reason, eos = "stop", last_token
         else:
             reason = "length" if generated >= max_new else "stop"
-        yield Delta(decoder.flush(), 0, reason)
+        yield Delta(decoder.flush(), 0, reason, eos_token=eos)
     finally:
         cancel.set()
         if worker is not None:

@@ -305,9 +305,15 @@ class TransformersBackend:
         """Token ids run 0..vocab_size-1 (the embedding's rows; may exceed the tokenizer's own count)."""
         return int(self.model.config.vocab_size)
 
+    def tokenize_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of `text` and each token's (start, end) character span in it (the API's streamed
+        logprobs hand out a token's text with its entry)."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
     def prompt_ids(self, prompt: str, preset: Preset) -> list[int]:
         """The prompt's token ids as generation sees them: BOS per `add_bos_token`, then cut from the
-        left to `truncation_length` minus the reply's room when that is set."""
+        left to `preset.prompt_budget` when `truncation_length` is set."""
         ids = self.tokenize(prompt)
         bos = self.tokenizer.bos_token_id
         if bos is not None:
@@ -316,21 +322,21 @@ class TransformersBackend:
             elif not preset.add_bos_token and ids[:1] == [bos]:
                 ids = ids[1:]
         if preset.truncation_length:
-            room = max(1, preset.truncation_length - preset.max_new_tokens)
-            ids = ids[-room:]
+            ids = ids[-preset.prompt_budget(self._ctx):]
         if not ids:  # generate() needs at least one token: start from BOS when there is nothing else
             ids = [bos if bos is not None else self.eos_token_ids[0]]
         return ids
 
-    def chain_context(self, ids: list[int], preset: Preset, model: Any = None) -> ChainContext:
+    def chain_context(self, ids: list[int], preset: Preset, model: Any = None,
+                      generator: torch.Generator | None = None) -> ChainContext:
         """What the sampler chain needs from this model (see modules/sampling.py); `model` is the one
-        a running request holds (an adapter change swaps self.model)."""
+        a running request holds (an adapter change swaps self.model); `generator` the request's own."""
         model = model if model is not None else self.model
         negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
         return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
                             encode=self.tokenize, vocab_size=model.config.vocab_size,
                             model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative,
-                            constraint=self.constraint_stage(preset, len(ids)))
+                            generator=generator, constraint=self.constraint_stage(preset, len(ids)))
 
     def constraint_compiler(self) -> Compiler:
         """The constraint compiler for this model's tokenizer (made once; it caches compiled constraints)."""
@@ -412,8 +418,11 @@ class TransformersBackend:
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **neutral,
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
+        # generate() draws its tokens from torch's seeded global generator; the chain's own draws (XTC)
+        # come from a generator seeded the same way, so the reply is reproducible either way
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         processors = build_processors(preset, self.eos_token_ids, device=self.device,
-                                      context=self.chain_context(input_ids[0].tolist(), preset, model))
+                                      context=self.chain_context(input_ids[0].tolist(), preset, model, generator))
         if hooks is not None and hooks.logits_processors is not None:
             processors.eos_token_ids = self.eos_token_ids  # extensions such as long_replies need them
             processors = LogitsProcessorList(hooks.logits_processors(processors, input_ids))

@@ -195,3 +195,18 @@ def test_rows_joining_a_running_batch_say_what_they_say_alone_and_nobody_is_read
     assert engine.prompt_tokens_read == prompt_tokens
     assert sum(rows * tokens for rows, tokens in calls) == prompt_tokens + len(prompts) * 29
     assert all(rows == 1 or tokens == 1 for rows, tokens in calls)  # prompts are read one row at a time
+
+
+def test_seeded_xtc_reply_is_reproducible_in_the_batch_engine(apps):
+    # XTC's roll comes from the row's seeded generator: what torch's global generator is doing (other
+    # requests, other threads) must not change a seeded reply (it did: XTC drew from the global one)
+    import torch
+
+    _, batched = apps
+    preset = Preset(seed=5, xtc_probability=0.5, xtc_threshold=0.01, max_new_tokens=24, ban_eos_token=True)
+    texts = []
+    for global_seed in (1, 2, 3):
+        torch.manual_seed(global_seed)
+        texts.append(run(batched, "def main():", preset).text)
+    assert texts[0] == texts[1] == texts[2]
+    assert run(batched, "def main():", preset.model_copy(update={"seed": 6})).text != texts[0]

@@ -14,7 +14,6 @@ import jsonschema
 import pytest
 
 from modules.constraints import ConstraintError, check
-from modules.generation import GenerationRequest
 from modules.grammars import SHIPPED
 from modules.loaders.transformers import TransformersBackend
 from modules.presets import Preset

@@ -220,7 +220,8 @@ def test_chain_order_follows_sampler_priority():
 
 def test_temperature_last_moves_temperature_to_the_end():
     preset = Preset(temperature=3.0, min_p=0.5, temperature_last=True)
-    assert priority(preset)[-2:] == ["temperature", "dynamic_temperature"]
+    # smoothing moves with them, as in text-generation-webui
+    assert priority(preset)[-3:] == ["temperature", "dynamic_temperature", "quadratic_sampling"]
     assert [n for n, _ in build_chain(preset)] == ["min_p", "temperature"]
     assert priority(Preset()) == list(DEFAULT_PRIORITY)
 
@@ -248,9 +249,130 @@ def test_build_processors_keeps_its_signature():
     (lambda: sampling.TailFreeWarper(1.5), "tfs"),
     (lambda: sampling.XTCWarper(0.9, 0.5), "xtc_threshold"),
     (lambda: sampling.DRYProcessor(1.0, 0.5, 2), "dry_base"),
-    (lambda: sampling.MirostatV2Warper(0.0, 0.1), "mirostat_tau"),
+    (lambda: sampling.MirostatV2Warper(-1.0, 0.1), "mirostat_tau"),
+    (lambda: sampling.AdaptivePWarper(0.0, 0.9), "adaptive_target"),
     (lambda: sampling.RepetitionPenaltyProcessor(1.2, -1), "repetition_penalty_range"),
 ])
 def test_bad_arguments_say_which_setting(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# -- fixes found by comparing with text-generation-webui's and llama.cpp's samplers on the same logits --
+
+def test_xtc_skips_the_step_when_newline_or_eos_would_be_removed():
+    # text-generation-webui's rule: removing a newline/EOS top choice would make replies run on, so the
+    # whole step is left alone (before, only the protected token stayed and so became *more* likely)
+    out = XTCWarper(0.25, 1.0, protected_ids=[0])(None, logits(P3))  # 0.5 (protected) would go
+    assert torch.equal(out, logits(P3))
+    out = XTCWarper(0.25, 1.0, protected_ids=[2])(None, logits(P3))  # 0.2 is no top choice: XTC acts
+    assert torch.isfinite(out[0]).tolist() == [False, True, True]
+
+
+def test_xtc_with_tied_top_choices_keeps_exactly_one():
+    # 0.4, 0.4, 0.2 with threshold 0.3: two top choices, tied; one of them must go (before: neither did)
+    out = XTCWarper(0.3, 1.0)(None, logits([0.4, 0.4, 0.2]))
+    assert torch.isfinite(out[0]).tolist() == [False, True, True]  # the higher token id stays
+    out = XTCWarper(0.2, 1.0)(None, logits([0.3, 0.3, 0.3, 0.1]))
+    assert torch.isfinite(out[0]).tolist() == [False, False, True, True]
+
+
+def test_xtc_threshold_zero_never_keeps_a_cut_token_alone():
+    scores = torch.tensor([[2.0, 1.0, float("-inf"), 0.0]])
+    out = XTCWarper(0.0, 1.0)(None, scores)
+    assert torch.isfinite(out[0]).tolist() == [False, False, False, True]
+
+
+def test_greedy_is_the_argmax_whatever_the_choice_samplers_say():
+    # typical_p 0.2 keeps only the most *typical* token (1), XTC removes the top one, Adaptive-P favours
+    # the one nearest its target: none of that applies to greedy decoding, which takes token 0
+    for extra in (dict(typical_p=0.2), dict(xtc_probability=1.0, xtc_threshold=0.25), dict(adaptive_target=0.2)):
+        for greedy in (dict(temperature=0.0), dict(do_sample=False)):
+            assert kept(Preset(**extra, **greedy), P3) == [0], extra
+            assert kept(Preset(**extra), P3) != [0]  # the same sampler does act when sampling
+
+
+def test_mirostat_tau_zero_keeps_only_the_top_token():
+    preset = Preset(mirostat_mode=2, mirostat_tau=0.0)  # valid in the preset, so it must run
+    chain = build_chain(preset)
+    scores = logits(P3)
+    for step in range(3):
+        scores_out = chain[0][1](torch.tensor([[0, 0]]), scores)
+        assert torch.isfinite(scores_out[0]).tolist() == [True, False, False]
+
+
+def test_temperature_last_moves_smoothing_too():
+    preset = Preset(temperature=2.0, smoothing_factor=0.5, min_p=0.1, temperature_last=True)
+    assert [n for n, _ in build_chain(preset)] == ["min_p", "temperature", "quadratic_sampling"]
+
+
+def _adaptive_reference(probs, target, decay, chosen_before):
+    """Adaptive-P's facts written out in plain Python: the moving average starts at equilibrium, the aim is
+    2 target - average (clamped), new logit 5 - 10 d^2 / (1 + d) with d = |p - aim| / 0.3."""
+    decay = min(decay, 0.99)
+    weighted, total = target / (1 - decay), 1 / (1 - decay)
+    for p in chosen_before:
+        weighted, total = p + decay * weighted, 1 + decay * total
+    aim = min(1.0, max(0.0, 2 * target - weighted / total))
+    return [5 - 10 * (abs(p - aim) / 0.3) ** 2 / (1 + abs(p - aim) / 0.3) for p in probs]
+
+
+def test_adaptive_p_follows_its_definition_step_by_step():
+    warper = sampling.AdaptivePWarper(0.3, 0.9)
+    probs = [0.6, 0.3, 0.1]
+    first = warper(torch.tensor([[5]]), logits(probs))
+    assert first[0].tolist() == pytest.approx(_adaptive_reference(probs, 0.3, 0.9, []), abs=1e-5)
+    assert first.argmax().item() == 1  # the token nearest the target
+    # token 0 (p = 0.6) was chosen: the average rises above the target, so the aim drops below it
+    second = warper(torch.tensor([[5, 0]]), logits(probs))
+    assert second[0].tolist() == pytest.approx(_adaptive_reference(probs, 0.3, 0.9, [0.6]), abs=1e-5)
+    third = warper(torch.tensor([[5, 0, 2]]), logits(probs))
+    assert third[0].tolist() == pytest.approx(_adaptive_reference(probs, 0.3, 0.9, [0.6, 0.1]), abs=1e-5)
+
+
+def test_adaptive_p_keeps_cut_tokens_cut_and_caps_decay():
+    scores = torch.tensor([[1.0, float("-inf"), 0.0]])
+    out = sampling.AdaptivePWarper(0.5, 1.0)(None, scores)
+    assert out[0, 1].item() == float("-inf") and torch.isfinite(out[0, [0, 2]]).all()
+    assert sampling.AdaptivePWarper(0.5, 1.0).decay == 0.99
+
+
+def test_adaptive_p_has_its_place_in_the_chain():
+    preset = Preset(adaptive_target=0.3, min_p=0.05, mirostat_mode=2)
+    assert [n for n, _ in build_chain(preset)] == ["min_p", "adaptive_p", "mirostat"]
+    assert build_chain(Preset(adaptive_target=-0.01)) == []  # SillyTavern's "off"
+
+
+def _every_sampler_on() -> Preset:
+    return Preset(temperature=0.9, dynamic_temperature=False, smoothing_factor=0.2, top_k=40, top_p=0.95,
+                  min_p=0.01, top_n_sigma=3.0, typical_p=0.99, tfs=0.99, top_a=0.01, epsilon_cutoff=0.5,
+                  eta_cutoff=0.5, xtc_probability=0.5, xtc_threshold=0.05, repetition_penalty=1.1,
+                  frequency_penalty=0.1, presence_penalty=0.1, dry_multiplier=0.5, no_repeat_ngram_size=3,
+                  encoder_repetition_penalty=1.05, mirostat_mode=2, adaptive_target=0.4)
+
+
+def test_no_stage_draws_from_the_process_wide_generator():
+    """Meta-test: every stochastic sampler takes the request's generator (ChainContext.generator). A stage
+    that drew from torch's global generator would make a seeded reply depend on whatever else ran."""
+    preset = _every_sampler_on()
+    scores = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
+
+    def run_steps(seed: int) -> list[list[bool]]:
+        chain = build_chain(preset, ChainContext(prompt_ids=(1, 2, 3), encode=lambda t: [5],
+                                                 generator=torch.Generator().manual_seed(seed)))
+        ids, kept_rows = [1, 2, 3], []
+        for _ in range(12):
+            out = scores
+            for _, processor in chain:
+                out = processor(torch.tensor([ids]), out)
+            kept_rows.append(torch.isfinite(out[0]).tolist())
+            ids.append(int(out.argmax()))
+        return kept_rows
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = run_steps(7)
+    assert torch.equal(torch.get_rng_state(), before), "a stage drew from torch's global generator"
+    torch.manual_seed(12345)  # whatever the global generator does, the request's seed decides
+    assert run_steps(7) == first
+    assert any(run_steps(seed) != first for seed in range(8, 14))  # and the seed does matter (XTC rolls)

@@ -328,15 +328,16 @@ class TransformersBackend:
         return ids
 
     def chain_context(self, ids: list[int], preset: Preset, model: Any = None,
-                      generator: torch.Generator | None = None) -> ChainContext:
+                      generator: torch.Generator | None = None, thinking: bool = False) -> ChainContext:
         """What the sampler chain needs from this model (see modules/sampling.py); `model` is the one
-        a running request holds (an adapter change swaps self.model); `generator` the request's own."""
+        a running request holds (an adapter change swaps self.model); `generator` the request's own.
+        `thinking`: the prompt opened a reasoning block, so a constraint applies only from the answer on."""
         model = model if model is not None else self.model
         negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
         return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
                             encode=self.tokenize, vocab_size=model.config.vocab_size,
                             model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative,
-                            generator=generator, constraint=self.constraint_stage(preset, len(ids)))
+                            generator=generator, constraint=self.constraint_stage(preset, len(ids), thinking))
 
     def constraint_compiler(self) -> Compiler:
         """The constraint compiler for this model's tokenizer (made once; it caches compiled constraints)."""
@@ -348,10 +349,13 @@ class TransformersBackend:
         """Compile it for this model (errors are ConstraintError); the request that follows reuses the result."""
         self.constraint_compiler().matcher(constraint)
 
-    def constraint_stage(self, preset: Preset, prompt_length: int) -> ConstraintStage | None:
+    def constraint_stage(self, preset: Preset, prompt_length: int, thinking: bool = False) -> ConstraintStage | None:
         """A fresh constraint stage for one reply, or None when the preset does not constrain it."""
         constraint = constraint_of(preset)
-        return None if constraint is None else self.constraint_compiler().stage(constraint, prompt_length)
+        if constraint is None:
+            return None
+        wait_for = self.tokenize(self.reasoning_format.answer_start) if thinking else ()
+        return self.constraint_compiler().stage(constraint, prompt_length, wait_for, self.eos_token_ids)
 
     def next_token_logits(self, ids: list[int]) -> torch.Tensor:
         """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views.
@@ -406,11 +410,12 @@ class TransformersBackend:
                 log.warning("ignoring tokenizer_modifier input_ids of shape %s", tuple(new_ids.shape))
         max_new = max(1, min(preset.max_new_tokens, self._ctx - input_ids.shape[1]))
         decode = self._stream_decoder(preset)
+        thinking = reasoning.starts_inside(self.reasoning_format, prompt)
         if self.engine is not None and not (hooks and hooks.logits_processors):
             # The batch engine applies the preset's own chain; extension logits processors need generate().
             prompt_ids = input_ids[0].tolist()
             return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
-                                                  context=self.chain_context(prompt_ids, preset, model),
+                                                  context=self.chain_context(prompt_ids, preset, model, thinking),
                                                   scope=cache_scope),
                                cancel, decode, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
@@ -422,7 +427,8 @@ class TransformersBackend:
         # come from a generator seeded the same way, so the reply is reproducible either way
         generator = torch.Generator(device=self.device).manual_seed(seed)
         processors = build_processors(preset, self.eos_token_ids, device=self.device,
-                                      context=self.chain_context(input_ids[0].tolist(), preset, model, generator))
+                                      context=self.chain_context(input_ids[0].tolist(), preset, model, generator,
+                                                                 thinking))
         if hooks is not None and hooks.logits_processors is not None:
             processors.eos_token_ids = self.eos_token_ids  # extensions such as long_replies need them
             processors = LogitsProcessorList(hooks.logits_processors(processors, input_ids))

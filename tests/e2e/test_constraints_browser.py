@@ -17,13 +17,14 @@ IDLE = "() => !document.querySelector('[data-testid=status-tracker].generating, 
 
 
 def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server, tmp_path):
-    # the trained demo model: its strings end by themselves, which a JSON grammar without lengths needs
+    # the trained demo model: its strings end by themselves, which a JSON grammar without lengths needs (at
+    # this seed and temperature; it thinks first, then the grammar holds from the end of its thought)
     assert (DEMO_DIR / "config.json").exists(), "the demo model is missing: ./test.sh builds it"
     models = tmp_path / "models"
     shutil.copytree(DEMO_DIR, models / DEMO_DIR.name)
     presets = tmp_path / "presets"
     presets.mkdir()
-    (presets / "Seeded.yaml").write_text("seed: 3\nmax_new_tokens: 600\n")
+    (presets / "Seeded.yaml").write_text("seed: 1\ntemperature: 0.7\nmax_new_tokens: 600\n")
     server = start_server("--models-dir", str(models), "--model", DEMO_DIR.name, "--presets-dir", str(presets),
                           "--preset", "Seeded")
     page = browser.new_page()
@@ -71,10 +72,13 @@ def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server,
     store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
     chat = store.list_chats("local")[0]
     reply = store.path("local", chat.id)[-1]
-    assert reply.role == "assistant"
+    assert reply.role == "assistant" and reply.as_turn().reasoning  # it thought freely first
     assert isinstance(json.loads(reply.content), dict), reply.content  # the saved reply, as the model wrote it
-    shown = page.locator("#chatbot [data-testid=bot] .message-content").last.inner_text()
-    assert shown.strip().startswith("{") and shown.strip().endswith("}")
+    bubble = page.locator("#chatbot [data-testid=bot] .message-content").last
+    assert bubble.locator("details.reasoning").count() == 1  # the thought, in its collapsed block
+    answer = bubble.evaluate("(el) => { const c = el.cloneNode(true); c.querySelectorAll('details').forEach("
+                             "(d) => d.remove()); return c.innerText; }").strip()
+    assert answer.startswith("{") and answer.endswith("}"), answer
 
     # the Notebook takes the same setting: the continuation is JSON too
     page.get_by_role("tab", name="Notebook").click()

@@ -12,8 +12,8 @@ import torch
 from pydantic import ValidationError
 
 from modules import constraints
-from modules.constraints import (Compiler, Constraint, ConstraintError, UnsupportedConstraint, check, check_setting,
-                                 constraint_of, stop_strings)
+from modules.constraints import (Compiler, Constraint, ConstraintError, ConstraintViolation, UnsupportedConstraint,
+                                 check, check_setting, constraint_of, stop_strings)
 from modules.grammars import SHIPPED, GrammarError, GrammarLibrary
 from modules.presets import MAX_CONSTRAINT_CHARS, Preset, PresetError, PresetStore
 from tests.conftest import ROOT
@@ -211,3 +211,22 @@ def test_gbnf_unicode_escapes_work_as_llamacpp_reads_them():
     for bad in (b'{"a": "\n', b'{"a": "\xfb'):  # a raw control character, a byte that is not UTF-8
         assert not Compiler.generic().matcher(Constraint("gbnf", (SHIPPED / "json.gbnf").read_text(), "g")
                                               ).consume_tokens(list(bad))
+
+
+def test_a_thinking_reply_is_free_until_its_answer_starts():
+    """A prompt that opened a reasoning block: the thoughts are free, the answer after the marker follows the
+    constraint (here byte tokens: the marker is '|')."""
+    stage = Compiler.generic().stage(Constraint("regex", "ab", "regex"), prompt_length=2, wait_for=[ord("|")],
+                                     ends=[256])
+    scores = torch.zeros(1, 257)
+
+    def allowed(generated: str) -> list[int]:
+        ids = torch.tensor([[1, 2, *generated.encode()]], dtype=torch.long)
+        return stage(ids, scores).isfinite().nonzero()[:, 1].tolist()
+
+    # thinking: nothing masked but the end (a constrained reply has an answer)
+    assert allowed("") == allowed("I think") == list(range(256))
+    assert allowed("I think|") == [ord("a")]  # the answer begins: only the regex's first character
+    assert allowed("I think|a") == [ord("b")]
+    with pytest.raises(ConstraintViolation):
+        allowed("I think|ax")  # a token outside the constraint after the marker is caught as before

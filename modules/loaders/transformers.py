@@ -415,7 +415,7 @@ class TransformersBackend:
             # The batch engine applies the preset's own chain; extension logits processors need generate().
             prompt_ids = input_ids[0].tolist()
             return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
-                                                  context=self.chain_context(prompt_ids, preset, model, thinking),
+                                                  context=self.chain_context(prompt_ids, preset, model, thinking=thinking),
                                                   scope=cache_scope),
                                cancel, decode, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)

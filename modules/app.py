@@ -13,7 +13,8 @@ from pathlib import Path
 from modules.characters import CharacterStore
 from modules.chat import TemplateLibrary
 from modules.extensions import Extensions
-from modules.generation import FairQueue, Pipeline
+from modules.download import Downloads
+from modules.generation import Pipeline
 from modules.models import ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
@@ -27,12 +28,12 @@ class App:
     settings: Settings
     presets: PresetStore
     models: ModelManager
-    queue: FairQueue
     pipeline: Pipeline
     extensions: Extensions
     store: ChatStore
     characters: CharacterStore
     templates: TemplateLibrary
+    downloads: Downloads
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -41,18 +42,19 @@ class App:
 
         threads = settings.cpu_threads()
         torch.set_num_threads(threads.generate)
-        # As many requests run at once as the loaded backend can batch (1 unless it says otherwise).
-        queue = FairQueue(settings.max_queue, slots=lambda: getattr(models.current(), "max_concurrency", 1))
+        # Each loaded model has its own queue: as many of its requests run at once as its backend batches.
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
                               threads=threads, trust_remote_code=settings.trust_remote_code,
-                              batch_size=settings.batch_size, gate=queue.exclusive)
+                              batch_size=settings.batch_size, budget=settings.model_budget(),
+                              max_waiting=settings.max_queue, aliases=settings.model_alias,
+                              remote_options=settings.load_options("remote") if settings.remote_url else None)
         extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
         presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")
-        return cls(settings=settings, presets=presets, models=models, queue=queue,
-                   pipeline=Pipeline(models, queue, extensions), extensions=extensions,
-                   store=ChatStore(settings.user_data / "chats.sqlite"),
+        return cls(settings=settings, presets=presets, models=models, pipeline=Pipeline(models, extensions),
+                   extensions=extensions, store=ChatStore(settings.user_data / "chats.sqlite"),
                    characters=CharacterStore(settings.characters_dir),
-                   templates=TemplateLibrary(settings.instruction_templates_dir))
+                   templates=TemplateLibrary(settings.instruction_templates_dir),
+                   downloads=Downloads(settings.models_dir, settings.loras_dir))
 
     def unreadable_files(self) -> dict[str, str]:
         """{"preset NAME" / "character NAME" / "template NAME": why} for files in the user's folders that
@@ -76,7 +78,7 @@ class App:
         return name
 
     def start_idle_watch(self) -> threading.Thread:
-        """Unload the model after --idle-unload-minutes without use; the next request reloads it."""
+        """Unload each model after --idle-unload-minutes without use; its next request reloads it."""
         idle = (self.settings.idle_unload_minutes or 0) * 60
 
         def watch() -> None:

@@ -338,9 +338,11 @@ def resolve_seed(preset: Preset) -> Preset:
 
 
 def request_for(history: list[dict[str, str]], options: PromptOptions, preset: Preset,
-                cancel: threading.Event | None = None, user: str = "local", stop: tuple[str, ...] = ()):
+                cancel: threading.Event | None = None, user: str = "local", stop: tuple[str, ...] = (),
+                model: str | None = None):
     """A pipeline request whose prompt is built for whichever model holds the queue slot.
-    `stop`: the caller's own stop strings (the API's `stop`), on top of the template's and the preset's."""
+    `stop`: the caller's own stop strings (the API's `stop`), on top of the template's and the preset's.
+    `model`: the model to answer with (None: the default one)."""
     from modules.generation import GenerationRequest
 
     def build(backend, hooks=None) -> ChatPrompt:
@@ -351,7 +353,7 @@ def request_for(history: list[dict[str, str]], options: PromptOptions, preset: P
     # when they say the same thing (engine_messages); local models always get the built text.
     # The callers (the Chat tab) ran the input hooks on the new message already: not twice.
     return GenerationRequest(preset=preset, build=build, messages=engine_messages(history, options), stop=stop,
-                             cancel=cancel or threading.Event(), user=user, apply_input_hooks=False)
+                             cancel=cancel or threading.Event(), user=user, apply_input_hooks=False, model=model)
 
 
 @dataclass(frozen=True)
@@ -366,7 +368,7 @@ class NextPrompt:
 
 
 def next_prompt(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
-                user: str = "local") -> NextPrompt:
+                user: str = "local", model: str | None = None) -> NextPrompt:
     """The exact prompt the pipeline would send for a reply to `history` now ("Show prompt", "Send to notebook").
 
     It goes through the pipeline's own preparation (state_modifier, history_modifier,
@@ -376,9 +378,9 @@ def next_prompt(app: Any, history: list[dict[str, str]], options: PromptOptions,
     """
     from modules.generation import NoModel
 
-    backend = app.models.current()
+    backend = app.models.get(model)
     if backend is None:
-        raise NoModel("no model is loaded")
+        raise NoModel(f"{model} is not loaded (it loads with the next message)" if model else "no model is loaded")
     prepared = app.pipeline.prepare(backend, request_for(history, options, preset, user=user))
     if prepared.messages is not None:
         raise ValueError(f"{backend.name} applies its own chat template to the messages: choose an instruction "
@@ -460,7 +462,7 @@ class ReplyTarget:
 
 def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
                  target: ReplyTarget | None = None, cancel: threading.Event | None = None,
-                 user: str = "local") -> Iterator[tuple[str, Any]]:
+                 user: str = "local", model: str | None = None) -> Iterator[tuple[str, Any]]:
     """Yield (full reply text, Update) while the model answers; save as it streams when `target` is set.
 
     The reply text includes its prefix (the partial reply when continuing, "start reply with").
@@ -474,7 +476,7 @@ def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions
     prefix = options.start_reply_with
     if options.continue_last and history and history[-1]["role"] == "assistant":
         prefix = history[-1]["content"] + prefix
-    request = request_for(history, options, preset, cancel, user=user)
+    request = request_for(history, options, preset, cancel, user=user, model=model)
     writer = ReplyWriter(target.store, target.user, target.chat_id, target.message_id) if target else None
     if target:
         target.store.update_message(target.user, target.chat_id, target.message_id, meta=reply_meta(options, preset))
@@ -496,6 +498,18 @@ def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions
             if meta.get("finish_reason") is None:
                 meta["finish_reason"] = "cancelled"
             writer.flush(text, last.tokens if last else 0, meta=meta, complete=True)
+
+
+def chat_model(store: Any, user: str, chat_id: int) -> str | None:
+    """The model a saved chat answers with, kept in its settings (None: the default model)."""
+    return store.chat(user, chat_id).settings.get("model") or None
+
+
+def set_chat_model(store: Any, user: str, chat_id: int, model: str | None) -> None:
+    """Remember the model a saved chat answers with (in its settings, beside whatever else is there)."""
+    settings = dict(store.chat(user, chat_id).settings)
+    settings["model"] = model
+    store.update_chat(user, chat_id, settings=settings)
 
 
 def preset_from_meta(meta: dict[str, Any]) -> Preset:

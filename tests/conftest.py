@@ -78,8 +78,9 @@ class ServerProcess:
         with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
             return json.loads(response.read())
 
-    def wait_until(self, predicate, timeout: float = 60.0) -> dict:
-        """Poll /health until `predicate(health)` holds (the server's state, not a sleep)."""
+    def wait_until(self, predicate, timeout: float = 300.0) -> dict:
+        """Poll /health until `predicate(health)` holds (the server's state, not a sleep). The timeout only
+        bounds a hung server: a machine shared by many jobs can take minutes to start one."""
         deadline = time.monotonic() + timeout
         last: dict | Exception = {}
         while time.monotonic() < deadline:

@@ -25,7 +25,7 @@ def build(app: App) -> gr.Blocks:
         params = parameters.create_controls(app)
         with gr.Row(elem_id="header"):
             gr.Markdown("## Parlour", elem_id="title")
-            model_line = gr.Markdown(app.models.status(), elem_id="header-model")
+            model_line = gr.Markdown(model.header_line(app, None), elem_id="header-model")
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat_ui = chat.render(app, params)
@@ -36,7 +36,7 @@ def build(app: App) -> gr.Blocks:
             with gr.Tab("Model", id="model"):
                 with gr.Tabs():
                     with gr.Tab("Load", id="model-load-tab"):
-                        status, info, describe = model.render(app)
+                        status, info, describe, models_changed = model.render(app)
                         parameters.follow_model(app, params, status)
                     with gr.Tab("Evaluate", id="model-evaluate-tab"):
                         evaluate.render(app)
@@ -44,15 +44,25 @@ def build(app: App) -> gr.Blocks:
                 session.render(app)
             extensions.render_tabs(app)
         extensions.render_block(app)
-        # The model may still be loading when the page opens: refresh the status lines until it is ready.
+        # A model may still be loading when the page opens: refresh the status lines until it is ready.
+        # The header names the open chat's model (each chat keeps its own, in its session state).
         timer = gr.Timer(1.0, active=app.models.loading is not None)
+        chat_session, chat_model = chat_ui["session"], chat_ui["model"]
 
-        def poll():
+        def header(sess: dict) -> str:
+            return model.header_line(app, sess.get("model"))
+
+        def poll(sess: dict):
             line, details = describe()
-            return line, line, details, gr.Timer(active=app.models.loading is not None)
+            return header(sess), line, details, gr.Timer(active=app.models.loading is not None)
 
-        timer.tick(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
-        blocks.load(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
+        hidden = dict(api_visibility="private", show_progress="hidden")
+        timer.tick(poll, chat_session, [model_line, status, info, timer], **hidden)
+        blocks.load(poll, chat_session, [model_line, status, info, timer], **hidden)
+        # Another chat, another model for this chat, or a load/unload in the Model tab: the header follows.
+        chat_session.change(header, chat_session, model_line, **hidden)
+        status.change(header, chat_session, model_line, **hidden)
+        models_changed.change(lambda: gr.Dropdown(choices=app.models.choices()), None, chat_model, **hidden)
         chat_ui["wire_load"](blocks)
         chat_ui["wire_notebook"](notebook_text, tabs)
     return blocks

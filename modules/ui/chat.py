@@ -28,6 +28,7 @@ from modules.characters import CharacterError
 from modules.chat import MODEL_TEMPLATE, MODES, ContextOverflow, context_line
 from modules.fileio import os_reason
 from modules.generation import GenerationError, NoModel, QueueFull
+from modules.models import ModelError
 from modules.render import LATEX_DELIMITERS, render_footer, render_markdown
 from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
@@ -53,7 +54,7 @@ document.addEventListener('keydown', (event) => {
 });
 """
 EXPECTED_ERRORS = (NoModel, QueueFull, GenerationError, TemplateError, ContextOverflow, CharacterError, ChatNotFound,
-                   StoreError, ValueError)
+                   StoreError, ValueError, ModelError)
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 
@@ -70,6 +71,8 @@ def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: 
 
 def status_line(update: Any) -> str:
     if update.queue_position:
+        if update.loading:
+            return f"⏳ loading {update.loading}: position {update.queue_position} in its queue"
         return f"⏳ waiting for the model: position {update.queue_position} in the queue"
     line = speed_line(update.tokens, update.seconds, update.first_token_seconds, update.prompt_tokens,
                       update.finish_reason)
@@ -85,7 +88,7 @@ def user_of(request: gr.Request | None) -> str:
 def new_session(incognito: bool = False, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-browser state for a freshly opened chat; display choices carry over from `previous`."""
     return {"chat_id": None, "incognito": incognito, "turns": [], "ids": [], "selected": None,
-            "images": bool((previous or {}).get("images"))}
+            "images": bool((previous or {}).get("images")), "model": (previous or {}).get("model")}
 
 
 # -- reading what is on screen ---------------------------------------------------------------------
@@ -148,6 +151,8 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
     """The standard outputs: input, chatbot, state, chat list, status, selected info, edit box."""
     turns, ids = current_turns(app, user, session)
     session = {**session, "ids": ids}
+    if session["chat_id"] is not None and not session["incognito"]:  # the chat remembers its model
+        session["model"] = chatlib.chat_model(app.store, user, session["chat_id"]) or session.get("model")
     bubbles = bubbles_for(turns, session)
     index = selected_index(session, turns)
     info, edit = "No message selected.", ""
@@ -195,6 +200,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                 character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character")
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
+                chat_model = gr.Dropdown(app.models.choices(), value=app.models.default, label="Model",
+                                         elem_id="chat-model", info="this chat's model (it loads when needed)")
             # Bubbles hold HTML already rendered and sanitized by modules/render.py; Gradio's own
             # sanitizer stays on as a second layer. Its bundled KaTeX then typesets the math spans
             # render.py wrote (only render.py's canonical delimiters; see its docstring).
@@ -272,6 +279,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             return sess
         char_v, mode_v = ctrl[1], ctrl[0]
         chat_id = app.store.create_chat(user, character=char_v or "", mode=mode_v)
+        if sess.get("model"):
+            chatlib.set_chat_model(app.store, user, chat_id, sess["model"])
         greeting = app.characters.load(char_v).greeting if char_v else ""
         if greeting:
             opts = options(user, ctrl)
@@ -304,7 +313,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         cancel = threading.Event()
         last_status = ""
         try:
-            for reply, update in chatlib.stream_reply(app, history, opts, preset, target, cancel, user=user):
+            for reply, update in chatlib.stream_reply(app, history, opts, preset, target, cancel, user=user,
+                                                      model=sess.get("model")):
                 turn = {"role": "assistant", "content": reply, **({"footer": update.footer} if update.footer else {})}
                 if sess["incognito"]:
                     sess = {**sess, "turns": base + [turn]}
@@ -410,7 +420,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         preset = chatlib.resolve_seed(params.preset_from(preset_values))
         cancel = threading.Event()
         try:
-            for reply, update in chatlib.stream_reply(app, turns, opts, preset, None, cancel, user=user):
+            for reply, update in chatlib.stream_reply(app, turns, opts, preset, None, cancel, user=user,
+                                                      model=sess.get("model")):
                 yield (reply.strip(), gr.skip(), gr.skip(), gr.skip(), status_line(update), gr.skip(), gr.skip())
         finally:
             cancel.set()
@@ -657,7 +668,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         turns, _ = current_turns(app, user, sess)
         if message and message.strip():
             turns = turns + [{"role": "user", "content": model_text(user, opts, message)}]
-        built = chatlib.next_prompt(app, turns, opts, params.preset_from(preset_values), user=user)
+        built = chatlib.next_prompt(app, turns, opts, params.preset_from(preset_values), user=user,
+                                    model=sess.get("model"))
         note = f"{built.prompt_tokens}/{built.context_length} tokens"
         if built.turns_dropped:
             note += f", {built.turns_dropped} oldest messages dropped"
@@ -742,6 +754,17 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     export_chat.click(on_export_chat, session, download, api_visibility="private")
     export_card.click(on_export_card, character, download, api_visibility="private")
 
+    def on_chat_model(request: gr.Request, name: str | None, sess: dict) -> dict:
+        """This chat answers with `name` from now on (a saved chat remembers it)."""
+        sess = {**sess, "model": name or None}
+        if sess["chat_id"] is not None and not sess["incognito"]:
+            chatlib.set_chat_model(app.store, user_of(request), sess["chat_id"], sess["model"])
+        return sess
+
+    chat_model.input(on_chat_model, [chat_model, session], session, api_visibility="private")
+    session.change(lambda sess: gr.Dropdown(choices=app.models.choices(), value=sess.get("model") or app.models.default),
+                   session, chat_model, api_visibility="private", show_progress="hidden")
+
     def wire_load(blocks: gr.Blocks) -> None:
         """Open the user's newest chat and profile when the page loads (needs the Blocks, given by ui.build)."""
         blocks.load(on_load, [character], OUT, api_visibility="private")
@@ -753,7 +776,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                           api_visibility="private")
 
     return {"chatbot": chatbot, "session": session, "input": text, "wire_load": wire_load,
-            "wire_notebook": wire_notebook}
+            "wire_notebook": wire_notebook, "model": chat_model}
 
 
 def _template_source(app: App, name: str) -> str:

@@ -279,8 +279,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             return sess
         char_v, mode_v = ctrl[1], ctrl[0]
         chat_id = app.store.create_chat(user, character=char_v or "", mode=mode_v)
-        if sess.get("model"):
-            chatlib.set_chat_model(app.store, user, chat_id, sess["model"])
+        chatlib.set_chat_model(app.store, user, chat_id, sess.get("model") or app.models.default)  # its own from now on
         greeting = app.characters.load(char_v).greeting if char_v else ""
         if greeting:
             opts = options(user, ctrl)

@@ -1,41 +1,12 @@
-"""ModelManager: what is in `models/`, and the models loaded from it (several, within a budget).
-
-Every model a request can name has a place here (`_Slot`): its backend while it is loaded, and its
-own queue (a `FairQueue`) — the one gate for that model. Requests for different models wait in
-different queues, so they run side by side; each Transformers model has its own batch engine.
-
-The gate, and how loading and evicting go through it:
-
-- A model that is not loaded has a closed gate (no slots): requests for it wait in its queue, their
-  position visible. The first request that finds it unloaded starts ONE load (a thread); every
-  other request for it joins that load. Loading opens the gate; a failed load wakes every request
-  waiting for it with the load's one-line reason, and touches no other model.
-- Evicting, unloading and swapping in a reloaded model take every slot of the gate
-  (`FairQueue.exclusive()`), as LoRA changes, perplexity runs and training do (`exclusive(name)`):
-  running requests finish first, later ones queue behind and, if the model is gone, load it again.
-  So a model is never unloaded under a running request.
-- Loads run one at a time (`_build_lock`): the budget is decided on a settled set of models, and two
-  models never peak in memory together. A reloaded model is built beside the old one and swapped in
-  only once it works.
-- The budget (`modules.budget.Budget`: --max-loaded-models and the GPU/CPU memory budgets): a model
-  that cannot fit even alone is refused before anything is touched (`ModelTooLarge`). Memory budgets
-  make room before the load (an estimate from the weight files); the model count is enforced after
-  it succeeds (so a failed load leaves the others loaded). Room is made by unloading the least
-  recently used model that is idle; when none is idle, the least recently used one is drained
-  (its running requests finish, newer ones queue behind the eviction).
-- `--idle-unload-minutes` applies to each model on its own; an unloaded model reloads on its next
-  request with the options it had.
-
-The default model (`current()`) is the one requests without a model name use: the one loaded last
-by name (start, Model tab, /v1/internal/model/load). Loads that happen just in time for a request
-do not change it.
+"""ModelManager: what is in `models/`, and the models loaded from it: several at once, within a budget,
+each loaded just in time for the request that names it. The design (one gate per model) is in the
+ModelManager docstring; the budget itself in modules/budget.py.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -44,79 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
-import yaml
-from pydantic import BaseModel, ValidationError
-
-from modules.budget import Budget, Footprint, estimate, measured
-from modules.fileio import YamlFileError, atomic_write_text, read_yaml_mapping
+from modules.budget import Budget, Footprint, measured
 from modules.generation import FairQueue, NoModel
 from modules.loaders import registry
 from modules.loaders.base import Backend, LoadError
-from modules.loaders.registry import BuildContext, LoaderName
+from modules.model_catalog import (ModelCatalog, ModelError, ModelNotFound, ModelSettings, ModelSettingsStore,
+                                   ModelTooLarge, SettingsFileError)
 from modules.paths import UnsafeName, safe_child
 from modules.settings import CpuThreads
 
+__all__ = ["ModelCatalog", "ModelError", "ModelManager", "ModelNotFound", "ModelSettings", "ModelSettingsStore",
+           "ModelTooLarge", "SettingsFileError", "describe_backend"]
+
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be listed or loaded; the message is one line for the user."""
-
-
-class ModelNotFound(ModelError):
-    """A name that is no model here, nor an alias of one (the API's 404)."""
-
-
-class ModelTooLarge(ModelError):
-    """A model that cannot fit the memory budget even with nothing else loaded (the API's 400)."""
-
-
-class SettingsFileError(ModelError):
-    """models/config-user.yaml as a whole cannot be read (not YAML, not a mapping, too large)."""
-
-
-class ModelSettings(BaseModel):
-    """What "Save settings" remembers for one model in models/config-user.yaml."""
-
-    loader: LoaderName | None = None
-    options: dict[str, Any] = {}
-    preset: str | None = None
-    template: str | None = None
-
-
-class ModelSettingsStore:
-    """models/config-user.yaml: per-model settings keyed by model name (YAML, safe_load, atomic writes)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            return read_yaml_mapping(self.path, 1_000_000)
-        except YamlFileError as exc:
-            raise SettingsFileError(f"{self.path.name} cannot be read (a mapping of model names is expected): {exc}") from exc
-
-    def get(self, name: str) -> ModelSettings:
-        raw = self._read().get(name)
-        if raw is None:
-            return ModelSettings()
-        try:
-            saved = ModelSettings.model_validate(raw)
-            if saved.loader:
-                registry.spec(saved.loader).options.model_validate(saved.options)
-        except ValidationError as exc:
-            raise ModelError(f"{self.path.name}, model {name!r}: {exc.errors()[0]['loc']}: "
-                             f"{exc.errors()[0]['msg']}") from exc
-        return saved
-
-    def save(self, name: str, settings: ModelSettings) -> None:
-        data = self._read()
-        data[name] = settings.model_dump(mode="json", exclude_none=True)
-        try:
-            atomic_write_text(self.path, yaml.safe_dump(data, sort_keys=True))
-        except OSError as exc:  # the old file is intact (atomic write)
-            raise ModelError(f"settings for {name!r} were not saved: {exc}") from exc
 
 
 @dataclass
@@ -210,76 +122,65 @@ class Lease:
         self._manager, self._slot, self._released = manager, slot, False
 
     def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        with self._manager._cond:
-            self._slot.leases -= 1
-            self._slot.last_used = time.monotonic()
-        self._slot.queue.release()
+        if not self._released:
+            self._released = True
+            self._manager._release(self._slot)
 
 
-class ModelManager:
+class ModelManager(ModelCatalog):
+    """The models in models/ (and remote engines'), and the ones loaded now.
+
+    Every model a request can name has a place here (`_Slot`): its backend while it is loaded, and its
+    own queue (a `FairQueue`) — the one gate for that model. Requests for different models wait in
+    different queues, so they run side by side; each Transformers model has its own batch engine.
+
+    The gate, and how loading and evicting go through it:
+
+    - A model that is not loaded has a closed gate (no slots): requests for it wait in its queue, their
+      position visible. The first request that finds it unloaded starts ONE load (a thread); every
+      other request for it joins that load. Loading opens the gate; a failed load wakes every request
+      waiting for it with the load's one-line reason, and touches no other model.
+    - Evicting, unloading and swapping in a reloaded model take every slot of the gate
+      (`FairQueue.exclusive()`), as LoRA changes, perplexity runs and training do (`exclusive(name)`):
+      running requests finish first, later ones queue behind and, if the model is gone, load it again.
+      So a model is never unloaded under a running request.
+    - Loads run one at a time (`_build_lock`): the budget is decided on a settled set of models, and two
+      models never peak in memory together. A reloaded model is built beside the old one and swapped in
+      only once it works.
+    - The budget (`modules.budget.Budget`: --max-loaded-models and the GPU/CPU memory budgets): a model
+      that cannot fit even alone is refused before anything is touched (`ModelTooLarge`). Memory budgets
+      make room before the load (an estimate from the weight files); the model count is enforced after
+      it succeeds (so a failed load leaves the others loaded). Room is made by unloading the least
+      recently used model that is idle, before the new model's requests start; when none is idle, the
+      least recently used one is drained while the new one already answers (its running requests
+      finish, newer ones queue behind the eviction and load it again).
+    - The API plans a request (tokenizes, checks the context) before it queues: `backend_for` waits
+      for the load without taking a slot.
+    - `--idle-unload-minutes` applies to each model on its own; an unloaded model reloads on its next
+      request with the options it had.
+
+    The default model (`current()`) is the one requests without a model name use: the one loaded last
+    by name (start, Model tab, /v1/internal/model/load). Loads that happen just in time for a request
+    do not change it. Whatever must own a model for a while (training, a perplexity run) holds
+    `exclusive(name)`.
+    """
+
     def __init__(self, models_dir: Path, loras_dir: Path, offload_dir: Path, threads: CpuThreads,
                  trust_remote_code: bool = False, batch_size: int = 1, budget: Budget | None = None,
                  max_waiting: int = 64, aliases: dict[str, str] | None = None,
                  remote_options: dict[str, Any] | None = None, gpu_available: bool | None = None) -> None:
-        self.models_dir = models_dir
-        self.loras_dir = loras_dir
-        self.offload_dir = offload_dir
-        self.threads = threads
-        self.trust_remote_code = trust_remote_code
-        self.batch_size = batch_size
+        super().__init__(models_dir, loras_dir, offload_dir, threads, trust_remote_code, batch_size, remote_options,
+                         gpu_available)
         self.budget = budget or Budget()
         self.max_waiting = max_waiting
         self.aliases = dict(aliases or {})
-        #: connection options for `remote:` names (--remote-url); None: only explicitly loaded remote models
-        self.remote_options = remote_options
-        self._gpu = gpu_available
-        self.saved = ModelSettingsStore(models_dir / "config-user.yaml")
         self._cond = threading.Condition(threading.RLock())  # guards every slot's fields and `default`
-        self._build_lock = threading.Lock()  # one load at a time (see the module docstring)
+        self._build_lock = threading.Lock()  # one load at a time (see the class docstring)
         self._slots: dict[str, _Slot] = {}
         self.default: str | None = None
         self.last_error: str | None = None
 
-    # ---- what is there
-    def list(self) -> list[str]:
-        """Model names: HF folders (config.json) and GGUF files (first part of split files)."""
-        if not self.models_dir.is_dir():
-            return []
-        names = []
-        for path in sorted(self.models_dir.iterdir(), key=lambda p: p.name.lower()):
-            if path.name.startswith(".") or path.name.endswith(".partial") or path.is_symlink():
-                continue
-            if registry.infer(path):
-                names.append(path.name)
-        return names
-
-    def list_loras(self) -> list[str]:
-        if not self.loras_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.loras_dir.iterdir() if p.is_dir() and not p.is_symlink()
-                      and not p.name.endswith(".partial") and (p / "adapter_config.json").is_file())
-
-    def default_model(self) -> str | None:
-        """The model to load when none was named: the only one, or the demo model among several."""
-        names = self.list()
-        if len(names) == 1:
-            return names[0]
-        return "parlour-demo" if "parlour-demo" in names else None
-
-    def path_of(self, name: str) -> Path:
-        try:
-            path = safe_child(self.models_dir, name)
-        except UnsafeName as exc:
-            raise ModelError(f"bad model name: {exc}") from exc
-        if not path.exists():
-            raise ModelError(f"model {name!r} is not in {self.models_dir}")
-        if registry.infer(path) is None:
-            raise ModelError(f"{name!r} is not a model: no config.json and no .gguf file")
-        return path
-
+    # ---- names
     def canonical(self, name: str | None) -> str:
         """The model a request's `model` means: an alias's target; the default model for None.
         Raises NoModel (no name and no default) or ModelNotFound."""
@@ -293,8 +194,9 @@ class ModelManager:
             if slot is not None and (slot.backend is not None or slot.pending is not None):
                 return target
         if registry.loader_for_name(target) is not None:
-            if self.remote_options is not None:
-                return target  # the engine says whether it has it (a load error naming what it has)
+            # Only what the engine lists: a client's made-up names must not each get a place here.
+            if self.remote_options is not None and target in self.remote_models(self.remote_options):
+                return target
         elif target in self.list():
             return target
         alias = f" (the alias of {target!r})" if target != name else ""
@@ -325,110 +227,6 @@ class ModelManager:
         with self._cond:
             return next((n for n, s in self._slots.items() if s.pending is not None), None)
 
-    # ---- loading options
-    def resolve(self, name: str, loader: str | None, options: dict[str, Any] | None) -> tuple[str, BaseModel]:
-        """The loader and validated options for a load: explicit > saved per-model settings > inferred."""
-        saved = ModelSettings()
-        by_name = registry.loader_for_name(name)
-        if by_name is None:
-            try:
-                saved = self.saved.get(name)
-            except SettingsFileError as exc:
-                # A hand-broken config-user.yaml must not stop every model from loading: say so and load
-                # with the explicit (or default) options instead. (A bad entry for this model is still
-                # an error for this model.)
-                log.warning("ignoring saved settings: %s", exc)
-        if by_name is not None:
-            chosen = by_name
-        else:
-            path = self.path_of(name)  # always: an explicit loader must not skip the name check
-            chosen = loader or saved.loader or registry.infer(path)
-        try:
-            spec = registry.spec(chosen)
-        except registry.UnknownLoader as exc:
-            raise ModelError(str(exc)) from exc
-        # Explicit options (command line, Model tab, API) win key by key over the saved ones.
-        values = {**(saved.options if saved.loader == chosen else {}), **(options or {})}
-        try:
-            return chosen, spec.options.model_validate(values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ModelError(f"{chosen} option {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
-
-    def _build(self, name: str, loader: str, options: BaseModel) -> Backend:
-        spec = registry.spec(loader)
-        path = None if spec.name_prefix else self.path_of(name)
-        context = BuildContext(offload_dir=self.offload_dir, trust_remote_code=self.trust_remote_code,
-                               batch_size=self.batch_size, threads=self.threads)
-        return spec.build(name, path, options, context)
-
-    def default_loader(self, name: str) -> str | None:
-        """The loader `name` would load with: its saved one, else what its name or files imply."""
-        by_name = registry.loader_for_name(name)
-        if by_name is not None:
-            return by_name
-        try:
-            return self.saved.get(name).loader or registry.infer(self.path_of(name))
-        except ModelError:
-            return None
-
-    def remote_models(self, options: dict[str, Any]) -> list[str]:
-        """The models a remote engine offers, as names this manager loads (`remote:<id>`)."""
-        from modules.loaders.remote import list_remote_models
-
-        try:
-            return [registry.REMOTE_PREFIX + model_id for model_id in list_remote_models(options)]
-        except LoadError as exc:
-            raise ModelError(str(exc)) from exc
-
-    def save_settings(self, name: str, loader: str, options: dict[str, Any], preset: str | None = None,
-                      template: str | None = None) -> None:
-        chosen, validated = self.resolve(name, loader, options)
-        self.saved.save(name, ModelSettings(loader=chosen, options=validated.model_dump(mode="json", exclude_defaults=True),
-                                            preset=preset, template=template))
-
-    def _gpu_available(self) -> bool:
-        if self._gpu is None:
-            import torch
-
-            self._gpu = torch.cuda.is_available()
-        return self._gpu
-
-    def need_of(self, name: str) -> Footprint:
-        """The footprint `name` will have when it loads (its remembered or saved options)."""
-        slot = self._slots.get(name)
-        loader, options = slot.recipe if slot is not None else (None, None)
-        chosen, validated = self.resolve(name, loader, options if options is not None else self._jit_options(name))
-        path = None if registry.spec(chosen).name_prefix else self.path_of(name)
-        return estimate(path, chosen, validated, self._gpu_available())
-
-    def context_length_of(self, name: str) -> int | None:
-        """The context `name` has, or will have once loaded (None when only the engine knows)."""
-        backend = self.get(name)
-        if backend is not None:
-            return backend.context_length
-        try:
-            chosen, options = self.resolve(name, None, self._jit_options(name))
-        except ModelError:
-            return None
-        if chosen == "llama.cpp":
-            return getattr(options, "n_ctx", None)
-        if chosen == "transformers":
-            if getattr(options, "context_length", None):
-                return options.context_length
-            try:
-                config = json.loads((self.path_of(name) / "config.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError, ModelError):
-                return None
-            value = config.get("max_position_embeddings") or config.get("n_positions")
-            return int(value) if isinstance(value, int) else None
-        return None
-
-    def _jit_options(self, name: str) -> dict[str, Any] | None:
-        """Options for a load no one spelled out: a remote engine's connection (--remote-url), else none
-        (the model's saved settings then apply, see `resolve`)."""
-        return dict(self.remote_options) if registry.loader_for_name(name) and self.remote_options else None
-
     # ---- loading and unloading
     def _slot(self, name: str) -> _Slot:
         with self._cond:
@@ -436,12 +234,6 @@ class ModelManager:
             if slot is None:
                 slot = self._slots[name] = _Slot(name, self.max_waiting)
             return slot
-
-    def _checked(self, name: str) -> str:
-        """`name` if it can be loaded by name (a folder or file in models/, or a remote name)."""
-        if registry.loader_for_name(name) is None:
-            self.path_of(name)
-        return name
 
     def _start(self, slot: _Slot, loader: str | None, options: dict[str, Any] | None,
                progress: Progress | None = None, make_default: bool = False, default_now: bool = False) -> _Load:
@@ -476,9 +268,7 @@ class ModelManager:
 
     def _load_locked(self, slot: _Slot, job: _Load) -> None:
         name = slot.name
-        chosen, validated = self.resolve(name, job.loader, job.options)
-        path = None if registry.spec(chosen).name_prefix else self.path_of(name)
-        need = estimate(path, chosen, validated, self._gpu_available())
+        chosen, validated, need = self.plan(name, job.loader, job.options)
         problem = self.budget.alone_problem(need)
         if problem:
             raise ModelTooLarge(f"{name} {problem}")
@@ -583,6 +373,7 @@ class ModelManager:
                 self._want(slot)
         return True
 
+    # ---- requests
     def acquire(self, name: str | None, cancel: threading.Event) -> Generator[Wait, None, Lease]:
         """Wait for a slot on the model `name` (None: the default model), loading it first if it is not
         loaded. Yields a `Wait` whenever the position changes; returns the `Lease` (release it when done).
@@ -613,6 +404,12 @@ class ModelManager:
                     return Lease(self, slot, backend)
             slot.queue.release()  # no backend behind an open slot: only if it was unloaded just now
 
+    def _release(self, slot: _Slot) -> None:
+        with self._cond:
+            slot.leases -= 1
+            slot.last_used = time.monotonic()
+        slot.queue.release()
+
     def backend_for(self, name: str | None) -> Backend:
         """The backend for a request's model name, loaded just in time if it is not (blocking). Takes no
         queue slot: for planning a request (tokenizing, context checks) before it queues."""
@@ -634,12 +431,14 @@ class ModelManager:
             job.raise_error()
 
     def needs_load(self, name: str | None) -> bool:
-        """Whether a request for `name` would have to wait for a load (False for unknown names)."""
-        try:
-            target = self.canonical(name)
-        except (ModelError, NoModel):
+        """Whether a request for `name` would have to wait for a load (False for unknown names). Asks no
+        remote engine (the API calls it on its event loop): a `remote:` name counts as loadable here."""
+        target = self.aliases.get(name, name) if name else self.default
+        if target is None or self.get(target) is not None:
             return False
-        return self.get(target) is None
+        if registry.loader_for_name(target) is not None:
+            return self.remote_options is not None or target in self._slots
+        return target in self.list()
 
     def check_fits(self, name: str) -> None:
         """Raise ModelTooLarge if `name` cannot fit the budget even alone (before anything is loaded)."""
@@ -653,6 +452,18 @@ class ModelManager:
         if problem:
             raise ModelTooLarge(f"{name} {problem}")
 
+    def need_of(self, name: str) -> Footprint:
+        """The footprint `name` will have when it loads (with its remembered or saved options)."""
+        slot = self._slots.get(name)
+        loader, options = slot.recipe if slot is not None else (None, None)
+        return self.plan(name, loader, options if options is not None else self._jit_options(name))[2]
+
+    def context_length_of(self, name: str) -> int | None:
+        """The context `name` has, or will have once loaded."""
+        backend = self.get(name)
+        return backend.context_length if backend is not None else self.planned_context_length(name)
+
+    # ---- by name (start, Model tab, API)
     def load(self, name: str, loader: str | None = None, options: dict[str, Any] | None = None,
              progress: Progress | None = None) -> Backend:
         """Load `name` (again, with these options, if it is loaded) and make it the default model.

@@ -22,8 +22,8 @@ from sse_starlette import EventSourceResponse
 
 from modules.api.chat_options import ignored_chat_fields, prompt_options, with_context
 from modules.api.errors import RETRY_AFTER_SECONDS, APIError, describe_validation, error_body
-from modules.api.model_routes import model_error, request_backend, stream_after_load
 from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, completion_logprobs, supports_logprobs
+from modules.api.model_routes import model_error, request_backend, stream_after_load
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
 from modules.chat import ContextOverflow, request_for

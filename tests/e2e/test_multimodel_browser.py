@@ -4,8 +4,6 @@ Hub with its progress shown while a chat goes on, then the new model in the drop
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
 

@@ -203,3 +203,33 @@ def test_a_model_that_cannot_fit_is_refused_naming_the_budget(models, start_serv
     load = httpx.post(server.url + "/v1/internal/model/load", json={"model_name": GPT2}, timeout=60)
     assert load.status_code == 400 and load.json()["error"]["code"] == "model_too_large"
     assert states(server)[LLAMA]["state"] == "loaded"  # nothing was unloaded for it
+
+
+def test_list_loaded_only_keeps_the_one_model_list(make_app):
+    from fastapi.testclient import TestClient
+
+    from modules.api import build_api
+
+    app = make_app(list_loaded_only=True)
+    app.models.load(LLAMA)
+    with TestClient(build_api(app)) as api:
+        assert [m["id"] for m in api.get("/models").json()["data"]] == [LLAMA]
+        app.models.unload()
+        assert api.get("/models").json()["data"] == []
+
+
+def test_a_remote_engines_models_are_listed_and_load_on_request(start_server, models_dir, make_app, expected):
+    from fastapi.testclient import TestClient
+
+    from modules.api import build_api
+
+    engine = start_server("--models-dir", str(models_dir), "--model", LLAMA)
+    app = make_app(remote_url=engine.url + "/v1")
+    with TestClient(build_api(app)) as api:
+        states_now = {m["id"]: m["state"] for m in api.get("/models").json()["data"]}
+        assert states_now["remote:" + GPT2] == "available" and states_now[LLAMA] == "available"
+        out = api.post("/completions", json={"model": "remote:" + GPT2, "prompt": PROMPT, "max_tokens": 12,
+                                             "temperature": 0, "ban_eos_token": True}).json()
+        assert out["model"] == "remote:" + GPT2 and out["choices"][0]["text"] == expected[GPT2]
+        assert {m["id"]: m["state"] for m in api.get("/models").json()["data"]}["remote:" + GPT2] == "loaded"
+    app.models.unload()

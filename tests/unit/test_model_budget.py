@@ -244,3 +244,19 @@ def test_names_aliases_and_the_default(folder):
     manager.load("a")  # one model at a time: b goes
     assert manager.canonical(None) == "a" and manager.get("b") is None
     assert manager.unload() == ["a"] and manager.default is None
+
+
+def test_a_request_waiting_for_its_model_says_which_and_where(folder):
+    from modules.generation import GenerationRequest, Pipeline
+    from modules.presets import Preset
+    from modules.ui.chat import status_line
+
+    manager = Manager(folder)
+    manager.hold["a"] = threading.Event()
+    updates = Pipeline(manager).stream(GenerationRequest(preset=Preset(), prompt="x", model="a"))
+    first = next(updates)
+    assert (first.queue_position, first.loading) == (1, "a")
+    assert status_line(first) == "⏳ loading a: position 1 in its queue"
+    updates.close()  # the reader left: it left the queue too
+    until(lambda: manager.states()["a"]["waiting"] == 0)
+    manager.hold["a"].set()

@@ -59,10 +59,13 @@ def build(app: App) -> gr.Blocks:
         hidden = dict(api_visibility="private", show_progress="hidden")
         timer.tick(poll, chat_session, [model_line, status, info, timer], **hidden)
         blocks.load(poll, chat_session, [model_line, status, info, timer], **hidden)
-        # Another chat, another model for this chat, or a load/unload in the Model tab: the header follows.
-        chat_session.change(header, chat_session, model_line, **hidden)
-        status.change(header, chat_session, model_line, **hidden)
-        models_changed.change(lambda: gr.Dropdown(choices=app.models.choices()), None, chat_model, **hidden)
+        # Another chat, another model for this chat, a load/unload in the Model tab or a finished download:
+        # the header and the Chat tab's Model follow.
+        def follow(sess: dict):
+            return header(sess), gr.Dropdown(choices=app.models.choices(), value=sess.get("model") or app.models.default)
+
+        for changed in (chat_session, status, models_changed):
+            changed.change(follow, chat_session, [model_line, chat_model], **hidden)
         chat_ui["wire_load"](blocks)
         chat_ui["wire_notebook"](notebook_text, tabs)
     return blocks

@@ -761,8 +761,6 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         return sess
 
     chat_model.input(on_chat_model, [chat_model, session], session, api_visibility="private")
-    session.change(lambda sess: gr.Dropdown(choices=app.models.choices(), value=sess.get("model") or app.models.default),
-                   session, chat_model, api_visibility="private", show_progress="hidden")
 
     def wire_load(blocks: gr.Blocks) -> None:
         """Open the user's newest chat and profile when the page loads (needs the Blocks, given by ui.build)."""

@@ -122,12 +122,6 @@ def selected(files: list[str], chosen: Plan) -> list[str]:
     return [f for f in keep if not any(fnmatch.fnmatch(f, p) for p in chosen.ignore)]
 
 
-def _hub_endpoint(endpoint: str | None) -> str:
-    from huggingface_hub import constants
-
-    return endpoint or constants.ENDPOINT
-
-
 def _network_errors() -> tuple[type[BaseException], ...]:
     """What huggingface_hub raises when it cannot reach the Hub at all (its HTTP client is httpx2)."""
     import httpx2
@@ -140,6 +134,19 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _failure(exc: BaseException, repo: str, revision: str, endpoint: str | None) -> DownloadError:
+    """One line for the user: what the Hub said, or that it cannot be reached (which address), or why
+    the files could not be written."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):
+        return DownloadError(f"{repo}@{revision}: {_reason(exc)}")
+    if isinstance(exc, _network_errors()):
+        return DownloadError(f"cannot reach the Hugging Face Hub ({endpoint or constants.ENDPOINT}): {_reason(exc)}")
+    return DownloadError(f"could not write the files of {repo}: {os_reason(exc) if isinstance(exc, OSError) else exc}")
+
+
 def download(spec: str, models_dir: Path, loras_dir: Path, specific_file: str | None = None,
              gguf_quant: str | None = None, allow_code: bool = False, tqdm_class: Any = None,
              endpoint: str | None = None) -> tuple[Plan, list[str]]:
@@ -147,16 +154,13 @@ def download(spec: str, models_dir: Path, loras_dir: Path, specific_file: str | 
     with a one-line message (DownloadCancelled passes through from `tqdm_class`). `endpoint`: the Hub's
     URL (default: HF_ENDPOINT as huggingface_hub read it at import)."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
 
     repo, revision = parse_spec(spec)
-    offline = _network_errors()
+    expected = (OSError, *_network_errors())  # HfHubHTTPError is an OSError too
     try:
         info = HfApi(endpoint=endpoint).model_info(repo, revision=revision)
-    except HfHubHTTPError as exc:
-        raise DownloadError(f"{repo}@{revision}: {_reason(exc)}") from exc
-    except offline as exc:
-        raise DownloadError(f"cannot reach the Hugging Face Hub ({_hub_endpoint(endpoint)}): {_reason(exc)}") from exc
+    except expected as exc:
+        raise _failure(exc, repo, revision, endpoint) from exc
     files = [s.rfilename for s in info.siblings or []]
     chosen = plan(repo, revision, files, models_dir, loras_dir, specific_file, gguf_quant, allow_code)
     fetched = selected(files, chosen)
@@ -167,12 +171,8 @@ def download(spec: str, models_dir: Path, loras_dir: Path, specific_file: str | 
         snapshot_download(repo, revision=revision, local_dir=partial, allow_patterns=chosen.allow,
                           ignore_patterns=chosen.ignore, tqdm_class=tqdm_class, endpoint=endpoint)
         _move_into_place(partial, chosen.target, fetched)
-    except HfHubHTTPError as exc:
-        raise DownloadError(f"{repo}@{revision}: {_reason(exc)}") from exc
-    except offline as exc:
-        raise DownloadError(f"cannot reach the Hugging Face Hub ({_hub_endpoint(endpoint)}): {_reason(exc)}") from exc
-    except OSError as exc:
-        raise DownloadError(f"could not write {chosen.target}: {os_reason(exc)}") from exc
+    except expected as exc:
+        raise _failure(exc, repo, revision, endpoint) from exc
     return chosen, fetched
 
 

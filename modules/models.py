@@ -258,9 +258,10 @@ class ModelManager(ModelCatalog):
         with self._build_lock:
             try:
                 self._load_locked(slot, job)
-                self._make_room(slot, None, idle_only=True)  # quick: the idle ones go before requests start
             except Exception as exc:  # every waiter must hear how it ended, whatever went wrong
                 self._failed(slot, job, exc)
+            else:
+                self._make_room(slot, None, idle_only=True)  # quick: the idle ones go before requests start
             finally:
                 self._finish(slot, job)  # its requests go on now (or hear why not)
             if job.error is None:
@@ -366,7 +367,10 @@ class ModelManager(ModelCatalog):
                     return False
                 slot.backend, slot.footprint, slot.unloaded_because = None, None, reason
                 slot.counts[{"budget": "evictions", "idle": "idle_unloads"}.get(reason, "unloads")] += 1
-            backend.unload()
+            try:
+                backend.unload()
+            except Exception:  # it is out of the manager already; a failing cleanup must not stop the caller
+                log.exception("unloading %s failed", slot.name)
         log.info("unloaded %s (%s)", slot.name, {"budget": "to make room", "idle": "idle"}.get(reason, "asked to"))
         with self._cond:
             if slot.queue.waiting():

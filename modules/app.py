@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modules.characters import CharacterStore
 from modules.chat import TemplateLibrary
@@ -19,6 +21,9 @@ from modules.models import ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
 from modules.store import ChatStore
+
+if TYPE_CHECKING:
+    from modules.conversation import ChatService
 
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
 
@@ -38,23 +43,31 @@ class App:
 
     @classmethod
     def build(cls, settings: Settings) -> "App":
-        import torch
-
+        # torch is not imported here: it loads with the model, after the page is up (the Transformers
+        # backend sets torch's thread count then)
         threads = settings.cpu_threads()
-        torch.set_num_threads(threads.generate)
         # Each loaded model has its own queue: as many of its requests run at once as its backend batches.
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
                               threads=threads, trust_remote_code=settings.trust_remote_code,
                               batch_size=settings.batch_size, budget=settings.model_budget(),
                               max_waiting=settings.max_queue, aliases=settings.model_alias,
                               remote_options=settings.load_options("remote") if settings.remote_url else None)
-        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
+        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS, enable=False)
         presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")
-        return cls(settings=settings, presets=presets, models=models, pipeline=Pipeline(models, extensions),
-                   extensions=extensions, store=ChatStore(settings.user_data / "chats.sqlite"),
-                   characters=CharacterStore(settings.characters_dir),
-                   templates=TemplateLibrary(settings.instruction_templates_dir),
-                   downloads=Downloads(settings.models_dir, settings.loras_dir))
+        app = cls(settings=settings, presets=presets, models=models, pipeline=Pipeline(models, extensions),
+                  extensions=extensions, store=ChatStore(settings.user_data / "chats.sqlite"),
+                  characters=CharacterStore(settings.characters_dir),
+                  templates=TemplateLibrary(settings.instruction_templates_dir),
+                  downloads=Downloads(settings.models_dir, settings.loras_dir))
+        extensions.start(app)  # after the App exists: text-generation-webui extensions read it as they load
+        return app
+
+    @cached_property
+    def chats(self) -> "ChatService":
+        """Every action on a chat (send, regenerate, edit, branch, ...): the Chat tab's logic, Gradio-free."""
+        from modules.conversation import ChatService
+
+        return ChatService(self)
 
     def unreadable_files(self) -> dict[str, str]:
         """{"preset NAME" / "character NAME" / "template NAME": why} for files in the user's folders that
@@ -66,15 +79,16 @@ class App:
                 found[f"{kind} {name}"] = why
         return found
 
-    def load_at_start(self) -> str | None:
-        """Start loading the model named by the settings (or the default one) in the background."""
+    def load_at_start(self, after: threading.Event | None = None) -> str | None:
+        """Start loading the model named by the settings (or the default one) in the background (once
+        `after` is set, when given)."""
         name = self.settings.model or self.models.default_model()
         if name is None:
             return None
         # a bad name gets no loader here; the load itself reports it, in the log and the Model tab
         loader = self.settings.loader or self.models.default_loader(name)
         options = self.settings.load_options(loader) if loader else {}
-        self.models.load_in_background(name, loader, options)
+        self.models.load_in_background(name, loader, options, after=after)
         return name
 
     def start_idle_watch(self) -> threading.Thread:

@@ -5,6 +5,7 @@ runs in clear steps so hooks can be inserted between them:
 
     1. substitute {{char}} / {{user}} in the character's context
     2. (history_modifier)            the turns to send
+       the character card's lorebook entries and post-history instructions (modules/lorebook.py)
     3. format the turns for the mode (chat text, instruction template, or both)
     4. truncate: drop the oldest turns until prompt + reply fit the context; report what was dropped
     5. (bot_prefix_modifier)         start the reply: the bot's name, "start reply with", a partial
@@ -20,24 +21,28 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol
+from typing import Any, Literal, Protocol, Sequence
 
 import yaml
 
+from modules import lorebook
+from modules.extensions import messages_to_history
 from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
 from modules.loaders import registry
 from modules.paths import UnsafeName, safe_child
 from modules.presets import Preset
 from modules.templates import ChatTemplate, TemplateError
+from modules.turns import Turn, turns_from_messages
 
 Mode = Literal["chat", "instruct", "chat-instruct"]
 MODES: tuple[str, ...] = ("chat", "instruct", "chat-instruct")
 DEFAULT_COMMAND = ('Continue the chat dialogue below. Write a single reply for the character "<|character|>".'
                    "\n\n<|prompt|>")
 MAX_TEMPLATE_BYTES = 256 * 1024
+#: a remote engine's context, for a lorebook's default budget when only the engine knows the real one
+ESTIMATED_CONTEXT = 8192
 _MARK = "\ue000PARLOUR-MARK\ue000"  # a private-use sentinel no template rewrites
 
 
@@ -63,6 +68,11 @@ class PromptOptions:
     start_reply_with: str = ""
     continue_last: bool = False  # the last turn is a partial assistant reply to extend
     impersonate: bool = False  # write the user's next message instead of the reply
+    #: send earlier replies' reasoning back to the model (off by default: the Hugging Face convention)
+    keep_reasoning: bool = False
+    character: str = ""  # the character's file name (characters/<character>.yaml), "" for none
+    lorebook: Any = None  # the character card's lorebook (modules/lorebook.Lorebook), None for none
+    post_history: str = ""  # the card's post-history instructions: after the chat, before the reply
 
 
 @dataclass
@@ -74,6 +84,8 @@ class ChatPrompt:
     turns_dropped: int = 0
     #: text the reply starts with that the model does not generate (start reply with / continue)
     reply_prefix: str = ""
+    #: prompt tokens the dropped turns held (0 when nothing was dropped)
+    tokens_dropped: int = 0
 
 
 class TokenCounter(Protocol):
@@ -81,6 +93,7 @@ class TokenCounter(Protocol):
 
     chat_template: ChatTemplate | None
     loader: str  # its capabilities are the registry's (modules/loaders/registry.py)
+    reasoning_format: Any  # modules/reasoning.ReasoningFormat: read only to keep thinking inline
 
     @property
     def context_length(self) -> int: ...
@@ -160,8 +173,9 @@ def _context(options: PromptOptions) -> str:
 
 
 def _format(turns: list[dict[str, str]], options: PromptOptions, backend: TokenCounter,
-            extra: dict[str, Any]) -> str:
-    """Step 3: the prompt for these turns, up to where the model starts writing (before any prefix)."""
+            extra: dict[str, Any], open_turn: bool = True) -> str:
+    """Step 3: the prompt for these turns, up to where the model starts writing (before any prefix).
+    `open_turn=False`: without what opens the reply's turn (to find that opening, see `_opening`)."""
     context = _context(options)
     if options.continue_last and turns and turns[-1]["role"] == "assistant":
         turns, partial = turns[:-1], turns[-1]["content"]
@@ -170,16 +184,26 @@ def _format(turns: list[dict[str, str]], options: PromptOptions, backend: TokenC
     speaker = options.name1 if options.impersonate else options.name2
     if options.mode == "chat":
         head = (context + "\n\n" if context else "") + _chat_lines(turns, options)
-        return head + f"{speaker}:" + (" " + partial if partial is not None else "")
+        return head + (f"{speaker}:" + (" " + partial if partial is not None else "") if open_turn else "")
     template = _template(backend, options)
+    role = ("user" if options.impersonate else "assistant") if open_turn else None
     if options.mode == "instruct":
         system = substitute(options.system_message or context, options.name1, options.name2).strip()
         messages = ([{"role": "system", "content": system}] if system else []) + list(turns)
-        text = _render(template, messages, extra, "user" if options.impersonate else "assistant")
+        text = _render(template, messages, extra, role)
         return text + (partial or "")
     # chat-instruct: the whole chat transcript becomes one instruction, the reply is the next line
-    text = _render(template, _chat_instruct_messages(turns, options, speaker), extra, "assistant")
+    text = _render(template, _chat_instruct_messages(turns, options, speaker), extra, role)
     return text + (partial or "")
+
+
+def _opening(turns: list[dict[str, str]], options: PromptOptions, backend: TokenCounter,
+             extra: dict[str, Any]) -> str:
+    """What opens the reply's turn at the end of the prompt: the template's generation prompt (e.g.
+    `<|im_start|>assistant\n`), or `Name:` in chat mode. It does not depend on which turns are kept."""
+    full = _format(turns, options, backend, extra)
+    closed = _format(turns, options, backend, extra, open_turn=False)
+    return full[len(closed):] if full.startswith(closed) else ""
 
 
 def _chat_instruct_messages(turns: list[dict[str, str]], options: PromptOptions,
@@ -192,7 +216,7 @@ def _chat_instruct_messages(turns: list[dict[str, str]], options: PromptOptions,
     return messages + [{"role": "user", "content": command}]
 
 
-def engine_messages(history: list[dict[str, str]], options: PromptOptions) -> list[dict[str, str]] | None:
+def engine_messages(history: History, options: PromptOptions) -> list[dict[str, str]] | None:
     """The next turn as chat messages, for an engine that applies the model's own template (remote).
 
     None when only a prompt TEXT is faithful: continue, impersonate and "start reply with" put words
@@ -203,8 +227,13 @@ def engine_messages(history: list[dict[str, str]], options: PromptOptions) -> li
         return None
     if options.instruction_template is not None and options.mode != "chat":  # chat mode uses no template
         return None
+    history = [{"role": _turn(t).role, "content": _turn(t).text} for t in history]
     turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
+    if options.lorebook is not None or options.post_history:  # as in build_chat_prompt; the engine's tokenizer
+        if options.mode == "instruct" and system_turns and not options.system_message:  # is not here: estimated
+            options = replace(options, system_message=system_turns)
+        options, turns = lorebook.apply(options, turns, lambda text: len(text) // 4 + 1, ESTIMATED_CONTEXT)
     if options.mode == "chat":
         # the character's context is the system message; each turn carries its speaker's name
         context = "\n\n".join(part for part in (system_turns, _context(options)) if part)
@@ -218,12 +247,48 @@ def engine_messages(history: list[dict[str, str]], options: PromptOptions) -> li
     return ([{"role": "system", "content": system}] if system else []) + turns
 
 
+History = Sequence["Turn | dict[str, Any]"]
+
+
+def _turn(item: "Turn | dict[str, Any]") -> Turn:
+    return item if isinstance(item, Turn) else turns_from_messages([item])[0]
+
+
+def template_messages(history: History, options: PromptOptions, backend: Any) -> list[dict[str, Any]]:
+    """The history as {"role", "content"} messages for prompt building. An earlier reply's reasoning
+    goes with it only when the user keeps it: as `reasoning_content` for templates that read it, else
+    inline between the model's own markers (chat mode's transcript, templates that ignore the key)."""
+    template = options.instruction_template or (backend.chat_template.source if backend.chat_template else "")
+    reads_key = options.mode != "chat" and "reasoning_content" in (template or "")
+    out = []
+    for item in history:
+        turn = _turn(item)
+        message = turn.template_message(options.keep_reasoning and reads_key)
+        if options.keep_reasoning and not reads_key and turn.reasoning and backend.reasoning_format.enabled:
+            fmt = backend.reasoning_format
+            message["content"] = f"{fmt.start}{turn.reasoning}{fmt.end}\n\n{message['content']}"
+        out.append(message)
+    return out
+
+
+def options_state(options: PromptOptions, history: History) -> dict[str, Any]:
+    """What extensions' `state` says about a chat turn, under text-generation-webui's key names."""
+    plain = [{"role": _turn(t).role, "content": _turn(t).text} for t in history if _turn(t).role in ("user", "assistant")]
+    pairs = messages_to_history(plain)
+    return {"mode": options.mode, "name1": options.name1, "name2": options.name2, "context": options.context,
+            "user_bio": options.user_bio, "character_menu": options.character,
+            "custom_system_message": options.system_message, "chat-instruct_command": options.chat_instruct_command,
+            "start_with": options.start_reply_with, "_continue": options.continue_last,
+            "impersonate": options.impersonate, "instruction_template_str": options.instruction_template or "",
+            "history": pairs}
+
+
 def _cut_points(turns: list[dict[str, str]]) -> list[int]:
     """Where the kept history may start after dropping: at a user turn, so pairs are dropped whole."""
     return [i for i, t in enumerate(turns) if t["role"] == "user" and i > 0]
 
 
-def build_chat_prompt(history: list[dict[str, str]], options: PromptOptions, backend: TokenCounter,
+def build_chat_prompt(history: History, options: PromptOptions, backend: TokenCounter,
                       max_new_tokens: int, extra: dict[str, Any] | None = None, hooks: Any = None) -> ChatPrompt:
     """The prompt for the next reply to `history` ({"role", "content"} turns, oldest first).
 
@@ -236,30 +301,40 @@ def build_chat_prompt(history: list[dict[str, str]], options: PromptOptions, bac
         raise ValueError(f"mode must be one of {MODES}, not {options.mode!r}")
     # steps 1-2: the turns as given (extensions' history_modifier goes here). System turns (the API's
     # "system" messages) are not turns: they become the system message, or lead the context in chat mode.
-    turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
+    chat_turns = [_turn(t) for t in history if _turn(t).role in ("user", "assistant")]
     if hooks is not None and hooks.history is not None:
-        turns = [t for t in hooks.history(turns) if t.get("role") in ("user", "assistant")]
+        chat_turns = hooks.history(chat_turns)
+    turns = template_messages(chat_turns, options, backend)
+    history = [{"role": _turn(t).role, "content": _turn(t).text} for t in history]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
     if system_turns and options.mode == "chat":
         options = replace(options, context=system_turns + ("\n\n" + options.context if options.context else ""))
     elif system_turns and not options.system_message:
         options = replace(options, system_message=system_turns)
     context_length = backend.context_length
+    if options.lorebook is not None or options.post_history:  # step 2b: the card's lorebook entries
+        options, turns = lorebook.apply(options, turns, lambda text: len(backend.tokenize(text)), context_length)
     budget = context_length - min(max_new_tokens, context_length // 2)
 
-    # step 5 (used in prompt_for): extensions' bot_prefix_modifier may add hidden text where the reply
-    # starts (character_bias); the visible reply prefix stays options.start_reply_with
-    hidden_prefix = options.start_reply_with
-    if hooks is not None and hooks.bot_prefix is not None and not options.continue_last:
-        hidden_prefix = hooks.bot_prefix(options.start_reply_with)
+    # step 5 (used in prompt_for): extensions' bot_prefix_modifier gets what opens the reply's turn
+    # (plus "start reply with") once, and may add hidden text there (character_bias); the visible
+    # reply prefix stays options.start_reply_with
+    opening, new_opening = "", options.start_reply_with
+    if hooks is not None and hooks.bot_prefix is not None and not (options.continue_last or options.impersonate):
+        opening = _opening(turns, options, backend, extra)
+        new_opening = hooks.bot_prefix(opening + options.start_reply_with)
 
     def prompt_for(start: int) -> tuple[str, int]:
-        text = _format(turns[start:], options, backend, extra) + hidden_prefix
+        text = _format(turns[start:], options, backend, extra)
+        if opening and text.endswith(opening):
+            text = text[:len(text) - len(opening)]
+        text += new_opening
         return text, len(backend.tokenize(text))
 
     # step 4: binary search for the fewest dropped turns that fit (token count only shrinks as we drop)
     starts = [0] + _cut_points(turns)
     text, count = prompt_for(0)
+    full_count = count
     chosen = 0
     if count > budget:
         lo, hi = 1, len(starts) - 1
@@ -292,7 +367,8 @@ def build_chat_prompt(history: list[dict[str, str]], options: PromptOptions, bac
         stops += template_stops(_template(backend, options), extra)
     stops += [s for s in options.custom_stops if s]
     return ChatPrompt(text=text, stops=tuple(dict.fromkeys(stops)), prompt_tokens=count,
-                      context_length=context_length, turns_dropped=chosen, reply_prefix=prefix)
+                      context_length=context_length, turns_dropped=chosen, reply_prefix=prefix,
+                      tokens_dropped=full_count - count if chosen else 0)
 
 
 # -- instruction templates on disk ----------------------------------------------------------------
@@ -337,23 +413,20 @@ def resolve_seed(preset: Preset) -> Preset:
     return preset.model_copy(update={"seed": random.randrange(2**31)})
 
 
-def request_for(history: list[dict[str, str]], options: PromptOptions, preset: Preset,
+def request_for(history: History, options: PromptOptions, preset: Preset,
                 cancel: threading.Event | None = None, user: str = "local", stop: tuple[str, ...] = (),
+                template_vars: dict[str, Any] | None = None, apply_input_hooks: bool = True,
                 model: str | None = None):
-    """A pipeline request whose prompt is built for whichever model holds the queue slot.
+    """The pipeline request for the next reply to `history`: its prompt is built (modules/chat.py's
+    modes, the character, truncation) for whichever model holds the queue slot, when it does.
     `stop`: the caller's own stop strings (the API's `stop`), on top of the template's and the preset's.
+    `apply_input_hooks=False` when the last user message already went through them (regenerate).
     `model`: the model to answer with (None: the default one)."""
     from modules.generation import GenerationRequest
 
-    def build(backend, hooks=None) -> ChatPrompt:
-        extra = backend.template_vars()
-        return build_chat_prompt(history, options, backend, preset.max_new_tokens, extra, hooks)
-
-    # A remote engine applies the model's own template itself: it gets the messages instead of text
-    # when they say the same thing (engine_messages); local models always get the built text.
-    # The callers (the Chat tab) ran the input hooks on the new message already: not twice.
-    return GenerationRequest(preset=preset, build=build, messages=engine_messages(history, options), stop=stop,
-                             cancel=cancel or threading.Event(), user=user, apply_input_hooks=False, model=model)
+    return GenerationRequest(preset=preset, history=[_turn(t) for t in history], options=options, stop=stop,
+                             template_vars=dict(template_vars or {}), cancel=cancel or threading.Event(),
+                             user=user, apply_input_hooks=apply_input_hooks, model=model)
 
 
 @dataclass(frozen=True)
@@ -367,8 +440,9 @@ class NextPrompt:
     stops: tuple[str, ...]
 
 
-def next_prompt(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
-                user: str = "local", model: str | None = None) -> NextPrompt:
+def next_prompt(app: Any, history: History, options: PromptOptions, preset: Preset,
+                user: str = "local", template_vars: dict[str, Any] | None = None,
+                model: str | None = None) -> NextPrompt:
     """The exact prompt the pipeline would send for a reply to `history` now ("Show prompt", "Send to notebook").
 
     It goes through the pipeline's own preparation (state_modifier, history_modifier,
@@ -381,28 +455,14 @@ def next_prompt(app: Any, history: list[dict[str, str]], options: PromptOptions,
     backend = app.models.get(model)
     if backend is None:
         raise NoModel(f"{model} is not loaded (it loads with the next message)" if model else "no model is loaded")
-    prepared = app.pipeline.prepare(backend, request_for(history, options, preset, user=user))
+    prepared = app.pipeline.prepare(backend, request_for(history, options, preset, user=user,
+                                                         template_vars=template_vars, model=model))
     if prepared.messages is not None:
         raise ValueError(f"{backend.name} applies its own chat template to the messages: choose an instruction "
                          "template to get a prompt text Parlour can show")
     return NextPrompt(text=prepared.prompt, prompt_tokens=len(backend.tokenize(prepared.prompt)),
                       context_length=prepared.context_length or backend.context_length,
                       turns_dropped=prepared.turns_dropped, stops=prepared.stops)
-
-
-def reply_meta(options: PromptOptions, preset: Preset) -> dict[str, Any]:
-    """What a reply's metadata records before generation, enough to reproduce it."""
-    return {"preset": preset.model_dump(), "seed": preset.seed, "mode": options.mode,
-            "template": options.template_name or ("model" if options.instruction_template is None else "custom"),
-            "character": options.name2, "started": time.time()}
-
-
-def final_meta(update: Any) -> dict[str, Any]:
-    return {"model": update.model, "tokens": update.tokens, "prompt_tokens": update.prompt_tokens,
-            "seconds": round(update.seconds, 3), "first_token_seconds": update.first_token_seconds,
-            "finish_reason": update.finish_reason, "finished": time.time(),
-            "context_length": update.context_length, "turns_dropped": update.turns_dropped,
-            "footer": getattr(update, "footer", "")}  # extensions' reply_footer, shown under the reply
 
 
 def context_line(update: Any) -> str:
@@ -443,78 +503,9 @@ def resolve_options(app: Any, user: str, mode: str = "chat", character: str | No
         source, template_name = app.templates.load(instruction_template), instruction_template
     return PromptOptions(
         mode=mode,  # type: ignore[arg-type]
-        name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
+        character=character or "", name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
         context=context if context is not None else (char.context if char else ""),
         user_bio=user_bio if user_bio is not None else profile["description"],
+        lorebook=char.lorebook() if char else None, post_history=char.post_history_instructions if char else "",
         instruction_template=source, template_name=template_name, system_message=system_message,
         chat_instruct_command=chat_instruct_command or DEFAULT_COMMAND, custom_stops=tuple(custom_stops), **flags)
-
-
-@dataclass
-class ReplyTarget:
-    """Where a streamed reply is saved: a message row of a chat (None in an incognito chat)."""
-
-    store: Any
-    user: str
-    chat_id: int
-    message_id: int
-
-
-def stream_reply(app: Any, history: list[dict[str, str]], options: PromptOptions, preset: Preset,
-                 target: ReplyTarget | None = None, cancel: threading.Event | None = None,
-                 user: str = "local", model: str | None = None) -> Iterator[tuple[str, Any]]:
-    """Yield (full reply text, Update) while the model answers; save as it streams when `target` is set.
-
-    The reply text includes its prefix (the partial reply when continuing, "start reply with").
-    Metadata written at the end records everything needed to reproduce the reply. The caller's
-    generator being closed (Stop, closed page) sets `cancel`, which ends the model within a token.
-    """
-    from modules.generation import throttle
-    from modules.store import ReplyWriter
-
-    cancel = cancel or threading.Event()
-    prefix = options.start_reply_with
-    if options.continue_last and history and history[-1]["role"] == "assistant":
-        prefix = history[-1]["content"] + prefix
-    request = request_for(history, options, preset, cancel, user=user, model=model)
-    writer = ReplyWriter(target.store, target.user, target.chat_id, target.message_id) if target else None
-    if target:
-        target.store.update_message(target.user, target.chat_id, target.message_id, meta=reply_meta(options, preset))
-    text, last = prefix, None
-    try:
-        for update in throttle(app.pipeline.stream(request), app.settings.stream_fps):
-            last = update
-            if update.queue_position:
-                yield text, update
-                continue
-            text = prefix + update.text
-            if writer:
-                writer.update(text, update.tokens)
-            yield text, update
-    finally:
-        cancel.set()
-        if writer:
-            meta = final_meta(last) if last else {"finish_reason": "error"}
-            if meta.get("finish_reason") is None:
-                meta["finish_reason"] = "cancelled"
-            writer.flush(text, last.tokens if last else 0, meta=meta, complete=True)
-
-
-def chat_model(store: Any, user: str, chat_id: int) -> str | None:
-    """The model a saved chat answers with, kept in its settings (None: the default model)."""
-    return store.chat(user, chat_id).settings.get("model") or None
-
-
-def set_chat_model(store: Any, user: str, chat_id: int, model: str | None) -> None:
-    """Remember the model a saved chat answers with (in its settings, beside whatever else is there)."""
-    settings = dict(store.chat(user, chat_id).settings)
-    settings["model"] = model
-    store.update_chat(user, chat_id, settings=settings)
-
-
-def preset_from_meta(meta: dict[str, Any]) -> Preset:
-    """The exact preset (seed included) a saved reply was generated with, for "reproduce"."""
-    values = meta.get("preset")
-    if not isinstance(values, dict):
-        raise ValueError("this reply has no saved settings to reproduce")
-    return Preset.model_validate(values)

@@ -7,6 +7,12 @@
 The tokenizer is a byte-level BPE trained on text every Python install has (the standard library's
 sources) plus generated ChatML dialogues, so the model can greet and answer a few simple questions.
 Training uses a fixed seed and a fixed number of steps: the same machine builds the same model.
+
+The demo model also thinks before it answers, as 2026's reasoning models do: its chat template opens
+a `<think>` block in the generation prompt (as DeepSeek-R1's distills do) and, with
+`enable_thinking: false`, closes it empty at once (Qwen3's switch). Its training replies carry a short
+thought before the answer, so a new user sees the Chat tab's reasoning block on the built-in model.
+Earlier turns in the history are rendered without their thinking (the Hugging Face convention).
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ from pathlib import Path
 from modules.templates import CHATML
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+#: reasoning markers: added tokens that decode as text (not special), as Qwen3 has them
+THINK_TOKENS = ["<think>", "</think>"]
+#: ChatML with a reasoning switch: the generation prompt opens the thought (or closes it empty when
+#: enable_thinking is false); an assistant turn in the history is its answer only
+REASONING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{% else %}{{ '<think>\\n' }}{% endif %}{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -81,18 +99,37 @@ _FACTS = [
     ("What is one plus one?", "One plus one is two."),
 ]
 _SYSTEMS = ["", "You are a helpful assistant.", "You are a friendly assistant."]
+# The demo also meets the system prompt a new user's first chat has: the default character's context
+# (characters/Assistant.yaml, in instruct mode), so the built-in model answers well as it is set up.
+_CHARACTER_SYSTEMS = [
+    "The following is a conversation with Assistant, a helpful, knowledgeable assistant. Assistant answers "
+    "the user's questions clearly and briefly, and says so when it does not know something.",
+    "The following is a conversation with Assistant, a helpful, knowledgeable assistant. Assistant answers "
+    "You's questions clearly and briefly, and says so when it does not know something.",
+]
 
 
-def _dialogue(rng: random.Random) -> str:
+def _thought(question: str, greeting: bool) -> str:
+    if greeting:
+        return "The user greets me. I should greet them back and offer to help."
+    return f"The user asks: {question} I know this, so I answer in one sentence."
+
+
+def _dialogue(rng: random.Random, reasoning: bool = False) -> str:
+    """A ChatML dialogue. With `reasoning`, the last reply opens with a thought (or, a third of the time,
+    an empty thought, as the template writes it when thinking is switched off)."""
     turns = []
-    system = rng.choice(_SYSTEMS)
+    system = rng.choice(_SYSTEMS + _CHARACTER_SYSTEMS if reasoning else _SYSTEMS)
     if system:
         turns.append(("system", system))
-    for i in range(rng.randint(1, 3)):
-        if i == 0 and rng.random() < 0.5:
-            turns += [("user", rng.choice(_GREETINGS_IN)), ("assistant", rng.choice(_GREETINGS_OUT))]
-        else:
-            turns += list(zip(("user", "assistant"), rng.choice(_FACTS)))
+    count = rng.randint(1, 3)
+    for i in range(count):
+        greeting = i == 0 and rng.random() < 0.5
+        question, answer = (rng.choice(_GREETINGS_IN), rng.choice(_GREETINGS_OUT)) if greeting else rng.choice(_FACTS)
+        if reasoning and i == count - 1:  # earlier replies appear without thinking, as the template renders them
+            thought = _thought(question, greeting) if rng.random() < 2 / 3 else ""
+            answer = f"<think>\n{thought}\n</think>\n\n{answer}" if thought else f"<think>\n\n</think>\n\n{answer}"
+        turns += [("user", question), ("assistant", answer)]
     return "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns)
 
 
@@ -111,8 +148,9 @@ def _stdlib_text(limit: int) -> list[str]:
     return texts
 
 
-def build_tokenizer(texts: list[str], vocab: int):
-    """Train a byte-level BPE on `texts` and wrap it as a Transformers fast tokenizer."""
+def build_tokenizer(texts: list[str], vocab: int, reasoning: bool = False):
+    """Train a byte-level BPE on `texts` and wrap it as a Transformers fast tokenizer (with `reasoning`,
+    the think markers as tokens of their own and the template that opens a thought)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -125,6 +163,9 @@ def build_tokenizer(texts: list[str], vocab: int):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
                                    pad_token="<|pad|>", unk_token=None)
     fast.chat_template = CHATML
+    if reasoning:
+        fast.add_tokens(THINK_TOKENS)  # not special: they decode as text, where the pipeline finds them
+        fast.chat_template = REASONING_TEMPLATE
     return fast
 
 
@@ -146,7 +187,7 @@ def _make_model(arch: str, size: Size, tokenizer):
     raise ValueError(f"unknown architecture {arch!r}: choose llama or gpt2")
 
 
-def _batches(tokenizer, texts: list[str], rng: random.Random, size: Size):
+def _batches(tokenizer, texts: list[str], rng: random.Random, size: Size, reasoning: bool = False):
     """Endless batches: 70% dialogues (what the chat needs), 30% standard-library code."""
     import torch
 
@@ -159,7 +200,7 @@ def _batches(tokenizer, texts: list[str], rng: random.Random, size: Size):
             if rng.random() < 0.7 or len(code_ids) <= size.seq:
                 ids: list[int] = []
                 while len(ids) < size.seq:
-                    ids += tokenizer(_dialogue(rng))["input_ids"]
+                    ids += tokenizer(_dialogue(rng, reasoning))["input_ids"]
                 rows.append(ids[: size.seq])
             else:
                 start = rng.randrange(0, len(code_ids) - size.seq)
@@ -179,15 +220,16 @@ def build(out_dir: Path, arch: str = "llama", size_name: str = "demo", steps: in
     rng = random.Random(seed)
     torch.manual_seed(seed)
     texts = _stdlib_text(size.corpus_chars)
-    dialogues = [_dialogue(rng) for _ in range(3000 if size_name == "demo" else 300)]
-    tokenizer = build_tokenizer(texts + dialogues, size.vocab)
+    reasoning = size_name == "demo"  # the test models stay plain ChatML
+    dialogues = [_dialogue(rng, reasoning) for _ in range(3000 if size_name == "demo" else 300)]
+    tokenizer = build_tokenizer(texts + dialogues, size.vocab, reasoning)
     model = _make_model(arch, size, tokenizer)
     if steps:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-        batches = _batches(tokenizer, texts, rng, size)
+        batches = _batches(tokenizer, texts, rng, size, reasoning)
         bar = tqdm(range(steps), desc=f"training {out_dir.name}", disable=not progress, unit="step")
         for _ in bar:
             batch = next(batches)
@@ -216,6 +258,42 @@ def build(out_dir: Path, arch: str = "llama", size_name: str = "demo", steps: in
     return out_dir
 
 
+def cache_key(arch: str, size_name: str, steps: int | None, seed: int) -> str:
+    """What a build depends on: this file, its arguments and the libraries that write the files."""
+    import hashlib
+
+    import tokenizers
+    import torch
+    import transformers
+
+    material = {"source": Path(__file__).read_text(encoding="utf-8"), "arguments": [arch, size_name, steps, seed],
+                "versions": [torch.__version__, transformers.__version__, tokenizers.__version__]}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def build_cached(out_dir: Path, cache_dir: Path, arch: str = "llama", size_name: str = "demo",
+                 steps: int | None = None, seed: int = 0, progress: bool = True) -> Path:
+    """`build`, or a copy of the same build made before (kept in `cache_dir`, keyed by `cache_key`).
+    Training is deterministic, so a cached build is the model this machine would build again; CI and the
+    test suite skip minutes of training this way. Entries are written atomically (renamed into place)."""
+    import shutil
+    import uuid
+
+    entry = cache_dir / f"{arch}-{size_name}-{cache_key(arch, size_name, steps, seed)}"
+    if not (entry / "config.json").is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        scratch = cache_dir / f".{entry.name}.{uuid.uuid4().hex}"
+        build(scratch, arch=arch, size_name=size_name, steps=steps, seed=seed, progress=progress)
+        try:
+            scratch.rename(entry)  # another process that built the same entry first wins
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(entry, out_dir)
+    return out_dir
+
+
 def default_name(arch: str, size_name: str) -> str:
     name = "parlour-demo" if size_name == "demo" else f"parlour-{size_name}"
     return name if arch == "llama" else f"{name}-{arch}"
@@ -230,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps (default: the size's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--cache", type=Path, help="keep builds here and reuse one made from the same code")
     args = parser.parse_args(argv)
     import torch
 
@@ -237,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = args.models_dir / (args.name or default_name(args.arch, args.size))
     start = time.perf_counter()
-    build(out, args.arch, args.size, args.steps, args.seed)
+    if args.cache:
+        build_cached(out, args.cache, args.arch, args.size, args.steps, args.seed)
+    else:
+        build(out, args.arch, args.size, args.steps, args.seed)
     print(f"built {out} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

@@ -13,25 +13,39 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any, Callable, Generator, Iterator, Protocol
 
 from pydantic import ValidationError
 
+from modules import reasoning
+from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state
 from modules.extensions import Extensions, history_to_messages, messages_to_history
+from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
 from modules.presets import Preset
+from modules.turns import Part, Turn, turns_from_messages
 
 log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
     """More requests are waiting than the server accepts."""
+
+
+class ModelBusy(QueueFull):
+    """A long job (training) holds the model and was started with "refuse requests": try again in
+    `retry_after` seconds (the API's 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NoModel(RuntimeError):
@@ -143,6 +157,7 @@ class StopStringFilter:
 
     def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
         self.stops = tuple(s for s in stops if s)
+        self._firsts = frozenset(s[0] for s in self.stops)
         self._held = ""
         self.stopped = False
 
@@ -151,6 +166,10 @@ class StopStringFilter:
         if self.stopped:
             return ""
         buf = self._held + text
+        if not any(c in buf for c in self._firsts):
+            # no stop string can start anywhere in it (most tokens): nothing to cut, nothing to hold
+            self._held = ""
+            return buf
         cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
@@ -200,32 +219,69 @@ class PipelineStats:
 
 @dataclass
 class GenerationRequest:
-    """One generation: either raw `prompt` text (notebook) or chat `messages` for the template."""
+    """One generation: raw `prompt` text (notebook, /v1/completions), or a chat turn: `history` (Turns,
+    oldest first) and the `options` that shape its prompt (modules/chat.py builds it for whichever
+    model holds the queue slot, at the moment it does).
+
+    `messages` ({"role", "content"} dicts, as OpenAI clients send them) is a shorthand for a history
+    in instruct mode with the model's own template; `continue_last` for options that continue the last
+    (assistant) message. Both become `history`/`options` when the request is made."""
 
     preset: Preset
     prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
+    history: list[Turn] | None = None
+    options: PromptOptions | None = None
+    messages: InitVar[list[dict[str, Any]] | None] = None
+    continue_last: InitVar[bool] = False
+    #: variables for the chat template besides the messages (enable_thinking, reasoning_effort, ...)
+    template_vars: dict[str, Any] = field(default_factory=dict)
     #: the model to answer with (a name or alias; None: the default model); loaded just in time if needed
     model: str | None = None
     stop: tuple[str, ...] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
     user: str = "local"
-    #: the last message is a partial assistant reply to extend, not a finished turn
-    continue_last: bool = False
     #: extra values for extensions' `state` (chat mode, names, ...), over the preset's values
     state: dict[str, Any] = field(default_factory=dict)
-    #: False when the caller already ran chat_input_modifier / input_modifier on the new user message
+    #: False when the new user message must reach the model exactly as given (no input hooks)
     apply_input_hooks: bool = True
-    #: builds the prompt for the model that holds the slot (chat.build_chat_prompt), given the backend and
-    #: the extensions' ChatHooks: returns an object with text, stops, context_length and turns_dropped.
-    #: Used instead of `prompt`/`messages` when set, except for a backend without a local template
-    #: (remote engines), which gets `messages` if the request has them.
-    build: Callable[[Backend, "ChatHooks"], Any] | None = None
+    #: set by Pipeline.begin: the turn's state and input hooks ran; prepare() reuses them
+    begun: "TurnStart | None" = None
+    #: who may share prompt caches with this request (modules/prefix_cache.py); default: its user.
+    #: The API sets one scope for all its callers (they hold one key; `user` is only their own claim).
+    cache_scope: str | None = None
+
+    def __post_init__(self, messages: list[dict[str, Any]] | None, continue_last: bool) -> None:
+        if messages is not None:
+            self.history = turns_from_messages(messages)
+        if self.history is not None and self.options is None:
+            self.options = PromptOptions(mode="instruct", continue_last=continue_last)
+        elif continue_last and self.options is not None and not self.options.continue_last:
+            self.options = replace(self.options, continue_last=True)
+
+    @property
+    def is_chat(self) -> bool:
+        return self.prompt is None
+
+
+@dataclass(frozen=True)
+class TurnStart:
+    """What Pipeline.begin settled for a turn: the extensions' state, the preset they left, the history
+    with the new user message as the input hooks made it, and that message's visible form."""
+
+    state: dict[str, Any]
+    preset: Preset
+    history: list[Turn]
+    user_input: str = ""
+    visible_input: str = ""
 
 
 @dataclass
 class Update:
-    """What a reader sees: the full reply so far plus progress and, at the end, a finish reason."""
+    """What a reader sees: the reply so far plus progress and, at the end, a finish reason.
+
+    `text` is the answer (what the user reads); a reasoning model's thinking is in `reasoning` and,
+    in order with the answer, in `parts` (modules/turns.py). Raw-text requests (notebook, completions)
+    have no reasoning: their `text` is everything the model wrote."""
 
     text: str = ""
     delta: str = ""
@@ -245,13 +301,26 @@ class Update:
     #: the model's context, and how many oldest messages were dropped to fit it (0 when not truncated)
     context_length: int = 0
     turns_dropped: int = 0
+    #: the reasoning so far, and what this update added to it
+    reasoning: str = ""
+    reasoning_delta: str = ""
+    #: the model is inside a reasoning block right now (the UI keeps the block open)
+    thinking: bool = False
+    #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text)
+    parts: tuple[Part, ...] = ()
+
+    def copy(self, **changes: Any) -> "Update":
+        """A copy with `changes`: what readers get, once per token (dataclasses.replace costs ~10x more)."""
+        new = object.__new__(Update)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
 
 
 @dataclass(frozen=True)
 class ChatHooks:
-    """The extensions' chat-prompt hooks, handed to a request's `build` (None where no extension has one)."""
+    """The extensions' chat-prompt hooks, handed to build_chat_prompt (None where no extension has one)."""
 
-    history: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None
+    history: Callable[[list[Turn]], list[Turn]] | None = None
     bot_prefix: Callable[[str], str] | None = None
 
 
@@ -271,6 +340,8 @@ class Prepared:
     stops: tuple[str, ...] = ()
     context_length: int = 0
     turns_dropped: int = 0
+    #: where the prompt leaves the reply: "inside" a reasoning block it opened, "after" one it closed, or ""
+    reasoning_state: str = ""
 
 
 class ModelSource(Protocol):
@@ -282,6 +353,24 @@ class ModelSource(Protocol):
         ...
 
 
+def _history_hook(ext: Extensions) -> Callable[[list[Turn]], list[Turn]] | None:
+    """history_modifier on text-generation-webui's shape ({"internal": [[user, bot], ...]}). A turn it
+    gives back unchanged keeps its parts (reasoning); a changed one becomes plain text."""
+    if not ext.has("history_modifier"):
+        return None
+
+    def apply(turns: list[Turn]) -> list[Turn]:
+        plain = [{"role": t.role, "content": t.text} for t in turns]
+        changed = history_to_messages(ext.history(messages_to_history(plain)), [])
+        out = []
+        for i, message in enumerate(changed):
+            same = i < len(turns) and turns[i].role == message["role"] and turns[i].text == message["content"]
+            out.append(turns[i] if same else Turn.of(message["role"], message["content"]))
+        return [t for t in out if t.role in ("user", "assistant")]
+
+    return apply
+
+
 class Pipeline:
     """Turns requests into streamed updates through the backend of the model each one names."""
 
@@ -290,82 +379,117 @@ class Pipeline:
         self.stats = PipelineStats()
         self.extensions = extensions if extensions is not None else Extensions(entry_points=False)
 
+    # -- the prompt side ----------------------------------------------------------------------------
+    def begin(self, request: GenerationRequest) -> GenerationRequest:
+        """Run what belongs to the turn rather than to the model, once: state_modifier on the full state,
+        then (for a new chat message) chat_input_modifier and input_modifier. The request that comes back
+        carries the result; prepare() reuses it, so a caller that must store the user's message as the
+        hooks made it (the Chat tab) calls this first and no hook runs twice."""
+        if request.begun is not None:
+            return request
+        ext = self.extensions
+        base = {**request.preset.model_dump(), "mode": "notebook", "user": request.user,
+                "custom_stopping_strings": list(request.stop) + list(request.preset.custom_stopping_strings)}
+        if request.is_chat:
+            base.update(options_state(request.options or PromptOptions(), request.history or []))
+        state = ext.state({**base, **request.state})
+        preset = _preset_from_state(request.preset, state)
+        history = list(request.history or [])
+        options = request.options or PromptOptions()
+        user_input = visible = ""
+        if not request.is_chat:
+            prompt = ext.input(request.prompt, state, is_chat=False) if request.apply_input_hooks else request.prompt
+            return replace(request, prompt=prompt, begun=TurnStart(state, preset, history, prompt, prompt))
+        new_turn = bool(history) and history[-1].role == "user" and not options.continue_last \
+            and not options.impersonate
+        if new_turn:
+            user_input = visible = history[-1].text
+            if request.apply_input_hooks:
+                user_input, visible = ext.chat_input(user_input, user_input, state)
+                user_input = ext.input(user_input, state, is_chat=True)
+                history[-1] = history[-1].with_text(user_input)
+        return replace(request, begun=TurnStart(state, preset, history, user_input, visible))
+
     def build_prompt(self, backend: Backend, request: GenerationRequest) -> str:
-        """The prompt text `request` gives this backend, before extension hooks (previews, checks)."""
-        if request.prompt is not None:
+        """The prompt text `request` gives this backend, without running any extension hook (previews,
+        checks). A request that was begun uses the history as the input hooks left it."""
+        if not request.is_chat:
             return request.prompt
+        return self.chat_prompt(backend, request).text
+
+    def chat_prompt(self, backend: Backend, request: GenerationRequest) -> ChatPrompt:
+        """The chat prompt as built for `backend` (with what truncation dropped), no hooks run."""
         if backend.chat_template is None:
             raise ValueError(f"{backend.name} has no chat template")
-        if request.build is not None:
-            return request.build(backend, None).text
-        extra = backend.template_vars()
-        messages = list(request.messages or [])
-        if request.continue_last and messages and messages[-1]["role"] == "assistant":
-            head = backend.chat_template.render(messages[:-1], add_generation_prompt=True, **extra)
-            return head + messages[-1]["content"]
-        return backend.chat_template.render(messages, add_generation_prompt=True, **extra)
+        history = request.begun.history if request.begun else list(request.history or [])
+        return self._build(backend, request, history, None)
+
+    def _build(self, backend: Backend, request: GenerationRequest, history: list[Turn],
+               hooks: ChatHooks | None) -> ChatPrompt:
+        extra = {**backend.template_vars(), **request.template_vars}
+        return build_chat_prompt(history, request.options or PromptOptions(), backend,
+                                 request.preset.max_new_tokens, extra, hooks)
 
     def prepare(self, backend: Backend, request: GenerationRequest) -> Prepared:
-        """Run the prompt-side extension hooks and build the prompt (text-generation-webui's order)."""
+        """Run the prompt-side extension hooks and build the prompt (text-generation-webui's order):
+        state_modifier, chat_input_modifier, input_modifier (in `begin`, once per turn), then
+        history_modifier, custom_generate_chat_prompt or the prompt, bot_prefix_modifier."""
+        start = self.begin(request).begun
+        assert start is not None
+        if not request.is_chat:
+            return Prepared(start.user_input, start.preset, start.state, start.user_input, False)
         ext = self.extensions
-        is_chat = request.prompt is None
-        state = ext.state({**request.preset.model_dump(), "mode": "chat" if is_chat else "notebook",
-                           "user": request.user,
-                           "custom_stopping_strings": list(request.stop) + list(request.preset.custom_stopping_strings),
-                           **request.state})
-        preset = _preset_from_state(request.preset, state)
-        if not is_chat:
-            prompt = ext.input(request.prompt, state, is_chat=False) if request.apply_input_hooks else request.prompt
-            return Prepared(prompt, preset, state, prompt, False)
-        if request.build is not None and not (backend.chat_template is None and request.messages is not None):
-            return self._prepare_built(backend, request, preset, state)
-        messages = [dict(m) for m in request.messages or []]
-        new_turn = bool(messages) and messages[-1]["role"] == "user" and not request.continue_last
-        if new_turn and request.apply_input_hooks:
-            text, _visible = ext.chat_input(messages[-1]["content"], messages[-1]["content"], state)
-            messages[-1]["content"] = ext.input(text, state, is_chat=True)
-        user_input = messages[-1]["content"] if new_turn else ""
-        lead = 0
-        while lead < len(messages) and messages[lead]["role"] == "system":
-            lead += 1
-        if ext.has("history_modifier"):
-            messages = history_to_messages(ext.history(messages_to_history(messages[lead:])), messages[:lead])
+        options = request.options or PromptOptions()
+        state, history = start.state, start.history
+        history_hook = _history_hook(ext)
+        if history_hook is not None:  # system turns are not history: they stay as they are, in front
+            system = [t for t in history if t.role == "system"]
+            history = system + history_hook([t for t in history if t.role != "system"])
+        hooks = ChatHooks(bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state))
+                          if ext.has("bot_prefix_modifier") else None)
         if ext.has("custom_generate_chat_prompt"):
-            past = messages_to_history(messages[lead:-1] if new_turn else messages[lead:])
-            prompt = ext.chat_prompt(user_input, {**state, "history": past}, history=past,
-                                     _continue=request.continue_last, impersonate=False)
+            prompt = self._custom_prompt(backend, request, start, history, hooks)
             if prompt is not None:
-                return Prepared(prompt, preset, state, user_input, True)
-        if backend.chat_template is None:
-            # A remote engine applies the model's own template to the messages itself.
-            text = "\n".join(str(m.get("content", "")) for m in messages)
-            return Prepared(text, preset, state, user_input, True, messages=messages)
-        chat_request = replace(request, messages=messages)
-        prompt = self.build_prompt(backend, chat_request)
-        if not request.continue_last and ext.has("bot_prefix_modifier"):
-            # The bot prefix is what the template's generation prompt adds (e.g. "<|im_start|>assistant\n").
-            extra = backend.template_vars()
-            bare = backend.chat_template.render(messages, add_generation_prompt=False, **extra)
-            if prompt.startswith(bare):
-                prompt = bare + ext.bot_prefix(prompt[len(bare):], state)
-        return Prepared(prompt, preset, state, user_input, True)
+                return Prepared(prompt, start.preset, state, start.user_input, True)
+        if registry.capabilities(backend).engine_templates:
+            # The engine applies the model's own template itself whenever messages say what the turn means.
+            messages = engine_messages(history, options)
+            if messages is not None:
+                text = "\n".join(str(m.get("content", "")) for m in messages)
+                return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
+        built = self._build(backend, request, history, hooks)
+        return Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
+                        context_length=built.context_length, turns_dropped=built.turns_dropped,
+                        reasoning_state=reasoning.prompt_state(backend.reasoning_format, built.text))
 
-    def _prepare_built(self, backend: Backend, request: GenerationRequest, preset: Preset,
-                       state: dict[str, Any]) -> Prepared:
-        """A chat request whose prompt modules/chat.py builds (modes, characters, truncation); the
-        extensions' history and bot-prefix hooks run inside it, at the steps text-generation-webui has them."""
-        ext = self.extensions
-        hooks = ChatHooks(
-            history=(lambda turns: history_to_messages(ext.history(messages_to_history(turns)), []))
-            if ext.has("history_modifier") else None,
-            bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state)) if ext.has("bot_prefix_modifier") else None)
-        built = request.build(backend, hooks)
-        return Prepared(built.text, preset, state, state.get("user_input", ""), True, stops=tuple(built.stops),
-                        context_length=built.context_length, turns_dropped=built.turns_dropped)
+    def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
+                       history: list[Turn], hooks: ChatHooks) -> str | None:
+        """An extension's custom_generate_chat_prompt, given text-generation-webui's arguments and Parlour's own
+        prompt builder (`_parlour_default`, what its `chat.generate_chat_prompt` calls). None: build as usual."""
+        options = request.options or PromptOptions()
+        system = [t for t in history if t.role == "system"]
+        chat_turns = [t for t in history if t.role != "system"]
+        new_turn = bool(start.user_input) and bool(chat_turns) and chat_turns[-1].role == "user"
+        past = messages_to_history([{"role": t.role, "content": t.text}
+                                    for t in (chat_turns[:-1] if new_turn else chat_turns)])
+
+        def rebuild(text: str, hist: dict[str, Any]) -> str:
+            turns = [Turn.of(m["role"], m["content"]) for m in history_to_messages(hist, [])]
+            if new_turn:
+                turns.append(Turn.of("user", text))
+            if backend.chat_template is None:  # a remote engine templates the messages itself: text for counting
+                return "\n".join(t.text for t in system + turns)
+            return self._build(backend, request, system + turns, hooks).text
+
+        default = _DefaultPrompt(rebuild, start.user_input, past)
+        prompt = self.extensions.chat_prompt(start.user_input, {**start.state, "history": past}, history=past,
+                                             _continue=options.continue_last, impersonate=options.impersonate,
+                                             _parlour_default=default)
+        return prompt if prompt is not None and not default.is_default(prompt) else None
 
     def _finish(self, update: Update, prepared: Prepared) -> Update:
-        """The output-side hooks: output_modifier on the finished text, then reply_footer."""
-        update.raw_text = update.text
+        """The output-side hooks: output_modifier on the finished answer, then reply_footer."""
+        update.raw_text = update.text  # the parts keep the model's own words (the next prompt reads them)
         update.text = self.extensions.output(update.text, prepared.state, is_chat=prepared.is_chat)
         stats = {"tokens": update.tokens, "seconds": update.seconds, "first_token_seconds": update.first_token_seconds,
                  "prompt_tokens": update.prompt_tokens, "finish_reason": update.finish_reason, "model": update.model}
@@ -388,9 +512,13 @@ class Pipeline:
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
         if prepared.messages is not None:
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
-        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in inspect.signature(backend.stream).parameters:
-            return backend.stream(prepared.prompt, prepared.preset, request.cancel, hooks=hooks)
-        return backend.stream(prepared.prompt, prepared.preset, request.cancel)
+        accepts = _parameters(getattr(backend.stream, "__func__", backend.stream))
+        extra: dict[str, Any] = {}
+        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in accepts:
+            extra["hooks"] = hooks
+        if "cache_scope" in accepts:
+            extra["cache_scope"] = request.cache_scope or f"user:{request.user}"
+        return backend.stream(prepared.prompt, prepared.preset, request.cancel, **extra)
 
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
@@ -399,7 +527,7 @@ class Pipeline:
             lease = yield from self._wait_for_model(request, update)
         except _Cancelled:
             update.finish_reason = "cancelled"
-            yield replace(update)
+            yield update.copy()
             return
         try:
             update.queue_position, update.loading = 0, ""
@@ -435,14 +563,16 @@ class Pipeline:
                 except StopIteration as done:
                     return done.value
                 update.queue_position, update.loading = wait.position, wait.loading or ""
-                yield replace(update)
+                yield update.copy()
         finally:
             waits.close()  # a reader that left while waiting leaves the queue too
 
     def _run(self, backend: Backend, prepared: Prepared, request: GenerationRequest, stops: "StopStringFilter",
              update: Update, start: float) -> Generator[Update, None, Update]:
-        """Yield updates while tokens arrive; return the final one (with its finish reason)."""
+        """Yield updates while tokens arrive; return the final one (with its finish reason). A chat
+        reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
+        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)
@@ -450,18 +580,18 @@ class Pipeline:
                     shown += stops.flush()
                 update.tokens += delta.tokens
                 self.stats.add_tokens(delta.tokens)
+                now = time.perf_counter()
                 if update.first_token_seconds is None and delta.tokens:
-                    update.first_token_seconds = time.perf_counter() - start
-                update.delta = shown
-                update.text += shown
-                update.seconds = time.perf_counter() - start
+                    update.first_token_seconds = now - start
+                update.delta, update.reasoning_delta = reply.add(shown, delta.tokens, now, delta.reasoning)
                 if stops.stopped or delta.finish_reason is not None:
                     update.finish_reason = "stop" if stops.stopped else delta.finish_reason
-                    return replace(update)
-                if shown or delta.tokens:
-                    yield replace(update)
+                    return self._settle(update, reply, start)
+                self._show(update, reply, now - start)
+                if update.delta or update.reasoning_delta or delta.tokens:
+                    yield update.copy()
             update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
-            return replace(update)
+            return self._settle(update, reply, start)
         except (GeneratorExit, NoModel, QueueFull):
             raise
         except Exception as exc:
@@ -469,6 +599,50 @@ class Pipeline:
             raise GenerationError(_describe_failure(exc)) from exc
         finally:
             stream.close()  # ends the backend's worker within one token if we stopped early
+
+    @staticmethod
+    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float) -> None:
+        update.text, update.reasoning, update.thinking = reply.answer, reply.reasoning, reply.thinking
+        update.parts = reply.parts()
+        update.seconds = seconds
+
+    def _settle(self, update: Update, reply: reasoning.ReplyAssembler, start: float) -> Update:
+        """The last update: what the splitter still held is text after all; an unclosed block stays
+        reasoning, marked incomplete."""
+        answer, thought = reply.finish(time.perf_counter())
+        update.delta += answer
+        update.reasoning_delta += thought
+        self._show(update, reply, time.perf_counter() - start)
+        return update.copy()
+
+
+class _DefaultPrompt:
+    """Parlour's own prompt, handed to custom_generate_chat_prompt hooks as the `_parlour_default` keyword
+    (text-generation-webui extensions reach it through `modules.chat.generate_chat_prompt`). Called with
+    the user input and history the hook passes on, it builds the prompt for those. A hook that returns the
+    very text it was given for the unchanged input counts as returning None: the request then goes on
+    exactly as without the hook (a remote engine still gets its messages)."""
+
+    def __init__(self, build: Callable[[str, dict[str, Any]], str], user_input: str, history: dict[str, Any],
+                 text: str | None = None) -> None:
+        self._build, self._input, self._history = build, user_input, history
+        self.text = text  # the prompt for the unchanged input and history, once built
+
+    def __call__(self, user_input: str, history: dict[str, Any], **_flags: Any) -> str:
+        if user_input == self._input and history == self._history:
+            if self.text is None:
+                self.text = self._build(user_input, history)
+            return self.text
+        return self._build(user_input, history)
+
+    def is_default(self, prompt: str) -> bool:
+        return self.text is not None and prompt is self.text
+
+
+@functools.lru_cache(maxsize=32)
+def _parameters(function: Callable[..., Any]) -> frozenset[str]:
+    """The parameter names of a backend's `stream` (looked up once per backend class, not per request)."""
+    return frozenset(inspect.signature(function).parameters)
 
 
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:
@@ -494,18 +668,29 @@ def _deltas_from_texts(texts: Iterator[str], backend: Backend, cancel: threading
     yield Delta("", 0, "stop")
 
 
-def throttle(updates: Iterator[Update], fps: float) -> Iterator[Update]:
-    """Pass the first text at once, then at most `fps` updates a second, and always the last one."""
+def throttle(updates: Iterator[Update], fps: float, busy_share: float = 0.25, slowest: float = 0.5,
+             clock: Callable[[], float] = time.perf_counter) -> Iterator[Update]:
+    """Pass the first text at once, then at most `fps` updates a second, and always the last one.
+
+    The pace also adapts to the reader: the time between two updates stays at least 1/`busy_share`
+    times what the reader spends on one (the time until it asks for the next, averaged: for the Chat
+    tab, building the bubbles and Gradio's diff and send), but never more than `slowest` seconds. A long
+    chat or a loaded machine then gets fewer, larger updates instead of a reader that falls behind and
+    takes the CPU from the model; the browser, which renders each update, gets fewer to render too."""
     interval = 1.0 / fps
     last = 0.0
+    spent: float | None = None  # the reader's time per update (a moving average)
     pending: Update | None = None
     for update in updates:
-        now = time.perf_counter()
+        now = clock()
         first_text = update.text and last == 0.0
-        if update.finish_reason is not None or first_text or now - last >= interval or update.queue_position:
+        gap = max(interval, min(slowest, (spent or 0.0) / busy_share))
+        if update.finish_reason is not None or first_text or update.queue_position or now - last >= gap:
             last = now
             pending = None
             yield update
+            took = clock() - now
+            spent = took if spent is None else (spent + took) / 2
         else:
             pending = update
     if pending is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from modules import reasoning
 from modules.budget import Footprint, estimate
 from modules.fileio import YamlFileError, atomic_write_text, read_yaml_mapping
 from modules.loaders import registry
@@ -37,6 +38,10 @@ class ModelTooLarge(ModelError):
     """A model that cannot fit the memory budget even with nothing else loaded (the API's 400)."""
 
 
+class ModelClaimed(ModelError):
+    """A load, unload or adapter change of a model that a long job (training) holds (the API's 409)."""
+
+
 class SettingsFileError(ModelError):
     """models/config-user.yaml as a whole cannot be read (not YAML, not a mapping, too large)."""
 
@@ -48,6 +53,8 @@ class ModelSettings(BaseModel):
     options: dict[str, Any] = {}
     preset: str | None = None
     template: str | None = None
+    #: reasoning markers (modules/reasoning.py): auto (None), off, think, gpt-oss, or {start, end}
+    reasoning: str | dict[str, str] | None = None
 
 
 class ModelSettingsStore:
@@ -70,9 +77,12 @@ class ModelSettingsStore:
             saved = ModelSettings.model_validate(raw)
             if saved.loader:
                 registry.spec(saved.loader).options.model_validate(saved.options)
+            reasoning.parse_setting(saved.reasoning)
         except ValidationError as exc:
             raise ModelError(f"{self.path.name}, model {name!r}: {exc.errors()[0]['loc']}: "
                              f"{exc.errors()[0]['msg']}") from exc
+        except reasoning.ReasoningSettingError as exc:
+            raise ModelError(f"{self.path.name}, model {name!r}: {exc}") from exc
         return saved
 
     def save(self, name: str, settings: ModelSettings) -> None:
@@ -116,8 +126,10 @@ class ModelCatalog:
     def list_loras(self) -> list[str]:
         if not self.loras_dir.is_dir():
             return []
+        # ".NAME.partial-*": an adapter being written by training; "NAME.partial": one being downloaded
         return sorted(p.name for p in self.loras_dir.iterdir() if p.is_dir() and not p.is_symlink()
-                      and not p.name.endswith(".partial") and (p / "adapter_config.json").is_file())
+                      and not p.name.startswith(".") and not p.name.endswith(".partial")
+                      and (p / "adapter_config.json").is_file())
 
     def default_model(self) -> str | None:
         """The model to load when none was named: the only one, or the demo model among several."""
@@ -173,6 +185,16 @@ class ModelCatalog:
                                batch_size=self.batch_size, threads=self.threads)
         return spec.build(name, path, options, context)
 
+    def _apply_saved_reasoning(self, name: str, backend: Backend) -> None:
+        """The per-model reasoning markers, over what the backend read from its template."""
+        try:
+            fmt = reasoning.parse_setting(self.saved.get(name).reasoning) if not registry.loader_for_name(name) else None
+        except ModelError as exc:  # reported when the settings are read for the load; markers stay auto
+            log.warning("%s", exc)
+            return
+        if fmt is not None:
+            backend.reasoning_format = fmt
+
     def default_loader(self, name: str) -> str | None:
         """The loader `name` would load with: its saved one, else what its name or files imply."""
         by_name = registry.loader_for_name(name)
@@ -193,10 +215,14 @@ class ModelCatalog:
             raise ModelError(str(exc)) from exc
 
     def save_settings(self, name: str, loader: str, options: dict[str, Any], preset: str | None = None,
-                      template: str | None = None) -> None:
+                      template: str | None = None, reasoning_setting: str | dict[str, str] | None = None) -> None:
         chosen, validated = self.resolve(name, loader, options)
+        try:
+            reasoning.parse_setting(reasoning_setting)
+        except reasoning.ReasoningSettingError as exc:
+            raise ModelError(str(exc)) from exc
         self.saved.save(name, ModelSettings(loader=chosen, options=validated.model_dump(mode="json", exclude_defaults=True),
-                                            preset=preset, template=template))
+                                            preset=preset, template=template, reasoning=reasoning_setting))
 
     def _gpu_available(self) -> bool:
         if self._gpu is None:

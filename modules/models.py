@@ -1,6 +1,7 @@
 """ModelManager: what is in `models/`, and the models loaded from it: several at once, within a budget,
 each loaded just in time for the request that names it. The design (one gate per model) is in the
-ModelManager docstring; the budget itself in modules/budget.py.
+ModelManager docstring; the budget itself in modules/budget.py. A long job that needs one model to
+itself (training a LoRA) `claim`s it: that model is never evicted meanwhile, and the others stay servable.
 """
 
 from __future__ import annotations
@@ -15,20 +16,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
+from modules import reasoning
 from modules.budget import Budget, Footprint, measured
-from modules.generation import FairQueue, NoModel
+from modules.generation import FairQueue, ModelBusy, NoModel
 from modules.loaders import registry
 from modules.loaders.base import Backend, LoadError
-from modules.model_catalog import (ModelCatalog, ModelError, ModelNotFound, ModelSettings, ModelSettingsStore,
-                                   ModelTooLarge, SettingsFileError)
+from modules.model_catalog import (ModelCatalog, ModelClaimed, ModelError, ModelNotFound, ModelSettings,
+                                   ModelSettingsStore, ModelTooLarge, SettingsFileError)
 from modules.paths import UnsafeName, safe_child
 from modules.settings import CpuThreads
 
-__all__ = ["ModelCatalog", "ModelError", "ModelManager", "ModelNotFound", "ModelSettings", "ModelSettingsStore",
+__all__ = ["Claim", "ModelCatalog", "ModelClaimed", "ModelError", "ModelManager", "ModelNotFound", "ModelSettings", "ModelSettingsStore",
            "ModelTooLarge", "SettingsFileError", "describe_backend"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds a model for a long job, and what requests for it get meanwhile.
+
+    `refuse_requests`: new generation requests for that model fail at once (ModelBusy: the API's 503 with
+    Retry-After) instead of waiting in its queue; `retry_after()` is the job's own estimate of the
+    seconds it has left."""
+
+    owner: str
+    model: str
+    refuse_requests: bool = False
+    retry_after: Callable[[], int] = lambda: 60
 
 
 @dataclass
@@ -42,6 +58,8 @@ class _Load:
     make_default: bool = False
     #: set at the start for the model loaded at server start: requests without a name wait for it
     default_now: bool = False
+    #: the load waits for this Event first (the server's start: see server.create_app)
+    after: threading.Event | None = None
     done: threading.Event = field(default_factory=threading.Event)
     error: ModelError | None = None
     backend: Backend | None = None
@@ -76,12 +94,18 @@ class _Slot:
         self.planning = 0  # API requests waiting for its load before they queue (see backend_for)
         self.last_used = 0.0
         self.unloaded_because: str | None = None  # "idle", "budget" or "unload": for the status line
+        self.claim: Claim | None = None  # the long job holding it (see ModelManager.claim)
         self.counts: collections.Counter[str] = collections.Counter()
 
     def _open_slots(self) -> int:
         """How many requests may generate at once: 0 while it is not loaded (the closed gate)."""
         backend = self.backend
         return getattr(backend, "max_concurrency", 1) if backend is not None else 0
+
+    def refuse_if_claimed(self) -> None:
+        """Loads, unloads and adapter changes of a claimed model wait for no one: they are refused."""
+        if self.claim is not None:
+            raise ModelClaimed(f"{self.claim.owner} is using {self.claim.model}: stop it first (Training tab)")
 
     def busy(self) -> bool:
         return self.leases > 0 or self.planning > 0 or self.queue.waiting() > 0
@@ -161,8 +185,10 @@ class ModelManager(ModelCatalog):
 
     The default model (`current()`) is the one requests without a model name use: the one loaded last
     by name (start, Model tab, /v1/internal/model/load). Loads that happen just in time for a request
-    do not change it. Whatever must own a model for a while (training, a perplexity run) holds
-    `exclusive(name)`.
+    do not change it. Whatever must own a model for a short while (an adapter change, a perplexity run)
+    holds `exclusive(name)`; a long job (training) holds `claim(owner, model)`, which is `exclusive`
+    plus: the model is never evicted, loads, unloads and adapter changes of it are refused, and its
+    requests wait (or, if the job says so, get ModelBusy at once) while every other model stays servable.
     """
 
     def __init__(self, models_dir: Path, loras_dir: Path, offload_dir: Path, threads: CpuThreads,
@@ -236,10 +262,11 @@ class ModelManager(ModelCatalog):
             return slot
 
     def _start(self, slot: _Slot, loader: str | None, options: dict[str, Any] | None,
-               progress: Progress | None = None, make_default: bool = False, default_now: bool = False) -> _Load:
+               progress: Progress | None = None, make_default: bool = False, default_now: bool = False,
+               after: threading.Event | None = None) -> _Load:
         """Start a load of `slot` in a thread (call with the lock held)."""
         slot.load_seq += 1
-        job = _Load(slot.load_seq, loader, options, progress, make_default, default_now)
+        job = _Load(slot.load_seq, loader, options, progress, make_default, default_now, after)
         slot.pending = job
         if default_now:
             self.default = slot.name
@@ -255,6 +282,8 @@ class ModelManager(ModelCatalog):
         return slot.pending.seq if slot.pending is not None else slot.load_seq + 1
 
     def _run_load(self, slot: _Slot, job: _Load) -> None:
+        if job.after is not None:
+            job.after.wait()
         with self._build_lock:
             try:
                 self._load_locked(slot, job)
@@ -281,6 +310,7 @@ class ModelManager(ModelCatalog):
             raise ModelError(str(exc)) from exc
         except MemoryError as exc:
             raise ModelError(f"{name}: out of memory while loading") from exc
+        self._apply_saved_reasoning(name, backend)
         footprint = measured(backend.info(), need)
         job.say(0.9, "swapping the model in")
         self._install(slot, backend, footprint)
@@ -347,7 +377,8 @@ class ModelManager(ModelCatalog):
                     room = self.budget.fits(footprints + [slot.footprint or Footprint("cpu", 0.0)])
                 if room:
                     return
-                candidates = [s for s in others if s.pending is None and s.footprint and s.footprint.device != "none"]
+                candidates = [s for s in others if s.pending is None and s.claim is None
+                              and s.footprint and s.footprint.device != "none"]
                 if not candidates:
                     log.warning("over the model budget (%s): nothing else can be unloaded", self.budget.describe())
                     return
@@ -363,7 +394,7 @@ class ModelManager(ModelCatalog):
         with slot.queue.exclusive():
             with self._cond:
                 backend = slot.backend
-                if backend is None or (still is not None and not still()):
+                if backend is None or slot.claim is not None or (still is not None and not still()):
                     return False
                 slot.backend, slot.footprint, slot.unloaded_because = None, None, reason
                 slot.counts[{"budget": "evictions", "idle": "idle_unloads"}.get(reason, "unloads")] += 1
@@ -381,8 +412,13 @@ class ModelManager(ModelCatalog):
     def acquire(self, name: str | None, cancel: threading.Event) -> Generator[Wait, None, Lease]:
         """Wait for a slot on the model `name` (None: the default model), loading it first if it is not
         loaded. Yields a `Wait` whenever the position changes; returns the `Lease` (release it when done).
-        Raises ModelError when the load fails, and the queue's own errors (full, cancelled)."""
+        Raises ModelError when the load fails, ModelBusy when a job that refuses requests holds the model,
+        and the queue's own errors (full, cancelled)."""
         slot = self._slot(self.canonical(name))
+        claim = slot.claim
+        if claim is not None and claim.refuse_requests:
+            wait = max(1, int(claim.retry_after()))
+            raise ModelBusy(f"{claim.owner} is using {claim.model}; try again in about {wait} s", wait)
         while True:
             with self._cond:
                 since = self._want(slot)
@@ -474,6 +510,7 @@ class ModelManager(ModelCatalog):
         On failure every loaded model stays as it was."""
         slot = self._slot(self._checked(name))
         with self._cond:
+            slot.refuse_if_claimed()
             job = self._start(slot, loader, options, progress, make_default=True)
         for fraction, message in iter(job.messages.get, None):
             if progress is not None:
@@ -483,10 +520,10 @@ class ModelManager(ModelCatalog):
         assert job.backend is not None
         return job.backend
 
-    def load_in_background(self, name: str, loader: str | None = None,
-                           options: dict[str, Any] | None = None) -> None:
+    def load_in_background(self, name: str, loader: str | None = None, options: dict[str, Any] | None = None,
+                           after: threading.Event | None = None) -> None:
         """Start loading `name` as the default model (server start: the page answers before it is ready;
-        requests without a model name wait for it)."""
+        requests without a model name wait for it); with `after`, the loading waits for that Event."""
         try:
             slot = self._slot(self._checked(name))
         except ModelError as exc:
@@ -494,28 +531,29 @@ class ModelManager(ModelCatalog):
             self.last_error = str(exc)
             return
         with self._cond:
-            self._start(slot, loader, options, make_default=True, default_now=True)
+            self._start(slot, loader, options, make_default=True, default_now=True, after=after)
 
     def unload(self, name: str | None = None) -> list[str]:
-        """Unload `name` (None: every model; the default is then none). Returns the names unloaded."""
-        if name is None:
-            with self._cond:
-                self.default = None
+        """Unload `name` (None: every model; the default is then none). Returns the names unloaded.
+        Refused (ModelError, nothing unloaded) while a job holds one of them."""
+        with self._cond:
+            if name is None:
                 slots = [s for s in self._slots.values() if s.backend is not None]
-        else:
-            target = self.aliases.get(name, name)
-            with self._cond:
+            else:
+                target = self.aliases.get(name, name)
                 slots = [self._slots[target]] if target in self._slots else []
-                if self.default == target:
-                    self.default = None
+            for slot in slots:
+                slot.refuse_if_claimed()
+            if name is None or self.default == self.aliases.get(name, name):
+                self.default = None
         return [s.name for s in slots if self._evict(s, "unload")]
 
     def unload_if_idle(self, idle_seconds: float) -> bool:
         """Unload every model nothing used for `idle_seconds`; each reloads on its next request."""
         now = time.monotonic()
         with self._cond:
-            stale = [s for s in self._slots.values()
-                     if s.backend is not None and not s.busy() and now - s.last_used >= idle_seconds]
+            stale = [s for s in self._slots.values() if s.backend is not None and s.claim is None
+                     and not s.busy() and now - s.last_used >= idle_seconds]
         unloaded = False
         for slot in stale:
             if self._evict(slot, "idle", still=lambda s=slot: not s.leases and time.monotonic() - s.last_used >= idle_seconds):
@@ -538,6 +576,36 @@ class ModelManager(ModelCatalog):
                 slot.leases -= 1
                 slot.last_used = time.monotonic()
 
+    @contextlib.contextmanager
+    def claim(self, owner: str, model: str | None = None, refuse_requests: bool = False,
+              retry_after: Callable[[], int] = lambda: 60) -> Iterator[Backend]:
+        """Hold the loaded model `model` (None: the default one) for a long job (training): wait until no
+        request generates on it, then keep its gate for the whole job. Meanwhile it is never evicted,
+        its loads, unloads and adapter changes are refused with a ModelError naming `owner`, and its
+        requests wait in its queue (or, with `refuse_requests`, get ModelBusy at once: see `acquire`).
+        Other models load, unload and answer as usual. One claim per model at a time."""
+        try:
+            slot = self._slot(self.canonical(model))
+        except NoModel as exc:
+            raise ModelError("no model is loaded: load one in the Model tab first") from exc
+        with self._cond:
+            slot.refuse_if_claimed()
+            if slot.backend is None:
+                raise ModelError(f"{slot.name} is not loaded: load it in the Model tab first")
+            slot.claim = Claim(owner, slot.name, refuse_requests, retry_after)
+            slot.leases += 1  # busy: never idle, never a candidate to make room
+        try:
+            with slot.queue.exclusive():
+                backend = slot.backend
+                if backend is None:  # an eviction that was already under way when the claim began
+                    raise ModelError(f"{slot.name} was unloaded meanwhile: load it again")
+                yield backend
+        finally:
+            with self._cond:
+                slot.claim = None
+                slot.leases -= 1
+                slot.last_used = time.monotonic()
+
     def set_loras(self, names: list[str], model: str | None = None) -> list[str]:
         """Apply exactly these LoRAs from loras/ to a loaded Transformers model (None: the default one;
         [] removes all)."""
@@ -553,6 +621,7 @@ class ModelManager(ModelCatalog):
             if not (path / "adapter_config.json").is_file():
                 raise ModelError(f"LoRA {name!r} is not in {self.loras_dir}")
             paths.append(path)
+        self._slot(backend.name).refuse_if_claimed()
         with self.exclusive(backend.name) as held:
             if held is not backend:
                 raise ModelError(f"{backend.name} was unloaded meanwhile")
@@ -561,6 +630,14 @@ class ModelManager(ModelCatalog):
             except (ValueError, OSError, RuntimeError, KeyError) as exc:
                 raise ModelError(f"could not apply {', '.join(names)}: {exc}") from exc
         return list(backend.loras)
+
+    def save_settings(self, name: str, loader: str, options: dict[str, Any], preset: str | None = None,
+                      template: str | None = None, reasoning_setting: str | dict[str, str] | None = None) -> None:
+        super().save_settings(name, loader, options, preset, template, reasoning_setting)
+        backend = self.get(name)
+        if backend is not None:  # the loaded model follows at once
+            template_source = backend.chat_template.source if backend.chat_template else None
+            backend.reasoning_format = reasoning.detect(template_source, reasoning_setting)
 
     def adopt(self, backend: Backend) -> None:
         """Make an already built backend the default model (tests; nothing is loaded or counted)."""
@@ -576,6 +653,9 @@ class ModelManager(ModelCatalog):
             slot = self._slots.get(self.default) if self.default else None
             others = sorted(n for n, s in self._slots.items() if s.backend is not None and s is not slot)
         also = f" · also loaded: {', '.join(others)}" if others else ""
+        if slot is not None and slot.claim is not None:
+            claim = slot.claim
+            return f"{claim.model}: {claim.owner} (requests wait or are refused until it ends)" + also
         if slot is not None and slot.pending is not None and slot.backend is None:
             return f"Loading {slot.name}…" + also
         if slot is None or slot.backend is None:
@@ -628,6 +708,7 @@ class ModelManager(ModelCatalog):
             return {name: {"state": s.state(), "default": name == self.default, "running": s.leases,
                            "waiting": s.waiting(), "memory_mib": round(s.footprint.mib, 1) if s.footprint else None,
                            "device": s.footprint.device if s.footprint else None, "last_error": s.failure,
+                           "claimed_by": s.claim.owner if s.claim is not None else None,
                            "unloaded_because": s.unloaded_because if s.backend is None else None,
                            **{k: s.counts[k] for k in ("loads", "evictions", "idle_unloads", "unloads", "failures")}}
                     for name, s in self._slots.items()}

@@ -12,6 +12,10 @@ loses at most the unflushed words; the half reply stays marked `complete = 0`.
 
 Every read takes the user: a chat that belongs to someone else is reported as not found, exactly
 like one that does not exist, so ids leak nothing.
+
+A message holds a turn's typed parts (modules/turns.py: text, reasoning, tool calls...) as JSON in
+`parts`; `content` is the turn's text, kept beside them for full-text search. The schema is
+versioned and upgraded at open by modules/migrations.py (forward only).
 """
 
 from __future__ import annotations
@@ -23,51 +27,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from datetime import datetime
+from typing import Any, Iterator, Literal, Optional, Union
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    name TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL DEFAULT '',
-    description TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chats (
-    id INTEGER PRIMARY KEY,
-    user TEXT NOT NULL,
-    title TEXT NOT NULL DEFAULT '',
-    character TEXT NOT NULL DEFAULT '',
-    mode TEXT NOT NULL DEFAULT 'chat',
-    leaf_id INTEGER,
-    settings TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chats_by_user ON chats(user, updated DESC);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
-    parent_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL DEFAULT '',
-    meta TEXT NOT NULL DEFAULT '{}',
-    complete INTEGER NOT NULL DEFAULT 1,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_parent ON messages(chat_id, parent_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(content, content='messages', content_rowid='id');
-CREATE TRIGGER IF NOT EXISTS messages_ai AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_ad AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_au AFTER UPDATE OF content ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-END;
-"""
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+
+from modules.fileio import MAX_JSON_DEPTH, json_depth, load_json
+
+from modules.migrations import NewerDatabase, migrate
+from modules.turns import Part, PartError, TextPart, Turn, dumps_parts, parts_from_json
 
 ROLES = ("system", "user", "assistant")
 log = logging.getLogger(__name__)
@@ -96,12 +64,19 @@ class StoredMessage:
     complete: bool
     created: float
     updated: float
+    #: the turn's typed parts; () for a row from before parts existed (then: one text part, `content`)
+    parts: tuple[Part, ...] = ()
     #: 1-based position among its versions (siblings with the same parent and role), and how many there are
     version: int = 1
     versions: int = 1
 
-    def as_turn(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_turn(self) -> Turn:
+        """The message as a Turn; an extension's reply footer rides along as a UI extra."""
+        parts = self.parts or (TextPart(self.content),)
+        extras = {"footer": self.meta["footer"]} if self.meta.get("footer") else {}
+        if self.meta.get("shown") and self.meta.get("shown_for") == self.content:  # an extension's HTML reply
+            extras["shown"] = self.meta["shown"]
+        return Turn(self.role, parts, extras=extras)
 
 
 @dataclass
@@ -156,8 +131,8 @@ class ChatStore:
         try:
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
+                migrate(db)
+        except (sqlite3.DatabaseError, StoreError, NewerDatabase) as exc:
             raise StoreError(f"cannot open the chats database {self.db_path}: {exc}") from exc
 
     # -- connections ---------------------------------------------------------------------------
@@ -302,25 +277,34 @@ class ChatStore:
 
     @staticmethod
     def _message_unchecked(row: sqlite3.Row) -> StoredMessage:
+        try:
+            parts = parts_from_json(json.loads(row["parts"] or "[]"))
+        except (PartError, TypeError, ValueError) as exc:  # the text in `content` still shows
+            log.warning("message %s of chat %s: unreadable parts (%s); showing its text", row["id"], row["chat_id"], exc)
+            parts = ()
         return StoredMessage(id=row["id"], chat_id=row["chat_id"], parent_id=row["parent_id"],
                              role=_text(row["role"]), content=_text(row["content"]), meta=_meta(row["meta"]),
                              complete=bool(row["complete"]), created=float(row["created"] or 0),
-                             updated=float(row["updated"] or 0))
+                             updated=float(row["updated"] or 0), parts=parts)
 
-    def add_message(self, user: str, chat_id: int, role: str, content: str,
+    def add_message(self, user: str, chat_id: int, role: str, content: str | Turn,
                     parent_id: int | None | Literal["leaf"] = "leaf", meta: dict[str, Any] | None = None, complete: bool = True) -> int:
-        """Append a message under `parent_id` (default: the chat's current leaf); it becomes the new leaf."""
+        """Append a message (text, or a Turn's parts) under `parent_id` (default: the chat's current
+        leaf); it becomes the new leaf."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        parts = content.parts if isinstance(content, Turn) else (TextPart(content),)
+        content = Turn(role, parts).text
         now = time.time()
         with self._write() as db:
             chat = self._chat_row(db, user, chat_id)
             parent = chat["leaf_id"] if parent_id == "leaf" else parent_id
             if parent is not None:
                 self._message_row(db, chat_id, parent)
-            cur = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, meta, complete, created, "
-                             "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (chat_id, parent, role, content, json.dumps(meta or {}), int(complete), now, now))
+            cur = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, parts, meta, complete, created, "
+                             "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (chat_id, parent, role, content, dumps_parts(parts), json.dumps(meta or {}),
+                              int(complete), now, now))
             mid = int(cur.lastrowid)
             first_line = content.strip().splitlines()[0][:60] if role == "user" and content.strip() else ""
             title = chat["title"] or first_line
@@ -335,14 +319,19 @@ class ChatStore:
         return row
 
     def update_message(self, user: str, chat_id: int, message_id: int, content: str | None = None,
-                       meta: dict[str, Any] | None = None, complete: bool | None = None) -> None:
-        """Change a message's text (edit, streaming flush), metadata (merged) or completeness."""
+                       meta: dict[str, Any] | None = None, complete: bool | None = None,
+                       parts: tuple[Part, ...] | None = None) -> None:
+        """Change a message's parts (a streaming flush), only its words (`content`: an edit keeps the
+        reasoning and tool parts), its metadata (merged) or its completeness."""
         with self._write() as db:
             self._chat_row(db, user, chat_id)
             row = self._message_row(db, chat_id, message_id)
             now = time.time()
-            if content is not None:
-                db.execute("UPDATE messages SET content = ?, updated = ? WHERE id = ?", (content, now, message_id))
+            if content is not None and parts is None:
+                parts = self._message(row).as_turn().with_text(content).parts
+            if parts is not None:
+                db.execute("UPDATE messages SET content = ?, parts = ?, updated = ? WHERE id = ?",
+                           (Turn(row["role"], parts).text, dumps_parts(parts), now, message_id))
             if meta is not None:
                 db.execute("UPDATE messages SET meta = ? WHERE id = ?",
                            (json.dumps({**_meta(row["meta"]), **meta}), message_id))
@@ -441,10 +430,10 @@ class ChatStore:
             new_id = int(cur.lastrowid)
             parent = None
             for msg in path:
-                parent = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, meta, complete, created, "
-                                    "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                    (new_id, parent, msg.role, msg.content, json.dumps(msg.meta), int(msg.complete),
-                                     msg.created, msg.updated)).lastrowid
+                parent = db.execute("INSERT INTO messages(chat_id, parent_id, role, content, parts, meta, complete, "
+                                    "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    (new_id, parent, msg.role, msg.content, dumps_parts(msg.as_turn().parts),
+                                     json.dumps(msg.meta), int(msg.complete), msg.created, msg.updated)).lastrowid
             db.execute("UPDATE chats SET leaf_id = ? WHERE id = ?", (parent, new_id))
         return new_id
 
@@ -474,75 +463,205 @@ class ChatStore:
 
     # -- export / import -----------------------------------------------------------------------
     def export_chat(self, user: str, chat_id: int) -> dict[str, Any]:
-        """The whole tree as JSON-able data (format `parlour-chat`, version 1)."""
+        """The whole tree as JSON-able data (format `parlour-chat`, version 2: each message's typed `parts`
+        beside its `content` text, which version-1 readers use)."""
         info = self.chat(user, chat_id)
         with self._connect() as db:
             rows = db.execute("SELECT * FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)).fetchall()
         messages = [self._message(r) for r in rows]
-        return {"format": "parlour-chat", "version": 1, "title": info.title, "character": info.character,
+        return {"format": "parlour-chat", "version": 2, "title": info.title, "character": info.character,
                 "mode": info.mode, "created": info.created, "leaf": info.leaf_id, "settings": info.settings,
                 "messages": [{"id": m.id, "parent": m.parent_id, "role": m.role, "content": m.content,
-                              "meta": m.meta, "complete": m.complete, "created": m.created} for m in messages]}
+                              "parts": m.as_turn().to_json()["parts"], "meta": m.meta, "complete": m.complete,
+                              "created": m.created} for m in messages]}
 
-    def import_chat(self, user: str, data: dict[str, Any]) -> int:
-        """A new chat from `export_chat` data or text-generation-webui's history JSON."""
+    def import_chat_file(self, user: str, data: bytes) -> int:
+        """A new chat from an uploaded file (Parlour's export or a text-generation-webui history); ValueError
+        with one line saying what is wrong, and nothing written, for anything else."""
+        if len(data) > MAX_IMPORT_BYTES:
+            raise ValueError(f"the chat file is {len(data):,} bytes; the limit is {MAX_IMPORT_BYTES:,}")
+        return self.import_chat(user, load_json(data, "the chat file"))
+
+    def import_chat(self, user: str, data: Any) -> int:
+        """A new chat from `export_chat` data or a text-generation-webui history (its current format, with
+        versions, timestamps and model names, or its old `{"data", "data_visible"}` one). Everything is
+        checked before the one transaction that writes it: a bad file changes nothing."""
         if not isinstance(data, dict):
-            raise ValueError("a chat file must hold a JSON object")
+            raise ValueError(f"a chat file must hold a JSON object, not {_json_type(data)}")
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise ValueError(f"the chat file is nested deeper than {MAX_JSON_DEPTH} levels")
         if data.get("format") == "parlour-chat":
-            return self._import_tree(user, data)
-        if isinstance(data.get("internal"), list) or isinstance(data.get("visible"), list):
-            pairs = data.get("internal") or data.get("visible")
-            turns: list[tuple[str, str]] = []
-            for pair in pairs:
-                if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-                    raise ValueError("text-generation-webui history: each entry must be [user, reply]")
-                if pair[0] and pair[0] != "<|BEGIN-VISIBLE-CHAT|>":
-                    turns.append(("user", pair[0]))
-                if pair[1]:
-                    turns.append(("assistant", pair[1]))
-            return self._import_linear(user, "Imported chat", turns)
-        raise ValueError("not a chat file: expected Parlour's export or text-generation-webui's history "
-                         "(with an 'internal' list)")
+            tree = _checked(_ImportedChat, data)
+        elif any(key in data for key in ("internal", "visible", "data", "data_visible")):
+            tree = _tgw_tree(data)
+        else:
+            raise ValueError("not a chat file: expected Parlour's export (\"format\": \"parlour-chat\") or a "
+                             "text-generation-webui history (an \"internal\" or \"data\" list)")
+        return self._import_tree(user, tree)
 
-    def _import_linear(self, user: str, title: str, turns: list[tuple[str, str]]) -> int:
-        # As one tree, so the import is one transaction: a failure halfway (a full disk) leaves no half chat.
-        messages = [{"id": i, "parent": i - 1 if i else None, "role": role, "content": content}
-                    for i, (role, content) in enumerate(turns)]
-        return self._import_tree(user, {"title": title, "messages": messages})
-
-    def _import_tree(self, user: str, data: dict[str, Any]) -> int:
-        messages = data.get("messages")
-        if not isinstance(messages, list):
-            raise ValueError("chat file: 'messages' must be a list")
-        for m in messages:
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise ValueError("chat file: every message needs a role (system/user/assistant) and text content")
+    def _import_tree(self, user: str, chat: "_ImportedChat") -> int:
+        ids = [m.id for m in chat.messages]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"chat file: two messages have the id {duplicate!r}")
         now = time.time()
         with self._write() as db:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (user, str(data.get("title") or "Imported chat"), str(data.get("character") or ""),
-                              str(data.get("mode") or "chat"), json.dumps(data.get("settings") or {}), now, now))
+                             (user, chat.title.strip()[:MAX_TITLE_CHARS] or "Imported chat", chat.character,
+                              chat.mode, json.dumps(chat.settings), now, now))
             chat_id = int(cur.lastrowid)
             new_ids: dict[Any, int] = {}
-            for m in messages:  # parents come before children in an export (ordered by id)
-                parent = new_ids.get(m.get("parent")) if m.get("parent") is not None else None
-                if m.get("parent") is not None and parent is None:
-                    raise ValueError(f"chat file: message {m.get('id')} names a parent that comes later or is missing")
-                new_ids[m.get("id")] = int(db.execute(
-                    "INSERT INTO messages(chat_id, parent_id, role, content, meta, complete, created, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (chat_id, parent, m["role"], m["content"], json.dumps(m.get("meta") or {}),
-                     int(bool(m.get("complete", True))), now, now)).lastrowid)
-            leaf = new_ids.get(data.get("leaf"), list(new_ids.values())[-1] if new_ids else None)
+            for m in chat.messages:  # parents come before children in an export (ordered by id)
+                parent = new_ids.get(m.parent) if m.parent is not None else None
+                if m.parent is not None and parent is None:
+                    raise ValueError(f"chat file: message {m.id!r} names a parent that comes later or is missing")
+                created = m.created if m.created is not None else now
+                parts = m.typed_parts()
+                new_ids[m.id] = int(db.execute(
+                    "INSERT INTO messages(chat_id, parent_id, role, content, parts, meta, complete, created, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (chat_id, parent, m.role, Turn(m.role, parts).text, dumps_parts(parts), json.dumps(m.meta),
+                     int(m.complete), created, created)).lastrowid)
+            if chat.leaf is not None and chat.leaf not in new_ids:
+                raise ValueError(f"chat file: the leaf {chat.leaf!r} is not one of its messages")
+            leaf = new_ids[chat.leaf] if chat.leaf is not None else (list(new_ids.values())[-1] if new_ids else None)
             db.execute("UPDATE chats SET leaf_id = ? WHERE id = ?", (leaf, chat_id))
         return chat_id
 
 
-class ReplyWriter:
-    """Saves a streaming reply: the message row exists from the first token and grows as text arrives.
+# -- what an imported chat may hold -----------------------------------------------------------------
+MAX_IMPORT_BYTES = 50 * 1024 * 1024
+MAX_TITLE_CHARS = 200
+_Id = Union[StrictInt, StrictStr]
 
-    `update(text, tokens)` writes only when `interval` seconds passed or `every_tokens` tokens arrived
+
+class _ImportedMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: _Id
+    parent: Optional[_Id] = None
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr
+    #: version 2 exports: the turn's typed parts (modules/turns.py); version 1 has only `content`
+    parts: Optional[list[Any]] = None
+    meta: dict[str, Any] = {}
+    complete: StrictBool = True
+    created: Optional[float] = Field(None, allow_inf_nan=False)
+
+    @field_validator("parts")
+    @classmethod
+    def _readable_parts(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None:
+            try:
+                parts_from_json(value)
+            except PartError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def typed_parts(self) -> tuple[Part, ...]:
+        return parts_from_json(self.parts) if self.parts else (TextPart(self.content),)
+
+
+class _ImportedChat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    title: StrictStr = ""
+    character: StrictStr = ""
+    mode: Literal["chat", "instruct", "chat-instruct"] = "chat"
+    settings: dict[str, Any] = {}
+    leaf: Optional[_Id] = None
+    messages: list[_ImportedMessage]
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _checked(model: type[BaseModel], data: Any, what: str = "chat file") -> Any:
+    """`model` validated from `data`; the first problem as one line naming where it is."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("int", "str"))]
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+        message = error["msg"].replace("Input should be", "must be")
+        if loc and loc[-1] in ("id", "parent", "leaf"):  # a union: pydantic reports only its first member
+            message = "must be a number or text"
+        raise ValueError(f"{what}: {where or 'top level'}: {message}") from None
+
+
+def _tgw_time(value: Any) -> float | None:
+    """text-generation-webui's message timestamps ("Jan 05, 2026 14:03", local time) as epoch seconds."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return datetime.strptime(value.strip(), "%b %d, %Y %H:%M").timestamp()
+    except ValueError:
+        return None
+
+
+def _tgw_tree(data: dict[str, Any]) -> _ImportedChat:
+    """A text-generation-webui history as a chat tree. Each row [user, reply, ...] gives a user message and a
+    reply; `metadata["user_<i>"/"assistant_<i>"]` give their timestamps, the model and their versions
+    (regenerations and edits), which become sibling versions; the current one continues the chat."""
+    rows = data["internal"] if "internal" in data else data.get("data")
+    if not isinstance(rows, list):
+        raise ValueError("text-generation-webui history: 'internal' (or 'data') must be a list of [user, reply] rows")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("text-generation-webui history: 'metadata' must be an object")
+    messages: list[dict[str, Any]] = []
+    parent: int | None = None
+    title = ""
+    for i, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) >= 2 and isinstance(row[0], str) and isinstance(row[1], str)):
+            raise ValueError("text-generation-webui history: each entry must be [user text, reply text] "
+                             f"(row {i} is not)")
+        extra = row[3] if len(row) > 3 and isinstance(row[3], dict) else {}
+        for role, key, text in (("user", f"user_{i}", row[0]), ("assistant", f"assistant_{i}", row[1])):
+            if role == "user" and text == "<|BEGIN-VISIBLE-CHAT|>":
+                continue
+            info = metadata.get(key) or {}
+            if not isinstance(info, dict):
+                raise ValueError(f"text-generation-webui history: metadata[{key!r}] must be an object")
+            versions = info.get("versions") or []
+            if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+                raise ValueError(f"text-generation-webui history: metadata[{key!r}].versions must be a list of objects")
+            contents = [v.get("content") for v in versions if isinstance(v.get("content"), str)]
+            if not text and not contents:
+                continue
+            current = info.get("current_version_index", len(contents) - 1)
+            if not contents or not isinstance(current, int) or not 0 <= current < len(contents):
+                contents, current, versions = [text], 0, [{}]
+            contents[current] = text  # the row holds the version on screen
+            chosen = None
+            for n, content in enumerate(contents):
+                version = versions[n] if n < len(versions) else {}
+                meta = {"imported_from": "text-generation-webui"}
+                model = version.get("model_name") or (info.get("model_name") if n == current else None)
+                if isinstance(model, str) and model and model != "None":
+                    meta["model"] = model
+                created = _tgw_time(version.get("timestamp")) or (_tgw_time(info.get("timestamp"))
+                                                                  if n == current else None)
+                messages.append({"id": len(messages), "parent": parent,
+                                 "role": "system" if role == "user" and extra.get("role") == "system" else role,
+                                 "content": content, "meta": meta, "created": created})
+                if n == current:
+                    chosen = len(messages) - 1
+            parent = chosen
+            if role == "user" and not title:
+                title = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return _checked(_ImportedChat, {"title": title or "Imported chat", "messages": messages, "leaf": parent},
+                    "text-generation-webui history")
+
+
+class ReplyWriter:
+    """Saves a streaming reply: the message row exists from the first token and grows as parts arrive.
+
+    `update(parts, tokens)` writes only when `interval` seconds passed or `every_tokens` tokens arrived
     since the last write, so the database sees a few writes a second, not one per token.
     """
 
@@ -554,17 +673,18 @@ class ReplyWriter:
         self._last_tokens = 0
         self._saved = None
 
-    def update(self, text: str, tokens: int) -> bool:
+    def update(self, parts: tuple[Part, ...], tokens: int) -> bool:
         """Flush if due; return whether it wrote."""
         if time.monotonic() - self._last_time < self.interval and tokens - self._last_tokens < self.every_tokens:
             return False
-        self.flush(text, tokens)
+        self.flush(parts, tokens)
         return True
 
-    def flush(self, text: str, tokens: int, meta: dict[str, Any] | None = None, complete: bool = False) -> None:
+    def flush(self, parts: tuple[Part, ...], tokens: int, meta: dict[str, Any] | None = None,
+              complete: bool = False) -> None:
         self.store.update_message(self.user, self.chat_id, self.message_id,
-                                  content=text if text != self._saved or complete else None,
+                                  parts=parts if parts != self._saved or complete else None,
                                   meta=meta, complete=complete)
-        self._saved = text
+        self._saved = parts
         self._last_time = time.monotonic()
         self._last_tokens = tokens

@@ -66,6 +66,7 @@ class ChatTemplate:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self._variables: frozenset[str] | None = None  # read on first use (see `uses`)
         env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -73,6 +74,15 @@ class ChatTemplate:
             self._template = env.from_string(source)
         except JinjaTemplateError as exc:
             raise TemplateError(f"the chat template does not compile: {exc}") from exc
+
+    def uses(self, name: str) -> bool:
+        """Whether the template reads variable `name` (e.g. enable_thinking): the Chat tab shows a control
+        for it only then."""
+        if self._variables is None:
+            from jinja2 import meta
+
+            self._variables = frozenset(meta.find_undeclared_variables(self._template.environment.parse(self.source)))
+        return name in self._variables
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
         try:

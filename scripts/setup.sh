@@ -41,5 +41,6 @@ fi
 models_dir=${PARLOUR_MODELS_DIR:-models}
 if ! ls "$models_dir"/*/config.json >/dev/null 2>&1; then
   echo "[setup] $models_dir/ holds no model: building the demo model (a few minutes, once)"
-  .venv/bin/python -m modules.demo_model --models-dir "$models_dir"
+  .venv/bin/python -m modules.demo_model --models-dir "$models_dir" \
+    --cache "${PARLOUR_MODEL_CACHE:-$HOME/.cache/parlour/models}"
 fi

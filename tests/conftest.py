@@ -79,8 +79,8 @@ class ServerProcess:
             return json.loads(response.read())
 
     def wait_until(self, predicate, timeout: float = 300.0) -> dict:
-        """Poll /health until `predicate(health)` holds (the server's state, not a sleep). The timeout only
-        bounds a hung server: a machine shared by many jobs can take minutes to start one."""
+        """Poll /health until `predicate(health)` holds (the server's state, not a sleep). The deadline only
+        bounds a hung server: a loaded 2-core machine can take minutes to import Gradio and load a model."""
         deadline = time.monotonic() + timeout
         last: dict | Exception = {}
         while time.monotonic() < deadline:

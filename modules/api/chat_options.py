@@ -1,12 +1,13 @@
 """text-generation-webui's chat fields on /v1/chat/completions — the one place they are applied.
 
-A plain OpenAI request (no such field, or only `context`) is rendered from its messages by the model's
-own chat template, as any OpenAI server does; `context` becomes the system prompt. A request that names
-a `mode`, `character`, instruction template, names, `user_bio` or `chat_instruct_command` is built the
-way the Chat tab builds a reply: `modules.chat.resolve_options` turns the names into PromptOptions and
-`modules.chat.request_for` builds the prompt (chat / chat-instruct formatting, the character's context,
-its stop strings) for whichever model holds the queue slot. The messages are the history; system
-messages become the system prompt (instruct) or lead the context (chat), as in the Chat tab.
+Every chat request is one chat turn built the way the Chat tab builds a reply (`modules.chat.request_for`,
+for whichever model holds the queue slot). A plain OpenAI request (no such field, or only `context`) is
+instruct mode with the model's own chat template, as any OpenAI server renders it; `context` is the
+system prompt unless a system message is given. A request that names a `mode`, `character`,
+instruction template, names, `user_bio` or `chat_instruct_command` gets its PromptOptions from
+`modules.chat.resolve_options` (chat / chat-instruct formatting, the character's context, its stop
+strings). The messages are the history; system messages become the system prompt (instruct) or lead
+the context (chat), as in the Chat tab.
 
 `chat_template_str` (a Jinja template for chat mode's formatting, which Parlour does not template) and
 `greeting` (shown in the UI, not sent to the model) are reported back as ignored (header
@@ -33,24 +34,21 @@ def ignored_chat_fields(options: ChatCompletionRequest) -> list[str]:
     return [name for name in NOT_APPLIED if getattr(options, name) is not None]
 
 
-def with_context(messages: list[dict[str, Any]], options: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """Plain requests: text-generation-webui's `context` is the system prompt; a system message wins."""
-    if options.context is not None and not any(m["role"] == "system" for m in messages):
-        return [{"role": "system", "content": options.context}, *messages]
-    return messages
-
-
-def prompt_options(app: Any, options: ChatCompletionRequest, user: str, continue_last: bool) -> PromptOptions | None:
-    """PromptOptions for a request that uses the chat fields, or None for a plain OpenAI request.
-    Unknown characters or templates are 404s naming the field; bad values are 400s."""
+def prompt_options(app: Any, options: ChatCompletionRequest, user: str, continue_last: bool) -> PromptOptions:
+    """PromptOptions for the request: instruct mode with the model's template for a plain OpenAI request
+    (nothing of the user's stored profile), the Chat tab's for one with the chat fields. Unknown
+    characters or templates are 404s naming the field; bad values are 400s."""
+    keep = bool(options.keep_reasoning)
     if all(getattr(options, name) is None for name in CHAT_FIELDS):
-        return None
+        return PromptOptions(mode="instruct", context=options.context or "", continue_last=continue_last,
+                             keep_reasoning=keep)
     try:
         return resolve_options(app, user, mode=options.mode or "instruct", character=options.character,
                                instruction_template=options.instruction_template,
                                template_source=options.instruction_template_str, name1=options.name1,
                                name2=options.name2, context=options.context, user_bio=options.user_bio,
-                               chat_instruct_command=options.chat_instruct_command, continue_last=continue_last)
+                               chat_instruct_command=options.chat_instruct_command, continue_last=continue_last,
+                               keep_reasoning=keep)
     except CharacterError as exc:
         status = 404 if "not found" in str(exc) or "does not exist" in str(exc) else 400
         raise APIError(status, str(exc), param="character", code="character_not_found" if status == 404

@@ -20,7 +20,7 @@ from modules.api.openai import build_preset, caller_of, chat_plan
 from modules.api.runner import CallerRequests
 from modules.api.schemas import ChatCompletionRequest, PresetFields
 from modules.loaders import registry
-from modules.models import ModelError, ModelTooLarge
+from modules.models import ModelClaimed, ModelError, ModelTooLarge
 
 MAX_TOP_LOGITS = 1000
 
@@ -135,6 +135,8 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
             await run_in_threadpool(app.models.load, body.model_name, loader, args)
         except ModelTooLarge as exc:
             raise APIError(400, str(exc), param="model_name", code="model_too_large") from exc
+        except ModelClaimed as exc:  # a training job holds that model
+            raise APIError(409, str(exc), param="model_name", code="model_busy") from exc
         except ModelError as exc:
             raise APIError(400, str(exc), param="model_name", code="model_load_failed") from exc
         return "OK"
@@ -142,7 +144,10 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
     @router.post("/model/unload")
     async def model_unload(body: UnloadBody | None = None) -> str:
         """Unload the model named (an alias works too), or every model without a body."""
-        await run_in_threadpool(app.models.unload, body.model_name if body else None)
+        try:
+            await run_in_threadpool(app.models.unload, body.model_name if body else None)
+        except ModelClaimed as exc:  # a training job holds the model
+            raise APIError(409, str(exc), code="model_busy") from exc
         return "OK"
 
     @router.post("/stop-generation")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
@@ -20,19 +21,20 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from modules.api.chat_options import ignored_chat_fields, prompt_options, with_context
+from modules.api.chat_options import ignored_chat_fields, prompt_options
 from modules.api.errors import RETRY_AFTER_SECONDS, APIError, describe_validation, error_body
 from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, completion_logprobs, supports_logprobs
 from modules.api.model_routes import model_error, request_backend, stream_after_load
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
 from modules.chat import ContextOverflow, request_for
-from modules.generation import GenerationRequest, NoModel, QueueFull, Update
+from modules.generation import GenerationRequest, ModelBusy, NoModel, QueueFull, Update
 from modules.loaders import registry
 from modules.loaders.base import Backend
 from modules.models import ModelError
 from modules.presets import Preset, PresetError
 from modules.templates import TemplateError
+from modules.turns import Turn
 
 IGNORED_HEADER = "X-Parlour-Ignored-Fields"
 MAX_IGNORED_NAMES = 32
@@ -47,6 +49,8 @@ def caller_of(http: Request) -> str:
 
 def to_api_error(exc: BaseException) -> APIError:
     """The HTTP answer for a failure raised by the pipeline before any text was sent."""
+    if isinstance(exc, ModelBusy):  # a training job owns the model
+        return APIError(503, str(exc), code="model_busy", headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, QueueFull):
         return APIError(503, f"the server is busy: {exc}", code="queue_full",
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -187,34 +191,6 @@ def fit_completion_prompt(backend: Backend, prompt: str, preset: Preset, truncat
     return backend.detokenize(ids[-keep:]), len(ids) - keep
 
 
-def fit_chat_messages(app: Any, backend: Backend, request: GenerationRequest, truncate: bool) -> int:
-    """Check the rendered chat fits the context; with `truncate`, drop the oldest turns (never the system
-    prompt or the last message) until it does. Returns the number of prompt tokens dropped."""
-    try:
-        full = len(backend.tokenize(app.pipeline.build_prompt(backend, request)))
-    except (TemplateError, ValueError) as exc:
-        raise APIError(400, str(exc), param="messages", code="invalid_prompt") from exc
-    ctx = backend.context_length
-    if full < ctx:
-        return 0
-    if not truncate:
-        raise APIError(400, f"the conversation is {full} tokens; the model's context is {ctx} tokens (send "
-                       "truncate_prompt: true to drop the oldest messages)", param="messages",
-                       code="context_length_exceeded")
-    budget = ctx - min(request.preset.max_new_tokens, ctx // 2)
-    messages = list(request.messages or [])
-    while True:
-        droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
-        if not droppable:
-            raise APIError(400, f"the last message alone does not fit the model's context of {ctx} tokens",
-                           param="messages", code="context_length_exceeded")
-        del messages[droppable[0]]
-        request.messages = messages
-        size = len(backend.tokenize(app.pipeline.build_prompt(backend, request)))
-        if size <= budget:
-            return full - size
-
-
 def completion_plan(app: Any, body: CompletionRequest) -> Plan:
     refuse_unsupported(body)
     backend = request_backend(app, body.model)
@@ -232,36 +208,42 @@ def completion_plan(app: Any, body: CompletionRequest) -> Plan:
     return Plan(jobs, backend.name, body.ignored_fields() + not_applied, backend, logprobs_wanted(body, backend))
 
 
-def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+def chat_history(body: ChatCompletionRequest) -> list[Turn]:
+    """The request's messages as turns (`developer` is `system`; an assistant message's
+    `reasoning_content`, as DeepSeek's and vLLM's clients send it back, is kept as its reasoning)."""
+    turns = []
+    for m in body.messages:
+        reasoning = (m.model_extra or {}).get("reasoning_content")
+        turns.append(Turn.of("system" if m.role == "developer" else m.role, m.text(),
+                             reasoning if isinstance(reasoning, str) else ""))
+    return turns
 
 
 def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
+    """Every chat request — plain OpenAI or with text-generation-webui's fields — is one chat turn built
+    as the Chat tab builds it (modules/chat.py), and its extension hooks run once (Pipeline.begin)."""
     refuse_unsupported(body)
     backend = request_backend(app, body.model)
     check_logit_bias(body, backend)
     top_logprobs = logprobs_wanted(body, backend)
     preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
     ignored = body.ignored_fields() + not_applied + ignored_chat_fields(body)
-    messages = chat_messages(body)
-    continue_last = (body.continue_final_message or body.continue_) and messages[-1]["role"] == "assistant"
+    history = chat_history(body)
+    continue_last = (body.continue_final_message or body.continue_) and history[-1].role == "assistant"
     user = body.user or "api"
     options = prompt_options(app, body, user, continue_last)
-    if options is not None:  # text-generation-webui's chat fields: built as the Chat tab builds a reply
-        jobs = [Job(request_for(messages, options, choice_seed(preset, i), user=user, stop=body.stop_strings()),
-                    index=i, prompt_index=0) for i in range(body.n)]
-        template_param = ("instruction_template_str" if body.instruction_template_str else
-                          "instruction_template" if body.instruction_template else "messages")
-        jobs[0].truncated_turns = fit_built_chat(backend, jobs[0].request, body.truncate_prompt, template_param)
-        for job in jobs[1:]:
-            job.truncated_turns = jobs[0].truncated_turns
-        return with_prompts(app, Plan(jobs, backend.name, ignored, backend, top_logprobs))
-    probe = GenerationRequest(preset=preset, messages=with_context(messages, body), continue_last=continue_last)
-    dropped = fit_chat_messages(app, backend, probe, body.truncate_prompt)
-    jobs = [Job(GenerationRequest(preset=choice_seed(preset, i), messages=list(probe.messages or []),
-                                  stop=body.stop_strings(), user=user, continue_last=continue_last),
-                index=i, prompt_index=0, truncated_tokens=dropped)
-            for i in range(body.n)]
+    turn = app.pipeline.begin(request_for(history, options, preset, user=user, stop=body.stop_strings(),
+                                          template_vars=body.template_vars()))
+    jobs = []
+    for i in range(body.n):
+        begun = replace(turn.begun, preset=choice_seed(turn.begun.preset, i))
+        jobs.append(Job(replace(turn, preset=choice_seed(preset, i), cancel=threading.Event(), begun=begun),
+                        index=i, prompt_index=0))
+    template_param = ("instruction_template_str" if body.instruction_template_str else
+                      "instruction_template" if body.instruction_template else "messages")
+    dropped = fit_built_chat(app, backend, jobs[0].request, body.truncate_prompt, template_param)
+    for job in jobs:
+        job.truncated_turns, job.truncated_tokens = dropped
     return with_prompts(app, Plan(jobs, backend.name, ignored, backend, top_logprobs))
 
 
@@ -273,13 +255,14 @@ def with_prompts(app: Any, plan: Plan) -> Plan:
     return plan
 
 
-def fit_built_chat(backend: Backend, request: GenerationRequest, truncate: bool, template_param: str) -> int:
-    """A Chat-tab-style prompt drops its oldest turns itself to fit the context; through the API that
-    happens only when the client asked for truncation (as for plain requests). Returns turns dropped."""
-    if request.build is None or backend.chat_template is None:
-        return 0  # a remote engine gets the messages and fits them itself
+def fit_built_chat(app: Any, backend: Backend, request: GenerationRequest, truncate: bool,
+                   template_param: str) -> tuple[int, int]:
+    """A chat prompt drops its oldest turns itself to fit the context; through the API that happens
+    only when the client asked for truncation. Returns (turns, tokens) dropped."""
+    if registry.capabilities(backend).engine_templates:
+        return 0, 0  # a remote engine gets the messages and fits them itself
     try:
-        prompt = request.build(backend, None)
+        prompt = app.pipeline.chat_prompt(backend, request)
     except ContextOverflow as exc:
         raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except TemplateError as exc:  # e.g. the sandbox refused the client's template
@@ -290,7 +273,7 @@ def fit_built_chat(backend: Backend, request: GenerationRequest, truncate: bool,
         raise APIError(400, f"the conversation does not fit the model's context of {prompt.context_length} "
                        "tokens (send truncate_prompt: true to drop the oldest messages)", param="messages",
                        code="context_length_exceeded")
-    return prompt.turns_dropped
+    return prompt.turns_dropped, prompt.tokens_dropped
 
 
 def finish_reason(update: Update) -> str:
@@ -363,7 +346,10 @@ class Responder:
             logprobs = (await run_in_threadpool(self._score_whole, job, final.text)
                         if self.plan.logprobs is not None else None)
             if self.chat:
-                choices.append({"index": job.index, "message": {"role": "assistant", "content": final.text},
+                message: dict[str, Any] = {"role": "assistant", "content": final.text}
+                if final.reasoning:  # vLLM's and DeepSeek's field (text-generation-webui's too)
+                    message["reasoning_content"] = final.reasoning
+                choices.append({"index": job.index, "message": message,
                                 "logprobs": logprobs, "finish_reason": finish_reason(final)})
             else:
                 choices.append({"index": job.index, "text": job.echo + final.text, "logprobs": logprobs,
@@ -398,10 +384,13 @@ class Responder:
                                    headers=self.plan.headers())
 
     def _chunk(self, index: int, text: str | None, finish: str | None, role: bool = False,
-               include_usage: bool = False, logprobs: list[TokenLogprob] | None = None) -> bytes:
+               include_usage: bool = False, logprobs: list[TokenLogprob] | None = None,
+               reasoning: str = "") -> bytes:
         scored = self._logprobs(logprobs) if logprobs is not None else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if reasoning:
+                delta["reasoning_content"] = reasoning
             if text:
                 delta["content"] = text
             choice = {"index": index, "delta": delta, "logprobs": scored, "finish_reason": finish}
@@ -429,6 +418,8 @@ class Responder:
                     async for update in _prepend(pending, updates):
                         if update.queue_position:
                             yield f": queue position {update.queue_position}\n\n".encode()
+                        if update.reasoning_delta and self.chat:  # before the content it precedes
+                            yield chunk(job.index, None, None, reasoning=update.reasoning_delta)
                         if update.delta:
                             scored = await run_in_threadpool(scorer.add, update.delta) if scorer else None
                             yield chunk(job.index, update.delta, None, logprobs=scored)

@@ -144,6 +144,16 @@ class ChatCompletionRequest(GenerationFields):
     user_bio: str | None = None
     chat_instruct_command: str | None = None
     continue_: bool = False
+    # reasoning models: template switches (Qwen3's enable_thinking, GPT-OSS's reasoning_effort, which is
+    # also OpenAI's own field) and whether earlier replies' reasoning is sent back (off: the HF convention)
+    enable_thinking: bool | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    keep_reasoning: bool = False
+
+    def template_vars(self) -> dict[str, Any]:
+        """The chat template's switches this request sets (only those given)."""
+        return {k: v for k, v in (("enable_thinking", self.enable_thinking),
+                                  ("reasoning_effort", self.reasoning_effort)) if v is not None}
 
     @field_validator("character", "instruction_template")
     @classmethod

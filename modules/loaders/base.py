@@ -5,9 +5,11 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from modules.presets import Preset
+from modules.reasoning import ReasoningFormat
 from modules.templates import ChatTemplate
 
 
@@ -18,6 +20,8 @@ class Delta:
     text: str
     tokens: int = 1
     finish_reason: str | None = None  # set on the last delta: "stop", "length" or "cancelled"
+    #: reasoning an engine returns apart from the text (vLLM's and DeepSeek's `reasoning_content`)
+    reasoning: str = ""
 
 
 class LoadError(RuntimeError):
@@ -44,6 +48,9 @@ class Backend(Protocol):
     chat_template: ChatTemplate | None
     #: strings that end a turn in this model's template (e.g. "<|im_end|>"), used as stop strings
     stop_strings: tuple[str, ...]
+    #: the markers of its reasoning blocks (modules/reasoning.py): read from its template at load, then
+    #: the per-model setting if there is one (the model manager sets it)
+    reasoning_format: ReasoningFormat
 
     @property
     def context_length(self) -> int: ...
@@ -69,6 +76,15 @@ class Backend(Protocol):
     def info(self) -> dict[str, Any]: ...
 
     def unload(self) -> None: ...
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS")), 0)
 
 
 class IncrementalDecoder:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from modules import reasoning
 from modules.loaders.base import Delta, Emit, LoadError, token_stream
 from modules.loaders.options import LlamaCppOptions
 from modules.loaders.registry import LLAMACPP_SAMPLER_ARGS, LLAMACPP_SAMPLERS
@@ -70,6 +71,7 @@ class LlamaCppBackend:
         template = meta.get("tokenizer.chat_template")
         self.has_own_template = bool(template)
         self.chat_template: ChatTemplate | None = ChatTemplate(template or CHATML)
+        self.reasoning_format = reasoning.detect(template)
         self.eos_token_ids = (self.llm.token_eos(),)
         self.stop_strings: tuple[str, ...] = ()
         self.architecture = meta.get("general.architecture", "?")

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import httpx
 
+from modules import reasoning
 from modules.loaders.base import Delta, LoadError
 from modules.loaders.options import RemoteOptions
 from modules.presets import Preset
@@ -79,6 +80,9 @@ class RemoteBackend:
     chat_template = None  # the engine applies the model's own template
     stop_strings: tuple[str, ...] = ()
     vocab_size = None  # the engine's tokenizer is not ours to know
+    #: engines with a reasoning parser (vLLM --reasoning-parser, DeepSeek) send `reasoning_content` apart;
+    #: others send `<think>` blocks inside the text, which the pipeline splits as for a local model
+    reasoning_format = reasoning.THINK
 
     def __init__(self, model_id: str, options: RemoteOptions) -> None:
         self.name = f"remote:{model_id}"
@@ -122,12 +126,17 @@ class RemoteBackend:
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
         body = {"model": self.model_id, "prompt": prompt, "stream": True, **request_body(preset)}
-        yield from self._stream("completions", body, cancel, lambda choice: choice.get("text") or "")
+        yield from self._stream("completions", body, cancel, lambda choice: (choice.get("text") or "", ""))
 
     def stream_chat(self, messages: list[dict[str, Any]], preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
         body = {"model": self.model_id, "messages": messages, "stream": True, **request_body(preset)}
-        yield from self._stream("chat/completions", body, cancel,
-                                lambda choice: (choice.get("delta") or {}).get("content") or "")
+
+        def text_of(choice: dict[str, Any]) -> tuple[str, str]:
+            delta = choice.get("delta") or {}
+            # vLLM and DeepSeek call it reasoning_content; some engines (and newer vLLM) `reasoning`
+            return delta.get("content") or "", delta.get("reasoning_content") or delta.get("reasoning") or ""
+
+        yield from self._stream("chat/completions", body, cancel, text_of)
 
     def _stream(self, path: str, body: dict[str, Any], cancel: threading.Event, text_of) -> Iterator[Delta]:
         reason = None
@@ -148,9 +157,9 @@ class RemoteBackend:
                     chunk = json.loads(data)
                     for choice in chunk.get("choices", []):
                         reason = choice.get("finish_reason") or reason
-                        text = text_of(choice)
-                        if text:
-                            yield Delta(text, 1)
+                        text, thought = text_of(choice)
+                        if text or thought:
+                            yield Delta(text, 1, reasoning=thought)
         except httpx.HTTPError as exc:
             raise RuntimeError(f"remote server failed: {exc}") from exc
         yield Delta("", 0, "cancelled" if cancel.is_set() else reason or "stop")

@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules.app import App
 from modules.render import COPY_JS
-from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session
+from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session, training
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
 # Dark by default, as users of local LLM UIs expect; `?__theme=light` still switches.
@@ -38,10 +38,14 @@ def build(app: App) -> gr.Blocks:
                     with gr.Tab("Load", id="model-load-tab"):
                         status, info, describe, models_changed = model.render(app)
                         parameters.follow_model(app, params, status)
+                        chat_ui["follow_model"](status)
                     with gr.Tab("Evaluate", id="model-evaluate-tab"):
                         evaluate.render(app)
+            with gr.Tab("Training", id="training"):
+                training.render(app)
             with gr.Tab("Session", id="session"):
                 session.render(app)
+            extensions.bind_components(app, chat_ui["components"], params)
             extensions.render_tabs(app)
         extensions.render_block(app)
         # A model may still be loading when the page opens: refresh the status lines until it is ready.

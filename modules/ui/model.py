@@ -26,6 +26,7 @@ from modules.models import ModelError, describe_backend
 from modules.ui import downloads
 
 OPTIONS = {name: spec.options for name, spec in LOADERS.items()}
+REASONING_CHOICES = ["auto", "think", "gpt-oss", "off", "custom"]
 
 
 def _control(loader: str, name: str, field: FieldInfo) -> gr.components.Component:
@@ -127,6 +128,16 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
                                     scale=4)
         remote_fetch = gr.Button("List remote models", elem_id="remote-fetch", scale=1)
 
+    with gr.Accordion("Reasoning markers", open=False):
+        with gr.Row():
+            reasoning_kind = gr.Dropdown(REASONING_CHOICES, value="auto", label="Reasoning blocks",
+                                         info="auto: read from the chat template (<think>, GPT-OSS's channels); "
+                                              "custom: the markers beside. Saved with Save settings.",
+                                         elem_id="reasoning-kind")
+            reasoning_start = gr.Textbox(label="Start marker", placeholder="[THINK]", elem_id="reasoning-start")
+            reasoning_end = gr.Textbox(label="End marker", placeholder="[/THINK]", elem_id="reasoning-end")
+    reasoning_controls = [reasoning_kind, reasoning_start, reasoning_end]
+
     with gr.Accordion("LoRA adapters", open=False):
         with gr.Row():
             loras = gr.Dropdown(choices=app.models.list_loras(), multiselect=True, label="LoRAs (from loras/)",
@@ -150,21 +161,25 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         return app.models.status(), json.dumps(data, indent=2, default=str) if data else ""
 
     def on_select(name: str | None):
-        """Picking a model infers its loader and restores its saved options."""
+        """Picking a model infers its loader and restores its saved options and reasoning markers."""
+        skip = [gr.skip()] * (1 + len(groups) + len(all_controls) + len(reasoning_controls))
         if not name:
-            return [gr.skip()] * (1 + len(groups) + len(all_controls))
+            return skip
         try:
             saved = app.models.saved.get(name) if not name.startswith(REMOTE_PREFIX) else None
             chosen = app.models.default_loader(name) or "transformers"
         except ModelError as exc:
             gr.Warning(str(exc))
-            return [gr.skip()] * (1 + len(groups) + len(all_controls))
+            return skip
         values = []
         for loader_name, group in controls.items():
             stored = saved.options if saved is not None and loader_name == chosen else {}
             values += [stored.get(key, OPTIONS[loader_name].model_fields[key].default) for key in group]
         values = ["" if isinstance(v, SecretStr) else v for v in values]
-        return [chosen] + [gr.Group(visible=n == chosen) for n in groups] + values
+        marks = saved.reasoning if saved is not None else None
+        reasoning_values = (["custom", marks["start"], marks["end"]] if isinstance(marks, dict)
+                            else [marks or "auto", "", ""])
+        return [chosen] + [gr.Group(visible=n == chosen) for n in groups] + values + reasoning_values
 
     def on_loader(chosen: str):
         return [gr.Group(visible=n == chosen) for n in groups] + [gr.Row(visible=chosen == "remote")]
@@ -195,16 +210,21 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
     def on_unload(name: str | None) -> tuple[str, str]:
         """Unload the model chosen in the dropdown (if it is loaded), else the default one."""
         target = name if name and app.models.get(name) is not None else app.models.default
-        if target is not None:
-            app.models.unload(target)
+        try:
+            if target is not None:
+                app.models.unload(target)
+        except ModelError as exc:  # a training job holds the model
+            return f"⚠️ {exc}", gr.skip()
         return describe()
 
     def on_save(name: str | None, chosen: str, *values: Any) -> str:
         if not name:
             return "⚠️ choose a model first"
+        kind, start, end = values[len(all_controls):]
+        marks: Any = {"start": start or "", "end": end or ""} if kind == "custom" else (None if kind == "auto" else kind)
         try:
-            options = {k: v for k, v in options_from(chosen, values).items() if k != "api_key"}
-            app.models.save_settings(name, chosen, options)
+            options = {k: v for k, v in options_from(chosen, values[:len(all_controls)]).items() if k != "api_key"}
+            app.models.save_settings(name, chosen, options, reasoning_setting=marks)
         except ModelError as exc:
             return f"⚠️ {exc}"
         return f"Saved settings for **{name}** in {app.models.saved.path.name}."
@@ -230,7 +250,8 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
 
     refresh.click(lists, None, [dropdown, loras], api_name="model_refresh")
     download_status.change(lists, None, [dropdown, loras], api_visibility="private", show_progress="hidden")
-    dropdown.change(on_select, dropdown, [loader, *groups.values(), *all_controls], api_visibility="private")
+    dropdown.change(on_select, dropdown, [loader, *groups.values(), *all_controls, *reasoning_controls],
+                    api_visibility="private")
     remote_models.change(lambda n: (gr.Dropdown(choices=app.models.list() + [n], value=n), "remote"),
                          remote_models, [dropdown, loader], api_visibility="private")
     loader.change(on_loader, loader, [*groups.values(), remote_row], api_visibility="private")
@@ -238,7 +259,7 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
     reload.click(on_reload, all_controls, [status, info], api_name="model_reload")
     unload.click(on_unload, dropdown, [status, info], api_name="model_unload")
     status.change(lambda: loaded_rows(app), None, table, api_visibility="private", show_progress="hidden")
-    save.click(on_save, [dropdown, loader, *all_controls], status, api_name="model_save_settings")
+    save.click(on_save, [dropdown, loader, *all_controls, *reasoning_controls], status, api_name="model_save_settings")
     remote_fetch.click(on_fetch_remote, None, remote_models, api_visibility="private")
     lora_apply.click(on_loras, loras, [status, info], api_name="lora_apply")
     lora_remove.click(lambda: on_loras([]), None, [status, info], api_name="lora_remove")

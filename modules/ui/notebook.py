@@ -19,7 +19,7 @@ from modules.generation import GenerationError, GenerationRequest, NoModel, Queu
 from modules.inspect_logits import CannotInspect, candidates_table, chain_bars, coloured_tokens, inspect_next_token, \
     score_text
 from modules.models import ModelError
-from modules.ui.chat import speed_line
+from modules.ui.chat_view import speed_line
 from modules.ui.parameters import ParameterControls
 
 

@@ -1,95 +1,159 @@
-"""Chat replies on the real micro model: saved as they stream, metadata that reproduces them, truncation."""
+"""The chat-turn service on the real micro model, no browser: every Chat tab action, saved chats and
+incognito ones, metadata that reproduces a reply, truncation, the exact prompt."""
 
 from __future__ import annotations
 
-import threading
+import pytest
 
 from modules import chat
-from modules.chat import PromptOptions, ReplyTarget, preset_from_meta, resolve_options, resolve_seed, stream_reply
+from modules.chat import PromptOptions, resolve_options
+from modules.conversation import ChatView, Setup, preset_from_meta
 from modules.presets import Preset
+from modules.turns import ReasoningPart, TextPart, Turn
 
 SAMPLED = Preset(temperature=1.0, max_new_tokens=24, ban_eos_token=True)
+GREEDY = Preset(temperature=0.0, max_new_tokens=6, ban_eos_token=True)
 
 
-def run(app, history, options, preset, target=None):
-    return list(stream_reply(app, history, options, preset, target))
-
-
-def test_reply_is_saved_with_metadata_and_reproduces_exactly(make_app):
+@pytest.fixture()
+def app(make_app):
     app = make_app()
     app.models.load("parlour-micro")
+    return app
+
+
+def last(steps):
+    step = None
+    for step in steps:
+        pass
+    return step
+
+
+def test_send_saves_the_message_and_the_reply_with_metadata_that_reproduces_it(app):
     opts = resolve_options(app, "ann", mode="instruct", character="Assistant", instruction_template="ChatML")
-    chat_id = app.store.create_chat("ann", character="Assistant", mode="instruct")
-    q = app.store.add_message("ann", chat_id, "user", "Tell me a story")
-    reply = app.store.add_message("ann", chat_id, "assistant", "", complete=False)
-    history = [{"role": "user", "content": "Tell me a story"}]
-    preset = resolve_seed(SAMPLED)
-    assert preset.seed >= 0
-    out = run(app, history, opts, preset, ReplyTarget(app.store, "ann", chat_id, reply))
-    text, last = out[-1]
-    saved = app.store.path("ann", chat_id)[-1]
-    assert saved.content == text and saved.complete
-    meta = saved.meta
-    assert meta["model"] == "parlour-micro" and meta["seed"] == preset.seed and meta["tokens"] == 24
+    setup = Setup(opts, SAMPLED, character="Assistant")
+    step = last(app.chats.send("ann", ChatView(), "Tell me a story", setup))
+    view = step.view
+    saved = app.store.path("ann", view.chat_id)
+    assert [m.role for m in saved] == ["user", "assistant"]
+    assert saved[0].content == "Tell me a story"
+    reply = saved[-1]
+    assert reply.content == step.turns[-1].text and reply.complete
+    meta = reply.meta
+    assert meta["model"] == "parlour-micro" and meta["tokens"] == 24 and meta["seed"] >= 0
     assert meta["mode"] == "instruct" and meta["template"] == "ChatML" and meta["prompt_tokens"] > 0
     assert meta["finish_reason"] == "length" and meta["context_length"] == 2048
-    # reproduce: same saved settings, a new version under the same question, identical text
-    again = app.store.add_message("ann", chat_id, "assistant", "", parent_id=q, complete=False)
-    text2, _ = run(app, history, opts, preset_from_meta(meta), ReplyTarget(app.store, "ann", chat_id, again))[-1]
-    assert text2 == text
-    assert [m.version for m in app.store.path("ann", chat_id)] == [1, 2]
+    # reproduce: the same saved settings make a new version under the same question, with identical text
+    again = last(app.chats.reproduce("ann", view, setup))
+    assert again.turns[-1].text == reply.content
+    path = app.store.path("ann", view.chat_id)
+    assert [m.version for m in path] == [1, 2] and path[-1].meta["seed"] == meta["seed"]
+    assert preset_from_meta(path[-1].meta).seed == meta["seed"]
 
 
-def test_truncation_is_reported_through_the_pipeline(make_app):
-    app = make_app()
-    app.models.load("parlour-micro")
+def test_regenerate_keeps_versions_and_the_arrows_browse_them(app):
+    setup = Setup(PromptOptions(mode="instruct"), SAMPLED)
+    view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
+    first = app.chats.turns("ann", view)[-1].text
+    second = last(app.chats.regenerate("ann", view, setup)).turns[-1].text
+    shown = app.chats.shown("ann", view)
+    assert (shown[-1].version, shown[-1].versions) == (2, 2) and shown[-1].turn.text == second
+    view = app.chats.select_version("ann", view, len(shown) - 1, -1)
+    assert app.chats.turns("ann", view)[-1].text == first
+    assert app.chats.version_line("ann", view)[1].startswith(f"Message {len(shown)} (assistant) · version 1/2")
+
+
+def test_continue_extends_the_reply_in_place_and_start_reply_with_leads_it(app):
+    setup = Setup(PromptOptions(mode="chat", start_reply_with="Well,"), GREEDY)
+    view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
+    reply = app.chats.turns("ann", view)[-1].text
+    assert reply.startswith("Well,") and len(reply) > len("Well,")
+    more = last(app.chats.continue_reply("ann", view, setup)).turns[-1].text
+    assert more.startswith(reply) and len(more) > len(reply)
+    path = app.store.path("ann", view.chat_id)
+    assert len(path) == 2 and path[-1].content == more  # the same message, grown
+
+
+def test_remove_last_edit_branch_and_dummy_messages(app):
+    setup = Setup(PromptOptions(mode="instruct"), GREEDY)
+    view = last(app.chats.send("ann", ChatView(), "first", setup)).view
+    view = last(app.chats.send("ann", view, "second", setup)).view
+    view, removed = app.chats.remove_last("ann", view)
+    assert removed == "second" and [t.text for t in app.chats.turns("ann", view)][0] == "first"
+    view = app.chats.edit("ann", view, 0, "first, edited")
+    assert app.chats.turns("ann", view)[0].text == "first, edited"
+    branched = app.chats.branch("ann", view, 0)
+    assert branched.chat_id != view.chat_id
+    assert [t.text for t in app.chats.turns("ann", branched)] == ["first, edited"]
+    view = app.chats.add_dummy("ann", view, "assistant", "a hand-written reply", setup)
+    assert app.chats.turns("ann", view)[-1] == Turn("assistant", (TextPart("a hand-written reply"),))
+
+
+def test_impersonate_writes_the_users_line_and_saves_nothing(app):
+    setup = Setup(PromptOptions(mode="chat"), GREEDY)
+    view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
+    before = len(app.store.path("ann", view.chat_id))
+    written, update = list(app.chats.impersonate("ann", view, setup))[-1]
+    assert update.finish_reason is not None and written == update.text.strip()
+    assert len(app.store.path("ann", view.chat_id)) == before
+
+
+def test_incognito_chats_are_never_saved(app):
+    setup = Setup(PromptOptions(mode="instruct"), GREEDY, character="Example")
+    view = app.chats.new_chat("ann", setup, incognito=True)
+    assert view.incognito and view.turns and view.turns[0].role == "assistant"  # the greeting
+    step = last(app.chats.send("ann", view, "hello", setup))
+    assert [t.role for t in step.view.turns] == ["assistant", "user", "assistant"]
+    regen = last(app.chats.regenerate("ann", step.view, setup)).view
+    assert len(regen.turns) == 3
+    assert app.store.list_chats("ann") == []
+    with pytest.raises(ValueError, match="incognito"):
+        app.chats.branch("ann", regen, 1)
+
+
+def test_a_new_chat_with_a_character_starts_with_its_greeting(app):
+    opts = resolve_options(app, "ann", mode="chat", character="Example")
+    view = app.chats.new_chat("ann", Setup(opts, GREEDY, character="Example"))
+    greeting = app.characters.load("Example").greeting
+    assert view.chat_id is not None
+    assert app.chats.turns("ann", view)[0].text == chat.substitute(greeting, opts.name1, opts.name2)
+    plain = app.chats.new_chat("ann", Setup(PromptOptions(), GREEDY))
+    assert plain.chat_id is None  # no greeting: the chat is saved with its first message
+
+
+def test_truncation_is_reported(app):
     history = []
     for i in range(60):
-        history += [{"role": "user", "content": f"question number {i} " * 5},
-                    {"role": "assistant", "content": f"answer number {i} " * 5}]
-    history.append({"role": "user", "content": "and finally?"})
-    opts = PromptOptions(mode="chat", context="You are a test.")
-    text, last = run(app, history, opts, Preset(max_new_tokens=4))[-1]
-    assert last.context_length == 2048 and last.turns_dropped > 0
-    assert last.prompt_tokens <= 2048 - 4
-    assert "dropped" in chat.context_line(last)
+        history += [Turn.of("user", f"question number {i} " * 5), Turn.of("assistant", f"answer number {i} " * 5)]
+    view = ChatView(incognito=True, turns=tuple(history))
+    step = last(app.chats.send("ann", view, "and finally?", Setup(PromptOptions(mode="chat", context="A test."),
+                                                                  Preset(max_new_tokens=4))))
+    assert step.update.context_length == 2048 and step.update.turns_dropped > 0
+    assert step.update.prompt_tokens <= 2048 - 4 and "dropped" in chat.context_line(step.update)
 
 
-def test_start_reply_with_and_continue_keep_the_prefix(make_app):
-    app = make_app()
-    app.models.load("parlour-micro")
-    history = [{"role": "user", "content": "hi"}]
-    opts = PromptOptions(mode="chat", start_reply_with="Well,")
-    text, _ = run(app, history, opts, Preset(temperature=0.0, max_new_tokens=5, ban_eos_token=True))[-1]
-    assert text.startswith("Well,") and len(text) > len("Well,")
-    cont = PromptOptions(mode="chat", continue_last=True)
-    more, _ = run(app, history + [{"role": "assistant", "content": text}], cont,
-                  Preset(temperature=0.0, max_new_tokens=5, ban_eos_token=True))[-1]
-    assert more.startswith(text) and len(more) > len(text)
-
-
-def test_stopping_mid_reply_keeps_what_was_written(make_app):
-    app = make_app()
-    app.models.load("parlour-micro")
-    chat_id = app.store.create_chat("ann")
-    app.store.add_message("ann", chat_id, "user", "go")
-    reply = app.store.add_message("ann", chat_id, "assistant", "", complete=False)
-    cancel = threading.Event()
-    gen = stream_reply(app, [{"role": "user", "content": "go"}], PromptOptions(),
-                       Preset(max_new_tokens=2000, ban_eos_token=True), ReplyTarget(app.store, "ann", chat_id, reply),
-                       cancel)
-    for text, update in gen:
-        if update.tokens >= 5 and text:
+def test_stopping_mid_reply_keeps_what_was_written(app):
+    setup = Setup(PromptOptions(), Preset(max_new_tokens=2000, ban_eos_token=True))
+    steps = app.chats.send("ann", ChatView(), "go", setup)
+    for step in steps:
+        if step.update.tokens >= 5 and step.turns[-1].text:
             break
-    gen.close()  # what Stop does to the UI handler
-    assert cancel.is_set()
-    saved = app.store.path("ann", chat_id)[-1]
-    assert saved.content == text and saved.meta["finish_reason"] == "cancelled" and saved.complete
+    steps.close()  # what Stop does to the UI handler
+    saved = app.store.path("ann", step.view.chat_id)[-1]
+    assert saved.content.startswith(step.turns[-1].text) and saved.meta["finish_reason"] == "cancelled"
+    assert saved.complete
 
 
-def test_next_prompt_is_exactly_what_the_model_reads(make_app):
-    app = make_app()
-    app.models.load("parlour-micro")
+def test_edit_keeps_a_replys_reasoning(app):
+    chat_id = app.store.create_chat("ann")
+    app.store.add_message("ann", chat_id, "user", "q")
+    app.store.add_message("ann", chat_id, "assistant", Turn("assistant", (ReasoningPart("hmm"), TextPart("a"))))
+    view = app.chats.edit("ann", ChatView(chat_id=chat_id), 1, "b")
+    turn = app.chats.turns("ann", view)[1]
+    assert turn.text == "b" and turn.reasoning == "hmm"
+
+
+def test_next_prompt_is_exactly_what_the_model_reads(app):
     backend = app.models.current()
     seen: list[str] = []
     original = backend.stream
@@ -99,24 +163,22 @@ def test_next_prompt_is_exactly_what_the_model_reads(make_app):
         return original(prompt, *args, **kwargs)
 
     backend.stream = recording
-    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-               {"role": "user", "content": "what is 2+2?"}]
+    history = [Turn.of("user", "hi"), Turn.of("assistant", "hello")]
     preset = Preset(max_new_tokens=2, seed=1)
     for opts in (resolve_options(app, "ann", mode="chat", character="Example", start_reply_with="Well,"),
                  resolve_options(app, "ann", mode="instruct", instruction_template="Alpaca"),
                  resolve_options(app, "ann", mode="chat-instruct", character="Assistant")):
-        shown = chat.next_prompt(app, history, opts, preset, user="ann")
-        run(app, history, opts, preset)
+        shown = chat.next_prompt(app, history + [Turn.of("user", "what is 2+2?")], opts, preset, user="ann")
+        last(app.chats.send("ann", ChatView(incognito=True, turns=tuple(history)), "what is 2+2?",
+                            Setup(opts, preset)))
         assert seen[-1] == shown.text
         assert shown.prompt_tokens == len(backend.tokenize(shown.text)) and shown.context_length == 2048
     assert shown.text.endswith("<|im_start|>assistant\n") and "what is 2+2?" in shown.text
 
 
-def test_next_prompt_without_a_model_or_text_is_a_clear_error(make_app):
-    import pytest
-
+def test_next_prompt_without_a_model_is_a_clear_error(make_app):
     from modules.generation import NoModel
 
     app = make_app()
     with pytest.raises(NoModel, match="no model is loaded"):
-        chat.next_prompt(app, [{"role": "user", "content": "hi"}], PromptOptions(), Preset())
+        chat.next_prompt(app, [Turn.of("user", "hi")], PromptOptions(), Preset())

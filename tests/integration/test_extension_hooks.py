@@ -141,7 +141,8 @@ def test_hook_state_modifier(ext_app):
         """})
     update = final(app, messages=HI, state={"name2": "Parlour"})
     assert update.tokens == 4 and update.finish_reason == "length"
-    assert app.extensions.loaded["st"].module.seen == [("chat", "Parlour")]
+    # `mode` is the chat's mode as text-generation-webui sets it; a `messages` request is instruct mode
+    assert app.extensions.loaded["st"].module.seen == [("instruct", "Parlour")]
 
 
 def test_hook_chat_input_modifier(ext_app):
@@ -303,7 +304,7 @@ def test_tgw_extension_hooks_fire_in_order_with_the_right_values(recorder):
         "custom_generate_reply", "tokenizer_modifier", "logits_processor_modifier", "output_modifier",
         "reply_footer"]
     by = {c[0]: c for c in calls}
-    assert by["state_modifier"][1:] == ("chat", "You")
+    assert by["state_modifier"][1:] == ("instruct", "You")  # the chat's mode, as text-generation-webui sets it
     assert by["chat_input_modifier"][1:] == ("new", "new", 6)          # the modified state reaches later hooks
     assert by["input_modifier"][1:] == ("[ci]new", True)              # chained after chat_input_modifier
     assert by["history_modifier"][1] == [["old", "reply"], ["[ci]new [in]", ""]]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from modules.turns import TextPart
 from modules.store import ChatNotFound, ChatStore, ReplyWriter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,11 +175,11 @@ def test_reply_writer_flushes_by_tokens(store):
     chat = store.create_chat("ann")
     m = store.add_message("ann", chat, "assistant", "", complete=False)
     writer = ReplyWriter(store, "ann", chat, m, interval=3600, every_tokens=4)
-    assert not writer.update("ab", 2)
+    assert not writer.update((TextPart("ab"),), 2)
     assert store.path("ann", chat)[0].content == ""
-    assert writer.update("abcd", 4)
+    assert writer.update((TextPart("abcd"),), 4)
     assert store.path("ann", chat)[0].content == "abcd"
-    writer.flush("abcdef", 6, meta={"tokens": 6}, complete=True)
+    writer.flush((TextPart("abcdef"),), 6, meta={"tokens": 6}, complete=True)
     saved = store.path("ann", chat)[0]
     assert (saved.content, saved.complete, saved.meta) == ("abcdef", True, {"tokens": 6})
 
@@ -187,6 +188,7 @@ WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     from modules.store import ChatStore, ReplyWriter
+    from modules.turns import TextPart
     store = ChatStore({db!r})
     for n in range(3):
         c = store.create_chat("ann", title=f"done {{n}}")
@@ -201,7 +203,7 @@ WRITER = textwrap.dedent("""
     while True:
         i += 1
         text += f"w{{i}} "
-        writer.update(text, i)
+        writer.update((TextPart(text),), i)
         print(len(text), flush=True)
 """)
 

@@ -1,0 +1,183 @@
+"""How the Chat tab shows a chat: bubbles (with reasoning blocks), status lines, the chat list.
+
+Presentation only: what to show comes from the chat service (modules/conversation.py). Bubbles hold
+HTML rendered and sanitized on the server (modules/render.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import gradio as gr
+from pydantic import ValidationError
+
+from modules.app import App
+from modules.characters import CharacterError
+from modules.chat import ContextOverflow, context_line
+from modules.conversation import ChatView
+from modules.generation import GenerationError, NoModel, QueueFull
+from modules.models import ModelError
+from modules.store import ChatNotFound, StoreError
+from modules.templates import TemplateError
+from modules.render import render_extension_html, render_footer, render_markdown, render_reasoning
+from modules.turns import ReasoningPart, TextPart, Turn
+
+log = logging.getLogger(__name__)
+#: template variables the Chat tab has a control for, shown only when the model's template reads them
+THINKING_VARS = ("enable_thinking", "reasoning_effort")
+EXPECTED_ERRORS = (NoModel, QueueFull, GenerationError, TemplateError, ContextOverflow, CharacterError, ChatNotFound,
+                   StoreError, ValueError, ModelError)
+
+
+def guarded(fn):
+    """Expected errors become a warning and a status line (the 5th of the chat outputs), never a crashed event."""
+    @functools.wraps(fn)  # Gradio reads the wrapped signature (gr.Request, SelectData)
+    def wrapper(*args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+            if result is None:  # nothing to change
+                return
+            if hasattr(result, "__next__"):
+                yield from result
+            else:
+                yield result
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            gr.Warning(f"invalid parameters: {first['loc'][0] if first['loc'] else ''}: {first['msg']}")
+            yield (gr.skip(),) * 4 + (f"⚠️ invalid parameters: {first['msg']}",) + (gr.skip(),) * 2
+        except EXPECTED_ERRORS as exc:
+            gr.Warning(str(exc))
+            yield (gr.skip(),) * 4 + (f"⚠️ {exc}",) + (gr.skip(),) * 2
+    return wrapper
+
+
+def user_of(request: gr.Request | None) -> str:
+    """The logged-in user, or "local" when the server runs without --auth."""
+    return (getattr(request, "username", None) or "local") if request is not None else "local"
+
+
+def new_session(incognito: bool = False, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-browser state for a freshly opened chat; display choices carry over from `previous`."""
+    return {"chat_id": None, "incognito": incognito, "turns": (), "selected": None,
+            "images": bool((previous or {}).get("images")), "model": (previous or {}).get("model")}
+
+
+def view_of(session: dict[str, Any]) -> ChatView:
+    return ChatView(chat_id=session.get("chat_id"), incognito=bool(session.get("incognito")),
+                    turns=tuple(session.get("turns") or ()), selected=session.get("selected"),
+                    model=session.get("model"))
+
+
+def session_of(view: ChatView, previous: dict[str, Any]) -> dict[str, Any]:
+    return {**previous, "chat_id": view.chat_id, "incognito": view.incognito, "turns": view.turns,
+            "selected": view.selected, "model": view.model}
+
+
+def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: int, reason: str | None) -> str:
+    rate = tokens / seconds if seconds > 0 else 0.0
+    parts = [f"{tokens} tokens", f"{rate:.1f} tok/s"]
+    if first is not None:
+        parts.append(f"first token {first * 1000:.0f} ms")
+    parts.append(f"prompt {prompt_tokens} tokens")
+    if reason:
+        parts.append({"stop": "finished", "length": "hit max_new_tokens", "cancelled": "stopped"}.get(reason, reason))
+    return " · ".join(parts)
+
+
+def status_line(update: Any) -> str:
+    if update.queue_position:
+        if update.loading:
+            return f"⏳ loading {update.loading}: position {update.queue_position} in its queue"
+        return f"⏳ waiting for the model: position {update.queue_position} in the queue"
+    line = speed_line(update.tokens, update.seconds, update.first_token_seconds, update.prompt_tokens,
+                      update.finish_reason)
+    ctx = context_line(update)
+    return f"{line} · {ctx}" if ctx else line
+
+
+def _reasoning_title(part: ReasoningPart, thinking: bool) -> str:
+    if thinking:
+        return "Thinking…"
+    facts = [f"{part.seconds:.1f} s" if part.seconds else "", f"{part.tokens} tokens" if part.tokens else ""]
+    facts_text = ", ".join(f for f in facts if f)
+    head = "Thought (cut off)" if not part.complete else "Thought"
+    return f"{head} · {facts_text}" if facts_text else head
+
+
+def bubble_html(turn: Turn, images: bool, thinking: bool = False) -> str:
+    """One message as HTML: its reasoning blocks (open while the model is thinking, collapsed once the
+    answer starts), its text, and an extension's reply footer."""
+    out = []
+    shown = turn.extras.get("shown")  # an extension's output_modifier HTML replaces the words on screen
+    last_reasoning = max((i for i, p in enumerate(turn.parts) if isinstance(p, ReasoningPart)), default=-1)
+    for i, part in enumerate(turn.parts):
+        if isinstance(part, ReasoningPart) and part.text:
+            live = thinking and i == last_reasoning
+            out.append(render_reasoning(part.text, _reasoning_title(part, live), open_=live, allow_images=images))
+        elif isinstance(part, TextPart) and part.text and not shown:
+            out.append(render_markdown(part.text, allow_images=images))
+    if shown:
+        out.append(render_extension_html(shown, allow_images=images))
+    return "".join(out) + render_footer(turn.extras.get("footer", ""))
+
+
+def bubbles(turns: list[Turn], session: dict[str, Any], thinking: bool = False) -> list[dict[str, str]]:
+    """Chatbot messages for `turns`; `thinking`: the last one is a reply still inside its reasoning."""
+    images = bool(session.get("images"))
+    shown = [t for t in turns if t.role in ("user", "assistant")]
+    return [{"role": t.role, "content": bubble_html(t, images, thinking and i == len(shown) - 1)}
+            for i, t in enumerate(shown)]
+
+
+def chat_choices(app: App, user: str, character: str | None, query: str = "") -> list[tuple[str, str]]:
+    if query.strip():
+        found = app.store.search(user, query)
+        return [(f"{c.title or 'Untitled'} — {snip[:60]}", str(c.id)) for c, snip in found]
+    return [(f"{c.title or 'Untitled'} · {c.mode}", str(c.id))
+            for c in app.store.list_chats(user, character=character or "")]
+
+
+def avatars(app: App, character: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The chatbot's (user, bot) avatars: the character's picture, as a data: URL (nothing is served from
+    disk). A missing or unreadable picture means no avatar; the chat itself is never affected."""
+    url = None
+    if character:
+        try:
+            url = app.characters.avatar(character)
+        except CharacterError as exc:
+            log.warning("no avatar: %s", exc)
+    # Not marked as gradio.FileData: Gradio would then try to copy a file at `path` into its cache.
+    bot = {"path": url, "url": url} if url else None
+    return None, bot
+
+
+def redraw(app: App, user: str, session: dict[str, Any], character: str | None, status: str = "",
+           text: Any = None, query: str = "") -> tuple:
+    """The standard outputs: input, chatbot, state, chat list, status, selected info, edit box."""
+    view = view_of(session)
+    shown = app.chats.shown(user, view)
+    index, info = app.chats.version_line(user, view)
+    edit = shown[index].turn.text if index is not None else ""
+    choices = chat_choices(app, user, character, query)
+    value = str(session["chat_id"]) if session["chat_id"] is not None else None
+    chatbot = gr.Chatbot(value=bubbles([s.turn for s in shown], session), avatar_images=avatars(app, character))
+    return (gr.skip() if text is None else text, chatbot, session, gr.Radio(choices=choices, value=value), status,
+            info, edit)
+
+
+def thinking_controls(app: App) -> tuple[Any, Any]:
+    """The Thinking checkbox and Reasoning effort dropdown, visible only when the loaded model's
+    template reads `enable_thinking` / `reasoning_effort`."""
+    backend = app.models.current()
+    template = backend.chat_template if backend is not None else None
+    return tuple(gr.update(visible=bool(template and template.uses(name))) for name in THINKING_VARS)  # type: ignore[return-value]
+
+
+def template_vars(app: App, enable_thinking: bool, effort: str) -> dict[str, Any]:
+    """The switches to pass: only those the loaded model's template reads."""
+    backend = app.models.current()
+    template = backend.chat_template if backend is not None else None
+    values = {"enable_thinking": bool(enable_thinking), "reasoning_effort": effort}
+    return {k: v for k, v in values.items() if template is not None and template.uses(k)}

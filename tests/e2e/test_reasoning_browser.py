@@ -1,0 +1,61 @@
+"""A reasoning turn in a real browser on the demo model: the thought is a collapsed block above the
+answer, it comes back after a reload, and the next prompt does not carry it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import DEMO_DIR
+from tests.e2e.test_chat_browser import open_page, send
+
+pytestmark = [pytest.mark.browser, pytest.mark.demo]
+BLOCK = "#chatbot [data-testid=bot] details.reasoning"
+
+
+@pytest.fixture()
+def server(start_server, tmp_path):
+    assert (DEMO_DIR / "config.json").exists(), "the demo model is missing: ./test.sh builds it"
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "Greedy.yaml").write_text("temperature: 0\nmax_new_tokens: 80\n")  # the demo's own best answer
+    return start_server("--models-dir", str(DEMO_DIR.parent), "--model", "parlour-demo", "--presets-dir",
+                        str(presets), "--preset", "Greedy")
+
+
+def test_the_thought_is_a_collapsed_block_kept_out_of_the_next_prompt(browser, server):
+    page = open_page(browser, server.url)
+    page.wait_for_selector("#chat-thinking", state="visible")  # the demo's template reads enable_thinking
+    send(page, server, "Hello")
+    page.wait_for_selector(BLOCK)
+    block = page.locator(BLOCK).last
+    assert block.evaluate("el => el.open") is False  # collapsed once the answer started
+    assert block.locator("summary").inner_text().startswith("Thought")
+    thought = block.locator(".reasoning-body").evaluate("el => el.textContent").strip()
+    assert "greet" in thought
+    bubble = page.locator("#chatbot [data-testid=bot] .message-content").last
+    answer = bubble.evaluate("el => el.textContent").replace(block.evaluate("el => el.textContent"), "").strip()
+    assert answer.startswith("Hello") and thought not in answer
+    block.locator("summary").click()  # the user can open it
+    assert block.evaluate("el => el.open") is True
+
+    # the next prompt (Show prompt) has the answer but not the thought
+    page.get_by_text("Prompt settings").click()
+    page.click("#show-prompt")
+    page.wait_for_function("() => (document.querySelector('#prompt-preview .cm-content') || {}).innerText")
+    prompt = page.locator("#prompt-preview .cm-content").inner_text()
+    assert "Hello" in prompt and thought not in prompt
+
+    # reopened from the store: the block is still there
+    page.reload()
+    page.wait_for_selector(BLOCK)
+    again = page.locator(BLOCK).last.locator(".reasoning-body").evaluate("el => el.textContent").strip()
+    assert again == thought
+
+
+def test_switching_thinking_off_answers_without_a_block(browser, server):
+    page = open_page(browser, server.url)
+    page.wait_for_selector("#chat-thinking", state="visible")
+    page.locator("#chat-thinking input").uncheck()
+    send(page, server, "Hello")
+    assert page.locator("#chatbot [data-testid=bot]").count() >= 1
+    assert page.locator(BLOCK).count() == 0

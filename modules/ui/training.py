@@ -13,7 +13,6 @@ from typing import Any, Literal, get_args, get_origin
 
 import gradio as gr
 import pandas as pd
-import torch
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
@@ -28,6 +27,13 @@ from modules.training.settings import GROUPS, TrainingSettings
 from modules.ui.chat_view import user_of
 
 FILE_TYPES = [".jsonl", ".json", ".txt", ".md"]
+
+
+def _cuda_present() -> bool:
+    """Whether this machine has an NVIDIA driver, asked without importing torch (the page is built before
+    torch loads: tests/integration/test_startup.py). It only greys the QLoRA box; the plan's own check
+    (torch.cuda) refuses QLoRA without a usable GPU."""
+    return Path("/proc/driver/nvidia/version").exists()
 
 
 def _control(name: str, field: FieldInfo, **extra: Any) -> gr.components.Component:
@@ -97,7 +103,7 @@ def render(app: App) -> None:
         use_chats = gr.Checkbox(label="Train on my saved chats instead", value=False, elem_id="train-use-chats")
         chats = gr.Dropdown(choices=[], multiselect=True, label="Saved chats", visible=False, elem_id="train-chats",
                             scale=4)
-    cuda = torch.cuda.is_available()
+    cuda = _cuda_present()
     names = list(TrainingSettings.model_fields)
     controls = {"output": _control("output", TrainingSettings.model_fields["output"])}
     with gr.Accordion("Settings", open=False, elem_id="train-settings"):

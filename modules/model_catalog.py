@@ -39,7 +39,12 @@ class ModelTooLarge(ModelError):
 
 
 class ModelClaimed(ModelError):
-    """A load, unload or adapter change of a model that a long job (training) holds (the API's 409)."""
+    """A load, unload or adapter change of a model that a long job (training) holds, or a load that would
+    need its room (the API's 409, or 503 with Retry-After for a request that named a model)."""
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SettingsFileError(ModelError):

@@ -46,6 +46,12 @@ class Claim:
     refuse_requests: bool = False
     retry_after: Callable[[], int] = lambda: 60
 
+    def describe(self) -> str:
+        return f"{self.owner} is using {self.model}: stop it first (Training tab)"
+
+    def seconds_left(self) -> int:
+        return max(1, int(self.retry_after()))
+
 
 @dataclass
 class _Load:
@@ -105,7 +111,7 @@ class _Slot:
     def refuse_if_claimed(self) -> None:
         """Loads, unloads and adapter changes of a claimed model wait for no one: they are refused."""
         if self.claim is not None:
-            raise ModelClaimed(f"{self.claim.owner} is using {self.claim.model}: stop it first (Training tab)")
+            raise ModelClaimed(self.claim.describe(), self.claim.seconds_left())
 
     def busy(self) -> bool:
         return self.leases > 0 or self.planning > 0 or self.queue.waiting() > 0
@@ -302,6 +308,7 @@ class ModelManager(ModelCatalog):
         problem = self.budget.alone_problem(need)
         if problem:
             raise ModelTooLarge(f"{name} {problem}")
+        self._refuse_if_held_room(slot, need)
         self._make_room(slot, need)  # memory budgets: before the load (the model count: after it)
         job.say(0.1, f"loading {name} with {chosen}")
         try:
@@ -323,6 +330,18 @@ class ModelManager(ModelCatalog):
             self.last_error = None
         job.say(1.0, f"loaded {name}")
         log.info("loaded %s with %s in %.1f s (%s)", name, chosen, getattr(backend, "load_seconds", 0.0), footprint)
+
+    def _refuse_if_held_room(self, slot: _Slot, need: Footprint) -> None:
+        """A load that fits the budget only if a claimed model (one being trained) went is refused: that
+        one is never evicted, so the new one would never get its room."""
+        with self._cond:
+            held = [s for s in self._slots.values() if s is not slot and s.claim is not None and s.backend is not None]
+            if not held or self.budget.fits([s.footprint or Footprint("cpu", 0.0) for s in held], need):
+                return
+            claim = held[0].claim
+        assert claim is not None
+        raise ModelClaimed(f"{claim.describe()} — {slot.name} does not fit beside it ({self.budget.describe()})",
+                           claim.seconds_left())
 
     def _failed(self, slot: _Slot, job: _Load, exc: Exception) -> None:
         error = exc if isinstance(exc, ModelError) else ModelError(
@@ -417,7 +436,7 @@ class ModelManager(ModelCatalog):
         slot = self._slot(self.canonical(name))
         claim = slot.claim
         if claim is not None and claim.refuse_requests:
-            wait = max(1, int(claim.retry_after()))
+            wait = claim.seconds_left()
             raise ModelBusy(f"{claim.owner} is using {claim.model}; try again in about {wait} s", wait)
         while True:
             with self._cond:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from modules.api.errors import RETRY_AFTER_SECONDS, APIError, error_body
 from modules.generation import NoModel
 from modules.loaders.base import Backend
-from modules.models import ModelError, ModelNotFound, ModelTooLarge
+from modules.models import ModelClaimed, ModelError, ModelNotFound, ModelTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ def model_error(exc: ModelError) -> APIError:
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, ModelTooLarge):
         return APIError(400, str(exc), param="model", code="model_too_large")
+    if isinstance(exc, ModelClaimed):  # a training job holds that model, or the room this one needs
+        return APIError(503, str(exc), param="model", code="model_busy", headers={"Retry-After": str(exc.retry_after)})
     return APIError(400, str(exc), param="model", code="model_load_failed")
 
 

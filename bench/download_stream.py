@@ -14,49 +14,25 @@ event API (gradio_client, `/model_download`) and the replies are streamed from /
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from common import ROOT, get, start_server, stop, stream_times
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.fake_hub import FakeHub, Generated  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fake_hub import FakeHub, Generated
 
 
 def stream_rate(url: str, tokens: int) -> float:
-    """Tokens per second of one streamed reply, from its first token to its end."""
-    body = {"prompt": "def main():", "max_tokens": tokens, "temperature": 0, "ban_eos_token": True, "stream": True,
-            "stream_options": {"include_usage": True}}
-    first = end = None
-    count = 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as response:
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0].get("text") and first is None:
-                first = time.perf_counter()
-            if chunk.get("usage"):
-                count = chunk["usage"]["completion_tokens"]
-            end = time.perf_counter()
-    assert first is not None and count == tokens, (count, tokens)
-    return (count - 1) / (end - first)
+    """Chunks (one per token here: greedy, short tokens) per second of one streamed reply, from its first
+    token to its end."""
+    body = {"prompt": "def main():", "max_tokens": tokens, "temperature": 0, "ban_eos_token": True}
+    _start, times, _text = stream_times(url + "/v1/completions", body)
+    assert len(times) > 1, "the reply streamed no text"
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def downloaded_bytes(models: Path) -> int:
@@ -77,22 +53,9 @@ def main() -> int:
     shutil.copytree(args.model, models / args.model.name)
     hub = FakeHub({"bench/big": {"config.json": (args.model / "config.json").read_bytes(),
                                  "model.safetensors": Generated(16 << 30, args.mbps * 1e6)}})
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(work / "hf"), "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = (work / "server.log").open("wb")
-    server = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--models-dir", str(models),
-                               "--model", args.model.name, "--user-data", str(work / "user_data"),
-                               "--settings", str(work / "settings.yaml")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    os.environ.update(HF_ENDPOINT=hub.url, HF_HOME=str(work / "hf"))  # the server process inherits them
+    server, url = start_server(models, args.model.name, work / "user_data")
     try:
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=5).json()["model"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (work / "server.log").read_text()[-2000:]
-            time.sleep(0.2)
         stream_rate(url, 20)  # warm-up
         before = [stream_rate(url, args.tokens) for _ in range(args.rounds)]
 
@@ -105,14 +68,13 @@ def main() -> int:
         start_bytes, start = downloaded_bytes(models), time.perf_counter()
         during = [stream_rate(url, args.tokens) for _ in range(args.rounds)]
         speed = (downloaded_bytes(models) - start_bytes) / (time.perf_counter() - start) / 1e6
-        running = httpx.get(url + "/health", timeout=5).json()["downloads_running"]
+        running = get(url + "/health")["downloads_running"]
         client.predict(api_name="/model_download_cancel")
-        while httpx.get(url + "/health", timeout=5).json()["downloads_running"]:
+        while get(url + "/health")["downloads_running"]:
             time.sleep(0.1)
         after = [stream_rate(url, args.tokens) for _ in range(args.rounds)]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
         hub.close()
         shutil.rmtree(work, ignore_errors=True)
 

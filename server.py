@@ -119,9 +119,11 @@ def create_app(settings: Settings):
 
         backend = app.models.current()
         # threads and rss_bytes let load tests check for leaks from outside the process
-        return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
-                "queue_waiting": app.queue.waiting(), "threads": threading.active_count(),
-                "rss_bytes": rss_bytes(), **app.pipeline.stats.snapshot()}
+        return {"status": "ok", "model": backend.name if backend else None, "default_model": app.models.default,
+                "loading": app.models.loading,
+                "queue_waiting": app.models.waiting(), "threads": threading.active_count(),
+                "rss_bytes": rss_bytes(), "downloads_running": app.downloads.running(),
+                **app.models.totals(), **app.pipeline.stats.snapshot()}
 
     if settings.api:
         from modules.api import build_api

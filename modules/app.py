@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from modules.characters import CharacterStore
 from modules.chat import TemplateLibrary
 from modules.extensions import Extensions
-from modules.generation import FairQueue, Pipeline
+from modules.download import Downloads
+from modules.generation import Pipeline
 from modules.models import ModelManager
 from modules.presets import Preset, PresetError, PresetStore
 from modules.settings import Settings
@@ -32,12 +33,12 @@ class App:
     settings: Settings
     presets: PresetStore
     models: ModelManager
-    queue: FairQueue
     pipeline: Pipeline
     extensions: Extensions
     store: ChatStore
     characters: CharacterStore
     templates: TemplateLibrary
+    downloads: Downloads
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -45,18 +46,19 @@ class App:
         # torch is not imported here: it loads with the model, after the page is up (the Transformers
         # backend sets torch's thread count then)
         threads = settings.cpu_threads()
-        # As many requests run at once as the loaded backend can batch (1 unless it says otherwise).
-        queue = FairQueue(settings.max_queue, slots=lambda: getattr(models.current(), "max_concurrency", 1))
+        # Each loaded model has its own queue: as many of its requests run at once as its backend batches.
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
                               threads=threads, trust_remote_code=settings.trust_remote_code,
-                              batch_size=settings.batch_size, gate=queue.exclusive)
+                              batch_size=settings.batch_size, budget=settings.model_budget(),
+                              max_waiting=settings.max_queue, aliases=settings.model_alias,
+                              remote_options=settings.load_options("remote") if settings.remote_url else None)
         extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS, enable=False)
         presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")
-        app = cls(settings=settings, presets=presets, models=models, queue=queue,
-                  pipeline=Pipeline(models, queue, extensions), extensions=extensions,
-                  store=ChatStore(settings.user_data / "chats.sqlite"),
+        app = cls(settings=settings, presets=presets, models=models, pipeline=Pipeline(models, extensions),
+                  extensions=extensions, store=ChatStore(settings.user_data / "chats.sqlite"),
                   characters=CharacterStore(settings.characters_dir),
-                  templates=TemplateLibrary(settings.instruction_templates_dir))
+                  templates=TemplateLibrary(settings.instruction_templates_dir),
+                  downloads=Downloads(settings.models_dir, settings.loras_dir))
         extensions.start(app)  # after the App exists: text-generation-webui extensions read it as they load
         return app
 
@@ -90,7 +92,7 @@ class App:
         return name
 
     def start_idle_watch(self) -> threading.Thread:
-        """Unload the model after --idle-unload-minutes without use; the next request reloads it."""
+        """Unload each model after --idle-unload-minutes without use; its next request reloads it."""
         idle = (self.settings.idle_unload_minutes or 0) * 60
 
         def watch() -> None:

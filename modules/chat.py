@@ -418,16 +418,18 @@ def resolve_seed(preset: Preset) -> Preset:
 
 def request_for(history: History, options: PromptOptions, preset: Preset,
                 cancel: threading.Event | None = None, user: str = "local", stop: tuple[str, ...] = (),
-                template_vars: dict[str, Any] | None = None, apply_input_hooks: bool = True):
+                template_vars: dict[str, Any] | None = None, apply_input_hooks: bool = True,
+                model: str | None = None):
     """The pipeline request for the next reply to `history`: its prompt is built (modules/chat.py's
     modes, the character, truncation) for whichever model holds the queue slot, when it does.
     `stop`: the caller's own stop strings (the API's `stop`), on top of the template's and the preset's.
-    `apply_input_hooks=False` when the last user message already went through them (regenerate)."""
+    `apply_input_hooks=False` when the last user message already went through them (regenerate).
+    `model`: the model to answer with (None: the default one)."""
     from modules.generation import GenerationRequest
 
     return GenerationRequest(preset=preset, history=[_turn(t) for t in history], options=options, stop=stop,
                              template_vars=dict(template_vars or {}), cancel=cancel or threading.Event(),
-                             user=user, apply_input_hooks=apply_input_hooks)
+                             user=user, apply_input_hooks=apply_input_hooks, model=model)
 
 
 @dataclass(frozen=True)
@@ -442,7 +444,8 @@ class NextPrompt:
 
 
 def next_prompt(app: Any, history: History, options: PromptOptions, preset: Preset,
-                user: str = "local", template_vars: dict[str, Any] | None = None) -> NextPrompt:
+                user: str = "local", template_vars: dict[str, Any] | None = None,
+                model: str | None = None) -> NextPrompt:
     """The exact prompt the pipeline would send for a reply to `history` now ("Show prompt", "Send to notebook").
 
     It goes through the pipeline's own preparation (state_modifier, history_modifier,
@@ -452,11 +455,11 @@ def next_prompt(app: Any, history: History, options: PromptOptions, preset: Pres
     """
     from modules.generation import NoModel
 
-    backend = app.models.current()
+    backend = app.models.get(model)
     if backend is None:
-        raise NoModel("no model is loaded")
+        raise NoModel(f"{model} is not loaded (it loads with the next message)" if model else "no model is loaded")
     prepared = app.pipeline.prepare(backend, request_for(history, options, preset, user=user,
-                                                         template_vars=template_vars))
+                                                         template_vars=template_vars, model=model))
     if prepared.messages is not None:
         raise ValueError(f"{backend.name} applies its own chat template to the messages: choose an instruction "
                          "template to get a prompt text Parlour can show")

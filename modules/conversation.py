@@ -7,7 +7,8 @@
     view = step.view
 
 A `ChatView` is what one browser has open: a saved chat (its id) or an incognito one (its turns live
-in the view and are never saved), and the selected message. Every action takes the view and returns
+in the view and are never saved), the selected message, and the model the chat answers with (a saved
+chat remembers it in its settings; None: the default model). Every action takes the view and returns
 a new one; nothing here keeps state between calls, so the UI keeps the view in a `gr.State` and tests
 drive the service directly.
 
@@ -38,6 +39,7 @@ class ChatView:
     incognito: bool = False
     turns: tuple[Turn, ...] = ()  # incognito chats only
     selected: int | None = None
+    model: str | None = None  # the chat's model (None: the default one); loaded just in time
 
 
 @dataclass(frozen=True)
@@ -145,33 +147,50 @@ class ChatService:
         """The character's greeting and its alternates (a card's alternate_greetings), names put in."""
         return greetings(self.app.characters.load(character), options.name1) if character else []
 
-    def new_chat(self, user: str, setup: Setup, incognito: bool = False) -> ChatView:
-        """A fresh chat. A saved one is created at once only when the character greets (the greeting is
-        its first reply, the alternate greetings that reply's other versions); otherwise on the first
-        message. An incognito chat keeps only the first greeting (it keeps no versions)."""
+    def new_chat(self, user: str, setup: Setup, incognito: bool = False, model: str | None = None) -> ChatView:
+        """A fresh chat, answering with `model` (None: the default model, as it is now). A saved one is
+        created at once only when the character greets (the greeting is its first reply, the alternate
+        greetings that reply's other versions); otherwise on the first message. An incognito chat keeps
+        only the first greeting (it keeps no versions)."""
         texts = self.greetings(setup.character, setup.options)
+        model = model or self.app.models.default
         if incognito:
-            return ChatView(incognito=True, turns=(Turn.of("assistant", texts[0]),) if texts else ())
+            return ChatView(incognito=True, turns=(Turn.of("assistant", texts[0]),) if texts else (), model=model)
         if texts:
-            return self.ensure_saved(user, ChatView(), setup)
-        return ChatView()
+            return self.ensure_saved(user, ChatView(model=model), setup)
+        return ChatView(model=model)
 
     def ensure_saved(self, user: str, view: ChatView, setup: Setup) -> ChatView:
         """The open chat, created (with the character's greetings) if there is none yet."""
         if view.incognito or view.chat_id is not None:
             return view
-        chat_id = self.store.create_chat(user, character=setup.character, mode=setup.options.mode)
+        model = view.model or self.app.models.default  # the chat keeps the model it started with
+        chat_id = self.store.create_chat(user, character=setup.character, mode=setup.options.mode,
+                                         settings={"model": model} if model else None)
         if setup.character:
             add_greetings(self.store, user, chat_id, self.app.characters.load(setup.character), setup.options.name1)
-        return replace(view, chat_id=chat_id, selected=None)
+        return replace(view, chat_id=chat_id, selected=None, model=model)
 
     def open(self, user: str, chat_id: int, incognito: bool = False) -> ChatView:
-        return ChatView(chat_id=self.store.chat(user, chat_id).id, incognito=incognito)
+        chat = self.store.chat(user, chat_id)
+        return ChatView(chat_id=chat.id, incognito=incognito, model=chat.settings.get("model") or None)
 
     def newest(self, user: str, character: str) -> ChatView:
         """The character's most recent chat (or an empty view)."""
         chats = self.store.list_chats(user, character=character or "")
-        return ChatView(chat_id=chats[0].id if chats else None)
+        return self.open(user, chats[0].id) if chats else ChatView()
+
+    def set_model(self, user: str, view: ChatView, model: str | None) -> ChatView:
+        """The chat answers with `model` from now on (None: the default one); a saved chat remembers it."""
+        if view.chat_id is not None and not view.incognito:
+            self._remember_model(user, view.chat_id, model)
+        return replace(view, model=model or None)
+
+    def _remember_model(self, user: str, chat_id: int, model: str | None) -> None:
+        """The model in the chat's settings, beside whatever else is there."""
+        settings = dict(self.store.chat(user, chat_id).settings)
+        settings["model"] = model or None
+        self.store.update_chat(user, chat_id, settings=settings)
 
     def delete(self, user: str, view: ChatView) -> ChatView:
         if view.chat_id is not None and not view.incognito:
@@ -198,7 +217,7 @@ class ChatService:
         history = self.turns(user, view) + [Turn.of("user", message)]
         preset = resolve_seed(setup.preset)
         request = self.app.pipeline.begin(request_for(history, setup.options, preset, user=user,
-                                                      template_vars=setup.template_vars))
+                                                      template_vars=setup.template_vars, model=view.model))
         assert request.begun is not None
         said = request.begun.history[-1]
         meta = {"visible": request.begun.visible_input} if request.begun.visible_input != said.text else None
@@ -222,7 +241,7 @@ class ChatService:
         else:
             parent = self.store.message(user, view.chat_id, shown[-1].id).parent_id
         request = request_for(history, setup.options, preset or resolve_seed(setup.preset), user=user,
-                              template_vars=setup.template_vars, apply_input_hooks=False)
+                              template_vars=setup.template_vars, apply_input_hooks=False, model=view.model)
         yield from self._reply(user, view, request, setup, reply_to=parent)
 
     def reproduce(self, user: str, view: ChatView, setup: Setup) -> Iterator[Step]:
@@ -237,7 +256,7 @@ class ChatService:
         shown = self._last_reply(user, view)
         options = replace(setup.options, continue_last=True, start_reply_with="")
         request = request_for([s.turn for s in shown], options, resolve_seed(setup.preset), user=user,
-                              template_vars=setup.template_vars, apply_input_hooks=False)
+                              template_vars=setup.template_vars, apply_input_hooks=False, model=view.model)
         yield from self._reply(user, view, request, replace(setup, options=options), reply_to=None,
                                continuing=shown[-1])
 
@@ -245,7 +264,7 @@ class ChatService:
         """The model writes the user's next message (for the input box; nothing is saved)."""
         options = replace(setup.options, impersonate=True, start_reply_with="")
         request = request_for(self.turns(user, view), options, resolve_seed(setup.preset), user=user,
-                              template_vars=setup.template_vars, apply_input_hooks=False)
+                              template_vars=setup.template_vars, apply_input_hooks=False, model=view.model)
         for update in self._stream(request):
             yield update.text.strip(), update
 
@@ -362,7 +381,7 @@ class ChatService:
             raise ChatNotFound(f"message {index + 1} not found")
         if shown[index].id is None:
             raise ValueError("incognito chats cannot be branched")
-        return ChatView(chat_id=self.store.branch(user, view.chat_id, shown[index].id))
+        return self.open(user, self.store.branch(user, view.chat_id, shown[index].id))  # same model too
 
     def select(self, view: ChatView, index: int) -> ChatView:
         return replace(view, selected=index)

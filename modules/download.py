@@ -7,19 +7,35 @@ fetched: a GGUF repo gives one quant (chosen by --gguf-quant or --specific-file;
 choice is an error listing them); a repo with `adapter_config.json` is a LoRA and goes to loras/;
 anything else is a Transformers folder, safetensors preferred over .bin, and `.py` files (remote
 code) skipped unless --allow-code.
+
+Files arrive in `<target>.partial` (which no model list shows) and move into place only once all
+of them are there, so a half-downloaded model never appears in a dropdown.
+
+In the server, `Downloads` runs each download as a background job (a thread: the transfer waits on
+the network and the disk, not on the GIL), with progress and cancellation, so chats and API
+requests go on meanwhile (text-generation-webui #1763: there a download held the UI's one lock).
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import itertools
+import logging
+import os
 import re
+import shutil
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modules.fileio import os_reason
 from modules.paths import UnsafeName, safe_child
+
+log = logging.getLogger(__name__)
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _BRANCH = re.compile(r"^[\w.\-/]{1,100}$")
@@ -28,6 +44,10 @@ _SKIP_ALWAYS = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.tflite", "*.mlmodel", 
 
 class DownloadError(ValueError):
     """A repository spec or choice that cannot be downloaded; the message says why."""
+
+
+class DownloadCancelled(Exception):
+    """Raised inside the transfer (from its progress callback) when the job was cancelled."""
 
 
 @dataclass(frozen=True)
@@ -102,27 +122,199 @@ def selected(files: list[str], chosen: Plan) -> list[str]:
     return [f for f in keep if not any(fnmatch.fnmatch(f, p) for p in chosen.ignore)]
 
 
-def download(spec: str, models_dir: Path, loras_dir: Path, specific_file: str | None = None,
-             gguf_quant: str | None = None, allow_code: bool = False, tqdm_class: Any = None) -> tuple[Plan, list[str]]:
-    """Fetch what `plan` chose; return the plan and the files fetched."""
-    from huggingface_hub import HfApi, snapshot_download
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises when it cannot reach the Hub at all (its HTTP client is httpx2)."""
+    import httpx2
+
+    return httpx2.TransportError, ConnectionError, TimeoutError
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _failure(exc: BaseException, repo: str, revision: str, endpoint: str | None) -> DownloadError:
+    """One line for the user: what the Hub said, or that it cannot be reached (which address), or why
+    the files could not be written."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError
 
+    if isinstance(exc, HfHubHTTPError):
+        return DownloadError(f"{repo}@{revision}: {_reason(exc)}")
+    if isinstance(exc, _network_errors()):
+        return DownloadError(f"cannot reach the Hugging Face Hub ({endpoint or constants.ENDPOINT}): {_reason(exc)}")
+    return DownloadError(f"could not write the files of {repo}: {os_reason(exc) if isinstance(exc, OSError) else exc}")
+
+
+def download(spec: str, models_dir: Path, loras_dir: Path, specific_file: str | None = None,
+             gguf_quant: str | None = None, allow_code: bool = False, tqdm_class: Any = None,
+             endpoint: str | None = None) -> tuple[Plan, list[str]]:
+    """Fetch what `plan` chose; return the plan and the files fetched. Every failure is a DownloadError
+    with a one-line message (DownloadCancelled passes through from `tqdm_class`). `endpoint`: the Hub's
+    URL (default: HF_ENDPOINT as huggingface_hub read it at import)."""
+    from huggingface_hub import HfApi, snapshot_download
+
     repo, revision = parse_spec(spec)
-    api = HfApi()
+    expected = (OSError, *_network_errors())  # HfHubHTTPError is an OSError too
     try:
-        info = api.model_info(repo, revision=revision)
-    except HfHubHTTPError as exc:
-        raise DownloadError(f"{repo}@{revision}: {str(exc).splitlines()[0]}") from exc
+        info = HfApi(endpoint=endpoint).model_info(repo, revision=revision)
+    except expected as exc:
+        raise _failure(exc, repo, revision, endpoint) from exc
     files = [s.rfilename for s in info.siblings or []]
     chosen = plan(repo, revision, files, models_dir, loras_dir, specific_file, gguf_quant, allow_code)
-    chosen.target.mkdir(parents=True, exist_ok=True)
+    fetched = selected(files, chosen)
+    root = chosen.target if chosen.kind == "gguf" else chosen.target.parent  # models/ (or loras/)
+    partial = root / partial_name(repo)
     try:
-        snapshot_download(repo, revision=revision, local_dir=chosen.target, allow_patterns=chosen.allow,
-                          ignore_patterns=chosen.ignore, tqdm_class=tqdm_class)
-    except HfHubHTTPError as exc:
-        raise DownloadError(f"{repo}@{revision}: {str(exc).splitlines()[0]}") from exc
-    return chosen, selected(files, chosen)
+        partial.mkdir(parents=True, exist_ok=True)
+        snapshot_download(repo, revision=revision, local_dir=partial, allow_patterns=chosen.allow,
+                          ignore_patterns=chosen.ignore, tqdm_class=tqdm_class, endpoint=endpoint)
+        _move_into_place(partial, chosen.target, fetched)
+    except expected as exc:
+        raise _failure(exc, repo, revision, endpoint) from exc
+    return chosen, fetched
+
+
+def partial_name(repo: str) -> str:
+    """The folder a download of `repo` fills before it moves into place (no model list shows it)."""
+    return f"{repo.replace('/', '_')}.partial"
+
+
+def _move_into_place(partial: Path, target: Path, files: list[str]) -> None:
+    """Move a finished download from its .partial folder to where the model lists look."""
+    if not target.exists():
+        partial.rename(target)  # one step: the folder appears whole
+        return
+    # Into an existing folder (models/ itself for GGUF files, or an update of a model): file by file,
+    # the first part of a split GGUF last, so a listed model is always complete.
+    for name in sorted(files, key=lambda f: "-00001-of-" in f):
+        source = partial / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target / name)
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+# -- background jobs (the Model tab) ----------------------------------------------------------------
+@dataclass
+class DownloadJob:
+    """One download running in the background; `snapshot()` is what the UI shows."""
+
+    id: int
+    spec: str
+    state: str = "running"  # running, done, failed, cancelled
+    message: str = ""
+    started: float = field(default_factory=time.time)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    #: the progress bars huggingface_hub opened (bytes bars, and one counting files); see _progress_class
+    bars: list[Any] = field(default_factory=list)
+
+    def progress(self) -> tuple[int, int, int, int]:
+        """(bytes done, bytes in all, files done, files in all) as the transfer reports them."""
+        byte_bars = [b for b in self.bars if b.unit_name == "B"]
+        file_bars = [b for b in self.bars if b.unit_name != "B"]
+        done = max((int(b.counted) for b in byte_bars), default=0)
+        total = max((int(b.total or 0) for b in byte_bars), default=0)
+        files = max(((int(b.counted), int(b.total or 0)) for b in file_bars), default=(0, 0))
+        return done, max(total, done), files[0], files[1]
+
+    def snapshot(self) -> dict[str, Any]:
+        done, total, files_done, files = self.progress()
+        return {"id": self.id, "spec": self.spec, "state": self.state, "message": self.message,
+                "bytes_done": done, "bytes_total": total, "files_done": files_done, "files_total": files,
+                "fraction": (done / total) if total else (1.0 if self.state == "done" else 0.0)}
+
+
+def _progress_class(job: DownloadJob) -> type:
+    """A tqdm class for huggingface_hub that records progress in `job` and stops the transfer once the
+    job is cancelled (the next chunk raises DownloadCancelled). It prints nothing."""
+    from tqdm import tqdm
+
+    class JobProgress(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs["disable"] = True  # tqdm keeps `total` (which huggingface_hub grows as it learns sizes)
+            super().__init__(*args, **kwargs)
+            self.unit_name = kwargs.get("unit", "it")
+            self.counted = kwargs.get("initial", 0) or 0
+            job.bars.append(self)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if job.cancel.is_set():
+                raise DownloadCancelled()
+            self.counted += n or 0
+            return super().update(n)
+
+    return JobProgress
+
+
+class Downloads:
+    """Downloads running in the background of the server, newest first, with progress and cancel."""
+
+    KEEP = 20  # finished jobs shown
+
+    def __init__(self, models_dir: Path, loras_dir: Path) -> None:
+        self.models_dir, self.loras_dir = models_dir, loras_dir
+        self._lock = threading.Lock()
+        self._jobs: list[DownloadJob] = []
+        self._ids = itertools.count(1)
+
+    def start(self, spec: str, choice: str = "", allow_code: bool = False) -> DownloadJob:
+        """Start downloading `spec`; `choice` is a file name (has a dot) or a GGUF quant. A spec that is
+        not a repository name is refused at once (DownloadError)."""
+        parse_spec(spec)
+        choice = (choice or "").strip()
+        job = DownloadJob(next(self._ids), spec.strip())
+        with self._lock:
+            self._jobs.insert(0, job)
+            del self._jobs[self.KEEP:]
+        threading.Thread(target=self._run, args=(job, choice, allow_code), name=f"download-{job.id}",
+                         daemon=True).start()
+        return job
+
+    def _run(self, job: DownloadJob, choice: str, allow_code: bool) -> None:
+        try:
+            chosen, files = download(job.spec, self.models_dir, self.loras_dir,
+                                     specific_file=choice if "." in choice else None,
+                                     gguf_quant=choice if choice and "." not in choice else None,
+                                     allow_code=allow_code, tqdm_class=_progress_class(job),
+                                     endpoint=os.environ.get("HF_ENDPOINT"))  # as it is now, not at import
+            job.message = f"{len(files)} files ({chosen.kind}) in {chosen.target}"
+            job.state = "done"
+        except DownloadCancelled:
+            self._discard(job)
+            job.state, job.message = "cancelled", "cancelled; the partial files were removed"
+        except DownloadError as exc:
+            job.state, job.message = "failed", str(exc)
+        except Exception as exc:  # a job must end with a state the UI can show, whatever happened
+            log.exception("download %s failed", job.spec)
+            job.state, job.message = "failed", f"{type(exc).__name__}: {_reason(exc)}"
+        log.info("download %s: %s %s", job.spec, job.state, job.message)
+
+    def _discard(self, job: DownloadJob) -> None:
+        name = partial_name(parse_spec(job.spec)[0])
+        for root in (self.models_dir, self.loras_dir):
+            partial = root / name
+            if partial.is_dir() and not partial.is_symlink():
+                shutil.rmtree(partial, ignore_errors=True)
+
+    def cancel(self, job_id: int | None = None) -> int:
+        """Cancel a running job (None: all of them); how many were asked to stop. The transfer stops at
+        its next chunk."""
+        with self._lock:
+            jobs = [j for j in self._jobs if j.state == "running" and job_id in (None, j.id)]
+        for job in jobs:
+            job.cancel.set()
+        return len(jobs)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [j.snapshot() for j in self._jobs]
+
+    def running(self) -> bool:
+        with self._lock:
+            return any(j.state == "running" for j in self._jobs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The one generation pipeline: every reply (chat, notebook, API) goes through `Pipeline.stream`.
 
-    request -> queue (FIFO, bounded) -> extensions' prompt hooks + prompt (chat template, sandboxed)
+    request -> its model's queue (FIFO, bounded; the model loads first if needed) -> extensions' prompt hooks + prompt (chat template, sandboxed)
             -> backend.stream (or an extension's custom_generate_reply)
             -> stop strings (partial matches held back) -> updates with counts and timings
             -> extensions' output_modifier and reply_footer on the final update
@@ -143,6 +143,11 @@ class FairQueue:
         with self._cond:
             return len(self._waiting)
 
+    def wake(self) -> None:
+        """Make every waiter look again now: the slot count (a function) or what its cancel watches changed."""
+        with self._cond:
+            self._cond.notify_all()
+
 
 class _Cancelled(Exception):
     pass
@@ -231,6 +236,8 @@ class GenerationRequest:
     continue_last: InitVar[bool] = False
     #: variables for the chat template besides the messages (enable_thinking, reasoning_effort, ...)
     template_vars: dict[str, Any] = field(default_factory=dict)
+    #: the model to answer with (a name or alias; None: the default model); loaded just in time if needed
+    model: str | None = None
     stop: tuple[str, ...] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
     user: str = "local"
@@ -285,6 +292,8 @@ class Update:
     tokens: int = 0
     prompt_tokens: int = 0
     queue_position: int = 0
+    #: while waiting: the model being loaded for this request ("" when it is loaded)
+    loading: str = ""
     finish_reason: str | None = None
     first_token_seconds: float | None = None
     seconds: float = 0.0
@@ -343,14 +352,11 @@ class Prepared:
 
 
 class ModelSource(Protocol):
-    """What the pipeline needs from the model manager."""
+    """What the pipeline needs from the model manager (modules/models.py)."""
 
-    def ensure_loaded(self) -> Backend | None:
-        """The loaded backend (reloading one unloaded while idle), or None."""
-        ...
-
-    def current(self) -> Backend | None:
-        """The loaded backend, or None."""
+    def acquire(self, name: str | None, cancel: threading.Event) -> Generator[Any, None, Any]:
+        """Wait for a slot on the model `name` (None: the default one), loading it if needed; yields waits
+        (`.position`, `.loading`) and returns a lease (`.backend`, `.release()`)."""
         ...
 
 
@@ -373,11 +379,10 @@ def _history_hook(ext: Extensions) -> Callable[[list[Turn]], list[Turn]] | None:
 
 
 class Pipeline:
-    """Turns requests into streamed updates through the loaded backend."""
+    """Turns requests into streamed updates through the backend of the model each one names."""
 
-    def __init__(self, models: ModelSource, queue: FairQueue, extensions: Extensions | None = None) -> None:
+    def __init__(self, models: ModelSource, extensions: Extensions | None = None) -> None:
         self.models = models
-        self.queue = queue
         self.stats = PipelineStats()
         self.extensions = extensions if extensions is not None else Extensions(entry_points=False)
 
@@ -527,25 +532,15 @@ class Pipeline:
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
         update = Update()
-        claim = getattr(self.models, "claimed", None)  # a training job owns the model (ModelManager.claim)
-        if claim is not None and claim.refuse_requests:
-            wait = max(1, int(claim.retry_after()))
-            raise ModelBusy(f"{claim.owner} is using {claim.model}; try again in about {wait} s", wait)
-        # A model unloaded while idle reloads here, before the queue: swapping it in needs every slot.
-        self.models.ensure_loaded()
         try:
-            for pos in self.queue.acquire(request.cancel):
-                update.queue_position = pos
-                yield update.copy()
+            lease = yield from self._wait_for_model(request, update)
         except _Cancelled:
             update.finish_reason = "cancelled"
             yield update.copy()
             return
         try:
-            update.queue_position = 0
-            backend = self.models.current()
-            if backend is None:
-                raise NoModel("no model is loaded: pick one in the Model tab")
+            update.queue_position, update.loading = 0, ""
+            backend = lease.backend
             update.model = backend.name
             prepared = self.prepare(backend, request)
             # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state); a
@@ -563,9 +558,24 @@ class Pipeline:
             finally:
                 self.stats.finished()
         finally:
-            self.queue.release()
+            lease.release()
         # after the model and the queue are free, so the next request can start at once
         yield self._finish(final, prepared)
+
+    def _wait_for_model(self, request: GenerationRequest, update: Update) -> Generator[Update, None, Any]:
+        """Wait in the requested model's queue (it loads first if it is not loaded), showing the position;
+        returns the lease on it."""
+        waits = self.models.acquire(request.model, request.cancel)
+        try:
+            while True:
+                try:
+                    wait = next(waits)
+                except StopIteration as done:
+                    return done.value
+                update.queue_position, update.loading = wait.position, wait.loading or ""
+                yield update.copy()
+        finally:
+            waits.close()  # a reader that left while waiting leaves the queue too
 
     def _run(self, backend: Backend, prepared: Prepared, request: GenerationRequest, stops: "StopStringFilter",
              update: Update, start: float) -> Generator[Update, None, Update]:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from modules import limits
+from modules.budget import SIZE_PATTERN, Budget, parse_size
 from modules.fileio import YamlFileError, load_yaml, read_yaml_mapping
 from modules.loaders import registry
 from modules.loaders.registry import LoaderName
@@ -74,8 +75,20 @@ class Settings(BaseModel):
     remote_api_key: SecretStr | None = Field(None, description="Bearer key for --remote-url")
     trust_remote_code: bool = Field(False, description="let Transformers run Python code shipped with a model "
                                                        "(only from the command line; never from the browser)")
-    idle_unload_minutes: float | None = Field(None, gt=0, description="unload the model after this many idle "
-                                                                      "minutes; it reloads on the next request")
+    idle_unload_minutes: float | None = Field(None, gt=0, description="unload each model after this many "
+                                              "minutes unused; it reloads on its next request")
+    max_loaded_models: int = Field(1, ge=1, le=64, description="models kept loaded at once (a request for another "
+                                   "one loads it and unloads the least recently used idle one; remote engines' "
+                                   "models do not count)")
+    gpu_memory_budget: str | None = Field(None, pattern=SIZE_PATTERN, description="most GPU memory the loaded "
+                                          "models may take together, e.g. 20GiB (estimated from the weight files "
+                                          "before a load, measured after)")
+    cpu_memory_budget: str | None = Field(None, pattern=SIZE_PATTERN, description="most CPU memory the loaded "
+                                          "models may take together, e.g. 16GiB")
+    model_alias: dict[str, str] = Field(default_factory=dict, description="other names for models, as "
+                                        "ALIAS=MODEL (several), e.g. gpt-4o-mini=parlour-demo")
+    list_loaded_only: bool = Field(False, description="GET /v1/models lists only the loaded models (default: "
+                                   "every model Parlour can serve, with its state)")
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads for generating tokens (default: "
                                 "all cores on 1-2 core machines, else all but one; the batch engine then "
                                 "tries one fewer and keeps it if it is as fast)")
@@ -206,6 +219,12 @@ class Settings(BaseModel):
                 out["api_key"] = self.remote_api_key.get_secret_value()
         return out
 
+    def model_budget(self) -> Budget:
+        """The room for loaded models: --max-loaded-models and the memory budgets."""
+        return Budget(max_models=self.max_loaded_models,
+                      gpu_mib=parse_size(self.gpu_memory_budget) if self.gpu_memory_budget else None,
+                      cpu_mib=parse_size(self.cpu_memory_budget) if self.cpu_memory_budget else None)
+
     def bind_host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
 
@@ -247,6 +266,14 @@ def _is_bool(annotation: Any) -> bool:
     return annotation is bool or set(get_args(annotation)) == {bool, type(None)}
 
 
+def _key_text(text: str) -> tuple[str, str]:
+    """`key=value` from the command line, the value kept as text (model names such as `1.5`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     """`key=value` from the command line; the value is read as a YAML scalar (true, 3, 0.5, text)."""
     key, sep, value = text.partition("=")
@@ -268,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
         if field.default_factory is None and field.default not in (None, False, True):
             help_text += f" (default: {field.default})"
         if get_origin(field.annotation) is dict:
-            parser.add_argument(_flag(name), nargs="+", metavar="KEY=VALUE", type=_key_value, help=help_text)
+            # the flag may be repeated (--model-alias a=x --model-alias b=y) or take several pairs
+            text_only = get_args(field.annotation)[1] is str
+            parser.add_argument(_flag(name), nargs="+", action="extend", metavar="KEY=VALUE",
+                                type=_key_text if text_only else _key_value, help=help_text)
         elif get_origin(field.annotation) is list:
             parser.add_argument(_flag(name), nargs="+", metavar="NAME", help=help_text)
         elif _is_bool(field.annotation):
@@ -314,8 +344,9 @@ def read_yaml_settings(path: Path) -> dict[str, Any]:
 def load_settings(argv: list[str] | None = None) -> Settings:
     """Parse the command line, merge it over the settings file over the defaults, and validate."""
     cli = vars(build_parser().parse_args(argv))
-    if "extension_params" in cli:
-        cli["extension_params"] = dict(cli["extension_params"])
+    for name, field in Settings.model_fields.items():
+        if name in cli and get_origin(field.annotation) is dict:
+            cli[name] = dict(cli[name])
     try:
         cli_only = Settings.model_validate({k: v for k, v in cli.items()}, strict=False)
     except ValidationError as exc:

@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from modules.api.errors import install_handlers
 from modules.api.internal import build_internal_router
+from modules.api.model_routes import build_models_router
 from modules.api.openai import build_router
 from modules.api.runner import CallerRequests
 from modules.api.security import ApiGuard
@@ -31,6 +32,7 @@ def build_api(app: Any) -> FastAPI:
     v1 = FastAPI(title="Parlour API", docs_url=None, redoc_url=None, openapi_url=None)
     v1.state.callers = callers
     install_handlers(v1)
+    v1.include_router(build_models_router(app))
     v1.include_router(build_router(app, callers))
     v1.include_router(build_internal_router(app, callers))
     # Starlette runs the last-added middleware first: CORS (answers preflights) -> keys and body size.

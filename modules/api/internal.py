@@ -1,8 +1,9 @@
 """/v1/internal/*: text-generation-webui's helper routes, with its request and response shapes.
 
 encode, decode, token-count, logits, chat-prompt, model/info, model/list, model/load, model/unload,
-stop-generation (only the caller's own requests) and health. Model list/load/unload need the admin
-key when one is set (checked in security.ApiGuard, with the other keys).
+stop-generation (only the caller's own requests) and health; and Parlour's own `models` (every model's
+state, queue and load/eviction counts, and the budget). Model list/load/unload need the admin key
+when one is set (checked in security.ApiGuard, with the other keys).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from modules.api.errors import APIError
-from modules.api.openai import build_preset, caller_of, chat_plan, current_backend
+from modules.api.model_routes import request_backend
+from modules.api.openai import build_preset, caller_of, chat_plan
 from modules.api.runner import CallerRequests
 from modules.api.schemas import ChatCompletionRequest, PresetFields
 from modules.loaders import registry
-from modules.models import ModelError
+from modules.models import ModelClaimed, ModelError, ModelTooLarge
 
 MAX_TOP_LOGITS = 1000
 
@@ -41,6 +43,11 @@ class LogitsBody(PresetFields):  # type: ignore[misc, valid-type]
     model: str | None = None
 
 
+class UnloadBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_name: str | None = Field(None, min_length=1)
+
+
 class LoadBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model_name: str = Field(..., min_length=1)
@@ -53,12 +60,12 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
 
     @router.post("/encode")
     def encode(body: TextBody) -> dict[str, Any]:
-        tokens = current_backend(app, None).tokenize(body.text)
+        tokens = request_backend(app, None).tokenize(body.text)
         return {"tokens": tokens, "length": len(tokens)}
 
     @router.post("/decode")
     def decode(body: TokensBody) -> dict[str, Any]:
-        backend = current_backend(app, None)
+        backend = request_backend(app, None)
         vocab = backend.vocab_size
         bad = next((i for i, t in enumerate(body.tokens) if t < 0 or (vocab is not None and t >= vocab)), None)
         if bad is not None:
@@ -68,11 +75,11 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
 
     @router.post("/token-count")
     def token_count(body: TextBody) -> dict[str, int]:
-        return {"length": len(current_backend(app, None).tokenize(body.text))}
+        return {"length": len(request_backend(app, None).tokenize(body.text))}
 
     @router.post("/logits")
     def logits(body: LogitsBody) -> dict[str, Any]:
-        backend = current_backend(app, body.model)
+        backend = request_backend(app, body.model)
         if not registry.capabilities(backend).logits:
             raise APIError(400, f"the {backend.loader} loader cannot report logits", code="unsupported")
         preset, _ = build_preset(app, body, None)
@@ -85,14 +92,23 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
     @router.post("/chat-prompt")
     def chat_prompt(body: ChatCompletionRequest) -> dict[str, str]:
         plan = chat_plan(app, body)
-        backend = current_backend(app, body.model)
+        backend = request_backend(app, body.model)
         return {"prompt": app.pipeline.build_prompt(backend, plan.jobs[0].request)}
 
     @router.get("/model/info")
     def model_info() -> dict[str, Any]:
         info = app.models.info() or {}
         return {"model_name": info.get("name"), "lora_names": info.get("loras", []), "loader": info.get("loader"),
-                "info": info, "loading": app.models.loading}
+                "info": info, "loading": app.models.loading, "loaded": [m["name"] for m in app.models.loaded()
+                                                                          if m["state"] == "loaded"]}
+
+    @router.get("/models")
+    def models() -> dict[str, Any]:
+        """Every model seen so far: state, requests running and waiting, memory, loads and evictions."""
+        budget = app.models.budget
+        return {"default": app.models.default, "models": app.models.states(),
+                "budget": {"max_loaded_models": budget.max_models, "gpu_mib": budget.gpu_mib, "cpu_mib": budget.cpu_mib},
+                "aliases": dict(app.models.aliases), **app.models.totals()}
 
     @router.get("/model/list")
     def model_list() -> dict[str, list[str]]:
@@ -117,15 +133,20 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
                            param="args.base_url", code="unsupported")
         try:
             await run_in_threadpool(app.models.load, body.model_name, loader, args)
+        except ModelTooLarge as exc:
+            raise APIError(400, str(exc), param="model_name", code="model_too_large") from exc
+        except ModelClaimed as exc:  # a training job holds that model
+            raise APIError(409, str(exc), param="model_name", code="model_busy") from exc
         except ModelError as exc:
             raise APIError(400, str(exc), param="model_name", code="model_load_failed") from exc
         return "OK"
 
     @router.post("/model/unload")
-    async def model_unload() -> str:
+    async def model_unload(body: UnloadBody | None = None) -> str:
+        """Unload the model named (an alias works too), or every model without a body."""
         try:
-            await run_in_threadpool(app.models.unload)
-        except ModelError as exc:  # a training job owns the model
+            await run_in_threadpool(app.models.unload, body.model_name if body else None)
+        except ModelClaimed as exc:  # a training job holds the model
             raise APIError(409, str(exc), code="model_busy") from exc
         return "OK"
 
@@ -138,9 +159,11 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
     def health() -> dict[str, Any]:
         backend = app.models.current()
         engine = getattr(backend, "engine", None)
-        return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
+        return {"status": "ok", "model": backend.name if backend else None, "default_model": app.models.default,
+                "loading": app.models.loading,
                 "largest_batch": engine.largest_batch if engine is not None else 1,
                 "generate_threads": engine.generate_threads() if engine is not None else None,
-                "queue_waiting": app.queue.waiting(), **app.pipeline.stats.snapshot(), **callers.snapshot()}
+                "queue_waiting": app.models.waiting(), **app.models.totals(), **app.pipeline.stats.snapshot(),
+                **callers.snapshot()}
 
     return router

@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions.
+"""OpenAI-compatible routes: POST /v1/completions, POST /v1/chat/completions (GET /v1/models: model_routes.py).
 
 Each choice is one `GenerationRequest` through `app.pipeline` — the same pipeline the UI uses — run by
 `runner.run_updates`, with its own cancel Event that a disconnect or /v1/internal/stop-generation sets.
@@ -24,14 +24,16 @@ from sse_starlette import EventSourceResponse
 
 from modules.api.chat_options import ignored_chat_fields, prompt_options
 from modules.api.constraints import check_constraint, requested_constraint
-from modules.api.errors import APIError, describe_validation, error_body
+from modules.api.errors import RETRY_AFTER_SECONDS, APIError, describe_validation, error_body
 from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, completion_logprobs, supports_logprobs
+from modules.api.model_routes import model_error, request_backend, stream_after_load
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
 from modules.chat import ContextOverflow, request_for
 from modules.generation import GenerationRequest, ModelBusy, NoModel, QueueFull, Update
 from modules.loaders import registry
 from modules.loaders.base import Backend
+from modules.models import ModelError
 from modules.presets import Preset, PresetError, ignored_key_warning
 from modules.settings import API_USER
 from modules.templates import TemplateError
@@ -39,7 +41,6 @@ from modules.turns import Turn
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = 2
 IGNORED_HEADER = "X-Parlour-Ignored-Fields"
 TRUNCATED_HEADER = "X-Parlour-Truncated-Prompt-Tokens"
 MAX_IGNORED_NAMES = 32
@@ -61,29 +62,11 @@ def to_api_error(exc: BaseException) -> APIError:
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, NoModel):
         return APIError(503, str(exc), code="model_not_loaded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, ModelError):  # the model named could not be loaded for this request
+        return model_error(exc)
     if isinstance(exc, (TemplateError, ValueError)):
         return APIError(400, str(exc), code="invalid_prompt")
     raise exc
-
-
-def current_backend(app: Any, requested: str | None) -> Backend:
-    """The loaded model, checked against the `model` the client asked for."""
-    backend = app.models.current() or (app.models.ensure_loaded() if app.models.idle_unloaded else None)
-    loading = app.models.loading
-    if requested and (backend is None or requested != backend.name):
-        if requested == loading:
-            raise APIError(503, f"model {requested!r} is still loading", code="model_loading",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        if requested in app.models.list():
-            loaded = backend.name if backend else "none"
-            raise APIError(400, f"model {requested!r} is not loaded (loaded: {loaded}); load it with "
-                           "POST /v1/internal/model/load", param="model", code="model_not_loaded")
-        raise APIError(404, f"the model {requested!r} does not exist", param="model", code="model_not_found")
-    if backend is None:
-        raise APIError(503, f"model {loading!r} is still loading" if loading else
-                       "no model is loaded: load one with POST /v1/internal/model/load", code="model_not_loaded",
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    return backend
 
 
 def build_preset(app: Any, body: GenerationFields, max_tokens: int | None) -> tuple[Preset, list[str]]:
@@ -184,6 +167,10 @@ class Plan:
     logprobs: int | None = None  # top alternatives per token; None: no logprobs
     generate: bool = True  # False: max_tokens 0, the answer is the (echoed) prompt alone
 
+    def __post_init__(self) -> None:
+        for job in self.jobs:  # every choice runs on the model the plan was made for, not the default one
+            job.request.model = self.model
+
     def scorer(self, job: Job) -> ReplyLogprobs | None:
         """A fresh scorer for the job's reply (runs the model: call it off the event loop)."""
         if self.logprobs is None or self.backend is None:
@@ -240,7 +227,7 @@ def completion_plan(app: Any, body: CompletionRequest) -> Plan:
     if body.max_tokens == 0 and not body.echo:
         raise APIError(400, "max_tokens: 0 generates nothing; with echo: true (and logprobs) it scores the prompt",
                        param="max_tokens", code="invalid_value")
-    backend = current_backend(app, body.model)
+    backend = request_backend(app, body.model)
     check_logit_bias(body, backend)
     preset, not_applied = build_preset(app, body, body.max_tokens or None)
     check_constraint(backend, preset, body)
@@ -280,7 +267,7 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     """Every chat request — plain OpenAI or with text-generation-webui's fields — is one chat turn built
     as the Chat tab builds it (modules/chat.py), and its extension hooks run once (Pipeline.begin)."""
     refuse_unsupported(body)
-    backend = current_backend(app, body.model)
+    backend = request_backend(app, body.model)
     check_logit_bias(body, backend)
     top_logprobs = logprobs_wanted(body, backend)
     preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
@@ -542,27 +529,10 @@ async def _prepend(items: list[Update], rest: AsyncIterator[Update]) -> AsyncIte
 def build_router(app: Any, callers: CallerRequests) -> APIRouter:
     router = APIRouter()
 
-    def model_card(name: str) -> dict[str, Any]:
-        card = {"id": name, "object": "model", "created": 0, "owned_by": "parlour"}
-        backend = app.models.current()
-        if backend is not None and backend.name == name:
-            card["max_model_len"] = backend.context_length  # vLLM's field: remote Parlours read it
-        return card
-
-    @router.get("/models")
-    def list_models() -> dict[str, Any]:
-        backend = app.models.current()
-        return {"object": "list", "data": [model_card(backend.name)] if backend else []}
-
-    @router.get("/models/{name}")
-    def get_model(name: str) -> dict[str, Any]:
-        backend = app.models.current()
-        if backend is None or backend.name != name:
-            raise APIError(404, f"the model {name!r} is not loaded", param="model", code="model_not_found")
-        return model_card(name)
-
     @router.post("/completions")
     async def completions(body: CompletionRequest, http: Request) -> Any:
+        if body.stream and app.models.needs_load(body.model):  # SSE comments while the model loads
+            return stream_after_load(app, body.model, lambda: completions(body, http))
         plan = await run_in_threadpool(completion_plan, app, body)  # tokenizing a long prompt must not block the loop
         responder = Responder(app, callers, http, plan, chat=False)
         if body.stream:
@@ -571,6 +541,8 @@ def build_router(app: Any, callers: CallerRequests) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: Request) -> Any:
+        if body.stream and app.models.needs_load(body.model):  # SSE comments while the model loads
+            return stream_after_load(app, body.model, lambda: chat_completions(body, http))
         plan = await run_in_threadpool(chat_plan, app, body)
         responder = Responder(app, callers, http, plan, chat=True)
         if body.stream:

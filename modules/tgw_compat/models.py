@@ -37,7 +37,9 @@ def reload_model() -> tuple[Any, Any]:
 
 
 def load_model_if_idle_unloaded() -> None:
-    _manager().ensure_loaded()
+    manager = _manager()
+    if manager.default is not None:  # the default model reloads (as its next request would reload it)
+        manager.backend_for(None)
 
 
 __getattr__ = missing_attributes("modules.models")

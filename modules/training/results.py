@@ -91,17 +91,21 @@ def compare_perplexity(models: ModelManager, adapter: str, text: str, source: st
         raise TrainingError("paste a held-out text (or train with an eval split, whose text is used)")
     previous = list(backend.loras)
     try:
-        models.set_loras([])
-        with models.gate():
-            before = evaluate(models.current(), text, f"{source} · base", max_length, stride, log)
-        models.set_loras([adapter])
-        with models.gate():
-            after = evaluate(models.current(), text, f"{source} · + {adapter}", max_length, stride, log)
+        models.set_loras([], backend.name)
+        with models.exclusive(backend.name) as held:  # no request uses the model meanwhile
+            if held is not backend:
+                raise ModelError(f"{backend.name} was unloaded meanwhile")
+            before = evaluate(held, text, f"{source} · base", max_length, stride, log)
+        models.set_loras([adapter], backend.name)
+        with models.exclusive(backend.name) as held:
+            if held is not backend:
+                raise ModelError(f"{backend.name} was unloaded meanwhile")
+            after = evaluate(held, text, f"{source} · + {adapter}", max_length, stride, log)
     except (ModelError, ValueError) as exc:
         raise TrainingError(str(exc)) from exc
     finally:
         try:
-            models.set_loras(previous)
+            models.set_loras(previous, backend.name)
         except ModelError:
             pass  # the model changed meanwhile; nothing to restore
     return before, after

@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules import exports
 from modules.app import App
-from modules.render import COPY_JS, literal
+from modules.render import COPY_JS
 from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session, training
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
@@ -29,7 +29,7 @@ def build(app: App) -> gr.Blocks:
         params = parameters.create_controls(app)
         with gr.Row(elem_id="header"):
             gr.Markdown("## Parlour", elem_id="title")
-            model_line = gr.Markdown(literal(app.models.status()), elem_id="header-model")
+            model_line = gr.Markdown(model.header_line(app, None), elem_id="header-model")
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat_ui = chat.render(app, params)
@@ -40,7 +40,7 @@ def build(app: App) -> gr.Blocks:
             with gr.Tab("Model", id="model"):
                 with gr.Tabs():
                     with gr.Tab("Load", id="model-load-tab"):
-                        status, info, describe = model.render(app)
+                        status, info, describe, models_changed = model.render(app)
                         parameters.follow_model(app, params, status)
                         chat_ui["follow_model"](status)
                     with gr.Tab("Evaluate", id="model-evaluate-tab"):
@@ -52,15 +52,28 @@ def build(app: App) -> gr.Blocks:
             extensions.bind_components(app, chat_ui["components"], params)
             extensions.render_tabs(app)
         extensions.render_block(app)
-        # The model may still be loading when the page opens: refresh the status lines until it is ready.
+        # A model may still be loading when the page opens: refresh the status lines until it is ready.
+        # The header names the open chat's model (each chat keeps its own, in its session state).
         timer = gr.Timer(1.0, active=app.models.loading is not None)
+        chat_session, chat_model = chat_ui["session"], chat_ui["model"]
 
-        def poll():
+        def header(sess: dict) -> str:
+            return model.header_line(app, sess.get("model"))
+
+        def poll(sess: dict):
             line, details = describe()
-            return line, line, details, gr.Timer(active=app.models.loading is not None)
+            return header(sess), line, details, gr.Timer(active=app.models.loading is not None)
 
-        timer.tick(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
-        blocks.load(poll, None, [model_line, status, info, timer], api_visibility="private", show_progress="hidden")
+        hidden = dict(api_visibility="private", show_progress="hidden")
+        timer.tick(poll, chat_session, [model_line, status, info, timer], **hidden)
+        blocks.load(poll, chat_session, [model_line, status, info, timer], **hidden)
+        # Another chat, another model for this chat, a load/unload in the Model tab or a finished download:
+        # the header and the Chat tab's Model follow.
+        def follow(sess: dict):
+            return header(sess), gr.Dropdown(choices=app.models.choices(), value=sess.get("model") or app.models.default)
+
+        for changed in (chat_session, status, models_changed):
+            changed.change(follow, chat_session, [model_line, chat_model], **hidden)
         chat_ui["wire_load"](blocks)
         chat_ui["wire_notebook"](notebook_text, tabs)
     return blocks

@@ -160,7 +160,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     def on_new(request: gr.Request, sess: dict, incognito_v: bool, *ctrl: Any):
         """A fresh chat. It is saved on the first message, or at once when the character greets."""
         user = user_of(request)
-        view = app.chats.new_chat(user, setup(user, ctrl), incognito=incognito_v)
+        view = app.chats.new_chat(user, setup(user, ctrl), incognito=incognito_v, model=sess.get("model"))
         return redraw(app, user, session_of(view, new_session(incognito_v, previous=sess)), ctrl[1],
                       status="Incognito chat: nothing is saved." if incognito_v else "")
 
@@ -215,6 +215,10 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         user = user_of(request)
         return redraw(app, user, session_of(app.chats.newest(user, character_v), new_session()), character_v)
 
+    def on_chat_model(request: gr.Request, name: str | None, sess: dict) -> dict:
+        """This chat answers with `name` from now on (a saved chat remembers it)."""
+        return session_of(app.chats.set_model(user_of(request), view_of(sess), name), sess)
+
     def on_template(name: str):
         if name == MODEL_TEMPLATE:
             return ""
@@ -233,7 +237,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         turns = app.chats.turns(user, view_of(sess))
         if message and message.strip():
             turns = turns + [Turn.of("user", message)]
-        built = chatlib.next_prompt(app, turns, plan.options, plan.preset, user=user, template_vars=plan.template_vars)
+        built = chatlib.next_prompt(app, turns, plan.options, plan.preset, user=user, template_vars=plan.template_vars,
+                                    model=sess.get("model"))
         note = f"{built.prompt_tokens}/{built.context_length} tokens"
         if built.turns_dropped:
             note += f", {built.turns_dropped} oldest messages dropped"
@@ -317,6 +322,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.images.input(on_images, [ui.images, ui.session, ui.character], OUT, **private)
     ui.mode.input(on_mode, [ui.mode, ui.session, ui.character], OUT, **private)
     ui.template.input(on_template, ui.template, ui.template_src, **private)
+    ui.chat_model.input(on_chat_model, [ui.chat_model, ui.session], ui.session, **private)
     ui.preview.click(on_preview, [ui.text, ui.session, *CTRL, *params.inputs], [ui.prompt_view, ui.status], **private)
     ui.files.wire(OUT)
 
@@ -345,7 +351,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                   "continue": ui.cont, "remove": ui.remove, "impersonate": ui.impersonate,
                   "dummy_message": ui.dummy_message, "dummy_reply": ui.dummy_reply}
     return {"chatbot": ui.chatbot, "session": ui.session, "input": ui.text, "wire_load": wire_load,
-            "wire_notebook": wire_notebook, "follow_model": follow_model, "components": components}
+            "wire_notebook": wire_notebook, "follow_model": follow_model, "components": components,
+            "model": ui.chat_model}
 
 
 def _chain(first: Step, rest: Iterator[Step]) -> Iterator[Step]:

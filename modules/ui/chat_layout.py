@@ -42,6 +42,8 @@ def build(app: App) -> SimpleNamespace:
                 refresh_characters = gr.Button("↻", elem_id="refresh-characters", size="sm", scale=0, min_width=40)
                 template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
                                        label="Instruction template", elem_id="instruction-template")
+                chat_model = gr.Dropdown(app.models.choices(), value=app.models.default, label="Model",
+                                         elem_id="chat-model", info="this chat's model (it loads when needed)")
                 thinking = gr.Checkbox(value=True, label="Thinking", visible=False, elem_id="chat-thinking",
                                        info="the model reasons before it answers (its template's enable_thinking)")
                 effort = gr.Dropdown(["low", "medium", "high"], value="medium", label="Reasoning effort",
@@ -100,7 +102,7 @@ def build(app: App) -> SimpleNamespace:
     return SimpleNamespace(
         session=session, new=new, incognito=incognito, search=search, chat_list=chat_list, title=title, rename=rename,
         branch_chat=branch_chat, delete=delete, confirm_row=confirm_row, confirm=confirm, cancel_delete=cancel_delete,
-        mode=mode, character=character, refresh_characters=refresh_characters, template=template, thinking=thinking, effort=effort, chatbot=chatbot,
+        mode=mode, character=character, refresh_characters=refresh_characters, template=template, chat_model=chat_model, thinking=thinking, effort=effort, chatbot=chatbot,
         status=status, text=text, send=send, stop=stop, regenerate=regenerate, cont=cont, remove=remove,
         impersonate=impersonate, dummy_message=dummy_message, dummy_reply=dummy_reply, reproduce=reproduce,
         start_with=start_with, images=images, prev_version=prev_version, selected_info=selected_info,

@@ -18,6 +18,7 @@ from modules.characters import CharacterError
 from modules.chat import ContextOverflow, context_line
 from modules.conversation import ChatView
 from modules.generation import GenerationError, NoModel, QueueFull
+from modules.models import ModelError
 from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
 from modules.render import literal, render_extension_html, render_footer, render_markdown, render_reasoning
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 #: template variables the Chat tab has a control for, shown only when the model's template reads them
 THINKING_VARS = ("enable_thinking", "reasoning_effort")
 EXPECTED_ERRORS = (NoModel, QueueFull, GenerationError, TemplateError, ContextOverflow, CharacterError, ChatNotFound,
-                   StoreError, ValueError)
+                   StoreError, ValueError, ModelError)
 
 
 def guarded(fn):
@@ -60,17 +61,18 @@ def user_of(request: gr.Request | None) -> str:
 def new_session(incognito: bool = False, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-browser state for a freshly opened chat; display choices carry over from `previous`."""
     return {"chat_id": None, "incognito": incognito, "turns": (), "selected": None,
-            "images": bool((previous or {}).get("images"))}
+            "images": bool((previous or {}).get("images")), "model": (previous or {}).get("model")}
 
 
 def view_of(session: dict[str, Any]) -> ChatView:
     return ChatView(chat_id=session.get("chat_id"), incognito=bool(session.get("incognito")),
-                    turns=tuple(session.get("turns") or ()), selected=session.get("selected"))
+                    turns=tuple(session.get("turns") or ()), selected=session.get("selected"),
+                    model=session.get("model"))
 
 
 def session_of(view: ChatView, previous: dict[str, Any]) -> dict[str, Any]:
     return {**previous, "chat_id": view.chat_id, "incognito": view.incognito, "turns": view.turns,
-            "selected": view.selected}
+            "selected": view.selected, "model": view.model}
 
 
 def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: int, reason: str | None) -> str:
@@ -86,6 +88,8 @@ def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: 
 
 def status_line(update: Any) -> str:
     if update.queue_position:
+        if update.loading:
+            return f"⏳ loading {update.loading}: position {update.queue_position} in its queue"
         return f"⏳ waiting for the model: position {update.queue_position} in the queue"
     line = speed_line(update.tokens, update.seconds, update.first_token_seconds, update.prompt_tokens,
                       update.finish_reason)

@@ -46,7 +46,7 @@ def render(app: App) -> None:
         if not content.strip():
             return ("⚠️ paste a text or upload a file", *history())
         try:
-            with app.queue.exclusive():  # the model is busy with this, not with chats, meanwhile
+            with app.models.exclusive(backend.name):  # the model is busy with this, not with chats, meanwhile
                 result = evaluate(backend, content, source, int(window), int(step), log,
                                   progress=lambda f: progress(f, desc="scoring"))
         except ValueError as exc:

@@ -1,5 +1,9 @@
-"""Model tab: pick a model (or a remote engine's model), choose the loader and its options, load,
-unload, reload, apply LoRAs, save per-model settings, download from the hub, evaluate perplexity.
+"""Model tab: pick a model (or a remote engine's model), choose the loader and its options, load it
+beside the others (within --max-loaded-models and the memory budgets), unload, reload, apply LoRAs,
+save per-model settings, download from the hub (modules/ui/downloads.py), evaluate perplexity.
+
+The table lists the loaded models with the memory each takes; "Load" makes the loaded model the
+default: what new chats and the Notebook use (each chat keeps its own, see the Chat tab's Model).
 
 The option controls are generated from each loader's options model in the loader registry
 (modules/loaders/registry.py), so the tab, the API and models/config-user.yaml accept exactly the same
@@ -18,8 +22,9 @@ from pydantic.fields import FieldInfo
 
 from modules.app import App
 from modules.loaders.registry import LOADERS, REMOTE_PREFIX
-from modules.models import ModelError
+from modules.models import ModelError, describe_backend
 from modules.render import literal
+from modules.ui import downloads
 
 OPTIONS = {name: spec.options for name, spec in LOADERS.items()}
 REASONING_CHOICES = ["auto", "think", "gpt-oss", "off", "custom"]
@@ -60,7 +65,32 @@ def _clean(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]]]:
+LOADED_COLUMNS = ["model", "state", "default", "loader", "device", "memory MiB", "running", "waiting"]
+
+
+def loaded_rows(app: App) -> list[list[Any]]:
+    """The loaded models table: one row each, most recently used first."""
+    return [[m["name"], m["state"], "✓" if m["default"] else "", m["loader"], m["device"],
+             "" if m["memory_mib"] is None else m["memory_mib"], m["running"], m["waiting"]]
+            for m in app.models.loaded()] or [["(none)", "", "", "", "", "", "", ""]]
+
+
+def header_line(app: App, name: str | None) -> str:
+    """The page header: the model the open chat answers with (None: the default model), and its state."""
+    name = name or app.models.default
+    if not name:
+        return "No model loaded" + (f" — loading {literal(app.models.loading)}…" if app.models.loading else "")
+    backend = app.models.get(name)
+    if backend is not None:
+        return literal(describe_backend(backend))
+    if app.models.loading == name:
+        return f"Loading {literal(name)}…"
+    return f"No model loaded for this chat: {literal(name)} loads with the next message"
+
+
+def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]], gr.Markdown]:
+    """Build the tab. Returns its status line, the info box, `describe()` (both lines' text) and the
+    download status (it changes when a download ends and the list of models may have grown)."""
     current = app.models.current()
     with gr.Row():
         dropdown = gr.Dropdown(choices=app.models.list(), value=current.name if current else app.models.loading,
@@ -74,7 +104,13 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         reload = gr.Button("Reload", elem_id="model-reload")
         unload = gr.Button("Unload", elem_id="model-unload")
         save = gr.Button("Save settings", elem_id="model-save-settings")
-    status = gr.Markdown(app.models.status(), elem_id="model-status")
+    status = gr.Markdown(literal(app.models.status()), elem_id="model-status")
+    budget = app.models.budget
+    gr.Markdown(f"Up to {budget.describe()} stay loaded; loading another unloads the least recently used idle "
+                "one (--max-loaded-models, --gpu-memory-budget, --cpu-memory-budget). **Unload** unloads the "
+                "model chosen above.", elem_id="model-budget")
+    table = gr.Dataframe(value=lambda: loaded_rows(app), headers=LOADED_COLUMNS, interactive=False,
+                         label="Loaded models", elem_id="loaded-models")
 
     groups: dict[str, gr.Group] = {}
     controls: dict[str, dict[str, gr.components.Component]] = {}
@@ -110,15 +146,7 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
             lora_apply = gr.Button("Apply", elem_id="lora-apply", scale=1)
             lora_remove = gr.Button("Remove all", elem_id="lora-remove", scale=1)
     info = gr.Code(language="json", label="Model info", elem_id="model-info", interactive=False)
-    with gr.Accordion("Download from Hugging Face", open=False):
-        with gr.Row():
-            repo = gr.Textbox(label="USER/REPO[:BRANCH]", placeholder="Qwen/Qwen2.5-0.5B-Instruct", scale=4,
-                              elem_id="download-repo")
-            specific = gr.Textbox(label="Specific file / GGUF quant (optional)", placeholder="Q4_K_M", scale=2,
-                                  elem_id="download-file")
-            fetch = gr.Button("Download", elem_id="download-run", scale=1)
-        download_status = gr.Markdown(elem_id="download-status")
-
+    download_status = downloads.render(app)
     all_controls = [c for name in OPTIONS for c in controls[name].values()]
 
     def options_from(chosen: str, values: tuple[Any, ...]) -> dict[str, Any]:
@@ -180,11 +208,14 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
             return "⚠️ no model is loaded", gr.skip()
         return on_load(backend.name, backend.loader, *values, progress=progress)
 
-    def on_unload() -> tuple[str, str]:
+    def on_unload(name: str | None) -> tuple[str, str]:
+        """Unload the model chosen in the dropdown (if it is loaded), else the default one."""
+        target = name if name and app.models.get(name) is not None else app.models.default
         try:
-            app.models.unload()
-        except ModelError as exc:  # a training job owns the model
-            return f"⚠️ {exc}", gr.skip()
+            if target is not None:
+                app.models.unload(target)
+        except ModelError as exc:  # a training job holds the model
+            return f"⚠️ {literal(exc)}", gr.skip()
         return describe()
 
     def on_save(name: str | None, chosen: str, *values: Any) -> str:
@@ -215,22 +246,11 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         line, details = describe()
         return f"{line} — LoRAs: {literal(', '.join(applied) or 'none')}", details
 
-    def on_download(spec: str, choice: str, progress: gr.Progress = gr.Progress(track_tqdm=True)):
-        from modules.download import DownloadError, download
+    def lists():
+        return gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras())
 
-        choice = (choice or "").strip()
-        try:
-            chosen, files = download(spec, app.settings.models_dir, app.settings.loras_dir,
-                                     specific_file=choice if "." in choice else None,
-                                     gguf_quant=choice if choice and "." not in choice else None)
-        except DownloadError as exc:
-            return f"⚠️ {literal(exc)}", gr.skip(), gr.skip()
-        return (f"Downloaded {len(files)} files ({chosen.kind}) to {literal(chosen.target)}.",
-                gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras()))
-
-    fetch.click(on_download, [repo, specific], [download_status, dropdown, loras], api_name="model_download")
-    refresh.click(lambda: (gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras())),
-                  None, [dropdown, loras], api_name="model_refresh")
+    refresh.click(lists, None, [dropdown, loras], api_name="model_refresh")
+    download_status.change(lists, None, [dropdown, loras], api_visibility="private", show_progress="hidden")
     dropdown.change(on_select, dropdown, [loader, *groups.values(), *all_controls, *reasoning_controls],
                     api_visibility="private")
     remote_models.change(lambda n: (gr.Dropdown(choices=app.models.list() + [n], value=n), "remote"),
@@ -238,9 +258,10 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
     loader.change(on_loader, loader, [*groups.values(), remote_row], api_visibility="private")
     load.click(on_load, [dropdown, loader, *all_controls], [status, info], api_name="model_load")
     reload.click(on_reload, all_controls, [status, info], api_name="model_reload")
-    unload.click(on_unload, None, [status, info], api_name="model_unload")
+    unload.click(on_unload, dropdown, [status, info], api_name="model_unload")
+    status.change(lambda: loaded_rows(app), None, table, api_visibility="private", show_progress="hidden")
     save.click(on_save, [dropdown, loader, *all_controls, *reasoning_controls], status, api_name="model_save_settings")
     remote_fetch.click(on_fetch_remote, None, remote_models, api_visibility="private")
     lora_apply.click(on_loras, loras, [status, info], api_name="lora_apply")
     lora_remove.click(lambda: on_loras([]), None, [status, info], api_name="lora_remove")
-    return status, info, describe
+    return status, info, describe, download_status

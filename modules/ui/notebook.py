@@ -19,6 +19,7 @@ from modules.app import App
 from modules.generation import GenerationError, GenerationRequest, NoModel, QueueFull, throttle
 from modules.inspect_logits import CannotInspect, candidates_table, chain_bars, coloured_tokens, inspect_next_token, \
     score_text
+from modules.models import ModelError
 from modules.render import literal
 from modules.ui.chat_view import speed_line
 from modules.ui.parameters import ParameterControls
@@ -50,7 +51,7 @@ def render(app: App, params: ParameterControls) -> gr.Textbox:
                     continue
                 yield prompt + update.text, speed_line(update.tokens, update.seconds, update.first_token_seconds,
                                                        update.prompt_tokens, update.finish_reason)
-        except (NoModel, QueueFull, GenerationError, ValueError) as exc:
+        except (NoModel, QueueFull, GenerationError, ValueError, ModelError) as exc:
             gr.Warning(literal(exc))
             yield gr.skip(), f"⚠️ {literal(exc)}"
         finally:

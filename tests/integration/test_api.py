@@ -67,9 +67,12 @@ def greedy(n: int = 20, **extra) -> Preset:
 
 # -- the OpenAI routes ----------------------------------------------------------------------------
 
-def test_models_list_names_the_loaded_model(client):
-    assert [m.id for m in client.models.list().data] == [MODEL]
+def test_models_list_every_model_with_its_state(client):
+    # every model in models/ is listed (a request naming one loads it); the loaded one says so
+    states = {m.id: m.state for m in client.models.list().data}
+    assert set(states) == {MODEL, "parlour-micro-gpt2"} and states[MODEL] == "loaded"
     assert client.models.retrieve(MODEL).id == MODEL
+    assert client.models.retrieve(MODEL).context_length == 2048
 
 
 def test_completion_text_usage_and_finish_reason(client, local):
@@ -417,14 +420,14 @@ def test_api_key_is_required_on_every_route(guarded):
     for key in (None, "wrong", "sk-user-but-longer"):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/v1/internal/health"),
-                             ("GET", "/v1/nope")]:
+                             ("GET", "/v1/internal/models"), ("GET", "/v1/nope")]:
             r = httpx.request(method, guarded.url + path, headers=headers, json={"prompt": "x"})
             assert r.status_code == 401, (key, path)
             assert r.json()["error"]["type"] == "authentication_error"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=guarded.url + "/v1", api_key="wrong", max_retries=0).models.list()
     good = openai.OpenAI(base_url=guarded.url + "/v1", api_key="sk-user", max_retries=0)
-    assert [m.id for m in good.models.list().data] == [MODEL]
+    assert MODEL in [m.id for m in good.models.list().data]
 
 
 def test_admin_routes_need_the_admin_key(guarded):
@@ -535,22 +538,28 @@ def test_n_choices_are_generated_together_when_the_server_batches(server, local)
     assert out["usage"]["completion_tokens"] == 90
 
 
+def loaded_models(api: httpx.Client) -> list[str]:
+    return [m["id"] for m in api.get("/models").json()["data"] if m["state"] == "loaded"]
+
+
 def test_model_load_and_unload(serial):
     api = httpx.Client(base_url=serial.url + "/v1", timeout=120)
     assert api.post("/internal/model/load", json={"model_name": "parlour-micro-gpt2"}).text == '"OK"'
-    assert [m["id"] for m in api.get("/models").json()["data"]] == ["parlour-micro-gpt2"]
-    wrong = api.post("/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
-    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "model_not_loaded"
+    assert loaded_models(api) == ["parlour-micro-gpt2"]
+    # naming another model loads it just in time; one model at a time (the default) unloads the other
+    named = api.post("/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+    assert named.status_code == 200 and named.json()["model"] == MODEL
+    assert loaded_models(api) == [MODEL]
     assert api.post("/completions", json={"model": "parlour-micro-gpt2", "prompt": "x", "max_tokens": 2}).status_code == 200
     assert api.post("/internal/model/unload").text == '"OK"'
-    assert api.get("/models").json()["data"] == []
+    assert loaded_models(api) == []
     idle = api.post("/completions", json={"prompt": "x", "max_tokens": 2})
     assert idle.status_code == 503 and "retry-after" in idle.headers
     for args, field in [({"trust_remote_code": True}, "trust_remote_code"), ({"dtype": "int3"}, "dtype"),
                         ({"base_url": "http://evil.example/v1"}, "base_url")]:
         refused = api.post("/internal/model/load", json={"model_name": MODEL, "args": args})
         assert refused.status_code == 400 and field in refused.text, refused.text
-    assert api.get("/models").json()["data"] == []  # nothing was loaded by the refused requests
+    assert loaded_models(api) == []  # nothing was loaded by the refused requests
     loaded = api.post("/internal/model/load", json={"model_name": MODEL, "args": {"dtype": "bfloat16"}})
     assert loaded.status_code == 200
     info = api.get("/internal/model/info").json()

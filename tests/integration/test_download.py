@@ -1,71 +1,14 @@
 """download-model.py against a local HTTP server that speaks the Hub's API (no internet here)."""
 
-import hashlib
-import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from modules.download import DownloadError, parse_spec, plan, selected
 from tests.conftest import ROOT
-
-SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-class FakeHub:
-    """Serves repos {repo_id: {path: bytes}} with the endpoints huggingface_hub uses."""
-
-    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
-        self.repos = repos
-        self.auth_headers: list[str | None] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, body=b"", headers=None, head=False):
-                self.send_response(status)
-                for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def _route(self, head=False):
-                hub.auth_headers.append(self.headers.get("Authorization"))
-                path = self.path.split("?")[0]
-                for repo_id, files in hub.repos.items():
-                    if path.startswith(f"/api/models/{repo_id}/revision/"):
-                        body = {"id": repo_id, "sha": SHA, "siblings": [{"rfilename": f} for f in files]}
-                        return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
-                    if path.startswith(f"/api/models/{repo_id}/tree/"):
-                        body = [{"type": "file", "path": f, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                                for f, data in files.items()]
-                        return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
-                    prefix = f"/{repo_id}/resolve/"
-                    if path.startswith(prefix):
-                        name = path[len(prefix):].split("/", 1)[1]
-                        if name not in files:
-                            return self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"})
-                        data = files[name]
-                        return self._send(200, data, {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'},
-                                          head=head)
-                return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
-
-            def do_GET(self):
-                self._route()
-
-            def do_HEAD(self):
-                self._route(head=True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+from tests.fake_hub import FakeHub
 
 
 @pytest.fixture()
@@ -78,7 +21,7 @@ def hub(micro_path):
     }
     server = FakeHub(repos)
     yield server
-    server.server.shutdown()
+    server.close()
 
 
 def run_download(hub, tmp_path, *args):
@@ -133,3 +76,90 @@ def test_allow_code_and_split_gguf_plans(tmp_path):
     split = ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf", "other.Q2_K.gguf"]
     chosen = plan("a/b", "main", split, tmp_path, tmp_path, gguf_quant="m-0")
     assert selected(split, chosen) == ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+
+
+# -- background downloads in the server (the Model tab's box) -----------------------------------------
+def test_no_network_is_one_clear_line(tmp_path, monkeypatch):
+    from modules.download import Downloads
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    expected = f"cannot reach the Hugging Face Hub (http://127.0.0.1:{port}): [Errno 111] Connection refused"
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, str(ROOT / "download-model.py"), "tester/tiny", "--models-dir",
+                          str(tmp_path / "models")], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: {expected}"
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    downloads = Downloads(tmp_path / "models", tmp_path / "loras")
+    job = downloads.start("tester/tiny")
+    until(lambda: job.state != "running")
+    assert job.state == "failed" and job.message == expected
+
+
+def until(predicate, timeout: float = 120.0) -> None:
+    """Wait for a state (of a job, of the fake Hub), never for time to pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.01)
+
+
+@pytest.fixture()
+def slow_hub(micro_path, monkeypatch):
+    """A Hub whose model repo has a 24 MiB file that stops halfway until the test lets it go on."""
+    from tests.fake_hub import model_repo
+
+    server = FakeHub({"tester/tiny": model_repo(micro_path, extra_mib=24)})
+    server.hold("notes.txt")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.close()
+
+
+def test_a_download_runs_in_the_background_with_progress_while_a_chat_streams(slow_hub, make_app, micro_path,
+                                                                              tmp_path):
+    import shutil
+
+    from modules.generation import GenerationRequest
+    from modules.presets import Preset
+
+    models = tmp_path / "models"
+    shutil.copytree(micro_path, models / "parlour-micro")
+    app = make_app(models_dir=models)
+    app.models.load("parlour-micro")
+    request = dict(preset=Preset(temperature=0.0, max_new_tokens=40, ban_eos_token=True), prompt="def main():")
+    before = list(app.pipeline.stream(GenerationRequest(**request)))[-1].text
+
+    job = app.downloads.start("tester/tiny")
+    slow_hub.halfway.wait(timeout=120)
+    until(lambda: job.snapshot()["bytes_done"] >= 10 * 2**20)  # huggingface_hub reports 10 MiB chunks
+    shown = job.snapshot()
+    assert shown["state"] == "running" and 0 < shown["fraction"] < 1 and shown["bytes_total"] > 24 * 2**20
+    assert "tester_tiny" not in app.models.list()  # a half-downloaded model is never listed
+    # The download is stuck halfway; a chat (and the API: the same pipeline) answers meanwhile, unchanged.
+    assert list(app.pipeline.stream(GenerationRequest(**request)))[-1].text == before
+    assert app.downloads.running()
+
+    slow_hub.release()
+    until(lambda: job.state != "running")
+    assert job.state == "done", job.message
+    assert "tester_tiny" in app.models.list() and not (models / "tester_tiny.partial").exists()
+    assert (models / "tester_tiny" / "notes.txt").stat().st_size == 24 * 2**20
+    assert job.snapshot()["fraction"] == 1.0
+    assert app.models.backend_for("tester_tiny").info()["architecture"] == "llama"  # it loads, no restart
+
+
+def test_a_cancelled_download_leaves_nothing_behind(slow_hub, tmp_path):
+    from modules.download import Downloads
+
+    downloads = Downloads(tmp_path / "models", tmp_path / "loras")
+    job = downloads.start("tester/tiny")
+    slow_hub.halfway.wait(timeout=120)
+    until(lambda: job.snapshot()["bytes_done"] > 0)
+    assert downloads.cancel() == 1
+    slow_hub.release()  # the transfer notices at its next chunk
+    until(lambda: job.state != "running")
+    assert job.state == "cancelled"
+    assert list((tmp_path / "models").iterdir()) == []  # neither the model nor its .partial folder

@@ -110,7 +110,7 @@ def test_no_model_is_a_clear_error(make_app):
     app = make_app()
     with pytest.raises(NoModel, match="Model tab"):
         collect(app, GenerationRequest(preset=GREEDY, prompt="x"))
-    assert app.queue.waiting() == 0
+    assert app.models.waiting() == 0
 
 
 def test_out_of_memory_mid_generation_is_reported_and_the_app_stays_usable(make_app, monkeypatch):
@@ -130,6 +130,6 @@ def test_out_of_memory_mid_generation_is_reported_and_the_app_stays_usable(make_
     monkeypatch.setattr(backend.model, "forward", failing_forward)
     with pytest.raises(GenerationError, match="out of memory"):
         collect(app, GenerationRequest(preset=GREEDY, prompt="x"))
-    assert app.pipeline.stats.snapshot()["active"] == 0 and app.queue.waiting() == 0
+    assert app.pipeline.stats.snapshot()["active"] == 0 and app.models.waiting() == 0
     monkeypatch.setattr(backend.model, "forward", real_forward)
     assert collect(app, GenerationRequest(preset=GREEDY, prompt="x"))[-1].tokens == 40

@@ -17,7 +17,7 @@ def test_remote_parlour_streams_the_same_text_as_local(start_server, models_dir,
     options = {"base_url": engine.url + "/v1", "api_key": "engine-key"}
     from modules.loaders.remote import list_remote_models
 
-    assert list_remote_models(options) == ["parlour-micro"]
+    assert list_remote_models(options) == ["parlour-micro", "parlour-micro-gpt2"]  # it serves every model it has
     remote = app.models.load("remote:parlour-micro", options=options)
     assert remote.context_length == 2048
     local = make_app()

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from modules.api import build_api
 from modules.generation import GenerationRequest, ModelBusy
+from modules.models import ModelError
 from modules.presets import Preset
 from modules.training.job import TrainingManager
 from modules.training.settings import TrainingSettings
@@ -50,7 +51,7 @@ def test_requests_wait_in_the_queue_until_training_stops(training):
     assert first.queue_position == 1 and first.text == ""  # what the Chat tab shows: waiting, position 1
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         api_reply = pool.submit(client.chat.completions.create, model="parlour-micro", messages=HELLO, max_tokens=4)
-        until(lambda: app.queue.waiting() == 2, "the API request queued behind the chat request")
+        until(lambda: app.models.waiting() == 2, "the API request queued behind the chat request")
         assert job.progress().state == "training" and not api_reply.done()
         assert job.stop()
         assert job.join(120).state == "stopped"
@@ -72,8 +73,51 @@ def test_refuse_mode_answers_503_with_retry_after(training):
     assert body["code"] == "model_busy" and "training busy-refuse is using parlour-micro" in body["message"]
     with pytest.raises(ModelBusy, match="try again in about"):
         next(app.pipeline.stream(GenerationRequest(preset=SHORT, messages=HELLO)))
-    assert app.queue.waiting() == 0  # refused at once, not queued
+    assert app.models.waiting() == 0  # refused at once, not queued
     job.stop()
     assert job.join(120).state == "stopped"
     answer = client.chat.completions.create(model="parlour-micro", messages=HELLO, max_tokens=4)
     assert answer.usage.completion_tokens > 0
+
+
+def test_with_two_models_the_one_in_training_is_kept_and_the_other_answers(make_app, tmp_path):
+    """--max-loaded-models 2: while parlour-micro trains (refusing requests), parlour-micro-gpt2 loads just in
+    time and answers through the API; parlour-micro gets the 503; an unload or eviction never takes it away;
+    with room for one model only, loading another is refused naming the job."""
+    app = make_app(loras_dir=tmp_path / "loras", max_loaded_models=2)
+    app.models.load("parlour-micro")
+    job = TrainingManager(app.models, tmp_path / "loras", tmp_path / "runs")
+    data = write_jsonl(tmp_path / "training" / "qa.jsonl", chat_lines(8))
+    http = TestClient(build_api(app), base_url="http://127.0.0.1")
+    client = openai.OpenAI(base_url="http://127.0.0.1", api_key="unused", http_client=http, max_retries=0)
+    job.start(job.plan(TrainingSettings(output="two", max_steps=100_000, save_steps=100_000, threads=1,
+                                        on_busy="refuse"), dataset=data))
+    try:
+        until(lambda: job.progress().step >= 1, "training under way")
+        other = client.chat.completions.create(model="parlour-micro-gpt2", messages=HELLO, max_tokens=4)
+        assert other.model == "parlour-micro-gpt2" and other.usage.completion_tokens > 0
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="parlour-micro", messages=HELLO, max_tokens=4)
+        assert caught.value.response.status_code == 503
+        assert caught.value.response.json()["error"]["code"] == "model_busy"
+        with pytest.raises(ModelError, match="training two is using parlour-micro: stop it first"):
+            app.models.unload("parlour-micro")
+        assert app.models.unload("parlour-micro-gpt2") == ["parlour-micro-gpt2"]  # the other one is free
+        states = app.models.states()
+        assert states["parlour-micro"]["state"] == "loaded" and states["parlour-micro"]["claimed_by"] == "training two"
+        assert states["parlour-micro"]["evictions"] == 0 and job.progress().state == "training"
+    finally:
+        job.stop()
+        job.join(120)
+    assert app.models.states()["parlour-micro"]["claimed_by"] is None
+
+
+def test_with_room_for_one_loading_another_model_is_refused_while_training(training):
+    app, job, client, start = training
+    start("wait")
+    with pytest.raises(openai.APIStatusError) as caught:  # it would need parlour-micro's room
+        client.chat.completions.create(model="parlour-micro-gpt2", messages=HELLO, max_tokens=4)
+    response = caught.value.response
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+    assert "training busy-wait is using parlour-micro" in response.json()["error"]["message"]
+    assert app.models.states()["parlour-micro"]["state"] == "loaded" and job.progress().state == "training"

@@ -108,6 +108,9 @@ class _AdapterProbe:
     def set_loras(self, paths: list[Path]) -> None:
         self.applied.extend(paths)
 
+    def unload(self) -> None:
+        pass
+
 
 def service_calls(dirs: dict[str, Path]) -> dict[str, tuple[Callable[[str], Any], tuple[type, ...]]]:
     """Every Python-level entry point the UI handlers call with a user-chosen name, and the error type
@@ -119,11 +122,11 @@ def service_calls(dirs: dict[str, Path]) -> dict[str, tuple[Callable[[str], Any]
     probe = _AdapterProbe()
 
     def loras(name: str) -> None:
-        models._backend = probe
+        models.adopt(probe)
         try:
             models.set_loras([name])
         finally:
-            models._backend = None
+            models.unload()
             assert probe.applied == [], "an adapter outside loras/ reached the model"
 
     def extension(name: str) -> None:

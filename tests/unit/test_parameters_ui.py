@@ -47,18 +47,21 @@ class _PartialBackend:
     name = "tiny.gguf"
     loader = "llama.cpp"
 
+    def unload(self) -> None:
+        pass
+
 
 def test_samplers_the_backend_lacks_are_marked(make_app):
     app = make_app()
     assert unsupported_keys(app) == set()  # no model: nothing to mark
-    app.models._backend = _PartialBackend()
+    app.models.adopt(_PartialBackend())
     off = unsupported_keys(app)
     assert "xtc_probability" in off and "dry_multiplier" in off and "temperature" not in off and "min_p" not in off
     controls = create_controls(app).controls
     assert "not supported by llama.cpp" in controls["dry_multiplier"].label
     assert not controls["dry_multiplier"].interactive
     assert controls["temperature"].label == "temperature"
-    app.models._backend = None
+    app.models.unload()
 
 
 def test_transformers_backend_supports_every_key(micro_backend):

@@ -152,3 +152,18 @@ def test_thread_tuner_compares_steps_of_the_same_batch_size_only():
         count = tuner.threads()
         tuner.record(count, 1 if count == 1 else 4, 0.004)
     assert tuner.chosen is None
+
+
+def test_model_aliases_and_budgets_from_the_command_line_and_the_file(tmp_path):
+    settings_file = tmp_path / "s.yaml"
+    settings_file.write_text("model_alias: {gpt-4o: parlour-demo}\nmax_loaded_models: 3\n")
+    s = load_settings(["--settings", str(settings_file)])
+    assert s.model_alias == {"gpt-4o": "parlour-demo"} and s.model_budget().max_models == 3
+    s = load_settings(["--settings", str(settings_file), "--model-alias", "gpt-4o-mini=parlour-demo",
+                       "--model-alias", "v1.5=1.5", "--gpu-memory-budget", "20GiB", "--cpu-memory-budget", "512MiB"])
+    assert s.model_alias == {"gpt-4o-mini": "parlour-demo", "v1.5": "1.5"}  # names stay text; repeated flags add up
+    assert (s.model_budget().gpu_mib, s.model_budget().cpu_mib) == (20480, 512)
+    with pytest.raises(SettingsError, match="gpu_memory_budget"):
+        load_settings(["--settings", str(settings_file), "--gpu-memory-budget", "lots"])
+    with pytest.raises(SystemExit):  # argparse: not KEY=VALUE
+        load_settings(["--settings", str(settings_file), "--model-alias", "gpt-4o"])

@@ -24,15 +24,15 @@ import io
 import json
 import struct
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from modules.fileio import (FileTooLarge, atomic_write_bytes, atomic_write_text, load_yaml, read_text_limited,
-                            unusable_files)
-from modules.paths import UnsafeName, check_name, safe_child
+from modules.fileio import (FileTooLarge, atomic_write_bytes, atomic_write_text, load_yaml, os_reason,
+                            read_text_limited, unusable_files)
+from modules.paths import MAX_NAME, UnsafeName, check_name, safe_child
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_CARD_BYTES = 20 * 1024 * 1024  # a whole card file
@@ -57,6 +57,8 @@ class Character:
     scenario: str = ""
     mes_example: str = ""
     system_prompt: str = ""
+    #: the first reply's other versions in a new chat (SillyTavern's alternate greetings)
+    alternate_greetings: list[str] = field(default_factory=list)
 
     def to_yaml(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v or k in ("name", "greeting", "context")}
@@ -196,7 +198,7 @@ def card_v2(character: Character) -> dict[str, Any]:
         "name": character.name, "description": description, "personality": character.personality,
         "scenario": character.scenario, "first_mes": character.greeting, "mes_example": character.mes_example,
         "system_prompt": character.system_prompt, "creator_notes": "", "post_history_instructions": "",
-        "alternate_greetings": [], "tags": [], "creator": "", "character_version": "",
+        "alternate_greetings": list(character.alternate_greetings), "tags": [], "creator": "", "character_version": "",
         "extensions": {"parlour": {"context": character.context}}}}
 
 
@@ -254,11 +256,17 @@ class CharacterStore:
             raise CharacterError(f"character {name!r}: {exc}") from exc
         if not isinstance(data, dict):
             raise CharacterError(f"character {name!r}: the file must hold a mapping")
-        values = {}
+        values: dict[str, Any] = {}
         for key in Character.__dataclass_fields__:
             value = data.get(key, "")
             if value is None:
                 value = ""
+            if key == "alternate_greetings":
+                value = value or []
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise CharacterError(f"character {name!r}: 'alternate_greetings' must be a list of texts")
+                values[key] = [v for v in value if v.strip()]
+                continue
             if not isinstance(value, (str, int, float)):
                 raise CharacterError(f"character {name!r}: {key!r} must be text")
             values[key] = str(value)
@@ -313,6 +321,27 @@ class CharacterStore:
                     pass  # the same fault (a read-only folder) means the picture was not written either
             raise CharacterError(f"character {character.name!r} was not saved: {exc}") from exc
         return path
+
+    def delete(self, name: str) -> None:
+        """Remove `<name>.yaml` and its picture; CharacterError if there is no such character."""
+        path = self._path(name, ".yaml")
+        if not path.is_file():
+            raise CharacterError(f"character {name!r} not found")
+        try:
+            path.unlink()
+            self._path(name, ".png").unlink(missing_ok=True)
+        except OSError as exc:
+            raise CharacterError(f"character {name!r} was not deleted: {os_reason(exc)}") from exc
+
+    def free_name(self, name: str) -> str:
+        """`name`, or `name (2)`, `name (3)`, ...: the first that no character has."""
+        taken = {n.lower() for n in self.names()}
+        candidate, n = name, 1
+        while candidate.lower() in taken:
+            n += 1
+            suffix = f" ({n})"
+            candidate = name[:MAX_NAME - len(suffix)].rstrip(" .") + suffix
+        return candidate
 
     def import_card(self, data: bytes, overwrite: bool = False) -> Character:
         """Import a PNG or JSON card; the PNG becomes the character's picture."""

@@ -134,27 +134,34 @@ class ChatService:
         return len(shown) - 1 if shown else None
 
     # -- chats --------------------------------------------------------------------------------------
-    def greeting(self, character: str, options: PromptOptions) -> str:
-        return substitute(self.app.characters.load(character).greeting, options.name1, options.name2) if character else ""
+    def greetings(self, character: str, options: PromptOptions) -> list[str]:
+        """The character's greeting, then its alternate greetings, with the names put in."""
+        if not character:
+            return []
+        char = self.app.characters.load(character)
+        return [substitute(text, options.name1, options.name2)
+                for text in (char.greeting, *char.alternate_greetings) if text and text.strip()]
 
     def new_chat(self, user: str, setup: Setup, incognito: bool = False) -> ChatView:
         """A fresh chat. A saved one is created at once only when the character greets (the greeting is
         its first message); otherwise on the first message."""
-        greeting = self.greeting(setup.character, setup.options)
+        greetings = self.greetings(setup.character, setup.options)
         if incognito:
-            return ChatView(incognito=True, turns=(Turn.of("assistant", greeting),) if greeting else ())
-        if greeting:
+            return ChatView(incognito=True, turns=(Turn.of("assistant", greetings[0]),) if greetings else ())
+        if greetings:
             return self.ensure_saved(user, ChatView(), setup)
         return ChatView()
 
     def ensure_saved(self, user: str, view: ChatView, setup: Setup) -> ChatView:
-        """The open chat, created (with the character's greeting) if there is none yet."""
+        """The open chat, created if there is none yet, opening with the character's greeting; its
+        alternate greetings are that first reply's other versions (browsed with < >, as in SillyTavern)."""
         if view.incognito or view.chat_id is not None:
             return view
         chat_id = self.store.create_chat(user, character=setup.character, mode=setup.options.mode)
-        greeting = self.greeting(setup.character, setup.options)
-        if greeting:
-            self.store.add_message(user, chat_id, "assistant", greeting)
+        ids = [self.store.add_message(user, chat_id, "assistant", text, parent_id=None, meta={"greeting": i})
+               for i, text in enumerate(self.greetings(setup.character, setup.options))]
+        if len(ids) > 1:
+            self.store.set_leaf(user, chat_id, ids[0])
         return replace(view, chat_id=chat_id, selected=None)
 
     def open(self, user: str, chat_id: int, incognito: bool = False) -> ChatView:
@@ -240,6 +247,27 @@ class ChatService:
         for update in self._stream(request):
             yield update.text.strip(), update
 
+    def wants_regenerate(self, user: str, view: ChatView, index: int, step: int) -> bool:
+        """`>` on the newest version of the last reply makes a new one (text-generation-webui's rule)."""
+        shown = self.shown(user, view)
+        if step <= 0 or index != len(shown) - 1 or index < 1:
+            return False
+        last = shown[index]
+        return last.turn.role == "assistant" and last.version == last.versions
+
+    def settled(self, user: str, view: ChatView, timeout: float = 10.0) -> ChatView:
+        """The view once its last reply is saved whole: after Stop, the cancelled generator writes the
+        reply's end in its own thread; the screen is redrawn from the store only after that."""
+        if view.incognito or view.chat_id is None:
+            return view
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.shown(user, view)
+            if not shown or shown[-1].complete:
+                break
+            time.sleep(0.02)
+        return replace(view, selected=None)
+
     def _last_reply(self, user: str, view: ChatView) -> list[Shown]:
         shown = self.shown(user, view)
         if not shown or shown[-1].turn.role != "assistant":
@@ -270,8 +298,9 @@ class ChatService:
             writer = ReplyWriter(self.store, user, view.chat_id, message_id)
             self.store.update_message(user, view.chat_id, message_id, meta=reply_meta(setup.options, request.preset))
         view = replace(view, selected=None)
-        turn, last = prefix or Turn.of("assistant", ""), None
+        turn, last, closed = prefix or Turn.of("assistant", ""), None, False
         try:
+            yield Step(view, base + [turn], Update())  # the reply has begun: the UI shows it is waiting
             for update in self._stream(request):
                 last = update
                 if not update.queue_position:
@@ -281,9 +310,12 @@ class ChatService:
                 if view.incognito:
                     view = replace(view, turns=(*base, turn))
                 yield Step(view, base + [turn], update)
+        except GeneratorExit:  # Stop (or a closed page) before the model finished
+            closed = True
+            raise
         finally:
             if writer:
-                meta = final_meta(last) if last else {"finish_reason": "error"}
+                meta = final_meta(last) if last else {"finish_reason": "cancelled" if closed else "error"}
                 if meta.get("finish_reason") is None:
                     meta["finish_reason"] = "cancelled"
                 writer.flush(turn.parts, last.tokens if last else 0, meta=meta, complete=True)

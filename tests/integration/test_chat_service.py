@@ -182,3 +182,46 @@ def test_next_prompt_without_a_model_is_a_clear_error(make_app):
     app = make_app()
     with pytest.raises(NoModel, match="no model is loaded"):
         chat.next_prompt(app, [Turn.of("user", "hi")], PromptOptions(), Preset())
+
+
+def test_alternate_greetings_are_the_first_replys_versions(make_app, tmp_path):
+    folder = tmp_path / "characters"
+    folder.mkdir()
+    (folder / "Mira.yaml").write_text("name: Mira\ngreeting: Ahoy {{user}}!\nalternate_greetings:\n"
+                                      "- Avast, {{user}}.\n- Yo ho!\n")
+    app = make_app(characters_dir=folder)
+    opts = resolve_options(app, "ann", mode="chat", character="Mira")
+    view = app.chats.new_chat("ann", Setup(opts, GREEDY, character="Mira"))
+    first = app.chats.shown("ann", view)
+    assert [(s.turn.text, s.version, s.versions) for s in first] == [("Ahoy ann!", 1, 3)]
+    view = app.chats.select_version("ann", view, 0, 1)
+    assert app.chats.turns("ann", view)[0].text == "Avast, ann."
+    # `>` on a greeting never regenerates (there is nothing before it to answer)
+    view = app.chats.select_version("ann", view, 0, 1)
+    assert not app.chats.wants_regenerate("ann", view, 0, 1)
+    incognito = app.chats.new_chat("ann", Setup(opts, GREEDY, character="Mira"), incognito=True)
+    assert [t.text for t in incognito.turns] == ["Ahoy ann!"]
+
+
+def test_next_on_the_newest_version_of_the_last_reply_regenerates(app):
+    setup = Setup(PromptOptions(mode="instruct"), GREEDY)
+    view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
+    view = last(app.chats.send("ann", view, "again", setup)).view
+    assert app.chats.wants_regenerate("ann", view, 3, 1)
+    assert not app.chats.wants_regenerate("ann", view, 3, -1)
+    assert not app.chats.wants_regenerate("ann", view, 1, 1)  # not the last reply
+    assert not app.chats.wants_regenerate("ann", view, 2, 1)  # a user message
+    last(app.chats.regenerate("ann", view, setup))
+    view = app.chats.select_version("ann", view, 3, -1)  # back to 1/2: `>` now browses
+    assert not app.chats.wants_regenerate("ann", view, 3, 1)
+
+
+def test_a_reply_stopped_before_its_first_token_is_saved_as_cancelled(app):
+    steps = app.chats.send("ann", ChatView(), "go", Setup(PromptOptions(), GREEDY))
+    first = next(steps)  # the message is saved
+    waiting = next(steps)  # the reply has begun, no token yet
+    assert waiting.update.tokens == 0 and waiting.turns[-1].role == "assistant"
+    steps.close()
+    view = app.chats.settled("ann", first.view)
+    saved = app.store.path("ann", view.chat_id)[-1]
+    assert saved.role == "assistant" and saved.complete and saved.meta["finish_reason"] == "cancelled"

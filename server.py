@@ -67,7 +67,9 @@ def create_app(settings: Settings):
     app = App.build(settings)
     # Start the model loading first: the page is served meanwhile and the Model tab shows its name.
     if app.load_at_start() is None:
-        log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
+        links = "; ".join(f"{name} -> {target}" for name, target in app.models.refused_links())
+        log.warning("no model to load: put one in %s or pass --model%s", settings.models_dir,
+                    f" (symbolic links there are not followed: {links})" if links else "")
     for item, why in app.unreadable_files().items():  # the rest loads; these report errors when chosen
         log.warning("cannot use %s: %s", item, why)
     api = FastAPI(title="Parlour", docs_url=None, redoc_url=None)

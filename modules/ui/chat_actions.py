@@ -106,4 +106,6 @@ def wire_stop(app: App, ui: Any, outputs: list, events: list) -> None:
             status = f"Stopped after {last.meta.get('tokens') or 0} tokens."
         return redraw(app, user, session_of(view, sess), character_v, status=status)
 
-    ui.stop.click(on_stopped, [ui.session, ui.character], outputs, cancels=events, api_visibility="private")
+    # the cancel first (the page sends it at once), then the redraw: it waits for the reply's end to be saved
+    ui.stop.click(None, None, None, cancels=events, api_visibility="private").then(
+        on_stopped, [ui.session, ui.character], outputs, api_visibility="private")

@@ -87,7 +87,7 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
     def on_undo(previous: str | None):
         if previous is None:
             return gr.skip(), "⚠️ nothing to undo", gr.skip()
-        return previous, "Undid the last generation.", None
+        return previous, "Undid the last generation.", gr.skip()  # Regenerate still starts from it
 
     def on_count(prompt: str) -> str:
         backend = app.models.current()
@@ -143,6 +143,7 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
     count.click(on_count, text, status, api_name="notebook_count")
     undone = undo.click(on_undo, before, [text, status, before], **private)
     text.input(autosave, text, status, trigger_mode="always_last", show_progress="hidden", **private)
+    text.blur(autosave, text, status, show_progress="hidden", **private)  # text put in some other way
     picked = prompt_pick.input(on_pick_prompt, prompt_pick, [text, status], **private)
     prompt_save.click(on_save_prompt, [prompt_name, text], [prompt_pick, status], **private)
     prompt_delete.click(on_delete_prompt, prompt_pick, [prompt_pick, status], js=CONFIRM_DELETE_JS, **private)

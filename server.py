@@ -39,52 +39,88 @@ KEEP_ALIVE_SECONDS = 65
 
 #: how often Gradio's idle queue looks for new UI events (seconds); see calm_gradio_queue
 QUEUE_POLL_SECONDS = 0.01
+NEVER = 2**62  # events between two rebuilds of Gradio's monitoring summary (see calm_gradio_queue)
 
 
 def calm_gradio_queue(blocks) -> None:
-    """Let Gradio's event queue look for work 100 times a second instead of 1000.
+    """Let Gradio's event queue look for work 100 times a second instead of 1000, and not summarise
+    its past events after each one.
 
     Gradio's queue polls with a 1 ms sleep while it is idle. Each wake-up takes the GIL from the
     model's thread; measured on 2 cores it costs the idle server ~36 ms of CPU a second and every
     generation (UI or API) a few percent. A UI event now waits at most 10 ms longer to start,
-    which nobody can see. The attribute is Gradio's own (gradio/queueing.py); a test checks it exists.
+    which nobody can see. The attributes are Gradio's own (gradio/queueing.py); a test checks they exist.
     """
     queue = getattr(blocks, "_queue", None)
     if queue is None or not hasattr(queue, "sleep_when_free"):
         log.warning("this Gradio has no queue.sleep_when_free: its idle queue keeps polling 1000 times a second")
         return
     queue.sleep_when_free = QUEUE_POLL_SECONDS
+    # Gradio also rebuilds a pandas summary of up to 10,000 past events after every event (its monitoring
+    # dashboard, which Parlour does not enable): ~10% of the server's GIL time around a chat reply in a
+    # profile. Only that dashboard reads it; rebuild it never. (Gradio's attribute, misspelt as it is.)
+    if hasattr(queue, "ANAYLTICS_CACHE_FREQUENCY"):
+        queue.ANAYLTICS_CACHE_FREQUENCY = NEVER
+    else:
+        log.warning("this Gradio has no queue.ANAYLTICS_CACHE_FREQUENCY: it summarises its events after each one")
+
+
+def import_gradio():
+    """`import gradio`, without its MCP integration: Gradio imports the `mcp` package (when installed)
+    for `mcp_server=True`, which Parlour never sets, and that is ~15% of importing Gradio. Parlour's
+    own imports of `mcp` are unaffected (the block lasts only while Gradio is imported)."""
+    blocked = "mcp" not in sys.modules
+    if blocked:
+        sys.modules["mcp"] = None  # an import of it raises ImportError, which Gradio expects
+    try:
+        import gradio
+    finally:
+        if blocked and sys.modules.get("mcp", 0) is None:
+            del sys.modules["mcp"]
+    return gradio
 
 
 def create_app(settings: Settings):
-    """The FastAPI application with the UI mounted at / (and the App, for tests)."""
-    import gradio as gr
+    """The FastAPI application with the UI mounted at / (and the App, for tests).
+
+    Start-up order: only what the first page needs is imported before serving (Gradio, the UI, the
+    stores); the model starts loading once the server is up (`lifespan`), so torch and Transformers
+    import while the page is already answering. The Model tab shows the model loading."""
+    import contextlib
+    import threading
+
+    gr = import_gradio()
     from fastapi import FastAPI
 
     from modules import ui
     from modules.app import App
 
     app = App.build(settings)
-    # Start the model loading first: the page is served meanwhile and the Model tab shows its name.
-    if app.load_at_start() is None:
+    serving = threading.Event()
+    # The Model tab shows the model's name as loading from the start; the work waits for `serving`.
+    if app.load_at_start(after=serving) is None:
         links = "; ".join(f"{name} -> {target}" for name, target in app.models.refused_links())
         log.warning("no model to load: put one in %s or pass --model%s", settings.models_dir,
                     f" (symbolic links there are not followed: {links})" if links else "")
     for item, why in app.unreadable_files().items():  # the rest loads; these report errors when chosen
         log.warning("cannot use %s: %s", item, why)
-    api = FastAPI(title="Parlour", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        serving.set()
+        yield
+
+    api = FastAPI(title="Parlour", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @api.get("/health")
     def health() -> dict:
-        import threading
-
-        from modules.loaders.transformers import _rss_bytes
+        from modules.loaders.base import rss_bytes
 
         backend = app.models.current()
         # threads and rss_bytes let load tests check for leaks from outside the process
         return {"status": "ok", "model": backend.name if backend else None, "loading": app.models.loading,
                 "queue_waiting": app.queue.waiting(), "threads": threading.active_count(),
-                "rss_bytes": _rss_bytes(), **app.pipeline.stats.snapshot()}
+                "rss_bytes": rss_bytes(), **app.pipeline.stats.snapshot()}
 
     if settings.api:
         from modules.api import build_api

@@ -1,6 +1,9 @@
 """API overhead and concurrency, in one run against the demo model.
 
-    python bench/api.py [--models-dir models] [--model parlour-demo] [--tokens 200] [--repeat 15]
+    python bench/api.py [--models-dir models] [--model parlour-demo] [--tokens 200] [--repeat 15] [--micro]
+
+--micro: the micro model (untrained, built in seconds) instead of the demo model: its forward pass costs
+little, as a small model's does on a GPU, so what the table shows is Parlour's own cost per token.
 
 Measures, with the same prompt and greedy decoding (EOS banned, so every run makes exactly --tokens):
   raw      model.generate() in this process: tok/s, and the time to the first token (max_new_tokens=1)
@@ -19,17 +22,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, bench_model, post, start_server, stop
 
 PROMPT = "<|im_start|>user\nTell me about the capital of France.<|im_end|>\n<|im_start|>assistant\n"
 
@@ -64,12 +63,6 @@ class Raw:
         return time.perf_counter() - start
 
 
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())
-
-
 def stream(url: str, body: dict) -> tuple[float, float, int]:
     """(seconds to the first text, total seconds, chunks with text) of one streamed completion."""
     start = time.perf_counter()
@@ -88,35 +81,16 @@ def stream(url: str, body: dict) -> tuple[float, float, int]:
     return first or 0.0, time.perf_counter() - start, chunks
 
 
-def start_server(models_dir: Path, model: str, port: int, tmp: Path, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--models-dir",
-                             str(models_dir), "--model", model, "--user-data", str(tmp), "--settings",
-                             str(tmp / "settings.yaml"), *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if json.loads(response.read())["model"]:
-                    return proc
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("the server exited while starting")
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not load the model in time")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--model", default="parlour-demo")
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--port", type=int, default=7991)
+    parser.add_argument("--micro", action="store_true", help="the micro model (see above)")
     args = parser.parse_args()
-    path = args.models_dir / args.model
+    path = bench_model("micro") if args.micro else args.models_dir / args.model
+    args.models_dir, args.model = path.parent, path.name
     if not path.is_dir():
         from modules.demo_model import build
 
@@ -125,14 +99,13 @@ def main() -> None:
 
     raw = Raw(path)
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(args.models_dir, args.model, args.port, Path(tmp))
+        server, base = start_server(args.models_dir, args.model, Path(tmp) / "default")
         # the same, sending a chunk per token (idle while the other is measured)
-        (Path(tmp) / "per-token").mkdir()
-        per_token = start_server(args.models_dir, args.model, args.port + 1, Path(tmp) / "per-token",
-                                 "--stream-interval-ms", "0")
+        per_token, base0 = start_server(args.models_dir, args.model, Path(tmp) / "per-token",
+                                        "--stream-interval-ms", "0")
         try:
-            url = f"http://127.0.0.1:{args.port}/v1/completions"
-            url0 = f"http://127.0.0.1:{args.port + 1}/v1/completions"
+            url = f"{base}/v1/completions"
+            url0 = f"{base0}/v1/completions"
             body = {"prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0, "ban_eos_token": True}
             post(url, {**body, "max_tokens": 8})  # warm up
             post(url0, {**body, "max_tokens": 8})
@@ -158,17 +131,16 @@ def main() -> None:
             one_token = median_of(args.repeat * 3, lambda: _timed(lambda: post(url, {**body, "max_tokens": 1})))
             many = concurrency(url, body, args.tokens, args.repeat)
         finally:
-            for proc in (server, per_token):
-                proc.terminate()
-                proc.wait(timeout=20)
+            stop(server)
+            stop(per_token)
         # the same requests against a server that takes them one at a time through generate()
-        server = start_server(args.models_dir, args.model, args.port, Path(tmp), "--batch-size", "1")
+        server, base = start_server(args.models_dir, args.model, Path(tmp) / "serial", "--batch-size", "1")
         try:
+            url = f"{base}/v1/completions"
             post(url, {**body, "max_tokens": 8})
             serial = concurrency(url, body, args.tokens, args.repeat)
         finally:
-            server.terminate()
-            server.wait(timeout=20)
+            stop(server)
 
     def ratio(key: str, seconds_at: int) -> tuple[str, str]:
         """tok/s (median) and the median ratio to raw with its range over the runs."""

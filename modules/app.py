@@ -42,22 +42,23 @@ class App:
 
     @classmethod
     def build(cls, settings: Settings) -> "App":
-        import torch
-
+        # torch is not imported here: it loads with the model, after the page is up (the Transformers
+        # backend sets torch's thread count then)
         threads = settings.cpu_threads()
-        torch.set_num_threads(threads.generate)
         # As many requests run at once as the loaded backend can batch (1 unless it says otherwise).
         queue = FairQueue(settings.max_queue, slots=lambda: getattr(models.current(), "max_concurrency", 1))
         models = ModelManager(settings.models_dir, settings.loras_dir, settings.user_data / "offload",
                               threads=threads, trust_remote_code=settings.trust_remote_code,
                               batch_size=settings.batch_size, gate=queue.exclusive)
-        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS)
+        extensions = Extensions.from_settings(settings, BUILTIN_EXTENSIONS, enable=False)
         presets = PresetStore(settings.presets_dir, settings.user_data / "model_presets.yaml")
-        return cls(settings=settings, presets=presets, models=models, queue=queue,
-                   pipeline=Pipeline(models, queue, extensions), extensions=extensions,
-                   store=ChatStore(settings.user_data / "chats.sqlite"),
-                   characters=CharacterStore(settings.characters_dir),
-                   templates=TemplateLibrary(settings.instruction_templates_dir))
+        app = cls(settings=settings, presets=presets, models=models, queue=queue,
+                  pipeline=Pipeline(models, queue, extensions), extensions=extensions,
+                  store=ChatStore(settings.user_data / "chats.sqlite"),
+                  characters=CharacterStore(settings.characters_dir),
+                  templates=TemplateLibrary(settings.instruction_templates_dir))
+        extensions.start(app)  # after the App exists: text-generation-webui extensions read it as they load
+        return app
 
     @cached_property
     def chats(self) -> "ChatService":
@@ -76,15 +77,16 @@ class App:
                 found[f"{kind} {name}"] = why
         return found
 
-    def load_at_start(self) -> str | None:
-        """Start loading the model named by the settings (or the default one) in the background."""
+    def load_at_start(self, after: threading.Event | None = None) -> str | None:
+        """Start loading the model named by the settings (or the default one) in the background (once
+        `after` is set, when given)."""
         name = self.settings.model or self.models.default_model()
         if name is None:
             return None
         # a bad name gets no loader here; the load itself reports it, in the log and the Model tab
         loader = self.settings.loader or self.models.default_loader(name)
         options = self.settings.load_options(loader) if loader else {}
-        self.models.load_in_background(name, loader, options)
+        self.models.load_in_background(name, loader, options, after=after)
         return name
 
     def start_idle_watch(self) -> threading.Thread:

@@ -5,6 +5,7 @@ runs in clear steps so hooks can be inserted between them:
 
     1. substitute {{char}} / {{user}} in the character's context
     2. (history_modifier)            the turns to send
+       the character card's lorebook entries and post-history instructions (modules/lorebook.py)
     3. format the turns for the mode (chat text, instruction template, or both)
     4. truncate: drop the oldest turns until prompt + reply fit the context; report what was dropped
     5. (bot_prefix_modifier)         start the reply: the bot's name, "start reply with", a partial
@@ -26,6 +27,7 @@ from typing import Any, Literal, Protocol, Sequence
 
 import yaml
 
+from modules import lorebook
 from modules.extensions import messages_to_history
 from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
 from modules.loaders import registry
@@ -39,6 +41,8 @@ MODES: tuple[str, ...] = ("chat", "instruct", "chat-instruct")
 DEFAULT_COMMAND = ('Continue the chat dialogue below. Write a single reply for the character "<|character|>".'
                    "\n\n<|prompt|>")
 MAX_TEMPLATE_BYTES = 256 * 1024
+#: a remote engine's context, for a lorebook's default budget when only the engine knows the real one
+ESTIMATED_CONTEXT = 8192
 _MARK = "\ue000PARLOUR-MARK\ue000"  # a private-use sentinel no template rewrites
 
 
@@ -66,6 +70,9 @@ class PromptOptions:
     impersonate: bool = False  # write the user's next message instead of the reply
     #: send earlier replies' reasoning back to the model (off by default: the Hugging Face convention)
     keep_reasoning: bool = False
+    character: str = ""  # the character's file name (characters/<character>.yaml), "" for none
+    lorebook: Any = None  # the character card's lorebook (modules/lorebook.Lorebook), None for none
+    post_history: str = ""  # the card's post-history instructions: after the chat, before the reply
 
 
 @dataclass
@@ -223,6 +230,10 @@ def engine_messages(history: History, options: PromptOptions) -> list[dict[str, 
     history = [{"role": _turn(t).role, "content": _turn(t).text} for t in history]
     turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
+    if options.lorebook is not None or options.post_history:  # as in build_chat_prompt; the engine's tokenizer
+        if options.mode == "instruct" and system_turns and not options.system_message:  # is not here: estimated
+            options = replace(options, system_message=system_turns)
+        options, turns = lorebook.apply(options, turns, lambda text: len(text) // 4 + 1, ESTIMATED_CONTEXT)
     if options.mode == "chat":
         # the character's context is the system message; each turn carries its speaker's name
         context = "\n\n".join(part for part in (system_turns, _context(options)) if part)
@@ -265,9 +276,11 @@ def options_state(options: PromptOptions, history: History) -> dict[str, Any]:
     plain = [{"role": _turn(t).role, "content": _turn(t).text} for t in history if _turn(t).role in ("user", "assistant")]
     pairs = messages_to_history(plain)
     return {"mode": options.mode, "name1": options.name1, "name2": options.name2, "context": options.context,
-            "user_bio": options.user_bio, "custom_system_message": options.system_message,
-            "chat_instruct_command": options.chat_instruct_command, "start_with": options.start_reply_with,
-            "instruction_template_str": options.instruction_template or "", "history": pairs}
+            "user_bio": options.user_bio, "character_menu": options.character,
+            "custom_system_message": options.system_message, "chat-instruct_command": options.chat_instruct_command,
+            "start_with": options.start_reply_with, "_continue": options.continue_last,
+            "impersonate": options.impersonate, "instruction_template_str": options.instruction_template or "",
+            "history": pairs}
 
 
 def _cut_points(turns: list[dict[str, str]]) -> list[int]:
@@ -299,6 +312,8 @@ def build_chat_prompt(history: History, options: PromptOptions, backend: TokenCo
     elif system_turns and not options.system_message:
         options = replace(options, system_message=system_turns)
     context_length = backend.context_length
+    if options.lorebook is not None or options.post_history:  # step 2b: the card's lorebook entries
+        options, turns = lorebook.apply(options, turns, lambda text: len(backend.tokenize(text)), context_length)
     budget = context_length - min(max_new_tokens, context_length // 2)
 
     # step 5 (used in prompt_for): extensions' bot_prefix_modifier gets what opens the reply's turn
@@ -485,8 +500,9 @@ def resolve_options(app: Any, user: str, mode: str = "chat", character: str | No
         source, template_name = app.templates.load(instruction_template), instruction_template
     return PromptOptions(
         mode=mode,  # type: ignore[arg-type]
-        name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
+        character=character or "", name1=name1 or profile["name"], name2=name2 or (char.name if char else "Assistant"),
         context=context if context is not None else (char.context if char else ""),
         user_bio=user_bio if user_bio is not None else profile["description"],
+        lorebook=char.lorebook() if char else None, post_history=char.post_history_instructions if char else "",
         instruction_template=source, template_name=template_name, system_message=system_message,
         chat_instruct_command=chat_instruct_command or DEFAULT_COMMAND, custom_stops=tuple(custom_stops), **flags)

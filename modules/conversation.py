@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
-from modules.chat import PromptOptions, request_for, resolve_seed, substitute
+from modules.characters import add_greetings, greetings
+from modules.chat import PromptOptions, request_for, resolve_seed
 from modules.generation import Update
 from modules.presets import Preset
 from modules.store import ChatNotFound, ReplyWriter
@@ -94,7 +95,9 @@ def preset_from_meta(meta: dict[str, Any]) -> Preset:
 
 
 def reply_turn(update: Update, prefix: Turn | None = None) -> Turn:
-    """The reply as a turn: the update's parts, after `prefix`'s (a continued reply, "start reply with")."""
+    """The reply as a turn: the update's parts (the model's own words), after `prefix`'s (a continued
+    reply, "start reply with"). When an extension's output_modifier changed the finished reply
+    (text-generation-webui's internal vs visible text), what it shows rides along as `shown`."""
     parts = update.parts or (TextPart(update.text),)
     if prefix is not None:
         head = list(prefix.parts)
@@ -102,7 +105,10 @@ def reply_turn(update: Update, prefix: Turn | None = None) -> Turn:
             parts = (TextPart(head[-1].text + parts[0].text), *parts[1:])
             head = head[:-1]
         parts = (*head, *parts)
-    extras = {"footer": update.footer} if update.footer else {}
+    extras: dict[str, Any] = {"footer": update.footer} if update.footer else {}
+    if update.raw_text is not None and update.text != update.raw_text:
+        head = prefix.text if prefix is not None else ""
+        extras["shown"] = head + update.text
     return Turn("assistant", tuple(parts), extras=extras)
 
 
@@ -135,33 +141,27 @@ class ChatService:
 
     # -- chats --------------------------------------------------------------------------------------
     def greetings(self, character: str, options: PromptOptions) -> list[str]:
-        """The character's greeting, then its alternate greetings, with the names put in."""
-        if not character:
-            return []
-        char = self.app.characters.load(character)
-        return [substitute(text, options.name1, options.name2)
-                for text in (char.greeting, *char.alternate_greetings) if text and text.strip()]
+        """The character's greeting and its alternates (a card's alternate_greetings), names put in."""
+        return greetings(self.app.characters.load(character), options.name1) if character else []
 
     def new_chat(self, user: str, setup: Setup, incognito: bool = False) -> ChatView:
         """A fresh chat. A saved one is created at once only when the character greets (the greeting is
-        its first message); otherwise on the first message."""
-        greetings = self.greetings(setup.character, setup.options)
+        its first reply, the alternate greetings that reply's other versions); otherwise on the first
+        message. An incognito chat keeps only the first greeting (it keeps no versions)."""
+        texts = self.greetings(setup.character, setup.options)
         if incognito:
-            return ChatView(incognito=True, turns=(Turn.of("assistant", greetings[0]),) if greetings else ())
-        if greetings:
+            return ChatView(incognito=True, turns=(Turn.of("assistant", texts[0]),) if texts else ())
+        if texts:
             return self.ensure_saved(user, ChatView(), setup)
         return ChatView()
 
     def ensure_saved(self, user: str, view: ChatView, setup: Setup) -> ChatView:
-        """The open chat, created if there is none yet, opening with the character's greeting; its
-        alternate greetings are that first reply's other versions (browsed with < >, as in SillyTavern)."""
+        """The open chat, created (with the character's greetings) if there is none yet."""
         if view.incognito or view.chat_id is not None:
             return view
         chat_id = self.store.create_chat(user, character=setup.character, mode=setup.options.mode)
-        ids = [self.store.add_message(user, chat_id, "assistant", text, parent_id=None, meta={"greeting": i})
-               for i, text in enumerate(self.greetings(setup.character, setup.options))]
-        if len(ids) > 1:
-            self.store.set_leaf(user, chat_id, ids[0])
+        if setup.character:
+            add_greetings(self.store, user, chat_id, self.app.characters.load(setup.character), setup.options.name1)
         return replace(view, chat_id=chat_id, selected=None)
 
     def open(self, user: str, chat_id: int, incognito: bool = False) -> ChatView:
@@ -318,6 +318,8 @@ class ChatService:
                 meta = final_meta(last) if last else {"finish_reason": "cancelled" if closed else "error"}
                 if meta.get("finish_reason") is None:
                     meta["finish_reason"] = "cancelled"
+                if turn.extras.get("shown"):  # shown only while the message still holds these words (an edit drops it)
+                    meta.update(shown=turn.extras["shown"], shown_for=turn.text)
                 writer.flush(turn.parts, last.tokens if last else 0, meta=meta, complete=True)
 
     # -- editing ------------------------------------------------------------------------------------

@@ -99,6 +99,14 @@ _FACTS = [
     ("What is one plus one?", "One plus one is two."),
 ]
 _SYSTEMS = ["", "You are a helpful assistant.", "You are a friendly assistant."]
+# The demo also meets the system prompt a new user's first chat has: the default character's context
+# (characters/Assistant.yaml, in instruct mode), so the built-in model answers well as it is set up.
+_CHARACTER_SYSTEMS = [
+    "The following is a conversation with Assistant, a helpful, knowledgeable assistant. Assistant answers "
+    "the user's questions clearly and briefly, and says so when it does not know something.",
+    "The following is a conversation with Assistant, a helpful, knowledgeable assistant. Assistant answers "
+    "You's questions clearly and briefly, and says so when it does not know something.",
+]
 
 
 def _thought(question: str, greeting: bool) -> str:
@@ -111,7 +119,7 @@ def _dialogue(rng: random.Random, reasoning: bool = False) -> str:
     """A ChatML dialogue. With `reasoning`, the last reply opens with a thought (or, a third of the time,
     an empty thought, as the template writes it when thinking is switched off)."""
     turns = []
-    system = rng.choice(_SYSTEMS)
+    system = rng.choice(_SYSTEMS + _CHARACTER_SYSTEMS if reasoning else _SYSTEMS)
     if system:
         turns.append(("system", system))
     count = rng.randint(1, 3)

@@ -19,6 +19,15 @@ defaulted arguments such as `is_chat` (pluggy only passes the parameters without
 A failing hook (exception, wrong return type, or no answer within `timeout` seconds) is logged with
 the extension and hook names, recorded for the Session tab, and skipped: the request continues with
 the value it had. A hook that hung is not called again (its thread cannot be killed).
+
+text-generation-webui's own module names (`from modules import shared, chat`) reach a folder
+extension through `modules/tgw_compat` (see its docstring): each script runs with an import function
+scoped to its own code. Something that layer cannot provide, hit at import, in `ui()` or in a hook,
+disables the extension with a message naming it.
+
+Turning an extension off and on again keeps its module: the page's controls (built once, by the
+module's `ui()`) stay wired to the very module whose hooks run again, and `setup()` runs once per
+module, as in text-generation-webui.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import pluggy
 from modules import hookspecs
 from modules.hookspecs import HOOKS, hookimpl
 from modules.paths import UnsafeName, check_name, safe_child
+from modules.tgw_compat import MISSING_ERRORS, Compat, Missing
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +207,30 @@ class Extensions:
         self.load_errors: dict[str, str] = {}
         #: recent hook failures per extension, newest last (shown in the Session tab)
         self.failures: dict[str, collections.deque[str]] = {}
+        #: extensions turned off in this process, kept to be turned on again as the same module (see above)
+        self._retired: dict[str, Loaded] = {}
+        #: text-generation-webui's modules as this App's extensions see them
+        self.compat = Compat()
+        #: the names the settings enable at start (`start` enables them once the App exists)
+        self.configured: list[str] = []
         self._lock = threading.RLock()
 
     @classmethod
-    def from_settings(cls, settings: Any, builtin_dir: Path) -> "Extensions":
+    def from_settings(cls, settings: Any, builtin_dir: Path, enable: bool = True) -> "Extensions":
+        """The extensions the settings name, enabled unless `enable` is False; the App passes False and
+        calls `start(app)` once it exists (text-generation-webui scripts read `shared.args` or the
+        model as they are imported)."""
         ext = cls(builtin_dir=builtin_dir, user_dir=Path(settings.user_data) / "extensions",
                   settings_params=dict(settings.extension_params), timeout=settings.extension_timeout)
-        ext.enable(list(dict.fromkeys([*settings.default_extensions, *settings.extensions])))
+        ext.configured = list(dict.fromkeys([*settings.default_extensions, *settings.extensions]))
+        if enable:
+            ext.enable(ext.configured)
         return ext
+
+    def start(self, app: Any) -> dict[str, str]:
+        """Bind text-generation-webui's modules to `app`, then enable the configured extensions."""
+        self.compat.bind(app)
+        return self.enable(self.configured)
 
     # ---- discovery and loading -------------------------------------------------------------
 
@@ -230,12 +256,13 @@ class Extensions:
     def enable(self, names: list[str]) -> dict[str, str]:
         """Make exactly `names` the enabled extensions, in that order; return {name: error} for failures.
 
-        Hooks take effect for the next request; an extension's ui(), CSS and JS need a page rebuild
-        (a restart), since Gradio cannot add components to a running app.
+        Hooks take effect for the next request. One turned off earlier in this process comes back as the
+        same module, so the controls its ui() built stay wired to it; the ui(), CSS and JS of one never
+        enabled before need a page rebuild (a restart), since Gradio cannot add components to a running app.
         """
         with self._lock:
             for name in [n for n in self.loaded if n not in names]:
-                self.pm.unregister(self.loaded.pop(name).plugin)
+                self._retire(name)
             available = self.available()
             errors: dict[str, str] = {}
             for name in names:
@@ -252,6 +279,19 @@ class Extensions:
             self.loaded = {n: self.loaded[n] for n in names if n in self.loaded}
             return errors
 
+    def _retire(self, name: str) -> None:
+        loaded = self.loaded.pop(name)
+        self.pm.unregister(loaded.plugin)
+        self._retired[name] = loaded
+
+    def disable(self, name: str, reason: str) -> None:
+        """Turn an enabled extension off because of `reason` (shown in the Session tab and logged)."""
+        with self._lock:
+            if name in self.loaded:
+                self._retire(name)
+            self.load_errors[name] = reason
+        log.error("extension %s disabled: %s", name, reason)
+
     def _load(self, name: str, available: dict[str, Source]) -> None:
         try:
             check_name(name)
@@ -261,6 +301,12 @@ class Extensions:
         if source is None:
             raise ExtensionError(f"no extension named {name!r} (looked in {self.user_dir}, {self.builtin_dir} "
                                  f"and installed packages)")
+        retired = self._retired.pop(name, None)
+        if retired is not None and retired.source.path == source.path and retired.source.kind == source.kind:
+            self.pm.register(retired.plugin, name=name)  # the same module: the page's controls are wired to it
+            retired.dead_hooks.clear()
+            self.loaded[name] = retired
+            return
         requirements: list[str] = []
         if source.path is not None:
             folder = safe_child(source.path.parent, name)
@@ -293,22 +339,28 @@ class Extensions:
                 raise ExtensionError(f"setup() failed: {exc}") from exc
 
     def _import_script(self, name: str, script: Path) -> types.ModuleType:
-        """A fresh module object per App, so two Apps never share an extension's params."""
+        """A fresh module object per App, so two Apps never share an extension's params.
+
+        The module is also the package of its folder (`from .helpers import x` and text-generation-webui's
+        `from extensions.<name> import helpers` load the folder's files), and it runs with the import
+        function of `modules/tgw_compat`, scoped to this extension's code."""
         module_name = f"parlour_extension_{name}"
-        spec = importlib.util.spec_from_file_location(module_name, script)
+        spec = importlib.util.spec_from_file_location(module_name, script,
+                                                      submodule_search_locations=[str(script.parent)])
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        module.__builtins__ = self.compat.builtins_for_extension()  # type: ignore[attr-defined]
+        for key in [k for k in sys.modules if k.startswith(module_name + ".")]:
+            del sys.modules[key]  # an earlier App's copy of its helper files
         sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+        self.compat.extension_modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except ImportError as exc:
-            if (exc.name or "").split(".")[0] == "modules":
-                raise ExtensionError(f"import failed ({exc}): it uses text-generation-webui internals "
-                                     "(modules.*), which Parlour does not provide") from exc
-            raise ExtensionError(f"import failed: {exc} — install what it needs, or list it in the "
-                                 "extension's requirements.txt") from exc
-        except Exception as exc:
-            raise ExtensionError(f"import failed: {exc.__class__.__name__}: {exc}") from exc
+        except BaseException as exc:
+            self.compat.extension_modules.pop(name, None)
+            if not isinstance(exc, Exception):
+                raise
+            raise ExtensionError(_import_failure(exc)) from exc
         return module
 
     def _apply_settings_params(self, name: str, module: Any) -> None:
@@ -374,7 +426,10 @@ class Extensions:
             raise HookFailed(f"{ext.source.name}.{hook} timed out")
         if "error" in box:
             exc = box["error"]
-            self.record_failure(ext, hook, f"{exc.__class__.__name__}: {exc}")
+            if isinstance(exc, Missing) and hook != "setup":  # a failed setup() is reported by _load
+                self.disable(ext.source.name, f"{hook}() needs {exc.what}, which Parlour cannot provide")
+            else:
+                self.record_failure(ext, hook, f"{exc.__class__.__name__}: {exc}")
             raise HookFailed(f"{exc.__class__.__name__}: {exc}") from exc
         value = box["value"]
         if check is not None and not check(value):
@@ -558,6 +613,8 @@ class Extensions:
             return False
         try:
             _call(impl, "ui", [], {})
+        except MISSING_ERRORS as exc:
+            self.disable(name, f"its controls (ui) need {exc.what}, which Parlour's page does not have")
         except Exception as exc:  # noqa: BLE001
             self.record_failure(ext, "ui", f"{exc.__class__.__name__}: {exc}")
         return True
@@ -585,6 +642,26 @@ class Extensions:
         for key in self.unknown_settings_params():
             rows.append(f"| {html.escape(key)} | settings.yaml | ⚠️ no enabled extension has this parameter |")
         return "\n".join(rows)
+
+
+_CANNOT_IMPORT = re.compile(r"cannot import name '([^']+)' from '([^']+)'")
+
+
+def _import_failure(exc: Exception) -> str:
+    """One line saying why a script could not be imported."""
+    if isinstance(exc, Missing):
+        return f"import failed: it needs {exc.what}, which Parlour's text-generation-webui compatibility " \
+               "layer does not provide"
+    if isinstance(exc, ImportError):
+        found = _CANNOT_IMPORT.search(str(exc))
+        if found and found.group(2).split(".")[0] == "modules":
+            return f"import failed: it needs {found.group(2)}.{found.group(1)}, which Parlour's " \
+                   "text-generation-webui compatibility layer does not provide"
+        if (exc.name or "").split(".")[0] == "modules":
+            return f"import failed: it imports {exc.name}, which is neither a text-generation-webui module " \
+                   "Parlour provides nor one of Parlour's own"
+        return f"import failed: {exc} — install what it needs, or list it in the extension's requirements.txt"
+    return f"import failed: {exc.__class__.__name__}: {exc}"
 
 
 def _is(kind: type) -> Callable[[Any], bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -131,3 +132,40 @@ def unusable_files(names: Iterable[str], load: Callable[[str], object],
         except error as exc:
             found[name] = str(exc)
     return found
+
+
+#: deepest nesting an imported JSON file (a chat, a card) may have; real ones stay under 10
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: object, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply lists and dicts nest in `value` (walked without recursion; stops counting past `limit`)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def load_json(data: bytes | str, what: str, max_depth: int = MAX_JSON_DEPTH) -> object:
+    """Parse an imported JSON file; ValueError with one line naming `what` and the fault (not UTF-8, not
+    JSON and where, nested deeper than `max_depth`). The parser's own recursion limit becomes that
+    error too, so a 100,000-deep file is refused, never a RecursionError."""
+    try:
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} is nested deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
+    if json_depth(value, max_depth) > max_depth:
+        raise ValueError(f"{what} is nested deeper than {max_depth} levels")
+    return value

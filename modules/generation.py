@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 
 class QueueFull(RuntimeError):
     """More requests are waiting than the server accepts."""
+
+
+class ModelBusy(QueueFull):
+    """A long job (training) holds the model and was started with "refuse requests": try again in
+    `retry_after` seconds (the API's 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NoModel(RuntimeError):
@@ -142,6 +152,7 @@ class StopStringFilter:
 
     def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
         self.stops = tuple(s for s in stops if s)
+        self._firsts = frozenset(s[0] for s in self.stops)
         self._held = ""
         self.stopped = False
 
@@ -150,6 +161,10 @@ class StopStringFilter:
         if self.stopped:
             return ""
         buf = self._held + text
+        if not any(c in buf for c in self._firsts):
+            # no stop string can start anywhere in it (most tokens): nothing to cut, nothing to hold
+            self._held = ""
+            return buf
         cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
@@ -224,6 +239,9 @@ class GenerationRequest:
     apply_input_hooks: bool = True
     #: set by Pipeline.begin: the turn's state and input hooks ran; prepare() reuses them
     begun: "TurnStart | None" = None
+    #: who may share prompt caches with this request (modules/prefix_cache.py); default: its user.
+    #: The API sets one scope for all its callers (they hold one key; `user` is only their own claim).
+    cache_scope: str | None = None
 
     def __post_init__(self, messages: list[dict[str, Any]] | None, continue_last: bool) -> None:
         if messages is not None:
@@ -282,6 +300,12 @@ class Update:
     #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text)
     parts: tuple[Part, ...] = ()
 
+    def copy(self, **changes: Any) -> "Update":
+        """A copy with `changes`: what readers get, once per token (dataclasses.replace costs ~10x more)."""
+        new = object.__new__(Update)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
 
 @dataclass(frozen=True)
 class ChatHooks:
@@ -307,8 +331,8 @@ class Prepared:
     stops: tuple[str, ...] = ()
     context_length: int = 0
     turns_dropped: int = 0
-    #: the prompt opened a reasoning block itself (the model writes only its end)
-    reasoning_inside: bool = False
+    #: where the prompt leaves the reply: "inside" a reasoning block it opened, "after" one it closed, or ""
+    reasoning_state: str = ""
 
 
 class ModelSource(Protocol):
@@ -416,17 +440,12 @@ class Pipeline:
         if history_hook is not None:  # system turns are not history: they stay as they are, in front
             system = [t for t in history if t.role == "system"]
             history = system + history_hook([t for t in history if t.role != "system"])
-        if ext.has("custom_generate_chat_prompt") and not options.impersonate:
-            new_turn = bool(start.user_input) or (bool(history) and history[-1].role == "user"
-                                                  and not options.continue_last)
-            past = [{"role": t.role, "content": t.text} for t in (history[:-1] if new_turn else history)]
-            old = messages_to_history(past)
-            prompt = ext.chat_prompt(start.user_input, {**state, "history": old}, history=old,
-                                     _continue=options.continue_last, impersonate=False)
-            if prompt is not None:
-                return Prepared(prompt, start.preset, state, start.user_input, True)
         hooks = ChatHooks(bot_prefix=(lambda prefix: ext.bot_prefix(prefix, state))
                           if ext.has("bot_prefix_modifier") else None)
+        if ext.has("custom_generate_chat_prompt"):
+            prompt = self._custom_prompt(backend, request, start, history, hooks)
+            if prompt is not None:
+                return Prepared(prompt, start.preset, state, start.user_input, True)
         if registry.capabilities(backend).engine_templates:
             # The engine applies the model's own template itself whenever messages say what the turn means.
             messages = engine_messages(history, options)
@@ -434,17 +453,39 @@ class Pipeline:
                 text = "\n".join(str(m.get("content", "")) for m in messages)
                 return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
         built = self._build(backend, request, history, hooks)
-        fmt = getattr(backend, "reasoning_format", reasoning.THINK)
         return Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
                         context_length=built.context_length, turns_dropped=built.turns_dropped,
-                        reasoning_inside=reasoning.starts_inside(fmt, built.text))
+                        reasoning_state=reasoning.prompt_state(backend.reasoning_format, built.text))
+
+    def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
+                       history: list[Turn], hooks: ChatHooks) -> str | None:
+        """An extension's custom_generate_chat_prompt, given text-generation-webui's arguments and Parlour's own
+        prompt builder (`_parlour_default`, what its `chat.generate_chat_prompt` calls). None: build as usual."""
+        options = request.options or PromptOptions()
+        system = [t for t in history if t.role == "system"]
+        chat_turns = [t for t in history if t.role != "system"]
+        new_turn = bool(start.user_input) and bool(chat_turns) and chat_turns[-1].role == "user"
+        past = messages_to_history([{"role": t.role, "content": t.text}
+                                    for t in (chat_turns[:-1] if new_turn else chat_turns)])
+
+        def rebuild(text: str, hist: dict[str, Any]) -> str:
+            turns = [Turn.of(m["role"], m["content"]) for m in history_to_messages(hist, [])]
+            if new_turn:
+                turns.append(Turn.of("user", text))
+            if backend.chat_template is None:  # a remote engine templates the messages itself: text for counting
+                return "\n".join(t.text for t in system + turns)
+            return self._build(backend, request, system + turns, hooks).text
+
+        default = _DefaultPrompt(rebuild, start.user_input, past)
+        prompt = self.extensions.chat_prompt(start.user_input, {**start.state, "history": past}, history=past,
+                                             _continue=options.continue_last, impersonate=options.impersonate,
+                                             _parlour_default=default)
+        return prompt if prompt is not None and not default.is_default(prompt) else None
 
     def _finish(self, update: Update, prepared: Prepared) -> Update:
         """The output-side hooks: output_modifier on the finished answer, then reply_footer."""
-        update.raw_text = update.text
+        update.raw_text = update.text  # the parts keep the model's own words (the next prompt reads them)
         update.text = self.extensions.output(update.text, prepared.state, is_chat=prepared.is_chat)
-        if update.text != update.raw_text:  # the parts hold what the user reads
-            update.parts = Turn("assistant", update.parts).with_text(update.text).parts
         stats = {"tokens": update.tokens, "seconds": update.seconds, "first_token_seconds": update.first_token_seconds,
                  "prompt_tokens": update.prompt_tokens, "finish_reason": update.finish_reason, "model": update.model}
         update.footer = self.extensions.reply_footer(stats, prepared.state)
@@ -466,22 +507,30 @@ class Pipeline:
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
         if prepared.messages is not None:
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
-        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in inspect.signature(backend.stream).parameters:
-            return backend.stream(prepared.prompt, prepared.preset, request.cancel, hooks=hooks)
-        return backend.stream(prepared.prompt, prepared.preset, request.cancel)
+        accepts = _parameters(getattr(backend.stream, "__func__", backend.stream))
+        extra: dict[str, Any] = {}
+        if (hooks.tokenizer or hooks.logits_processors) and "hooks" in accepts:
+            extra["hooks"] = hooks
+        if "cache_scope" in accepts:
+            extra["cache_scope"] = request.cache_scope or f"user:{request.user}"
+        return backend.stream(prepared.prompt, prepared.preset, request.cancel, **extra)
 
     def stream(self, request: GenerationRequest) -> Iterator[Update]:
         start = time.perf_counter()
         update = Update()
+        claim = getattr(self.models, "claimed", None)  # a training job owns the model (ModelManager.claim)
+        if claim is not None and claim.refuse_requests:
+            wait = max(1, int(claim.retry_after()))
+            raise ModelBusy(f"{claim.owner} is using {claim.model}; try again in about {wait} s", wait)
         # A model unloaded while idle reloads here, before the queue: swapping it in needs every slot.
         self.models.ensure_loaded()
         try:
             for pos in self.queue.acquire(request.cancel):
                 update.queue_position = pos
-                yield replace(update)
+                yield update.copy()
         except _Cancelled:
             update.finish_reason = "cancelled"
-            yield replace(update)
+            yield update.copy()
             return
         try:
             update.queue_position = 0
@@ -513,7 +562,7 @@ class Pipeline:
         """Yield updates while tokens arrive; return the final one (with its finish reason). A chat
         reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
-        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_inside, split=prepared.is_chat)
+        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)
@@ -530,7 +579,7 @@ class Pipeline:
                     return self._settle(update, reply, start)
                 self._show(update, reply, now - start)
                 if update.delta or update.reasoning_delta or delta.tokens:
-                    yield replace(update)
+                    yield update.copy()
             update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
             return self._settle(update, reply, start)
         except (GeneratorExit, NoModel, QueueFull):
@@ -554,7 +603,36 @@ class Pipeline:
         update.delta += answer
         update.reasoning_delta += thought
         self._show(update, reply, time.perf_counter() - start)
-        return replace(update)
+        return update.copy()
+
+
+class _DefaultPrompt:
+    """Parlour's own prompt, handed to custom_generate_chat_prompt hooks as the `_parlour_default` keyword
+    (text-generation-webui extensions reach it through `modules.chat.generate_chat_prompt`). Called with
+    the user input and history the hook passes on, it builds the prompt for those. A hook that returns the
+    very text it was given for the unchanged input counts as returning None: the request then goes on
+    exactly as without the hook (a remote engine still gets its messages)."""
+
+    def __init__(self, build: Callable[[str, dict[str, Any]], str], user_input: str, history: dict[str, Any],
+                 text: str | None = None) -> None:
+        self._build, self._input, self._history = build, user_input, history
+        self.text = text  # the prompt for the unchanged input and history, once built
+
+    def __call__(self, user_input: str, history: dict[str, Any], **_flags: Any) -> str:
+        if user_input == self._input and history == self._history:
+            if self.text is None:
+                self.text = self._build(user_input, history)
+            return self.text
+        return self._build(user_input, history)
+
+    def is_default(self, prompt: str) -> bool:
+        return self.text is not None and prompt is self.text
+
+
+@functools.lru_cache(maxsize=32)
+def _parameters(function: Callable[..., Any]) -> frozenset[str]:
+    """The parameter names of a backend's `stream` (looked up once per backend class, not per request)."""
+    return frozenset(inspect.signature(function).parameters)
 
 
 def _preset_from_state(preset: Preset, state: dict[str, Any]) -> Preset:
@@ -580,18 +658,29 @@ def _deltas_from_texts(texts: Iterator[str], backend: Backend, cancel: threading
     yield Delta("", 0, "stop")
 
 
-def throttle(updates: Iterator[Update], fps: float) -> Iterator[Update]:
-    """Pass the first text at once, then at most `fps` updates a second, and always the last one."""
+def throttle(updates: Iterator[Update], fps: float, busy_share: float = 0.25, slowest: float = 0.5,
+             clock: Callable[[], float] = time.perf_counter) -> Iterator[Update]:
+    """Pass the first text at once, then at most `fps` updates a second, and always the last one.
+
+    The pace also adapts to the reader: the time between two updates stays at least 1/`busy_share`
+    times what the reader spends on one (the time until it asks for the next, averaged: for the Chat
+    tab, building the bubbles and Gradio's diff and send), but never more than `slowest` seconds. A long
+    chat or a loaded machine then gets fewer, larger updates instead of a reader that falls behind and
+    takes the CPU from the model; the browser, which renders each update, gets fewer to render too."""
     interval = 1.0 / fps
     last = 0.0
+    spent: float | None = None  # the reader's time per update (a moving average)
     pending: Update | None = None
     for update in updates:
-        now = time.perf_counter()
+        now = clock()
         first_text = update.text and last == 0.0
-        if update.finish_reason is not None or first_text or now - last >= interval or update.queue_position:
+        gap = max(interval, min(slowest, (spent or 0.0) / busy_share))
+        if update.finish_reason is not None or first_text or update.queue_position or now - last >= gap:
             last = now
             pending = None
             yield update
+            took = clock() - now
+            spent = took if spent is None else (spent + took) / 2
         else:
             pending = update
     if pending is not None:

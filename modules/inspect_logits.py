@@ -11,13 +11,15 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modules.loaders import registry
 from modules.presets import Preset
-from modules.sampling import ChainContext, build_chain
+
+if TYPE_CHECKING:  # torch and the chain load with the model, after the page is up (start-up time)
+    import torch
+
+    from modules.sampling import ChainContext
 
 
 class Inspectable(Protocol):
@@ -83,7 +85,7 @@ def _view(name: str, scores: torch.Tensor, backend: Inspectable, top: int) -> St
     probs = scores.float().softmax(dim=-1)[0].cpu()
     values, ids = probs.topk(min(top, probs.shape[-1]))
     tops = [Candidate(int(i), backend.token_text(int(i)), float(v)) for v, i in zip(values, ids) if v > 0]
-    return StageView(name, tops, int(torch.isfinite(scores).sum()))
+    return StageView(name, tops, int(scores.isfinite().sum()))
 
 
 def inspect_next_token(backend: Any, text: str, preset: Preset, top: int = 50, seed: int = 0) -> Inspection:
@@ -91,6 +93,10 @@ def inspect_next_token(backend: Any, text: str, preset: Preset, top: int = 50, s
 
     Random stages (XTC) draw from a generator seeded with `seed`, so a view is reproducible.
     """
+    import torch
+
+    from modules.sampling import ChainContext, build_chain
+
     backend = _require(backend)
     # The model cannot look further back than its context: keep the end of a longer text.
     ids = backend.prompt_ids(text, preset)[-backend.context_length:]

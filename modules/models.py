@@ -3,7 +3,9 @@
 The loaded backend is the only process-wide thing in Parlour; this object owns it. A new model is
 loaded beside the old one and swapped in only once it works, so a broken folder never leaves the
 app without the model it had. Swaps and adapter changes happen under the queue's `exclusive()`
-gate, so no generation is using the model while it changes.
+gate, so no generation is using the model while it changes. A long job that needs the model to itself
+(training a LoRA) `claim`s it: the gate is held for the whole job and every load, unload or adapter
+change is refused until it ends.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -87,6 +90,19 @@ class ModelSettingsStore:
             raise ModelError(f"settings for {name!r} were not saved: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who holds the loaded model for a long job, and what requests meanwhile get.
+
+    `refuse_requests`: new generation requests fail at once (the API's 503 with Retry-After) instead
+    of waiting in the queue; `retry_after()` is the job's own estimate of the seconds it has left."""
+
+    owner: str
+    model: str
+    refuse_requests: bool = False
+    retry_after: Callable[[], int] = lambda: 60
+
+
 class ModelManager:
     def __init__(self, models_dir: Path, loras_dir: Path, offload_dir: Path, threads: CpuThreads,
                  trust_remote_code: bool = False, batch_size: int = 1,
@@ -105,6 +121,8 @@ class ModelManager:
         self.last_error: str | None = None
         self.last_used = time.monotonic()
         self.idle_unloaded: tuple[str, str, dict[str, Any]] | None = None
+        #: the long job holding the loaded model (see `claim`), or None
+        self.claimed: Claim | None = None
 
     # ---- what is there
     def list(self) -> list[str]:
@@ -137,8 +155,9 @@ class ModelManager:
     def list_loras(self) -> list[str]:
         if not self.loras_dir.is_dir():
             return []
-        return sorted(p.name for p in self.loras_dir.iterdir()
-                      if p.is_dir() and not p.is_symlink() and (p / "adapter_config.json").is_file())
+        return sorted(p.name for p in self.loras_dir.iterdir()  # ".NAME.partial-*": an adapter being written
+                      if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                      and (p / "adapter_config.json").is_file())
 
     def default_model(self) -> str | None:
         """The model to load when none was named: the only one, or the demo model among several."""
@@ -237,6 +256,7 @@ class ModelManager:
         """Load `name` and make it current. On failure the previous model stays loaded."""
         say = progress or (lambda fraction, message: None)
         with self._lock:
+            self._refuse_if_claimed()
             self.loading = name
             try:
                 chosen, validated = self.resolve(name, loader, options)
@@ -266,14 +286,17 @@ class ModelManager:
                 self.loading = None
 
     def unload(self) -> None:
-        with self._lock, self.gate():
-            old, self._backend = self._backend, None
-            if old is not None:
-                old.unload()
+        with self._lock:
+            self._refuse_if_claimed()
+            with self.gate():
+                old, self._backend = self._backend, None
+                if old is not None:
+                    old.unload()
 
     def set_loras(self, names: list[str]) -> list[str]:
         """Apply exactly these LoRAs from loras/ to the loaded Transformers model ([] removes all)."""
         with self._lock:
+            self._refuse_if_claimed()
             backend = self._backend
             if backend is None or not registry.capabilities(backend).lora:
                 raise ModelError("LoRAs need a model loaded with a loader that applies them (Transformers)")
@@ -307,12 +330,39 @@ class ModelManager:
             template_source = backend.chat_template.source if backend.chat_template else None
             backend.reasoning_format = reasoning.detect(template_source, reasoning_setting)
 
+    # ---- a long job that owns the model
+    def _refuse_if_claimed(self) -> None:
+        claim = self.claimed
+        if claim is not None:
+            raise ModelError(f"{claim.owner} is using {claim.model}: stop it first (Training tab)")
+
+    @contextlib.contextmanager
+    def claim(self, owner: str, refuse_requests: bool = False,
+              retry_after: Callable[[], int] = lambda: 60) -> Iterator[Backend]:
+        """Hold the loaded model for a long job (training): wait until no generation uses it, then keep
+        the queue's gate for the whole job. Meanwhile loads, unloads, adapter changes and idle unloads
+        are refused with a ModelError naming `owner`, and requests wait in the queue (or, with
+        `refuse_requests`, fail at once: see Pipeline.stream). One claim at a time."""
+        with self._lock:
+            self._refuse_if_claimed()
+            backend = self._backend
+            if backend is None:
+                raise ModelError("no model is loaded: load one in the Model tab first")
+            self.claimed = Claim(owner, backend.name, refuse_requests, retry_after)
+        try:
+            with self.gate():
+                yield backend
+        finally:
+            with self._lock:
+                self.claimed = None
+                self.last_used = time.monotonic()
+
     # ---- idle unload
     def unload_if_idle(self, idle_seconds: float) -> bool:
         """Unload the model if nothing used it for `idle_seconds`; remember it for `ensure_loaded`."""
         with self._lock:
             backend = self._backend
-            if backend is None or time.monotonic() - self.last_used < idle_seconds:
+            if backend is None or self.claimed is not None or time.monotonic() - self.last_used < idle_seconds:
                 return False
             options = getattr(backend, "options", None)
             self.idle_unloaded = (backend.name, backend.loader,
@@ -334,6 +384,8 @@ class ModelManager:
         """One line for the UI."""
         if self.loading:
             return f"Loading {self.loading}…"
+        if self.claimed is not None:
+            return f"{self.claimed.model}: {self.claimed.owner} (requests wait or are refused until it ends)"
         backend = self._backend
         if backend is None:
             if self.idle_unloaded:
@@ -348,10 +400,13 @@ class ModelManager:
         backend = self._backend
         return backend.info() if backend is not None else None
 
-    def load_in_background(self, name: str, loader: str | None = None,
-                           options: dict[str, Any] | None = None) -> threading.Thread:
-        """Start loading `name` in a thread (server start: the page answers before the model is ready)."""
+    def load_in_background(self, name: str, loader: str | None = None, options: dict[str, Any] | None = None,
+                           after: threading.Event | None = None) -> threading.Thread:
+        """Start loading `name` in a thread (server start: the page answers before the model is ready);
+        with `after`, the loading waits for that Event (the server's start: see server.create_app)."""
         def run() -> None:
+            if after is not None:
+                after.wait()
             try:
                 self.load(name, loader, options)
             except ModelError as exc:

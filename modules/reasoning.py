@@ -86,26 +86,41 @@ def detect(template_source: str | None, setting: Any = None) -> ReasoningFormat:
     return THINK
 
 
+def prompt_state(fmt: ReasoningFormat, prompt: str) -> Literal["inside", "after", ""]:
+    """Where the prompt leaves the reply: inside a block its generation prompt opened (the model writes
+    only the end marker), just after one it closed (thinking switched off: the template wrote an empty
+    block), or neither."""
+    if not fmt.enabled:
+        return ""
+    tail = prompt.rstrip()
+    return "inside" if tail.endswith(fmt.start) else "after" if tail.endswith(fmt.end) else ""
+
+
 def starts_inside(fmt: ReasoningFormat, prompt: str) -> bool:
     """Whether the prompt itself opened a block (its generation prompt ends with the start marker)."""
-    return fmt.enabled and prompt.rstrip().endswith(fmt.start)
+    return prompt_state(fmt, prompt) == "inside"
 
 
 class ReasoningSplitter:
     """Splits streamed reply text into reasoning and answer pieces."""
 
-    def __init__(self, fmt: ReasoningFormat, inside: bool = False) -> None:
+    def __init__(self, fmt: ReasoningFormat, inside: bool = False, after: bool = False) -> None:
         self.fmt = fmt
         self.inside = inside and fmt.enabled
         self._held = ""
-        self._strip_next = False  # the answer's leading blank lines after a block are not its words
+        self._strip_next = after  # the answer's leading blank lines after a block are not its words
+        self._answered = False  # some answer text has been emitted
         self.blocks = 1 if self.inside else 0  # blocks opened so far
         self.closed = 0  # ... and closed
 
     def _watched(self) -> tuple[str, ...]:
         if not self.fmt.enabled:
             return self.fmt.hidden
-        return (self.fmt.end,) if self.inside else (self.fmt.start, *self.fmt.hidden)
+        if self.inside:
+            return (self.fmt.end,)
+        # before any answer, a closing marker with no opening is a stray one (a model that closes again
+        # the empty block its template wrote when thinking is off): dropped, not shown
+        return (self.fmt.start, *self.fmt.hidden, *(() if self._answered else (self.fmt.end,)))
 
     def feed(self, text: str) -> list[tuple[Kind, str]]:
         out: list[tuple[Kind, str]] = []
@@ -124,6 +139,10 @@ class ReasoningSplitter:
                 self._emit(out, buf[:index])  # the text may still grow into a longer marker: wait for it
                 self._held = rest
                 break
+            if not self.inside and marker == self.fmt.end and buf[:index].strip():
+                self._emit(out, buf[:index + len(marker)])  # after words it is text, not a stray marker
+                buf = buf[index + len(marker):]
+                continue
             self._emit(out, buf[:index])
             buf = buf[index + len(marker):]
             if self.inside and marker == self.fmt.end:
@@ -133,7 +152,9 @@ class ReasoningSplitter:
             elif not self.inside and marker == self.fmt.start:
                 self.inside = True
                 self.blocks += 1
-            # a hidden structure marker is simply dropped
+            elif marker == self.fmt.end:
+                self._strip_next = True
+            # a hidden structure marker (or a stray closing one) is simply dropped
         return out
 
     def flush(self) -> list[tuple[Kind, str]]:
@@ -156,6 +177,7 @@ class ReasoningSplitter:
             self._strip_next = False
         if text:
             kind: Kind = "reasoning" if self.inside else "text"
+            self._answered = self._answered or kind == "text"
             if out and out[-1][0] == kind:
                 out[-1] = (kind, out[-1][1] + text)
             else:
@@ -190,8 +212,10 @@ class ReplyAssembler:
     words) to its end marker.
     """
 
-    def __init__(self, fmt: ReasoningFormat, inside: bool = False, split: bool = True) -> None:
-        self.splitter = ReasoningSplitter(fmt if split else OFF, inside)
+    def __init__(self, fmt: ReasoningFormat, state: str = "", split: bool = True) -> None:
+        """`state`: where the prompt left the reply (see `prompt_state`)."""
+        self.splitter = ReasoningSplitter(fmt if split else OFF, inside=state == "inside",
+                                          after=split and state == "after")
         # each segment: [kind, text, tokens, started, ended]
         self._segments: list[list[Any]] = []
         self._pending = {"reasoning": 0, "text": 0}  # tokens that came before their segment's first words

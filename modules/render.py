@@ -20,6 +20,7 @@ must hug its content (`$x$`, not `$ x $`) and the closing `$` may not be followe
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 
@@ -123,7 +124,9 @@ def _math_rule(state: StateInline, silent: bool) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=2)
 def _markdown(allow_images: bool) -> MarkdownIt:
+    """The parser (one per allow_images; built once: building one costs more than rendering a bubble)."""
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable(["table", "strikethrough"])
 
     def fence(renderer, tokens, idx, options, env):  # code blocks get a copy button (page script handles the click)
@@ -158,9 +161,43 @@ def _markdown(allow_images: bool) -> MarkdownIt:
     return md
 
 
+@functools.lru_cache(maxsize=4096)
 def render_markdown(text: str, allow_images: bool = False) -> str:
-    """Markdown text -> sanitized HTML."""
+    """Markdown text -> sanitized HTML.
+
+    Remembered (least recently used out): the chat re-renders every bubble on every streamed update,
+    and all but the last are unchanged, so a long chat would cost milliseconds per bubble per update.
+    Bubbles in use are touched on every update, so they outlive the partial replies of earlier updates.
+    (A pure function of its arguments: the same text always gives the same HTML.)"""
     return sanitize(_markdown(allow_images).render(text), allow_images=allow_images)
+
+
+# What extension HTML may add to the allow-list: a text colour on a span (perplexity_colors colours each
+# token) and pictures carried inline as data: URLs (sd_api_pictures' images; nothing is fetched).
+_COLOR_STYLE = re.compile(r"^\s*color:\s*#[0-9a-fA-F]{3,8}\s*;?\s*$")
+_DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]+$")
+
+
+def render_extension_html(text: str, allow_images: bool = False) -> str:
+    """A reply as an extension's output_modifier left it (text-generation-webui's "visible" text): markdown
+    whose raw HTML is kept, then the same allow-list as `render_markdown`, plus a colour style on spans
+    and data: pictures. Remote pictures still need `allow_images`."""
+
+    def keep(tag: str, attr: str, value: str) -> str | None:
+        if tag == "span" and attr == "style":
+            return value if _COLOR_STYLE.match(value) else None
+        if value.strip().lower().startswith("data:"):
+            return value if tag == "img" and attr == "src" and _DATA_IMAGE.match(value.strip()) else None
+        if tag == "img" and attr == "src" and not allow_images:
+            return None
+        return _keep_attribute(tag, attr, value)
+
+    md = MarkdownIt("commonmark", {"html": True, "linkify": False, "breaks": True}).enable(["table", "strikethrough"])
+    attributes = {k: set(v) for k, v in ALLOWED_ATTRIBUTES.items()}
+    attributes["span"] = attributes.get("span", set()) | {"style"}
+    return nh3.clean(md.render(text), tags=ALLOWED_TAGS, attributes=attributes,
+                     url_schemes={"http", "https", "mailto", "data"}, attribute_filter=keep,
+                     link_rel="noopener noreferrer nofollow", strip_comments=True)
 
 
 def render_footer(footer: str) -> str:

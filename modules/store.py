@@ -27,7 +27,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from datetime import datetime
+from typing import Any, Iterator, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+
+from modules.fileio import MAX_JSON_DEPTH, json_depth, load_json
 
 from modules.migrations import NewerDatabase, migrate
 from modules.turns import Part, PartError, TextPart, Turn, dumps_parts, parts_from_json
@@ -69,6 +74,8 @@ class StoredMessage:
         """The message as a Turn; an extension's reply footer rides along as a UI extra."""
         parts = self.parts or (TextPart(self.content),)
         extras = {"footer": self.meta["footer"]} if self.meta.get("footer") else {}
+        if self.meta.get("shown") and self.meta.get("shown_for") == self.content:  # an extension's HTML reply
+            extras["shown"] = self.meta["shown"]
         return Turn(self.role, parts, extras=extras)
 
 
@@ -474,67 +481,187 @@ class ChatStore:
                               "parts": m.as_turn().to_json()["parts"], "meta": m.meta, "complete": m.complete,
                               "created": m.created} for m in messages]}
 
-    def import_chat(self, user: str, data: dict[str, Any]) -> int:
-        """A new chat from `export_chat` data or text-generation-webui's history JSON."""
+    def import_chat_file(self, user: str, data: bytes) -> int:
+        """A new chat from an uploaded file (Parlour's export or a text-generation-webui history); ValueError
+        with one line saying what is wrong, and nothing written, for anything else."""
+        if len(data) > MAX_IMPORT_BYTES:
+            raise ValueError(f"the chat file is {len(data):,} bytes; the limit is {MAX_IMPORT_BYTES:,}")
+        return self.import_chat(user, load_json(data, "the chat file"))
+
+    def import_chat(self, user: str, data: Any) -> int:
+        """A new chat from `export_chat` data or a text-generation-webui history (its current format, with
+        versions, timestamps and model names, or its old `{"data", "data_visible"}` one). Everything is
+        checked before the one transaction that writes it: a bad file changes nothing."""
         if not isinstance(data, dict):
-            raise ValueError("a chat file must hold a JSON object")
+            raise ValueError(f"a chat file must hold a JSON object, not {_json_type(data)}")
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise ValueError(f"the chat file is nested deeper than {MAX_JSON_DEPTH} levels")
         if data.get("format") == "parlour-chat":
-            return self._import_tree(user, data)
-        if isinstance(data.get("internal"), list) or isinstance(data.get("visible"), list):
-            pairs = data.get("internal") or data.get("visible")
-            turns: list[tuple[str, str]] = []
-            for pair in pairs:
-                if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-                    raise ValueError("text-generation-webui history: each entry must be [user, reply]")
-                if pair[0] and pair[0] != "<|BEGIN-VISIBLE-CHAT|>":
-                    turns.append(("user", pair[0]))
-                if pair[1]:
-                    turns.append(("assistant", pair[1]))
-            return self._import_linear(user, "Imported chat", turns)
-        raise ValueError("not a chat file: expected Parlour's export or text-generation-webui's history "
-                         "(with an 'internal' list)")
+            tree = _checked(_ImportedChat, data)
+        elif any(key in data for key in ("internal", "visible", "data", "data_visible")):
+            tree = _tgw_tree(data)
+        else:
+            raise ValueError("not a chat file: expected Parlour's export (\"format\": \"parlour-chat\") or a "
+                             "text-generation-webui history (an \"internal\" or \"data\" list)")
+        return self._import_tree(user, tree)
 
-    def _import_linear(self, user: str, title: str, turns: list[tuple[str, str]]) -> int:
-        # As one tree, so the import is one transaction: a failure halfway (a full disk) leaves no half chat.
-        messages = [{"id": i, "parent": i - 1 if i else None, "role": role, "content": content}
-                    for i, (role, content) in enumerate(turns)]
-        return self._import_tree(user, {"title": title, "messages": messages})
-
-    def _import_tree(self, user: str, data: dict[str, Any]) -> int:
-        messages = data.get("messages")
-        if not isinstance(messages, list):
-            raise ValueError("chat file: 'messages' must be a list")
-        for m in messages:
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise ValueError("chat file: every message needs a role (system/user/assistant) and text content")
-        parts_of: dict[int, tuple[Part, ...]] = {}
-        for n, m in enumerate(messages):  # version 2: typed parts; version 1 has only the text
-            if m.get("parts") is not None:
-                try:
-                    parts_of[n] = parts_from_json(m["parts"])
-                except PartError as exc:
-                    raise ValueError(f"chat file: message {m.get('id', n)}: {exc}") from exc
+    def _import_tree(self, user: str, chat: "_ImportedChat") -> int:
+        ids = [m.id for m in chat.messages]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"chat file: two messages have the id {duplicate!r}")
         now = time.time()
         with self._write() as db:
             cur = db.execute("INSERT INTO chats(user, title, character, mode, settings, created, updated) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (user, str(data.get("title") or "Imported chat"), str(data.get("character") or ""),
-                              str(data.get("mode") or "chat"), json.dumps(data.get("settings") or {}), now, now))
+                             (user, chat.title.strip()[:MAX_TITLE_CHARS] or "Imported chat", chat.character,
+                              chat.mode, json.dumps(chat.settings), now, now))
             chat_id = int(cur.lastrowid)
             new_ids: dict[Any, int] = {}
-            for n, m in enumerate(messages):  # parents come before children in an export (ordered by id)
-                parent = new_ids.get(m.get("parent")) if m.get("parent") is not None else None
-                if m.get("parent") is not None and parent is None:
-                    raise ValueError(f"chat file: message {m.get('id')} names a parent that comes later or is missing")
-                parts = parts_of.get(n) or (TextPart(m["content"]),)
-                new_ids[m.get("id")] = int(db.execute(
+            for m in chat.messages:  # parents come before children in an export (ordered by id)
+                parent = new_ids.get(m.parent) if m.parent is not None else None
+                if m.parent is not None and parent is None:
+                    raise ValueError(f"chat file: message {m.id!r} names a parent that comes later or is missing")
+                created = m.created if m.created is not None else now
+                parts = m.typed_parts()
+                new_ids[m.id] = int(db.execute(
                     "INSERT INTO messages(chat_id, parent_id, role, content, parts, meta, complete, created, updated) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (chat_id, parent, m["role"], Turn(m["role"], parts).text, dumps_parts(parts),
-                     json.dumps(m.get("meta") or {}), int(bool(m.get("complete", True))), now, now)).lastrowid)
-            leaf = new_ids.get(data.get("leaf"), list(new_ids.values())[-1] if new_ids else None)
+                    (chat_id, parent, m.role, Turn(m.role, parts).text, dumps_parts(parts), json.dumps(m.meta),
+                     int(m.complete), created, created)).lastrowid)
+            if chat.leaf is not None and chat.leaf not in new_ids:
+                raise ValueError(f"chat file: the leaf {chat.leaf!r} is not one of its messages")
+            leaf = new_ids[chat.leaf] if chat.leaf is not None else (list(new_ids.values())[-1] if new_ids else None)
             db.execute("UPDATE chats SET leaf_id = ? WHERE id = ?", (leaf, chat_id))
         return chat_id
+
+
+# -- what an imported chat may hold -----------------------------------------------------------------
+MAX_IMPORT_BYTES = 50 * 1024 * 1024
+MAX_TITLE_CHARS = 200
+_Id = Union[StrictInt, StrictStr]
+
+
+class _ImportedMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: _Id
+    parent: Optional[_Id] = None
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr
+    #: version 2 exports: the turn's typed parts (modules/turns.py); version 1 has only `content`
+    parts: Optional[list[Any]] = None
+    meta: dict[str, Any] = {}
+    complete: StrictBool = True
+    created: Optional[float] = Field(None, allow_inf_nan=False)
+
+    @field_validator("parts")
+    @classmethod
+    def _readable_parts(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None:
+            try:
+                parts_from_json(value)
+            except PartError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def typed_parts(self) -> tuple[Part, ...]:
+        return parts_from_json(self.parts) if self.parts else (TextPart(self.content),)
+
+
+class _ImportedChat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    title: StrictStr = ""
+    character: StrictStr = ""
+    mode: Literal["chat", "instruct", "chat-instruct"] = "chat"
+    settings: dict[str, Any] = {}
+    leaf: Optional[_Id] = None
+    messages: list[_ImportedMessage]
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _checked(model: type[BaseModel], data: Any, what: str = "chat file") -> Any:
+    """`model` validated from `data`; the first problem as one line naming where it is."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("int", "str"))]
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+        message = error["msg"].replace("Input should be", "must be")
+        if loc and loc[-1] in ("id", "parent", "leaf"):  # a union: pydantic reports only its first member
+            message = "must be a number or text"
+        raise ValueError(f"{what}: {where or 'top level'}: {message}") from None
+
+
+def _tgw_time(value: Any) -> float | None:
+    """text-generation-webui's message timestamps ("Jan 05, 2026 14:03", local time) as epoch seconds."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return datetime.strptime(value.strip(), "%b %d, %Y %H:%M").timestamp()
+    except ValueError:
+        return None
+
+
+def _tgw_tree(data: dict[str, Any]) -> _ImportedChat:
+    """A text-generation-webui history as a chat tree. Each row [user, reply, ...] gives a user message and a
+    reply; `metadata["user_<i>"/"assistant_<i>"]` give their timestamps, the model and their versions
+    (regenerations and edits), which become sibling versions; the current one continues the chat."""
+    rows = data["internal"] if "internal" in data else data.get("data")
+    if not isinstance(rows, list):
+        raise ValueError("text-generation-webui history: 'internal' (or 'data') must be a list of [user, reply] rows")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("text-generation-webui history: 'metadata' must be an object")
+    messages: list[dict[str, Any]] = []
+    parent: int | None = None
+    title = ""
+    for i, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) >= 2 and isinstance(row[0], str) and isinstance(row[1], str)):
+            raise ValueError("text-generation-webui history: each entry must be [user text, reply text] "
+                             f"(row {i} is not)")
+        extra = row[3] if len(row) > 3 and isinstance(row[3], dict) else {}
+        for role, key, text in (("user", f"user_{i}", row[0]), ("assistant", f"assistant_{i}", row[1])):
+            if role == "user" and text == "<|BEGIN-VISIBLE-CHAT|>":
+                continue
+            info = metadata.get(key) or {}
+            if not isinstance(info, dict):
+                raise ValueError(f"text-generation-webui history: metadata[{key!r}] must be an object")
+            versions = info.get("versions") or []
+            if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+                raise ValueError(f"text-generation-webui history: metadata[{key!r}].versions must be a list of objects")
+            contents = [v.get("content") for v in versions if isinstance(v.get("content"), str)]
+            if not text and not contents:
+                continue
+            current = info.get("current_version_index", len(contents) - 1)
+            if not contents or not isinstance(current, int) or not 0 <= current < len(contents):
+                contents, current, versions = [text], 0, [{}]
+            contents[current] = text  # the row holds the version on screen
+            chosen = None
+            for n, content in enumerate(contents):
+                version = versions[n] if n < len(versions) else {}
+                meta = {"imported_from": "text-generation-webui"}
+                model = version.get("model_name") or (info.get("model_name") if n == current else None)
+                if isinstance(model, str) and model and model != "None":
+                    meta["model"] = model
+                created = _tgw_time(version.get("timestamp")) or (_tgw_time(info.get("timestamp"))
+                                                                  if n == current else None)
+                messages.append({"id": len(messages), "parent": parent,
+                                 "role": "system" if role == "user" and extra.get("role") == "system" else role,
+                                 "content": content, "meta": meta, "created": created})
+                if n == current:
+                    chosen = len(messages) - 1
+            parent = chosen
+            if role == "user" and not title:
+                title = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return _checked(_ImportedChat, {"title": title or "Imported chat", "messages": messages, "leaf": parent},
+                    "text-generation-webui history")
 
 
 class ReplyWriter:

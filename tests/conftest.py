@@ -78,8 +78,9 @@ class ServerProcess:
         with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
             return json.loads(response.read())
 
-    def wait_until(self, predicate, timeout: float = 60.0) -> dict:
-        """Poll /health until `predicate(health)` holds (the server's state, not a sleep)."""
+    def wait_until(self, predicate, timeout: float = 240.0) -> dict:
+        """Poll /health until `predicate(health)` holds (the server's state, not a sleep). The deadline is
+        generous: a loaded 2-core machine can take a minute or more to import Gradio and load a model."""
         deadline = time.monotonic() + timeout
         last: dict | Exception = {}
         while time.monotonic() < deadline:

@@ -123,7 +123,10 @@ def build_internal_router(app: Any, callers: CallerRequests) -> APIRouter:
 
     @router.post("/model/unload")
     async def model_unload() -> str:
-        await run_in_threadpool(app.models.unload)
+        try:
+            await run_in_threadpool(app.models.unload)
+        except ModelError as exc:  # a training job owns the model
+            raise APIError(409, str(exc), code="model_busy") from exc
         return "OK"
 
     @router.post("/stop-generation")

@@ -27,7 +27,7 @@ from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, com
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
 from modules.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
 from modules.chat import ContextOverflow, request_for
-from modules.generation import GenerationRequest, NoModel, QueueFull, Update
+from modules.generation import GenerationRequest, ModelBusy, NoModel, QueueFull, Update
 from modules.loaders import registry
 from modules.loaders.base import Backend
 from modules.presets import Preset, PresetError
@@ -48,6 +48,8 @@ def caller_of(http: Request) -> str:
 
 def to_api_error(exc: BaseException) -> APIError:
     """The HTTP answer for a failure raised by the pipeline before any text was sent."""
+    if isinstance(exc, ModelBusy):  # a training job owns the model
+        return APIError(503, str(exc), code="model_busy", headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, QueueFull):
         return APIError(503, f"the server is busy: {exc}", code="queue_full",
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

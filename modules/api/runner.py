@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import threading
-from dataclasses import replace
 from typing import AsyncIterator, Iterator
 
 from starlette.requests import Request
@@ -53,8 +52,8 @@ class _Mailbox:
         with self._lock:
             if isinstance(item, Update):
                 if self._update is not None:
-                    item = replace(item, delta=self._update.delta + item.delta,
-                                   reasoning_delta=self._update.reasoning_delta + item.reasoning_delta)
+                    item = item.copy(delta=self._update.delta + item.delta,
+                                     reasoning_delta=self._update.reasoning_delta + item.reasoning_delta)
                 self._update = item
             else:
                 self._tail.append(item)
@@ -115,6 +114,8 @@ async def run_updates(pipeline: Pipeline, request: GenerationRequest, final_only
     """
     loop = asyncio.get_running_loop()
     mailbox = _Mailbox(loop)
+    if request.cache_scope is None:
+        request.cache_scope = "api"  # see GenerationRequest.cache_scope
 
     def drive() -> None:
         updates = pipeline.stream(request)

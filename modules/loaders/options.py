@@ -35,6 +35,9 @@ class TransformersOptions(_Options):
         "float16", description="dtype the 4-bit matmuls compute in")
     context_length: int | None = Field(None, ge=16, le=1_048_576,
                                        description="override the context length from config.json")
+    prompt_cache_mib: int = Field(1024, ge=0, le=1_048_576,
+                                  description="memory (MiB, on the model's device) for keys/values of recent "
+                                              "prompts, so a chat's next turn reads only the new tokens (0: off)")
 
 
 class LlamaCppOptions(_Options):

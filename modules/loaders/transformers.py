@@ -3,6 +3,10 @@
 The worker pushes token ids onto an unbounded queue and never waits for the reader, so a slow
 browser cannot slow the model. Cancellation is a per-request Event watched by a StoppingCriteria,
 so Stop (or a closed connection) ends the worker within one token.
+
+With `--batch-size` above 1 requests go through the batch engine (modules/batching.py) instead. Both
+paths start from the prompt cache (modules/prefix_cache.py): the keys/values of the longest beginning
+of the prompt read before (by the same user, with the same weights), so only the rest is read.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import (
@@ -27,10 +31,11 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from modules.batching import BatchEngine
-from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, token_stream
+from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
+from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, rss_bytes, token_stream
 from modules import reasoning
 from modules.loaders.options import TransformersOptions
+from modules.prefix_cache import PrefixCache
 from modules.presets import Preset
 from modules.sampling import ChainContext, build_processors
 from modules.settings import CpuThreads
@@ -71,6 +76,19 @@ class _EmitStreamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+def _decoder(tokenizer: Any) -> Callable[..., str]:
+    """`decode(ids, skip_special_tokens)` for this tokenizer: the Rust tokenizer's own where Transformers'
+    wrapper adds nothing to it (no model-specific decoding, no clean-up of spaces). The wrapper costs
+    ~50 µs a call in Python, the Rust call ~1 µs, and a streamed reply decodes twice per token."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (backend is not None and type(tokenizer)._decode is PreTrainedTokenizerFast._decode
+            and not tokenizer.clean_up_tokenization_spaces):
+        return lambda ids, skip_special_tokens: backend.decode(ids, skip_special_tokens=skip_special_tokens)
+    return lambda ids, skip_special_tokens: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
 def _pick_dtype(name: str) -> torch.dtype | str:
@@ -179,15 +197,6 @@ def _ram_mib() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
-def _rss_bytes() -> int:
-    """This process's resident memory (Linux /proc; 0 elsewhere)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS")), 0)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
@@ -207,6 +216,8 @@ class TransformersBackend:
     def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
                  trust_remote_code: bool = False, batch_size: int = 1, threads: CpuThreads | None = None) -> None:
         options = options or TransformersOptions()
+        if threads is not None:
+            torch.set_num_threads(threads.generate)  # process-wide; the batch engine switches it per step
         self.name = path.name
         self.path = path
         self.options = options
@@ -248,21 +259,37 @@ class TransformersBackend:
         self.has_own_template = isinstance(template, str)
         self.chat_template: ChatTemplate | None = ChatTemplate(template if self.has_own_template else CHATML)
         self.stop_strings = tuple(s for s in (self.tokenizer.decode([i]) for i in self.eos_token_ids) if s.strip())
+        self._decode = _decoder(self.tokenizer)
+        # "add BOS" means: as the model's tokenizer would (Llama's adds one, ChatML models' do not)
+        bos = self.tokenizer.bos_token_id
+        self._adds_bos = bos is not None and self.tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
         self.reasoning_format = reasoning.detect(template if self.has_own_template else None)
         self._last_logits: tuple[tuple[int, ...], torch.Tensor] | None = None  # see next_token_logits
         native = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
         self._ctx = options.context_length or native
         # Batched generation (--batch-size > 1): concurrent requests share forward passes; the pipeline's
         # queue lets `max_concurrency` requests in at once.
-        self.max_concurrency = batch_size
         self.threads = threads
+        # Both need caches of plain keys/values in every layer (not linear-attention states).
+        self._plain_cache = supports_plain_cache(self.model)
+        if not self._plain_cache:
+            log.info("%s: its cache is not plain keys/values in every layer: no prompt cache, no batching", path.name)
+        self.prefix_cache = self._new_prefix_cache()
+        self.max_concurrency = batch_size if self._plain_cache else 1
         self.engine: BatchEngine | None = None
-        if batch_size > 1:
+        if self.max_concurrency > 1:
             self.engine = self._new_engine()
 
     def _new_engine(self) -> BatchEngine:
         return BatchEngine(self.model, self.eos_token_ids, self._pad_token_id(), self.max_concurrency, self.device,
-                           threads=self.threads)
+                           threads=self.threads, prefix_cache=self.prefix_cache)
+
+    def _new_prefix_cache(self) -> PrefixCache | None:
+        """A prompt cache for the current weights (a new one whenever they change: its keys/values
+        belong to the weights that computed them), or None when off."""
+        if not self._plain_cache or not self.options.prompt_cache_mib:
+            return None
+        return PrefixCache(self.options.prompt_cache_mib * 2**20)
 
     def _pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_token_ids or (0,))[0]
@@ -275,7 +302,7 @@ class TransformersBackend:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self._decode(ids, True)
 
     @property
     def vocab_size(self) -> int:
@@ -288,9 +315,7 @@ class TransformersBackend:
         ids = self.tokenize(prompt)
         bos = self.tokenizer.bos_token_id
         if bos is not None:
-            # "add" means: as the model's tokenizer would (Llama's adds one, ChatML models' do not).
-            adds_bos = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
-            if preset.add_bos_token and adds_bos and ids[:1] != [bos]:
+            if preset.add_bos_token and self._adds_bos and ids[:1] != [bos]:
                 ids = [bos] + ids
             elif not preset.add_bos_token and ids[:1] == [bos]:
                 ids = ids[1:]
@@ -343,9 +368,12 @@ class TransformersBackend:
         return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event,
-               hooks: GenerationHooks | None = None) -> Iterator[Delta]:
+               hooks: GenerationHooks | None = None, cache_scope: str = "") -> Iterator[Delta]:
+        """`cache_scope`: whose partition of the prompt cache this request may reuse and fill (see
+        modules/prefix_cache.py for why users do not share one)."""
         ids = self.prompt_ids(prompt, preset)
         model = self.model  # an adapter change swaps self.model; this request keeps the one it started with
+        prefix_cache = self.prefix_cache  # ... and the prompt cache of those weights
         input_ids = torch.tensor([ids], device=model.device)
         if hooks is not None and hooks.tokenizer is not None:
             prompt, new_ids, embeds = hooks.tokenizer(prompt, input_ids, None)
@@ -359,12 +387,14 @@ class TransformersBackend:
             else:
                 log.warning("ignoring tokenizer_modifier input_ids of shape %s", tuple(new_ids.shape))
         max_new = max(1, min(preset.max_new_tokens, self._ctx - input_ids.shape[1]))
+        decode = self._stream_decoder(preset)
         if self.engine is not None and not (hooks and hooks.logits_processors):
             # The batch engine applies the preset's own chain; extension logits processors need generate().
             prompt_ids = input_ids[0].tolist()
             return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
-                                                  context=self.chain_context(prompt_ids, preset, model)),
-                               cancel, self._stream_decoder(preset), self.eos_token_ids, max_new)
+                                                  context=self.chain_context(prompt_ids, preset, model),
+                                                  scope=cache_scope),
+                               cancel, decode, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
         neutral = _GREEDY_NEUTRAL if preset.greedy else NEUTRAL_GENERATION
         config = GenerationConfig(do_sample=not preset.greedy, max_new_tokens=max_new, **neutral,
@@ -378,22 +408,36 @@ class TransformersBackend:
 
         def produce(emit: Emit) -> None:
             torch.manual_seed(seed)
-            with torch.inference_mode():
-                model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                               generation_config=config, logits_processor=processors,
-                               stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
-                               streamer=_EmitStreamer(emit))
+            ids = input_ids[0].tolist()
+            prefix = prefix_cache.match(cache_scope, ids) if prefix_cache is not None else None
+            # generate() reads only the tokens past what `past` holds, and adds to it what it reads
+            past = cache_from(prefix.kv) if prefix is not None else None
+            try:
+                with torch.inference_mode():
+                    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                         generation_config=config, logits_processor=processors,
+                                         stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
+                                         streamer=_EmitStreamer(emit), cache=past)
+            except torch.OutOfMemoryError:
+                if prefix_cache is not None:
+                    prefix_cache.clear()  # give its memory back: the next request may fit
+                raise
+            if prefix_cache is not None:
+                read = past.get_seq_length()
+                prefix_cache.store(cache_scope, out[0, :read].tolist(), cache_layers(past))
 
-        return token_stream(produce, cancel, self._stream_decoder(preset), self.eos_token_ids, max_new, self.name)
+        return token_stream(produce, cancel, decode, self.eos_token_ids, max_new, self.name)
 
     def _stream_decoder(self, preset: Preset):
         """How a reply's token ids become text: special tokens left out (skip_special_tokens), except
         those that mark reasoning blocks (GPT-OSS's channel tokens are special), which the pipeline
         needs to see to split the thinking from the answer."""
         if not preset.skip_special_tokens:
-            return lambda part: self.tokenizer.decode(part, skip_special_tokens=False)
+            return lambda part: self._decode(part, False)
         hidden = self._hidden_ids
-        return lambda part: self.tokenizer.decode([i for i in part if i not in hidden], skip_special_tokens=False)
+        if not self._kept_ids:  # no special token marks reasoning: the tokenizer's own skipping is the same
+            return lambda part: self._decode(part, True)
+        return lambda part: self._decode([i for i in part if i not in hidden], False)
 
     @property
     def reasoning_format(self) -> reasoning.ReasoningFormat:
@@ -406,6 +450,7 @@ class TransformersBackend:
         specials |= {i for i, added in self.tokenizer.added_tokens_decoder.items() if added.special}
         kept = {i for i in specials if self.tokenizer.convert_ids_to_tokens(i) in "".join(fmt.markers())}
         self._hidden_ids = frozenset(specials - kept)
+        self._kept_ids = frozenset(kept)
 
     def set_loras(self, paths: list[Path]) -> None:
         """Apply these LoRA adapters (several are concatenated), or remove all with []."""
@@ -429,6 +474,7 @@ class TransformersBackend:
             model.eval()
         self.model = model
         self._last_logits = None  # another model now: the inspect views' cached logits are stale
+        self.prefix_cache = self._new_prefix_cache()  # and the prompt cache's keys/values
         self.loras = tuple(p.name for p in paths)
         if self.engine is not None:  # the batch engine must run the model with its new adapters
             self.engine.close()
@@ -459,18 +505,20 @@ class TransformersBackend:
         else:
             quantization = "none"
         memory = {"weights_mib": round(self.model.get_memory_footprint() / 2**20, 1),
-                  "process_rss_mib": round(_rss_bytes() / 2**20, 1)}
+                  "process_rss_mib": round(rss_bytes() / 2**20, 1)}
         if torch.cuda.is_available():
             memory["gpu_allocated_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
         return {"loader": self.loader, "name": self.name, "architecture": self.model.config.model_type,
                 "parameters": params, "dtype": str(self.model.dtype).replace("torch.", ""),
                 "quantization": quantization, "device": self.device, "context_length": self._ctx,
                 "memory": memory, "load_seconds": round(self.load_seconds, 2), "loras": list(self.loras),
+                "prompt_cache": self.prefix_cache.stats() if self.prefix_cache is not None else None,
                 "chat_template": "model's own" if self.has_own_template else "ChatML (fallback)"}
 
     def unload(self) -> None:
         if self.engine is not None:
             self.engine.close()
+        self.prefix_cache = None
         del self.model
         import gc
 

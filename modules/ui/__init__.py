@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules.app import App
 from modules.render import COPY_JS
-from modules.ui import character_panel, chat, evaluate, extensions, model, notebook, parameters, session
+from modules.ui import character_panel, chat, evaluate, extensions, model, notebook, parameters, session, training
 from modules.ui.icons import icon
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
@@ -46,8 +46,11 @@ def build(app: App) -> gr.Blocks:
                         chat_ui["follow_model"](status)
                     with gr.Tab("Evaluate", id="model-evaluate-tab"):
                         evaluate.render(app)
+            with gr.Tab("Training", id="training"):
+                training.render(app)
             with gr.Tab("Session", id="session"):
                 session.render(app)
+            extensions.bind_components(app, {**chat_ui["components"], **characters_ui["components"]}, params)
             extensions.render_tabs(app)
         extensions.render_block(app)
         # The model may still be loading when the page opens: refresh the status lines until it is ready.

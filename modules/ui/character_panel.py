@@ -176,9 +176,11 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
               editing, [chat_character, tabs], **private)
     save_profile.click(on_profile_save, [your_name, your_bio], status, **private)
 
-    def follow(event: Any) -> None:
-        """After `event` changed the characters (an imported card), list them here too."""
-        event.then(lambda chosen, chat_value: lists(chosen, chat_value)[0], [pick, chat_character], pick, **private)
+    def follow(events: list[Any]) -> None:
+        """After any of `events` changed the characters (an imported card), list them here too."""
+        for event in events:
+            event.then(lambda chosen, chat_value: lists(chosen, chat_value)[0], [pick, chat_character], pick,
+                       **private)
 
     def wire_load(blocks: gr.Blocks) -> None:
         """On every page load: both lists re-read, the editor on the chat's character, the user's profile."""
@@ -186,4 +188,4 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
                     **private).then(on_pick_character, pick, loaded, **private)
         blocks.load(on_profile_load, None, [your_name, your_bio], **private)
 
-    return {"follow": follow, "wire_load": wire_load}
+    return {"follow": follow, "wire_load": wire_load, "components": {"your_name": your_name, "your_bio": your_bio}}

@@ -286,6 +286,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         lambda: gr.Row(visible=False), None, ui.confirm_row, **private)
     # .change, not .input: a character chosen elsewhere (the Character tab, an imported card) opens its chats
     ui.character.change(on_character, [ui.character, ui.incognito, ui.session], OUT, **private)
+    ui.refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
+                                                            if current in app.characters.names() else None),
+                                ui.character, ui.character, **private)
     ui.images.input(on_images, [ui.images, ui.session, ui.character], OUT, **private)
     ui.mode.input(on_mode, [ui.mode, ui.session, ui.character], OUT, **private)
     ui.template.input(on_template, ui.template, ui.template_src, **private)
@@ -307,9 +310,16 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         model_status.change(lambda: thinking_controls(app), None, [ui.thinking, ui.effort], show_progress="hidden",
                             **private)
 
+    # the controls text-generation-webui extensions may name (modules/ui/extensions.py maps its names; the
+    # Character tab adds "your_name" and "your_bio")
+    components = {"input": ui.text, "character": ui.character, "mode": ui.mode, "template": ui.template,
+                  "template_source": ui.template_src, "system_message": ui.system_message, "command": ui.command,
+                  "stops": ui.stops, "start_with": ui.start_with, "send": ui.send, "stop": ui.stop,
+                  "regenerate": ui.regenerate, "continue": ui.cont, "remove": ui.remove, "impersonate": ui.impersonate,
+                  "dummy_message": ui.dummy_message, "dummy_reply": ui.dummy_reply}
     return {"chatbot": ui.chatbot, "session": ui.session, "input": ui.text, "character": ui.character,
             "card_imported": card_imported, "wire_load": wire_load, "wire_notebook": wire_notebook,
-            "follow_model": follow_model}
+            "follow_model": follow_model, "components": components}
 
 
 def _chain(first: Step, rest: Iterator[Step]) -> Iterator[Step]:

@@ -13,18 +13,16 @@ from typing import Any, Callable
 import gradio as gr
 
 from modules.app import App
-from modules.characters import CharacterError
+from modules.characters import CharacterError, CharacterExists
 from modules.fileio import os_reason
 from modules.store import ChatNotFound
 from modules.ui.chat_view import guarded, new_session, redraw, user_of
 
-MAX_IMPORT_BYTES = 50 * 1024 * 1024
-
 
 @dataclass
 class FilesPanel:
-    #: wire(outputs) -> the card import event (so other character lists can follow it)
-    wire: Callable[[list], Any]
+    #: wire(outputs) -> the events that import a card (so other character lists can follow them)
+    wire: Callable[[list], list[Any]]
 
 
 def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
@@ -35,6 +33,11 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
             chat_in = gr.File(label="Import chat (JSON)", file_types=[".json"], type="binary",
                               elem_id="chat-import")
             download = gr.File(label="Download", interactive=False, elem_id="download")
+        pending_card = gr.State(None)  # a card whose name is taken, until the user chooses
+        with gr.Row(visible=False, elem_id="card-conflict") as card_conflict:
+            card_overwrite = gr.Button("Overwrite the existing character", size="sm", variant="stop",
+                                       elem_id="card-overwrite")
+            card_rename = gr.Button("Import under a new name", size="sm", elem_id="card-rename")
         with gr.Row():
             export_chat = gr.Button("Export chat (JSON)", size="sm", elem_id="export-chat")
             export_card = gr.Button("Export character card (PNG)", size="sm", elem_id="export-card")
@@ -44,26 +47,31 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         user = user_of(request)
         if not data:
             return
-        if len(data) > MAX_IMPORT_BYTES:
-            raise ValueError(f"the chat file is larger than {MAX_IMPORT_BYTES:,} bytes")
-        try:
-            parsed = json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"the chat file is not JSON: {exc}") from exc
-        chat_id = app.store.import_chat(user, parsed)
-        app.store.update_chat(user, chat_id, character=character_v or "")
+        chat_id = app.store.import_chat_file(user, data)  # ValueError (one line) for a bad file; nothing written
+        if not app.store.chat(user, chat_id).character:  # a text-generation-webui history names none
+            app.store.update_chat(user, chat_id, character=character_v or "")
         return redraw(app, user, {**new_session(previous=sess), "chat_id": chat_id}, character_v,
                       status="Imported the chat.")
 
-    def on_import_card(data: bytes | None):
+    def on_import_card(data: bytes | None, choice: str = "ask"):
+        """(character, status, pending card, conflict row, rename button): a taken name asks first."""
         if not data:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), None, gr.Row(visible=False), gr.skip()
         try:
-            card = app.characters.import_card(data)
+            if choice == "rename":
+                card = app.characters.import_card(data, name=app.characters.free_name(
+                    app.characters.import_card_name(data)))
+            else:
+                card = app.characters.import_card(data, overwrite=choice == "overwrite")
+        except CharacterExists as exc:
+            return (gr.skip(), "⚠️ A character with this card's name already exists: overwrite it, or import "
+                    "the card under a new name?", data, gr.Row(visible=True),
+                    gr.Button(value=f"Import as {exc.suggestion}"))
         except CharacterError as exc:
             gr.Warning(str(exc))
-            return gr.skip(), f"⚠️ {exc}"
-        return gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**."
+            return gr.skip(), f"⚠️ {exc}", None, gr.Row(visible=False), gr.skip()
+        return (gr.Dropdown(choices=app.characters.names(), value=card.name), f"Imported character **{card.name}**.",
+                None, gr.Row(visible=False), gr.skip())
 
     def write_download(name: str, data: bytes) -> str | None:
         try:
@@ -98,9 +106,15 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         """Wired once the tab's standard outputs exist (the status line is the 5th of them)."""
         private = dict(api_visibility="private")
         status = outputs[4]
+        card_outputs = [character, status, pending_card, card_conflict, card_rename]
         # each upload is read once, then the box is emptied for the next file
-        imported = card_in.upload(on_import_card, card_in, [character, status], **private)
-        imported.then(lambda: None, None, card_in, **private)
+        uploaded = card_in.upload(on_import_card, card_in, card_outputs, **private)
+        uploaded.then(lambda: None, None, card_in, **private)
+        imported = [uploaded,
+                    card_overwrite.click(lambda data: on_import_card(data, "overwrite"), pending_card, card_outputs,
+                                         **private),
+                    card_rename.click(lambda data: on_import_card(data, "rename"), pending_card, card_outputs,
+                                      **private)]
         chat_in.upload(on_import_chat, [chat_in, session, character], outputs, **private).then(
             lambda: None, None, chat_in, **private)
         export_chat.click(on_export_chat, session, download, **private)

@@ -25,7 +25,12 @@ def build(app: App) -> SimpleNamespace:
         # opened by the button above the chat.
         with gr.Column(scale=1, min_width=240, elem_id="chat-sidebar"):
             close_drawer = gr.Button("Close", size="sm", elem_id="drawer-close", icon=icon("close"))
-            character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character")
+            with gr.Row(equal_height=True):
+                character = gr.Dropdown(characters, value=start_character, label="Character", elem_id="character",
+                                        scale=10)
+                # characters added on disk (the list also follows the Character tab and card imports)
+                refresh_characters = gr.Button("", elem_id="refresh-characters", size="sm", scale=0, min_width=40,
+                                               icon=icon("refresh"))
             # instruct by default: most models are instruction-tuned and carry their own template
             mode = gr.Radio(list(MODES), value="instruct", label="Mode", elem_id="chat-mode")
             template = gr.Dropdown([MODEL_TEMPLATE, *app.templates.names()], value=MODEL_TEMPLATE,
@@ -101,7 +106,8 @@ def build(app: App) -> SimpleNamespace:
     return SimpleNamespace(
         session=session, new=new, incognito=incognito, search=search, chat_list=chat_list, title=title, rename=rename,
         branch_chat=branch_chat, delete=delete, confirm_row=confirm_row, confirm=confirm, cancel_delete=cancel_delete,
-        mode=mode, character=character, template=template, thinking=thinking, effort=effort, chatbot=chatbot,
+        mode=mode, character=character, refresh_characters=refresh_characters, template=template, thinking=thinking,
+        effort=effort, chatbot=chatbot,
         status=status, text=text, send=send, stop=stop, regenerate=regenerate, cont=cont, remove=remove,
         impersonate=impersonate, dummy_message=dummy_message, dummy_reply=dummy_reply, reproduce=reproduce,
         start_with=start_with, images=images, selected_info=selected_info, edit_text=edit_text,

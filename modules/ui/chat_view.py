@@ -26,7 +26,7 @@ from modules.conversation import ChatView, Shown
 from modules.generation import GenerationError, NoModel, QueueFull
 from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
-from modules.render import render_footer, render_markdown, render_reasoning
+from modules.render import render_extension_html, render_footer, render_markdown, render_reasoning
 from modules.turns import ReasoningPart, TextPart, Turn
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,16 @@ def bubble_html(turn: Turn, images: bool, thinking: bool = False) -> str:
     """One message as HTML: its reasoning blocks (open while the model is thinking, collapsed once the
     answer starts), its text, and an extension's reply footer."""
     out = []
+    shown = turn.extras.get("shown")  # an extension's output_modifier HTML replaces the words on screen
     last_reasoning = max((i for i, p in enumerate(turn.parts) if isinstance(p, ReasoningPart)), default=-1)
     for i, part in enumerate(turn.parts):
         if isinstance(part, ReasoningPart) and part.text:
             live = thinking and i == last_reasoning
             out.append(render_reasoning(part.text, _reasoning_title(part, live), open_=live, allow_images=images))
-        elif isinstance(part, TextPart) and part.text:
+        elif isinstance(part, TextPart) and part.text and not shown:
             out.append(render_markdown(part.text, allow_images=images))
+    if shown:
+        out.append(render_extension_html(shown, allow_images=images))
     return "".join(out) + render_footer(turn.extras.get("footer", ""))
 
 

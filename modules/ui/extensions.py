@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import gradio as gr
 
 from modules.app import App
+from modules.tgw_compat import GRADIO_NAMES
+
+
+def bind_components(app: App, chat_components: dict[str, Any], params: Any) -> None:
+    """Fill text-generation-webui's `shared.gradio` with this page's controls, before extensions' ui() runs:
+    the Chat tab's (tgw_compat.GRADIO_NAMES) and every sampler slider under its Preset key (the same names)."""
+    mapping = {tgw: chat_components[ours] for tgw, ours in GRADIO_NAMES.items() if ours in chat_components}
+    mapping.update(params.controls)
+    mapping["preset_menu"] = params.dropdown
+    app.extensions.compat.gradio.clear()
+    app.extensions.compat.gradio.update(mapping)
 
 
 def _with_ui(app: App, tabs: bool) -> list[str]:
@@ -28,9 +40,13 @@ def render_block(app: App) -> None:
     if not names:
         return
     with gr.Column(elem_id="extensions-block"):
-        for name in names:
-            with gr.Accordion(app.extensions.loaded[name].display_name, open=False, elem_id=f"extension-{name}"):
-                app.extensions.render_ui(name)
+        # text-generation-webui's ids for this block and its tab bar, which its extensions' scripts look up
+        # (a missing one stops the rest of such a script); the bar here is an empty stand-in
+        with gr.Column(elem_id="extensions"):
+            gr.HTML('<div class="header_bar" hidden></div>', padding=False, container=False)
+            for name in names:
+                with gr.Accordion(app.extensions.loaded[name].display_name, open=False, elem_id=f"extension-{name}"):
+                    app.extensions.render_ui(name)
 
 
 def page_js(base_js: str, app: App) -> str:

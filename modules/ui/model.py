@@ -199,7 +199,10 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
         return on_load(backend.name, backend.loader, *values, progress=progress)
 
     def on_unload() -> tuple[str, str]:
-        app.models.unload()
+        try:
+            app.models.unload()
+        except ModelError as exc:  # a training job owns the model
+            return f"⚠️ {exc}", gr.skip()
         return describe()
 
     def on_save(name: str | None, chosen: str, *values: Any) -> str:

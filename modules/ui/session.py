@@ -8,9 +8,10 @@ import gradio as gr
 
 from modules.app import App
 
-RESTART_NOTE = ("Hooks of extensions turned on or off here apply from the next message. An extension's own "
-                "controls, CSS and JS are part of the page, which Gradio builds once: they appear (or go) "
-                "after a restart with `--extensions` or `default_extensions` in settings.yaml.")
+RESTART_NOTE = ("Hooks of extensions turned on or off here apply from the next message. An extension turned "
+                "off and on again is the same extension: its controls on the page keep working. The controls, "
+                "CSS and JS of one that was not on when the page was built appear after a restart with "
+                "`--extensions` or `default_extensions` in settings.yaml (Gradio builds the page once).")
 
 
 def apply_extensions(app: App, checked: list[str]) -> tuple[list[str], str]:

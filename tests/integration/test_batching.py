@@ -153,3 +153,45 @@ def test_engine_tunes_generating_threads_on_its_own_steps(micro_backend):
     block = ThreadTuner.BLOCK
     assert seen[:2 * block] == [1] * block + [2] * block
     assert chosen in (1, 2) and seen[-5:] == [chosen] * 5
+
+
+
+def test_rows_joining_a_running_batch_say_what_they_say_alone_and_nobody_is_read_twice(micro_backend, monkeypatch):
+    """Newcomers are read on their own (in chunks, between the running rows' steps) and merged into the
+    batch: every prompt token goes through the model exactly once, and each reply equals its solo one."""
+    import modules.batching as batching
+    from modules.batching import BatchEngine
+    from modules.loaders.base import END
+
+    monkeypatch.setattr(batching, "PROMPT_CHUNK", 5)  # several chunks per prompt, interleaved with steps
+    calls: list[tuple[int, int]] = []  # (rows, tokens) of each forward pass
+    model = micro_backend.model
+
+    submitted = threading.Event()
+
+    def recording(**kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        if len(calls) == 2:  # the first row's first decode step waits until the others are queued
+            submitted.wait()
+        return model(**kwargs)
+
+    greedy = Preset(temperature=0.0, max_new_tokens=30, ban_eos_token=True)
+    prompts = ["x = 1", "def main():\n    return compute(1, 2, 3) + other", "for i in range(10):", "a"]
+    alone = ["".join(d.text for d in micro_backend.stream(p, greedy, threading.Event())) for p in prompts]
+    engine = BatchEngine(recording, micro_backend.eos_token_ids, 0, max_batch=4)
+    try:
+        first = engine.submit(micro_backend.tokenize(prompts[0]), greedy, 30, threading.Event())
+        head = first.get()  # the first row is generating: the others join a running batch
+        queues = [engine.submit(micro_backend.tokenize(p), greedy, 30, threading.Event()) for p in prompts[1:]]
+        submitted.set()
+        texts = [micro_backend.detokenize(head + [t for item in iter(first.get, END) for t in item])]
+        texts += [micro_backend.detokenize([t for item in iter(q.get, END) for t in item]) for q in queues]
+    finally:
+        engine.close()
+    assert texts == alone
+    assert engine.largest_batch == 4
+    # every prompt token read once, and each decode step feeds each row its last token only
+    prompt_tokens = sum(len(micro_backend.tokenize(p)) for p in prompts)
+    assert engine.prompt_tokens_read == prompt_tokens
+    assert sum(rows * tokens for rows, tokens in calls) == prompt_tokens + len(prompts) * 29
+    assert all(rows == 1 or tokens == 1 for rows, tokens in calls)  # prompts are read one row at a time

@@ -185,5 +185,7 @@ def test_gradio_queue_still_has_the_idle_poll_parlour_slows():
     blocks.queue()
     assert blocks._queue.sleep_when_free < server.QUEUE_POLL_SECONDS  # Gradio's own default (1 ms)
     assert "self.sleep_when_free" in inspect.getsource(Queue.start_processing)
+    assert "self.ANAYLTICS_CACHE_FREQUENCY" in inspect.getsource(Queue.compute_analytics_summary)
     server.calm_gradio_queue(blocks)
     assert blocks._queue.sleep_when_free == server.QUEUE_POLL_SECONDS
+    assert blocks._queue.ANAYLTICS_CACHE_FREQUENCY == server.NEVER

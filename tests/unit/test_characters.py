@@ -57,8 +57,10 @@ def test_v2_png_card_roundtrip(store):
     assert character.system_prompt == "Stay in character." and character.context.startswith("Stay in character.")
     assert store.picture("Mira2").read_bytes() == data
     exported = store.export_card("Mira2")
-    card = card_from_bytes(exported)
-    assert card["spec"] == "chara_card_v2"
+    card = card_from_bytes(exported)  # the ccv3 chunk, which readers prefer
+    chunks = png_text_chunks(exported)  # as SillyTavern writes: V2 in `chara`, the same card as V3 in `ccv3`
+    assert json.loads(base64.b64decode(chunks["chara"]))["spec"] == "chara_card_v2"
+    assert card["spec"] == "chara_card_v3" and card["spec_version"] == "3.0"
     for key in ("description", "personality", "scenario", "mes_example", "system_prompt"):
         assert card["data"][key] == V2["data"][key]
     assert card["data"]["first_mes"] == V1["first_mes"]

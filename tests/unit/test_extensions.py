@@ -71,12 +71,16 @@ def test_missing_requirement_disables_the_extension_with_the_pip_command(dirs):
     assert "installed: 6." in ext.errors["too_new"]
 
 
-def test_text_generation_webui_internals_get_a_clear_message(dirs):
-    write(dirs[0], "tgw", "from modules import shared\n")
-    write(dirs[0], "tgw2", "import modules.text_generation_internal\n")
-    ext = make(dirs, ["tgw", "tgw2"])
-    assert "text-generation-webui internals" in ext.errors["tgw"]
-    assert "text-generation-webui internals" in ext.errors["tgw2"]
+def test_text_generation_webui_internals_it_lacks_get_a_clear_message(dirs):
+    write(dirs[0], "tgw", "from modules import shared\n")  # provided now (modules/tgw_compat)
+    write(dirs[0], "no_module", "from modules import chat, ui_chat\n")
+    write(dirs[0], "no_attr", "from modules.ui import gather_interface_values\n")
+    write(dirs[0], "unknown", "import modules.text_generation_internal\n")
+    ext = make(dirs, ["tgw", "no_module", "no_attr", "unknown"])
+    assert list(ext.loaded) == ["tgw"]
+    assert "needs modules.ui_chat" in ext.errors["no_module"]
+    assert "needs modules.ui.gather_interface_values" in ext.errors["no_attr"]
+    assert "imports modules.text_generation_internal" in ext.errors["unknown"]
 
 
 def test_syntax_error_in_script_is_a_load_error(dirs):

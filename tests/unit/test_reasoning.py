@@ -110,3 +110,16 @@ def test_parts_round_trip_and_unknown_parts_are_kept():
     assert turn.template_message() == {"role": "assistant", "content": "t"}
     assert turn.template_message(keep_reasoning=True)["reasoning_content"] == "r"
     assert turn.with_text("new").parts == (parts[0], TextPart("new"))
+
+
+def test_an_answer_after_an_empty_block_in_the_prompt_loses_its_leading_newlines():
+    prompt = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert reasoning.prompt_state(THINK, prompt) == "after"
+    assembler = ReplyAssembler(THINK, reasoning.prompt_state(THINK, prompt))
+    assembler.add("\nHello", 1, 0.0)
+    assert assembler.answer == "Hello"
+
+
+def test_a_stray_closing_marker_before_the_answer_is_dropped():
+    assert split_text(THINK, "</think>\n\nParis.") == ("", "Paris.", False)
+    assert split_text(THINK, "Paris. Then </think> here.") == ("", "Paris. Then </think> here.", False)

@@ -92,3 +92,58 @@ def test_throttle_keeps_first_and_last_and_drops_in_between():
     out = list(throttle(iter(updates), fps=20))
     assert out[0].text == "a" and out[-1].finish_reason == "stop"
     assert len(out) < 20
+
+
+def test_stop_filter_passes_text_without_stop_characters_at_once_and_still_catches_stops():
+    from modules.generation import StopStringFilter
+
+    stops = StopStringFilter(["\nUser:", "<|im_end|>"])
+    assert stops.feed("Hello there") == "Hello there"  # no '\n' or '<' in it: nothing held
+    assert stops.feed(" friend\nUs") == " friend"  # a possible start of "\nUser:" is held
+    assert stops.feed("ually") == "\nUsually"
+    assert stops.feed(" ok <|im_") == " ok "
+    assert stops.feed("end|> more") == "" and stops.stopped
+
+
+def test_update_copy_is_a_separate_update_with_the_changes():
+    from modules.generation import Update
+
+    update = Update(text="ab", delta="b", tokens=2)
+    copy = update.copy(delta="xb")
+    assert isinstance(copy, Update) and copy == Update(text="ab", delta="xb", tokens=2)
+    update.text += "c"
+    assert copy.text == "ab"
+
+
+def test_throttle_slows_down_for_a_reader_that_takes_long_over_each_update():
+    """A reader spending 100 ms on each update gets one every 400 ms at most (a 25% share), not 20 a second."""
+    now = [0.0]
+    updates = [Update(text="a" * i, tokens=i) for i in range(1, 101)]
+
+    def produced():
+        for update in updates:
+            now[0] += 0.01  # the model: a token every 10 ms
+            yield update
+
+    shown = []
+    for update in throttle(produced(), fps=20, clock=lambda: now[0]):
+        shown.append((now[0], update.tokens))
+        now[0] += 0.1  # the reader's work on it
+    gaps = [b[0] - a[0] for a, b in zip(shown[1:], shown[2:])]
+    assert shown[0][1] == 1 and shown[-1][1] == 100  # first text at once, the last always
+    assert gaps and min(gaps[:-1], default=0.4) >= 0.4 - 1e-9
+
+
+def test_throttle_never_waits_longer_than_its_slowest_pace():
+    now = [0.0]
+
+    def produced():
+        for i in range(1, 60):
+            now[0] += 0.05
+            yield Update(text="a" * i, tokens=i)
+
+    shown = []
+    for update in throttle(produced(), fps=20, clock=lambda: now[0]):
+        shown.append(now[0])
+        now[0] += 1.0  # a reader taking 1 s per update: uncapped, the pace would be one update per 4 s
+    assert len(shown) == 59  # capped at 0.5 s: every update (each 1.05 s after the last) is passed on

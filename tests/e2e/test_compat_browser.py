@@ -1,0 +1,127 @@
+"""What users bring from text-generation-webui and SillyTavern, in headless Chromium against a real server:
+a text-generation-webui style extension's controls (and turning it off and on in the Session tab),
+SillyTavern cards with alternate greetings and same-name imports, characters added on disk, and a
+malformed chat import."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_chat_browser import IDLE, bots, info, open_page, settle
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture()
+def server(start_server, models_dir, tmp_path):
+    for name in ("tgw_surface", "tgw_needs_history"):
+        shutil.copytree(FIXTURES / "extensions" / name, tmp_path / "user_data" / "extensions" / name)
+    shutil.copytree(ROOT / "characters", tmp_path / "characters")
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "Short.yaml").write_text("max_new_tokens: 8\nban_eos_token: true\n")
+    return start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--characters-dir",
+                        str(tmp_path / "characters"), "--presets-dir", str(tmp_path / "presets"), "--preset", "Short",
+                        "--extensions", "tgw_surface", "tgw_needs_history")
+
+
+def prompt_preview(page) -> str:
+    page.fill("#chat-input textarea", "hi")
+    page.click("#show-prompt")
+    page.wait_for_function("() => document.querySelector('#prompt-preview').innerText.includes('hi')")
+    return page.inner_text("#prompt-preview")
+
+
+def test_text_generation_webui_extension_controls_survive_off_and_on(browser, server):
+    page = open_page(browser, server.url)
+    page.click("#extension-tgw_surface > button")
+    page.click("#tgw-surface-pick")  # outputs to shared.gradio['character_menu']: the Character dropdown
+    page.wait_for_function("() => document.querySelector('#character input').value === 'Example'")
+    page.wait_for_function("() => document.querySelector('#tgw-surface-status').innerText.includes('picked')")
+    page.get_by_role("tab", name="Session").click()
+    page.wait_for_function("() => document.querySelector('#session-extensions-status').innerText"
+                           ".includes(\"shared.gradio['history']\")")  # disabled, naming what it needed
+    boxes = page.locator("#session-extensions label")
+    boxes.filter(has_text="tgw_surface").click()  # off
+    page.click("#session-extensions-apply")
+    page.wait_for_function("() => document.querySelector('#session-extensions-result').innerText.includes('Enabled')")
+    page.wait_for_function("() => !document.querySelector('#session-extensions-result').innerText"
+                           ".includes('tgw_surface')")
+    boxes.filter(has_text="tgw_surface").click()  # on again
+    page.click("#session-extensions-apply")
+    page.wait_for_function("() => document.querySelector('#session-extensions-result').innerText"
+                           ".includes('tgw_surface')")
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_text("Prompt settings").click()
+    assert not prompt_preview(page).rstrip().endswith("[surface]")
+    page.check("#tgw-surface-mark input")  # the control built before the restart-free off/on
+    page.wait_for_function(IDLE)
+    page.click("#show-prompt")
+    page.wait_for_function("() => document.querySelector('#prompt-preview').innerText.trimEnd()"
+                           ".endsWith('[surface]')")
+    page.close()
+
+
+def test_cards_greetings_same_name_import_and_refresh(browser, server, tmp_path):
+    card = tmp_path / "captain.json"
+    shutil.copy(FIXTURES / "cards" / "captain-v2.json", card)
+    page = open_page(browser, server.url)
+    page.get_by_text("You, characters and files").click()
+    page.set_input_files("#card-import input[type=file]", str(card))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Captain Reyes')")
+    page.wait_for_function("() => document.querySelector('#character input').value === 'Captain Reyes'")
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
+    assert bots(page)[0].startswith("Reyes looks up from the charts.") or "You're late" in bots(page)[0]
+    assert "version 1/3" in info(page)
+    page.click("#next-version")
+    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/3')")
+    assert "Welcome aboard the Gull" in bots(page)[0]
+    # the same card again: Parlour asks; "import under a new name" keeps the first
+    page.wait_for_selector("#card-import input[type=file]", state="attached")
+    page.set_input_files("#card-import input[type=file]", str(card))
+    page.wait_for_selector("#card-conflict", state="visible")
+    assert "Captain Reyes (2)" in page.inner_text("#card-rename")
+    page.click("#card-rename")
+    page.wait_for_function("() => document.querySelector('#character input').value === 'Captain Reyes (2)'")
+    assert (tmp_path / "characters" / "Captain Reyes.yaml").is_file()
+    assert (tmp_path / "characters" / "Captain Reyes (2).yaml").is_file()
+    # a character written on disk appears after Refresh
+    (tmp_path / "characters" / "Hand Made.yaml").write_text("name: Hand Made\ngreeting: Hello by hand.\ncontext: x\n")
+    page.click("#refresh-characters")
+    page.click("#character input")
+    page.wait_for_selector("ul[role=listbox] >> text=Hand Made")
+    page.close()
+
+
+def test_malformed_chat_import_says_what_is_wrong(browser, server, tmp_path):
+    from modules.store import ChatStore
+
+    page = open_page(browser, server.url)
+    page.get_by_text("You, characters and files").click()
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    page.set_input_files("#chat-import input[type=file]", str(deep))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('nested deeper')")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "parlour-chat", "messages": [{"id": [1], "role": "user", "content": "x"}]}))
+    page.wait_for_selector("#chat-import input[type=file]", state="attached")
+    page.set_input_files("#chat-import input[type=file]", str(bad))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('messages[0].id')")
+    good = FIXTURES / "tgw" / "history-current.json"
+    page.wait_for_selector("#chat-import input[type=file]", state="attached")
+    page.set_input_files("#chat-import input[type=file]", str(good))
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Imported')")
+    settle(page, server)
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 3")
+    assert bots(page)[1] == "South, past the reef."  # the version that was on screen in text-generation-webui
+    assert len(ChatStore(Path(server.log).parent / "user_data" / "chats.sqlite").list_chats("local")) == 1
+    log = Path(server.log).read_text()
+    assert "RecursionError" not in log and "Traceback" not in log
+    page.close()

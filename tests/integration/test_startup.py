@@ -1,0 +1,32 @@
+"""Start-up: the page is served before torch and Transformers are imported (they load with the model),
+and Gradio is imported without its optional MCP integration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+PROBE = """
+import json, sys
+sys.path.insert(0, {root!r})
+import server
+from modules.settings import Settings
+gradio = server.import_gradio()
+after_gradio = "mcp" in sys.modules
+server.create_app(Settings(models_dir={models!r}, user_data={data!r}, settings={data!r} + "/s.yaml"))
+heavy = sorted(name for name in ("torch", "transformers") if name in sys.modules)
+import mcp  # still importable by Parlour's own code
+print(json.dumps({{"heavy": heavy, "mcp_with_gradio": after_gradio, "gradio": gradio.__name__}}))
+"""
+
+
+def test_building_the_server_imports_neither_torch_nor_transformers_nor_mcp(tmp_path):
+    (tmp_path / "models").mkdir()
+    code = PROBE.format(root=str(ROOT), models=str(tmp_path / "models"), data=str(tmp_path / "data"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"heavy": [], "mcp_with_gradio": False, "gradio": "gradio"}

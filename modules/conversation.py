@@ -268,6 +268,14 @@ class ChatService:
             time.sleep(0.02)
         return replace(view, selected=None)
 
+    def after_stop(self, user: str, view: ChatView) -> tuple[ChatView, str]:
+        """The view once the stopped reply is saved, and a line saying how far it got."""
+        view = self.settled(user, view)
+        shown = self.shown(user, view)
+        if shown and shown[-1].meta.get("finish_reason") == "cancelled":
+            return view, f"Stopped after {shown[-1].meta.get('tokens') or 0} tokens."
+        return view, "Stopped."
+
     def _last_reply(self, user: str, view: ChatView) -> list[Shown]:
         shown = self.shown(user, view)
         if not shown or shown[-1].turn.role != "assistant":

@@ -21,7 +21,8 @@ from modules.characters import CharacterError
 from modules.store import StoreError
 from modules.ui.chat_view import user_of
 
-CONFIRM_DELETE_JS = "(name, chat) => [(name && confirm(`Delete the character ${name}? Its chats stay.`)) ? name : null, chat]"
+CONFIRM_DELETE_JS = ("(name, chat) => [(name && confirm(`Delete the character ${name}? Its chats stay.`))"
+                     " ? name : null, chat]")
 FIELDS = ("name", "greeting", "alternate_greetings", "context", "scenario", "example_dialogue")
 
 

@@ -91,7 +91,6 @@ def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: 
 
 
 WAITING = "Waiting for the model…"
-STOPPED = "Stopped."
 
 
 def waiting(update: Any) -> bool:

@@ -138,7 +138,8 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
     streaming = dict(concurrency_limit=None)
     event = generate.click(on_generate, [text, *params.inputs], [text, status, before], api_name="notebook_generate",
                            **streaming)
-    again = regenerate.click(on_notebook_regenerate, [before, *params.inputs], [text, status, before], **private, **streaming)
+    again = regenerate.click(on_notebook_regenerate, [before, *params.inputs], [text, status, before], **private,
+                             **streaming)
     stopped = stop.click(None, None, None, cancels=[event, again], **private)
     count.click(on_count, text, status, api_name="notebook_count")
     undone = undo.click(on_undo, before, [text, status, before], **private)
@@ -188,7 +189,8 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, gen
             view = inspect_next_token(backend, prompt, preset)
         except ValidationError as exc:
             first = exc.errors()[0]
-            return gr.skip(), gr.skip(), f"⚠️ invalid parameters: {first['loc'][0] if first['loc'] else ''}: {first['msg']}"
+            where = first["loc"][0] if first["loc"] else ""
+            return gr.skip(), gr.skip(), f"⚠️ invalid parameters: {where}: {first['msg']}"
         except (CannotInspect, ValueError) as exc:
             return gr.skip(), gr.skip(), f"⚠️ {exc}"
         stages = " → ".join(stage.name for stage in view.stages[1:]) or "no active samplers"

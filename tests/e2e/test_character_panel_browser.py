@@ -5,7 +5,6 @@ imported, is listed after a reload)."""
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import pytest
@@ -91,7 +90,8 @@ def test_make_a_character_chat_with_it_change_it_duplicate_and_delete_it(browser
     picture(tmp_path / "wide.png", 600, 300)
     page.set_input_files("#char-picture input[type=file]", str(tmp_path / "wide.png"))
     page.wait_for_function("() => { const img = document.querySelector('#char-picture img');"
-                           " return img && img.complete && img.naturalWidth > 0 && img.naturalWidth === img.naturalHeight; }")
+                           " return img && img.complete && img.naturalWidth > 0"
+                           " && img.naturalWidth === img.naturalHeight; }")
     page.click("#char-save")
     page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Saved Mira')")
     saved = yaml.safe_load((home / "characters" / "Mira.yaml").read_text())

@@ -225,3 +225,48 @@ def test_a_reply_stopped_before_its_first_token_is_saved_as_cancelled(app):
     view = app.chats.settled("ann", first.view)
     saved = app.store.path("ann", view.chat_id)[-1]
     assert saved.role == "assistant" and saved.complete and saved.meta["finish_reason"] == "cancelled"
+
+
+def test_message_actions_from_the_page_are_checked_then_done_through_the_service(app):
+    from modules.message_actions import MAX_EDIT_CHARS, MessageAction, apply
+
+    for raw in ["", "not json", "[1]", '{"act": "explode", "index": 0}', '{"act": "edit", "index": -1}',
+                '{"act": "edit", "index": true}', '{"act": "save", "index": 0, "text": 5}',
+                '{"act": "save", "index": 0, "text": "' + "x" * (MAX_EDIT_CHARS + 1) + '"}']:
+        with pytest.raises(ValueError, match="message action|longer than"):
+            MessageAction.parse(raw)
+    setup = Setup(PromptOptions(mode="instruct"), SAMPLED)
+    view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
+    first = app.chats.turns("ann", view)[-1].text
+    asked = []
+
+    def plan():
+        asked.append(True)
+        return setup
+
+    # `>` on the newest version of the last reply streams a new version
+    acted = apply(app.chats, "ann", view, MessageAction.parse('{"act": "next", "index": 1}'), plan)
+    assert acted.steps is not None and asked == [True]
+    second = last(acted.steps).turns[-1].text
+    assert [(s.version, s.versions) for s in app.chats.shown("ann", view)][-1] == (2, 2)
+    acted = apply(app.chats, "ann", view, MessageAction("prev", 1), plan)
+    assert acted.steps is None and app.chats.turns("ann", acted.view)[-1].text == first
+    acted = apply(app.chats, "ann", view, MessageAction("next", 1), plan)  # 2/2 again, by browsing
+    assert acted.steps is None and app.chats.turns("ann", acted.view)[-1].text == second and len(asked) == 1
+    acted = apply(app.chats, "ann", view, MessageAction("save", 0, "hello there"), plan)
+    assert acted.status == "Saved the edit." and app.chats.turns("ann", acted.view)[0].text == "hello there"
+    acted = apply(app.chats, "ann", view, MessageAction("branch", 0), plan)
+    assert acted.new_chat and acted.view.chat_id != view.chat_id
+    assert [t.text for t in app.chats.turns("ann", acted.view)] == ["hello there"]
+    assert len(app.chats.turns("ann", view)) == 2  # the original keeps both messages
+
+
+def test_after_stop_says_how_far_the_reply_got(app):
+    steps = app.chats.send("ann", ChatView(), "go", Setup(PromptOptions(), SAMPLED))
+    for step in steps:
+        if step.update.tokens >= 3:
+            break
+    steps.close()
+    view, status = app.chats.after_stop("ann", step.view)
+    tokens = app.store.path("ann", view.chat_id)[-1].meta["tokens"]
+    assert status == f"Stopped after {tokens} tokens." and 3 <= tokens < SAMPLED.max_new_tokens

@@ -221,7 +221,7 @@ class ChatService:
             parent = self.store.message(user, view.chat_id, shown[-1].id).parent_id
         request = request_for(history, setup.options, preset or resolve_seed(setup.preset), user=user,
                               template_vars=setup.template_vars, apply_input_hooks=False)
-        yield from self._reply(user, view, request, setup, reply_to=parent)
+        yield from self._reply(user, view, request, setup, reply_to=parent, history=history)
 
     def reproduce(self, user: str, view: ChatView, setup: Setup) -> Iterator[Step]:
         """Regenerate the last reply with the exact preset and seed it was made with."""
@@ -291,10 +291,11 @@ class ChatService:
             request.cancel.set()  # a closed generator (Stop, a closed page) ends the model within a token
 
     def _reply(self, user: str, view: ChatView, request: Any, setup: Setup, reply_to: int | None,
-               continuing: Shown | None = None) -> Iterator[Step]:
+               continuing: Shown | None = None, history: list[Turn] | None = None) -> Iterator[Step]:
         """Stream a reply; in a saved chat it is saved as it streams, under `reply_to` (a new message)
-        or into the message it continues."""
-        base = self.turns(user, view)
+        or into the message it continues. `history`: what the reply answers, when it is not the whole
+        open chat (a regenerated reply's old version is not shown beside the new one)."""
+        base = list(history) if history is not None else self.turns(user, view)
         if continuing is not None:
             base = base[:-1]
         prefix = continuing.turn if continuing is not None else (

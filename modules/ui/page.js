@@ -4,12 +4,14 @@
 // writes chat data itself.
 window.parlour = {
   pending: '',
-  editing: null,
+  editing: null,  // the message whose Edit was sent, until the server answers with its words
+  editor: null,  // {index, box}: the open in-place editor
 
   // -- message actions -------------------------------------------------------------------------------
   send(action) {
     const go = document.getElementById('msg-action-go');
     if (!go) return;
+    if (action.act !== 'save') this.closeEditor();  // another action: the chat may change under it
     this.pending = JSON.stringify(action);
     go.click();
   },
@@ -34,9 +36,6 @@ window.parlour = {
     const index = this.editing;
     this.editing = null;
     if (index === null) return;
-    const bar = document.querySelector(`#chatbot .msg-actions.mi-${index}`);
-    const content = bar && bar.closest('.message-content');
-    if (!content) return;
     this.closeEditor();
     const box = document.createElement('div');
     box.className = 'msg-editor';
@@ -48,7 +47,7 @@ window.parlour = {
     row.className = 'msg-editor-buttons';
     const save = this.button('Save', 'msg-editor-save');
     const cancel = this.button('Cancel', 'msg-editor-cancel');
-    save.addEventListener('click', () => { this.send({act: 'save', index, text: area.value}); this.closeEditor(); });
+    save.addEventListener('click', () => { this.closeEditor(); this.send({act: 'save', index, text: area.value}); });
     cancel.addEventListener('click', () => this.closeEditor());
     area.addEventListener('keydown', (event) => {
       event.stopPropagation();  // not the page's shortcuts: Escape is not Stop here, Ctrl+Enter saves
@@ -57,16 +56,27 @@ window.parlour = {
     });
     row.append(save, cancel);
     box.append(area, row);
-    content.classList.add('editing');
-    content.appendChild(box);
+    this.editor = {index, box};
+    this.placeEditor();
     area.focus();
   },
 
+  // The editor lives inside a bubble that Gradio owns: when the chat is drawn again (a late update of
+  // the reply before, a refresh), the bubble is new and the editor is put back in it, words kept.
+  placeEditor() {
+    const open = this.editor;
+    if (!open || open.box.isConnected) return;
+    const bar = document.querySelector(`#chatbot .msg-actions.mi-${open.index}`);
+    const content = bar && bar.closest('.message-content');
+    if (!content) return;
+    content.classList.add('editing');
+    content.appendChild(open.box);
+  },
+
   closeEditor() {
-    document.querySelectorAll('#chatbot .msg-editor').forEach((box) => {
-      box.parentElement.classList.remove('editing');
-      box.remove();
-    });
+    this.editor = null;
+    document.querySelectorAll('#chatbot .msg-editor').forEach((box) => box.remove());
+    document.querySelectorAll('#chatbot .message-content.editing').forEach((c) => c.classList.remove('editing'));
   },
 
   button(label, className) {
@@ -152,6 +162,10 @@ document.addEventListener('click', (event) => {
     window.parlour.onAction(action);
     return;
   }
+  // any other button of the chat (Send, a chat from the list, ...) closes an open editor unsaved
+  if (window.parlour.editor && !target.closest('.msg-editor') && target.closest('#chat-layout button, #chat-list label')) {
+    window.parlour.closeEditor();
+  }
   // a chat picked from the list, a new chat, or a tap beside the drawer closes it
   if (window.parlour.drawerOpen() &&
       (target.closest('#chat-list label, #new-chat') ||
@@ -159,3 +173,6 @@ document.addEventListener('click', (event) => {
     window.parlour.drawer(false);
   }
 });
+
+new MutationObserver(() => window.parlour.placeEditor()).observe(document.documentElement,
+                                                               {childList: true, subtree: true});

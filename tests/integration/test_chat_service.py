@@ -55,7 +55,10 @@ def test_regenerate_keeps_versions_and_the_arrows_browse_them(app):
     setup = Setup(PromptOptions(mode="instruct"), SAMPLED)
     view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
     first = app.chats.turns("ann", view)[-1].text
-    second = last(app.chats.regenerate("ann", view, setup)).turns[-1].text
+    steps = list(app.chats.regenerate("ann", view, setup))
+    # while it streams, the new version takes the old one's place (not shown beside it)
+    assert {len(step.turns) for step in steps} == {2}
+    second = steps[-1].turns[-1].text
     shown = app.chats.shown("ann", view)
     assert (shown[-1].version, shown[-1].versions) == (2, 2) and shown[-1].turn.text == second
     view = app.chats.select_version("ann", view, len(shown) - 1, -1)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT, serving
 from tests.e2e.test_chat_browser import IDLE, act, bots, wait_version
 
 pytestmark = pytest.mark.browser
@@ -25,14 +25,9 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(home, models_dir):
     shutil.copytree(ROOT / "characters", home / "characters")
-    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
-                             "--models-dir", str(models_dir), "--model", "parlour-micro",
-                             "--characters-dir", str(home / "characters")], cwd=ROOT, log=home / "server.log")
-    try:
-        process.wait_until(lambda h: h["model"] is not None, timeout=600)
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro",
+                 "--characters-dir", str(home / "characters")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def open_page(browser, url):

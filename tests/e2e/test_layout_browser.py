@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import serving
 from tests.e2e.test_chat_browser import IDLE, bots, settle
 
 pytestmark = pytest.mark.browser
@@ -21,17 +21,9 @@ RECT = "(e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.r
 def server(tmp_path_factory, models_dir):
     home = tmp_path_factory.mktemp("layout")
     (home / "presets").mkdir()
-    (home / "presets" / "Short.yaml").write_text("max_new_tokens: 40\nban_eos_token: true\n")
     (home / "presets" / "Long.yaml").write_text("max_new_tokens: 1800\nban_eos_token: true\n")
-    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
-                             "--models-dir", str(models_dir), "--model", "parlour-micro",
-                             "--presets-dir", str(home / "presets"), "--preset", "Short"],
-                            cwd=ROOT, log=home / "server.log")
-    try:
-        process.wait_until(lambda h: h["model"] is not None, timeout=600)
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", short_preset=40) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def phone_page(browser, url: str):

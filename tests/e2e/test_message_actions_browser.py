@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import serving
 from tests.e2e.test_chat_browser import IDLE, act, bots, edit_in_place, open_page, settle, users, wait_version
 
 pytestmark = pytest.mark.browser
@@ -18,17 +18,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
     home = tmp_path_factory.mktemp("actions")
-    (home / "presets").mkdir()
-    (home / "presets" / "Short.yaml").write_text("max_new_tokens: 10\nban_eos_token: true\n")
-    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
-                             "--models-dir", str(models_dir), "--model", "parlour-micro",
-                             "--presets-dir", str(home / "presets"), "--preset", "Short"],
-                            cwd=ROOT, log=home / "server.log")
-    try:
-        process.wait_until(lambda h: h["model"] is not None, timeout=600)
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", short_preset=10) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def page_for(browser, server):

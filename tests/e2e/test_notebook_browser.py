@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import serving
 from tests.e2e.test_chat_browser import IDLE
 
 pytestmark = pytest.mark.browser
@@ -19,17 +19,8 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(home, models_dir):
-    (home / "presets").mkdir()
-    (home / "presets" / "Short.yaml").write_text("max_new_tokens: 12\nban_eos_token: true\n")
-    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
-                             "--models-dir", str(models_dir), "--model", "parlour-micro",
-                             "--presets-dir", str(home / "presets"), "--preset", "Short"],
-                            cwd=ROOT, log=home / "server.log")
-    try:
-        process.wait_until(lambda h: h["model"] is not None, timeout=600)
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", short_preset=12) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def notebook(browser, url):

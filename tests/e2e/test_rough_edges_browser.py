@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import serving
 from tests.e2e.test_chat_browser import IDLE
 
 pytestmark = pytest.mark.browser
@@ -28,22 +28,13 @@ def home(tmp_path_factory, micro_path):
     (broken / "model.safetensors").write_bytes(b"unused")
     shutil.copytree(micro_path, home / "elsewhere" / "big-model")
     (models / "big").symlink_to(home / "elsewhere" / "big-model", target_is_directory=True)
-    (home / "presets").mkdir()
-    (home / "presets" / "Short.yaml").write_text("max_new_tokens: 8\nban_eos_token: true\n")
     return home
 
 
 @pytest.fixture(scope="module")
 def server(home):
-    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
-                             "--models-dir", str(home / "models"), "--model", "parlour-micro",
-                             "--presets-dir", str(home / "presets"), "--preset", "Short"],
-                            cwd=ROOT, log=home / "server.log")
-    try:
-        process.wait_until(lambda h: h["model"] is not None, timeout=600)
+    with serving(home, "--models-dir", str(home / "models"), "--model", "parlour-micro", short_preset=8) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def open_page(browser, url: str, **context):

@@ -102,7 +102,9 @@ def create_app(settings: Settings):
     serving = threading.Event()
     # The Model tab shows the model's name as loading from the start; the work waits for `serving`.
     if app.load_at_start(after=serving) is None:
-        log.warning("no model to load: put one in %s or pass --model", settings.models_dir)
+        links = "; ".join(f"{name} -> {target}" for name, target in app.models.refused_links())
+        log.warning("no model to load: put one in %s or pass --model%s", settings.models_dir,
+                    f" (symbolic links there are not followed: {links})" if links else "")
     for item, why in app.unreadable_files().items():  # the rest loads; these report errors when chosen
         log.warning("cannot use %s: %s", item, why)
 

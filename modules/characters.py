@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from modules.fileio import (MAX_JSON_DEPTH, FileTooLarge, atomic_write_bytes, atomic_write_text, json_depth,
-                            load_json, load_yaml, read_text_limited, unusable_files)
+                            load_json, load_yaml, os_reason, read_text_limited, unusable_files)
 from modules.lorebook import Lorebook, LorebookError
 from modules.paths import MAX_NAME, UnsafeName, check_name, safe_child
 
@@ -429,6 +429,17 @@ class CharacterStore:
                     pass  # the same fault (a read-only folder) means the picture was not written either
             raise CharacterError(f"character {character.name!r} was not saved: {exc}") from exc
         return path
+
+    def delete(self, name: str) -> None:
+        """Remove `<name>.yaml` and its picture; CharacterError if there is no such character."""
+        path = self._path(name, ".yaml")
+        if not path.is_file():
+            raise CharacterError(f"character {name!r} not found")
+        try:
+            path.unlink()
+            self._path(name, ".png").unlink(missing_ok=True)
+        except OSError as exc:
+            raise CharacterError(f"character {name!r} was not deleted: {os_reason(exc)}") from exc
 
     def import_card(self, data: bytes, overwrite: bool = False, name: str | None = None) -> Character:
         """Import a PNG or JSON card; the PNG becomes the character's picture. `name` imports it under that

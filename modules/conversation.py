@@ -242,7 +242,7 @@ class ChatService:
             parent = self.store.message(user, view.chat_id, shown[-1].id).parent_id
         request = request_for(history, setup.options, preset or resolve_seed(setup.preset), user=user,
                               template_vars=setup.template_vars, apply_input_hooks=False, model=view.model)
-        yield from self._reply(user, view, request, setup, reply_to=parent)
+        yield from self._reply(user, view, request, setup, reply_to=parent, history=history)
 
     def reproduce(self, user: str, view: ChatView, setup: Setup) -> Iterator[Step]:
         """Regenerate the last reply with the exact preset and seed it was made with."""
@@ -268,6 +268,35 @@ class ChatService:
         for update in self._stream(request):
             yield update.text.strip(), update
 
+    def wants_regenerate(self, user: str, view: ChatView, index: int, step: int) -> bool:
+        """`>` on the newest version of the last reply makes a new one (text-generation-webui's rule)."""
+        shown = self.shown(user, view)
+        if step <= 0 or index != len(shown) - 1 or index < 1:
+            return False
+        last = shown[index]
+        return last.turn.role == "assistant" and last.version == last.versions
+
+    def settled(self, user: str, view: ChatView, timeout: float = 10.0) -> ChatView:
+        """The view once its last reply is saved whole: after Stop, the cancelled generator writes the
+        reply's end in its own thread; the screen is redrawn from the store only after that."""
+        if view.incognito or view.chat_id is None:
+            return view
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.shown(user, view)
+            if not shown or shown[-1].complete:
+                break
+            time.sleep(0.02)
+        return replace(view, selected=None)
+
+    def after_stop(self, user: str, view: ChatView) -> tuple[ChatView, str]:
+        """The view once the stopped reply is saved, and a line saying how far it got."""
+        view = self.settled(user, view)
+        shown = self.shown(user, view)
+        if shown and shown[-1].meta.get("finish_reason") == "cancelled":
+            return view, f"Stopped after {shown[-1].meta.get('tokens') or 0} tokens."
+        return view, "Stopped."
+
     def _last_reply(self, user: str, view: ChatView) -> list[Shown]:
         shown = self.shown(user, view)
         if not shown or shown[-1].turn.role != "assistant":
@@ -283,10 +312,11 @@ class ChatService:
             request.cancel.set()  # a closed generator (Stop, a closed page) ends the model within a token
 
     def _reply(self, user: str, view: ChatView, request: Any, setup: Setup, reply_to: int | None,
-               continuing: Shown | None = None) -> Iterator[Step]:
+               continuing: Shown | None = None, history: list[Turn] | None = None) -> Iterator[Step]:
         """Stream a reply; in a saved chat it is saved as it streams, under `reply_to` (a new message)
-        or into the message it continues."""
-        base = self.turns(user, view)
+        or into the message it continues. `history`: what the reply answers, when it is not the whole
+        open chat (a regenerated reply's old version is not shown beside the new one)."""
+        base = list(history) if history is not None else self.turns(user, view)
         if view.incognito:  # an incognito chat's turns never pass through the store's check
             for past in base:
                 limits.check_text("message", past.text)
@@ -301,8 +331,9 @@ class ChatService:
             writer = ReplyWriter(self.store, user, view.chat_id, message_id)
             self.store.update_message(user, view.chat_id, message_id, meta=reply_meta(setup.options, request.preset))
         view = replace(view, selected=None)
-        turn, last = prefix or Turn.of("assistant", ""), None
+        turn, last, closed = prefix or Turn.of("assistant", ""), None, False
         try:
+            yield Step(view, base + [turn], Update())  # the reply has begun: the UI shows it is waiting
             for update in self._stream(request):
                 last = update
                 if not update.queue_position:
@@ -312,9 +343,12 @@ class ChatService:
                 if view.incognito:
                     view = replace(view, turns=(*base, turn))
                 yield Step(view, base + [turn], update)
+        except GeneratorExit:  # Stop (or a closed page) before the model finished
+            closed = True
+            raise
         finally:
             if writer:
-                meta = final_meta(last) if last else {"finish_reason": "error"}
+                meta = final_meta(last) if last else {"finish_reason": "cancelled" if closed else "error"}
                 if meta.get("finish_reason") is None:
                     meta["finish_reason"] = "cancelled"
                 if turn.extras.get("shown"):  # shown only while the message still holds these words (an edit drops it)

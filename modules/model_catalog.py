@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,21 @@ class ModelCatalog:
                 names.append(path.name)
         return names
 
+    def refused_links(self) -> list[tuple[str, str]]:
+        """(name, where it points) for each symbolic link in the models folder. Links are not followed:
+        a model name must stay inside its folder (modules/paths.py), as every other name does; the
+        Model tab lists these with what to do instead (README, "Models and loaders")."""
+        if not self.models_dir.is_dir():
+            return []
+        refused = []
+        for path in sorted(self.models_dir.iterdir(), key=lambda p: p.name.lower()):
+            if path.is_symlink() and not path.name.startswith("."):
+                try:
+                    safe_child(self.models_dir, path.name)
+                except UnsafeName:
+                    refused.append((path.name, os.readlink(path)))
+        return refused
+
     def list_loras(self) -> list[str]:
         if not self.loras_dir.is_dir():
             return []
@@ -147,6 +163,11 @@ class ModelCatalog:
         try:
             path = safe_child(self.models_dir, name)
         except UnsafeName as exc:
+            target = dict(self.refused_links()).get(name)
+            if target is not None:
+                raise ModelError(f"{name!r} is a symbolic link (to {target}); Parlour does not follow links out "
+                                 f"of {self.models_dir}: move the model into it, or start with --models-dir set "
+                                 "to the folder that holds the model") from exc
             raise ModelError(f"bad model name: {exc}") from exc
         if not path.exists():
             raise ModelError(f"model {name!r} is not in {self.models_dir}")

@@ -265,6 +265,12 @@ class ChatStore:
                 db.execute(f"UPDATE chats SET {key} = ? WHERE id = ?",
                            (json.dumps(value) if key == "settings" else value, chat_id))
 
+    def rename_character(self, old: str, new: str) -> int:
+        """Every user's chats with character `old` now belong to `new` (a renamed character keeps its
+        chats); returns how many moved."""
+        with self._write() as db:
+            return db.execute("UPDATE chats SET character = ? WHERE character = ?", (new, old)).rowcount
+
     def delete_chat(self, user: str, chat_id: int) -> None:
         with self._write() as db:
             self._chat_row(db, user, chat_id)

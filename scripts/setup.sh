@@ -53,9 +53,11 @@ if [ "$dev" = 1 ]; then
     || echo "[setup] SillyTavern could not be installed now; its tests will try again (and say why)"
 fi
 
-# The demo model, when there is no model at all (built once, a few minutes, with a progress bar).
+# The demo model, when there is no model at all (built once, a few minutes, with a progress bar). A
+# symbolic link in models/ is not a model Parlour loads (it does not follow links), so it does not count.
 models_dir=${PARLOUR_MODELS_DIR:-models}
-if ! ls "$models_dir"/*/config.json >/dev/null 2>&1; then
+if [ -z "$(find "$models_dir" -mindepth 1 -maxdepth 2 \( -name config.json -o -name '*.gguf' \) -not -type l \
+      2>/dev/null | head -n 1)" ]; then
   echo "[setup] $models_dir/ holds no model: building the demo model (a few minutes, once)"
   .venv/bin/python -m modules.demo_model --models-dir "$models_dir" \
     --cache "${PARLOUR_MODEL_CACHE:-$HOME/.cache/parlour/models}"

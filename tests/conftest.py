@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -134,6 +136,24 @@ def start_server(tmp_path):
     yield _start
     for server in started:
         server.stop()
+
+
+@contextlib.contextmanager
+def serving(home: Path, *args: str, short_preset: int | None = None) -> Iterator[ServerProcess]:
+    """A server process whose user data and settings live in `home`, with the model of `args` loaded;
+    `short_preset`: a preset `Short` of that many new tokens, chosen at start (for browser tests that
+    send messages and want quick replies)."""
+    if short_preset is not None:
+        (home / "presets").mkdir(exist_ok=True)
+        (home / "presets" / "Short.yaml").write_text(f"max_new_tokens: {short_preset}\nban_eos_token: true\n")
+        args = (*args, "--presets-dir", str(home / "presets"), "--preset", "Short")
+    process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
+                             *args], cwd=ROOT, log=home / "server.log")
+    try:
+        process.wait_until(lambda h: h["model"] is not None)
+        yield process
+    finally:
+        process.stop()
 
 
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

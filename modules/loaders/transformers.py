@@ -203,6 +203,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
+def _reason(exc: BaseException) -> str:
+    """An error's message on one line (huggingface_hub puts the field on the first, the why on the next)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:3])[:300] if lines else exc.__class__.__name__
+
+
 class TransformersBackend:
     """A causal LM loaded with Transformers."""
 
@@ -220,8 +226,9 @@ class TransformersBackend:
         start = time.perf_counter()
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, KeyError) as exc:
-            raise LoadError(f"{path.name}: not a Transformers model folder ({_first_line(exc)})") from exc
+        except Exception as exc:  # noqa: BLE001 - config.json's checks raise huggingface_hub's own
+            # StrictDataclassError (not a ValueError) for a wrong field type; any failure here is one line
+            raise LoadError(f"{path.name}: not a Transformers model folder ({_reason(exc)})") from exc
         if getattr(config, "is_encoder_decoder", False):
             raise LoadError(f"{path.name}: encoder-decoder models ({config.model_type}) are not supported; "
                             "Parlour chats with decoder-only (causal) models")

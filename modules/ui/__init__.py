@@ -11,14 +11,14 @@ import gradio as gr
 from modules import exports
 from modules.app import App
 from modules.render import COPY_JS
-from modules.ui import chat, evaluate, extensions, model, notebook, parameters, session, training
+from modules.ui import character_panel, chat, evaluate, extensions, model, notebook, parameters, session, training
+from modules.ui.icons import icon
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
-# Dark by default, as users of local LLM UIs expect; `?__theme=light` still switches.
-DARK_JS = """() => {
-  const url = new URL(window.location);
-  if (url.searchParams.get('__theme') !== 'light') document.body.classList.add('dark');
-}"""
+PAGE_JS = (Path(__file__).with_name("page.js")).read_text(encoding="utf-8")
+# Dark by default, as users of local LLM UIs expect; the header's toggle switches and this browser
+# remembers it (localStorage); `?__theme=light` still wins (modules/ui/page.js).
+DARK_JS = "() => { window.parlour && window.parlour.applyTheme(); }"
 
 
 def build(app: App) -> gr.Blocks:
@@ -27,16 +27,21 @@ def build(app: App) -> gr.Blocks:
     age = max(1, round(app.settings.cache_minutes * 60))
     with gr.Blocks(title="Parlour", analytics_enabled=False, delete_cache=(min(60, age), age)) as blocks:
         params = parameters.create_controls(app)
-        with gr.Row(elem_id="header"):
+        with gr.Row(elem_id="header", equal_height=True):
             gr.Markdown("## Parlour", elem_id="title")
             model_line = gr.Markdown(model.header_line(app, None), elem_id="header-model")
+            theme = gr.Button("Theme", elem_id="theme-toggle", size="sm", icon=icon("theme"), scale=0, min_width=90)
+        theme.click(None, js="() => window.parlour && window.parlour.toggleTheme()", api_visibility="private")
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat_ui = chat.render(app, params)
             with gr.Tab("Notebook", id="notebook"):
-                notebook_text = notebook.render(app, params)
+                notebook_text, notebook_load, notebook_autosave = notebook.render(app, params)
             with gr.Tab("Parameters", id="parameters"):
                 parameters.render(app, params)
+            with gr.Tab("Character", id="character"):
+                characters_ui = character_panel.render(app, chat_ui["character"], tabs)
+                characters_ui["follow"](chat_ui["card_imported"])
             with gr.Tab("Model", id="model"):
                 with gr.Tabs():
                     with gr.Tab("Load", id="model-load-tab"):
@@ -49,7 +54,7 @@ def build(app: App) -> gr.Blocks:
                 training.render(app)
             with gr.Tab("Session", id="session"):
                 session.render(app)
-            extensions.bind_components(app, chat_ui["components"], params)
+            extensions.bind_components(app, {**chat_ui["components"], **characters_ui["components"]}, params)
             extensions.render_tabs(app)
         extensions.render_block(app)
         # A model may still be loading when the page opens: refresh the status lines until it is ready.
@@ -75,7 +80,9 @@ def build(app: App) -> gr.Blocks:
         for changed in (chat_session, status, models_changed):
             changed.change(follow, chat_session, [model_line, chat_model], **hidden)
         chat_ui["wire_load"](blocks)
-        chat_ui["wire_notebook"](notebook_text, tabs)
+        characters_ui["wire_load"](blocks)
+        notebook_load(blocks)
+        notebook_autosave(chat_ui["wire_notebook"](notebook_text, tabs))
     return blocks
 
 
@@ -83,7 +90,7 @@ def launch_kwargs(app: App | None = None) -> dict:
     """Theme, CSS and JS: Gradio 6 takes them at launch/mount time, not in Blocks() (with extensions' own)."""
     kwargs = {"theme": gr.themes.Soft(primary_hue="violet", neutral_hue="slate"),
               "css_paths": sorted(CSS_DIR.glob("*.css")), "js": DARK_JS,
-              "head": f"<script>{COPY_JS}{chat.SHORTCUTS_JS}</script>"}
+              "head": f"<script>{COPY_JS}{chat.SHORTCUTS_JS}{PAGE_JS}</script>"}
     if app is not None and app.extensions.loaded:
         kwargs["css"] = app.extensions.css()
         kwargs["js"] = extensions.page_js(DARK_JS, app)

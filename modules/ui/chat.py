@@ -22,9 +22,9 @@ from modules.presets import Preset
 from modules.render import literal
 from modules.templates import TemplateError
 from modules.turns import Turn
-from modules.ui import chat_layout
-from modules.ui.chat_view import (EXPECTED_ERRORS, bubbles, guarded, new_session, redraw, session_of, status_line,
-                                  template_vars, thinking_controls, user_of, view_of)
+from modules.ui import chat_actions, chat_layout
+from modules.ui.chat_view import (EXPECTED_ERRORS, WAITING, bubbles, guarded, new_session, redraw, session_of,
+                                  status_line, template_vars, thinking_controls, user_of, view_of, waiting)
 from modules.ui.parameters import ParameterControls
 
 # Keyboard shortcuts (text-generation-webui's): they click the buttons, so they do exactly what a click does.
@@ -67,17 +67,18 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         return values[:len(CTRL)], values[len(CTRL):]
 
     def stream(user: str, sess: dict, character_v: str, steps: Iterator[Step]) -> Iterator[tuple]:
-        """Show a streaming action: the chat as it grows, then the full redraw once it is done."""
-        last_status = ""
+        """Show a streaming action: a waiting indicator until the first token, the chat as it grows (the
+        earlier messages keep their action bars), then the full redraw once it is done."""
+        last_status, shown = "", None
         try:
             for step in steps:
                 sess = session_of(step.view, sess)
                 last_status = status_line(step.update)
-                if step.update.queue_position:
-                    yield (gr.skip(), gr.skip(), sess, gr.skip(), last_status, gr.skip(), gr.skip())
-                    continue
-                yield (gr.skip(), bubbles(step.turns, sess, thinking=step.update.thinking), sess, gr.skip(),
-                       last_status, gr.skip(), gr.skip())
+                if shown is None:
+                    shown = app.chats.shown(user, step.view)
+                view = bubbles(step.turns, sess, thinking=step.update.thinking, shown=shown, live=True,
+                               wait=waiting(step.update))
+                yield (gr.skip(), view, sess, gr.skip(), last_status, gr.skip(), gr.skip())
         finally:
             steps.close()  # Stop closes this generator: the service cancels the model within a token
         yield redraw(app, user, sess, character_v, status=last_status)
@@ -93,7 +94,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         steps = app.chats.send(user, view_of(sess), message, plan)
         first = next(steps)  # the message is saved and the reply has begun: clear the input at once
         sess = session_of(first.view, sess)
-        yield redraw(app, user, sess, ctrl[1], status="…", text="")
+        yield redraw(app, user, sess, ctrl[1], status=WAITING, text="", wait=True)
         yield from stream(user, sess, ctrl[1], _chain(first, steps))
 
     def generating(action: str):
@@ -129,31 +130,13 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             return redraw(app, user, session_of(view, sess), ctrl[1], text="")
         return handler
 
-    # -- the selected message --
     @guarded
-    def on_select(request: gr.Request, sess: dict, character_v: str, evt: gr.SelectData):
-        index = evt.index if isinstance(evt.index, int) else evt.index[0]
-        return redraw(app, user_of(request), {**sess, "selected": index}, character_v)
-
-    def editing(act):
-        @guarded
-        def handler(request: gr.Request, sess: dict, character_v: str, *extra: Any):
-            user = user_of(request)
-            view, status_text = act(user, view_of(sess), *extra)
-            shown = session_of(view, sess) if view.chat_id == sess.get("chat_id") else\
-                session_of(view, new_session(previous=sess))
-            return redraw(app, user, shown, character_v, status=status_text)
-        return handler
-
-    on_prev_version = editing(lambda u, v: (app.chats.select_version(u, v, v.selected, -1), ""))
-    on_next_version = editing(lambda u, v: (app.chats.select_version(u, v, v.selected, 1), ""))
-    on_save_edit = editing(lambda u, v, t: (app.chats.edit(u, v, v.selected, t), "Saved the edit."))
-    def branch(user: str, view: Any, here: bool) -> tuple[Any, str]:
-        index = app.chats.selected_index(user, view) if here else len(app.chats.shown(user, view)) - 1
-        return app.chats.branch(user, view, index), f"Branched into a new chat at message {index + 1}."
-
-    on_branch_here = editing(lambda u, v: branch(u, v, True))
-    on_branch_chat = editing(lambda u, v: branch(u, v, False))
+    def on_branch_chat(request: gr.Request, sess: dict, character_v: str):
+        """The sidebar's Branch: a copy of the whole chat, opened."""
+        user = user_of(request)
+        view = app.chats.branch(user, view_of(sess))
+        return redraw(app, user, session_of(view, new_session(previous=sess)), character_v,
+                      status="Branched into a new chat.")
 
     # -- chats --
     @guarded
@@ -198,7 +181,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         user = user_of(request)
         view = app.chats.newest(user, character_v) if not incognito_v else None
         fresh = new_session(incognito_v, previous=sess)
-        return redraw(app, user, session_of(view, fresh) if view else fresh, character_v)
+        # the status line is left alone: it may say why the character changed ("Imported ...")
+        return redraw(app, user, session_of(view, fresh) if view else fresh, character_v, status=gr.skip())
 
     @guarded
     def on_images(request: gr.Request, allow: bool, sess: dict, character_v: str):
@@ -293,20 +277,16 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                            **streaming),
     ]
     private = dict(api_visibility="private")
-    ui.stop.click(None, None, None, cancels=events, **private)
+    events.append(chat_actions.wire(app, ui, OUT, [*CTRL, *params.inputs],
+                                    lambda user, values: setup(user, *split(values)), stream))
+    chat_actions.wire_stop(app, ui, OUT, events)
     ui.remove.click(on_remove, [ui.session, ui.character], OUT, api_name="chat_remove_last")
     ui.dummy_message.click(dummy("user"), [ui.text, ui.session, *CTRL], OUT, **private)
     ui.dummy_reply.click(dummy("assistant"), [ui.text, ui.session, *CTRL], OUT, **private)
-    ui.chatbot.select(on_select, [ui.session, ui.character], OUT, **private)
-    ui.prev_version.click(on_prev_version, [ui.session, ui.character], OUT, **private)
-    ui.next_version.click(on_next_version, [ui.session, ui.character], OUT, **private)
-    ui.save_edit.click(on_save_edit, [ui.session, ui.character, ui.edit_text], OUT, **private)
-    ui.branch_here.click(on_branch_here, [ui.session, ui.character], OUT, **private)
     ui.branch_chat.click(on_branch_chat, [ui.session, ui.character], OUT, **private)
-    ui.copy.click(None, [ui.edit_text], None, js="(t) => { navigator.clipboard && navigator.clipboard.writeText(t); }",
-               **private)
+    ui.open_drawer.click(None, js="() => window.parlour && window.parlour.drawer(true)", **private)
+    ui.close_drawer.click(None, js="() => window.parlour && window.parlour.drawer(false)", **private)
     ui.new.click(on_new, [ui.session, ui.incognito, *CTRL], OUT, api_name="chat_new")
-    ui.chatbot.clear(on_new, [ui.session, ui.incognito, *CTRL], OUT, **private)  # the bubble bin = new chat
     ui.chat_list.input(on_open, [ui.chat_list, ui.session, ui.character], OUT, **private)
     ui.search.submit(on_search, [ui.search, ui.session, ui.character], OUT, **private)
     ui.rename.click(on_rename, [ui.session, ui.character, ui.title], OUT, **private)
@@ -314,7 +294,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.cancel_delete.click(lambda: gr.Row(visible=False), None, ui.confirm_row, **private)
     ui.confirm.click(on_delete, [ui.session, ui.character], OUT, **private).then(
         lambda: gr.Row(visible=False), None, ui.confirm_row, **private)
-    # .change, not .input: a character chosen by an extension's control (the gallery) opens its chats too
+    # .change, not .input: a character chosen elsewhere (the Character tab, an imported card) opens its chats
     ui.character.change(on_character, [ui.character, ui.incognito, ui.session], OUT, **private)
     ui.refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
                                                             if current in app.characters.names() else None),
@@ -324,35 +304,33 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.template.input(on_template, ui.template, ui.template_src, **private)
     ui.chat_model.input(on_chat_model, [ui.chat_model, ui.session], ui.session, **private)
     ui.preview.click(on_preview, [ui.text, ui.session, *CTRL, *params.inputs], [ui.prompt_view, ui.status], **private)
-    ui.files.wire(OUT)
+    card_imported = ui.files.wire(OUT)
 
     def wire_load(blocks: gr.Blocks) -> None:
         """Open the user's newest chat and profile when the page loads (needs the Blocks, given by ui.build)."""
         blocks.load(on_load, [ui.character], OUT, **private)
         blocks.load(lambda: thinking_controls(app), None, [ui.thinking, ui.effort], **private)
-        ui.files.wire_load(blocks)
 
-    def wire_notebook(notebook_text: gr.Textbox, tabs: gr.Tabs) -> None:
+    def wire_notebook(notebook_text: gr.Textbox, tabs: gr.Tabs) -> Any:
         """The "Send to notebook" button writes into the Notebook tab and opens it (both built after this tab)."""
-        ui.to_notebook.click(on_send_to_notebook, [ui.text, ui.session, *CTRL, *params.inputs],
-                             [notebook_text, ui.status, tabs],
-                          **private)
+        return ui.to_notebook.click(on_send_to_notebook, [ui.text, ui.session, *CTRL, *params.inputs],
+                                    [notebook_text, ui.status, tabs], **private)
 
     def follow_model(model_status: gr.components.Component) -> None:
         """Show the thinking controls for the model that is now loaded."""
         model_status.change(lambda: thinking_controls(app), None, [ui.thinking, ui.effort], show_progress="hidden",
                             **private)
 
-    # the controls text-generation-webui extensions may name (modules/ui/extensions.py maps its names)
+    # the controls text-generation-webui extensions may name (modules/ui/extensions.py maps its names; the
+    # Character tab adds "your_name" and "your_bio")
     components = {"input": ui.text, "character": ui.character, "mode": ui.mode, "template": ui.template,
                   "template_source": ui.template_src, "system_message": ui.system_message, "command": ui.command,
-                  "stops": ui.stops, "start_with": ui.start_with, "your_name": ui.files.your_name,
-                  "your_bio": ui.files.your_bio, "send": ui.send, "stop": ui.stop, "regenerate": ui.regenerate,
-                  "continue": ui.cont, "remove": ui.remove, "impersonate": ui.impersonate,
+                  "stops": ui.stops, "start_with": ui.start_with, "send": ui.send, "stop": ui.stop,
+                  "regenerate": ui.regenerate, "continue": ui.cont, "remove": ui.remove, "impersonate": ui.impersonate,
                   "dummy_message": ui.dummy_message, "dummy_reply": ui.dummy_reply}
-    return {"chatbot": ui.chatbot, "session": ui.session, "input": ui.text, "wire_load": wire_load,
-            "wire_notebook": wire_notebook, "follow_model": follow_model, "components": components,
-            "model": ui.chat_model}
+    return {"chatbot": ui.chatbot, "session": ui.session, "input": ui.text, "character": ui.character,
+            "card_imported": card_imported, "wire_load": wire_load, "wire_notebook": wire_notebook,
+            "follow_model": follow_model, "components": components, "model": ui.chat_model}
 
 
 def _chain(first: Step, rest: Iterator[Step]) -> Iterator[Step]:

@@ -1,11 +1,12 @@
-"""The Chat tab's "You, characters and files" panel: the user's profile, character cards and chat
-files in and out. Layout and wiring; the store and the character library do the work."""
+"""The Chat tab's "Character cards and chat files" panel: character cards and chat files in and out.
+Layout and wiring; the store and the character library do the work. (The user's name and bio are in
+the Character tab, modules/ui/character_panel.py.)"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -14,24 +15,18 @@ from modules.app import App
 from modules.characters import CharacterError, CharacterExists
 from modules.fileio import os_reason
 from modules.render import literal
-from modules.store import ChatNotFound, StoreError
+from modules.store import ChatNotFound
 from modules.ui.chat_view import guarded, new_session, redraw, user_of
 
 
 @dataclass
 class FilesPanel:
-    wire: Callable[[list], None]
-    wire_load: Callable[[gr.Blocks], None]
-    your_name: gr.Textbox
-    your_bio: gr.Textbox
+    #: wire(outputs) -> the events that import a card (so other character lists can follow them)
+    wire: Callable[[list], list[Any]]
 
 
 def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
-    with gr.Accordion("You, characters and files", open=False):
-        with gr.Row():
-            your_name = gr.Textbox(label="Your name", elem_id="your-name")
-            your_bio = gr.Textbox(label="About you", elem_id="your-bio")
-            save_profile = gr.Button("Save profile", size="sm", elem_id="save-profile")
+    with gr.Accordion("Character cards and chat files", open=False, elem_id="files-panel"):
         with gr.Row():
             card_in = gr.File(label="Import character card (PNG or JSON)", file_types=[".png", ".json"],
                               type="binary", elem_id="card-import")
@@ -46,18 +41,6 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         with gr.Row():
             export_chat = gr.Button("Export chat (JSON)", size="sm", elem_id="export-chat")
             export_card = gr.Button("Export character card (PNG)", size="sm", elem_id="export-card")
-
-    def on_profile_load(request: gr.Request):
-        profile = app.store.profile(user_of(request))
-        return profile["name"], profile["description"]
-
-    def on_profile_save(request: gr.Request, name: str, bio: str):
-        try:
-            app.store.set_profile(user_of(request), name, bio)
-        except StoreError as exc:
-            gr.Warning(literal(exc))
-            return f"⚠️ {literal(exc)}"
-        return "Saved your profile."
 
     @guarded
     def on_import_chat(request: gr.Request, data: bytes | None, sess: dict, character_v: str):
@@ -119,22 +102,23 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
             gr.Warning(literal(exc))
             return gr.skip()
 
-    def wire(outputs: list) -> None:
+    def wire(outputs: list) -> Any:
         """Wired once the tab's standard outputs exist (the status line is the 5th of them)."""
         private = dict(api_visibility="private")
         status = outputs[4]
-        save_profile.click(on_profile_save, [your_name, your_bio], status, **private)
         card_outputs = [character, status, pending_card, card_conflict, card_rename]
         # each upload is read once, then the box is emptied for the next file
-        card_in.upload(on_import_card, card_in, card_outputs, **private).then(lambda: None, None, card_in, **private)
-        card_overwrite.click(lambda data: on_import_card(data, "overwrite"), pending_card, card_outputs, **private)
-        card_rename.click(lambda data: on_import_card(data, "rename"), pending_card, card_outputs, **private)
+        uploaded = card_in.upload(on_import_card, card_in, card_outputs, **private)
+        uploaded.then(lambda: None, None, card_in, **private)
+        imported = [uploaded,
+                    card_overwrite.click(lambda data: on_import_card(data, "overwrite"), pending_card, card_outputs,
+                                         **private),
+                    card_rename.click(lambda data: on_import_card(data, "rename"), pending_card, card_outputs,
+                                      **private)]
         chat_in.upload(on_import_chat, [chat_in, session, character], outputs, **private).then(
             lambda: None, None, chat_in, **private)
         export_chat.click(on_export_chat, session, download, **private)
         export_card.click(on_export_card, character, download, **private)
+        return imported
 
-    def wire_load(blocks: gr.Blocks) -> None:
-        blocks.load(on_profile_load, None, [your_name, your_bio], api_visibility="private")
-
-    return FilesPanel(wire, wire_load, your_name, your_bio)
+    return FilesPanel(wire)

@@ -1,12 +1,18 @@
-"""How the Chat tab shows a chat: bubbles (with reasoning blocks), status lines, the chat list.
+"""How the Chat tab shows a chat: bubbles (with reasoning blocks and each message's actions), status
+lines, the chat list.
 
 Presentation only: what to show comes from the chat service (modules/conversation.py). Bubbles hold
-HTML rendered and sanitized on the server (modules/render.py).
+HTML rendered and sanitized on the server (modules/render.py). Each finished message ends with its
+action bar (version arrows, Edit, Copy, Branch here, Regenerate): plain buttons whose class names say
+what they do and which message they belong to (`act-next`, `mi-3`), because Gradio's own sanitizer
+keeps class names but drops data-* attributes; modules/ui/page.js turns a click into a call of the
+hidden message-action event (modules/ui/chat_actions.py).
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import logging
 from typing import Any
 
@@ -16,7 +22,7 @@ from pydantic import ValidationError
 from modules.app import App
 from modules.characters import CharacterError
 from modules.chat import ContextOverflow, context_line
-from modules.conversation import ChatView
+from modules.conversation import ChatView, Shown
 from modules.generation import GenerationError, NoModel, QueueFull
 from modules.models import ModelError
 from modules.store import ChatNotFound, StoreError
@@ -86,11 +92,22 @@ def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: 
     return " · ".join(parts)
 
 
+WAITING = "Waiting for the model…"
+
+
+def waiting(update: Any) -> bool:
+    """Between Send and the first token: the request waits in the queue or the prompt is being read."""
+    return update.queue_position > 0 or (update.tokens == 0 and update.finish_reason is None and not update.text
+                                         and not update.reasoning)
+
+
 def status_line(update: Any) -> str:
     if update.queue_position:
         if update.loading:
-            return f"⏳ loading {update.loading}: position {update.queue_position} in its queue"
-        return f"⏳ waiting for the model: position {update.queue_position} in the queue"
+            return f"{WAITING} Loading {literal(update.loading)}: position {update.queue_position} in its queue."
+        return f"{WAITING} Position {update.queue_position} in the queue."
+    if waiting(update):
+        return WAITING
     line = speed_line(update.tokens, update.seconds, update.first_token_seconds, update.prompt_tokens,
                       update.finish_reason)
     ctx = context_line(update)
@@ -123,12 +140,58 @@ def bubble_html(turn: Turn, images: bool, thinking: bool = False) -> str:
     return "".join(out) + render_footer(turn.extras.get("footer", ""))
 
 
-def bubbles(turns: list[Turn], session: dict[str, Any], thinking: bool = False) -> list[dict[str, str]]:
-    """Chatbot messages for `turns`; `thinking`: the last one is a reply still inside its reasoning."""
+def _button(act: str, title: str, off: bool = False) -> str:
+    return f'<button type="button" class="msg-act act-{act}{" off" if off else ""}" title="{title}"></button>'
+
+
+def action_bar(index: int, item: Shown, last: bool, regenerate: bool = True) -> str:
+    """The buttons under one message. Version arrows where there are versions (and always on the last
+    reply of a saved chat, whose `>` at the newest version makes a new one); Regenerate on the last reply."""
+    reply = item.turn.role == "assistant"
+    parts = []
+    if item.id is not None and (item.versions > 1 or (last and reply and regenerate)):
+        facts = html.escape(meta_line(item), quote=True)
+        at_newest = item.version >= item.versions
+        parts += [_button("prev", "Previous version", off=item.version <= 1),
+                  f'<span class="msg-version" title="{facts}">{item.version}/{item.versions}</span>',
+                  _button("next", "New version (regenerate)" if at_newest and last and reply and regenerate
+                          else "Next version", off=at_newest and not (last and reply and regenerate))]
+    parts += [_button("edit", "Edit"), _button("copy", "Copy")]
+    if item.id is not None:
+        parts.append(_button("branch", "Branch here: a new chat up to this message"))
+    if last and reply and regenerate:
+        parts.append(_button("regenerate", "Regenerate"))
+    return f'<div class="msg-actions mi-{index}">{"".join(parts)}</div>'
+
+
+def meta_line(item: Shown) -> str:
+    """What a message's version label tells on hover: model, seed, tokens."""
+    line = f"version {item.version} of {item.versions}"
+    if item.meta.get("model"):
+        line += f" · {item.meta['model']}, seed {item.meta.get('seed')}, {item.meta.get('tokens')} tokens"
+    return line
+
+
+def bubbles(turns: list[Turn], session: dict[str, Any], thinking: bool = False, shown: list[Shown] | None = None,
+            live: bool = False, wait: bool = False) -> list[dict[str, str]]:
+    """Chatbot messages for `turns`; `thinking`: the last one is a reply still inside its reasoning.
+    `shown` (the service's view of the same messages) adds each message's action bar; `live`: the last
+    message is still being written (no actions yet); `wait`: it has no token yet (a waiting indicator)."""
     images = bool(session.get("images"))
-    shown = [t for t in turns if t.role in ("user", "assistant")]
-    return [{"role": t.role, "content": bubble_html(t, images, thinking and i == len(shown) - 1)}
-            for i, t in enumerate(shown)]
+    visible = [t for t in turns if t.role in ("user", "assistant")]
+    out = []
+    indicator = f'<div class="waiting-indicator"><span class="dots"></span>{WAITING}</div>'
+    for i, turn in enumerate(visible):
+        last = i == len(visible) - 1
+        content = bubble_html(turn, images, thinking and last)
+        if last and wait and turn.role == "assistant":
+            content += indicator
+        elif shown is not None and i < len(shown) and not (last and live) and shown[i].turn.role == turn.role:
+            content += action_bar(i, shown[i], last and i == len(shown) - 1, regenerate=i > 0)
+        out.append({"role": turn.role, "content": content})
+    if wait and (not visible or visible[-1].role != "assistant"):
+        out.append({"role": "assistant", "content": indicator})  # the reply's place, before it has a word
+    return out
 
 
 def chat_choices(app: App, user: str, character: str | None, query: str = "") -> list[tuple[str, str]]:
@@ -153,9 +216,10 @@ def avatars(app: App, character: str | None) -> tuple[dict[str, Any] | None, dic
     return None, bot
 
 
-def redraw(app: App, user: str, session: dict[str, Any], character: str | None, status: str = "",
-           text: Any = None, query: str = "") -> tuple:
-    """The standard outputs: input, chatbot, state, chat list, status, selected info, edit box."""
+def redraw(app: App, user: str, session: dict[str, Any], character: str | None, status: Any = "",
+           text: Any = None, query: str = "", wait: bool = False) -> tuple:
+    """The standard outputs: input, chatbot, state, chat list, status, selected info, edit box.
+    `wait`: a reply has been asked for and has no token yet (a waiting indicator in its place)."""
     view = view_of(session)
     shown = app.chats.shown(user, view)
     index, info = app.chats.version_line(user, view)
@@ -163,7 +227,8 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
     edit = shown[index].turn.text if index is not None else ""
     choices = chat_choices(app, user, character, query)
     value = str(session["chat_id"]) if session["chat_id"] is not None else None
-    chatbot = gr.Chatbot(value=bubbles([s.turn for s in shown], session), avatar_images=avatars(app, character))
+    chatbot = gr.Chatbot(value=bubbles([s.turn for s in shown], session, shown=shown, wait=wait),
+                         avatar_images=avatars(app, character))
     return (gr.skip() if text is None else text, chatbot, session, gr.Radio(choices=choices, value=value), status,
             info, edit)
 

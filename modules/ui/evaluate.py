@@ -29,7 +29,10 @@ def render(app: App) -> None:
     def history() -> tuple[pd.DataFrame, pd.DataFrame]:
         rows = [asdict(r) for r in log.all()]
         frame = pd.DataFrame(rows, columns=COLUMNS)
-        plot_frame = frame.assign(label=frame["model"] + " · " + frame["quantization"] + " · " + frame["text"])
+        # one bar per run, numbered: runs with the same model and text are not summed into one bar
+        numbers = pd.Series(range(1, len(frame) + 1), index=frame.index).astype(str)
+        plot_frame = frame.assign(label=numbers + ". " + frame["model"] + " · " + frame["quantization"] + " · "
+                                  + frame["text"])
         return frame, plot_frame
 
     def on_run(pasted: str, file: str | None, window: float, step: float, progress: gr.Progress = gr.Progress()):
@@ -55,6 +58,8 @@ def render(app: App) -> None:
                 f"in {result.seconds} s", *history())
 
     table = gr.Dataframe(value=lambda: history()[0], headers=COLUMNS, interactive=False, elem_id="ppl-table")
+    # y from zero: bar heights compare; a single result still draws its bar (an automatic axis around one
+    # value has no height to give it)
     plot = gr.BarPlot(value=lambda: history()[1], x="label", y="perplexity", title="Perplexity (lower is better)",
-                      elem_id="ppl-plot")
+                      y_lim=[0, None], sort=None, elem_id="ppl-plot")
     run.click(on_run, [text, upload, max_length, stride], [status, table, plot], api_name="evaluate_perplexity")

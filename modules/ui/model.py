@@ -13,6 +13,7 @@ things. The tab imports no loader module: it asks the registry and the model man
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Callable, get_args, get_origin
 
@@ -25,6 +26,9 @@ from modules.loaders.registry import LOADERS, REMOTE_PREFIX
 from modules.models import ModelError, describe_backend
 from modules.render import literal
 from modules.ui import downloads
+from modules.ui.icons import icon
+
+log = logging.getLogger(__name__)
 
 OPTIONS = {name: spec.options for name, spec in LOADERS.items()}
 REASONING_CHOICES = ["auto", "think", "gpt-oss", "off", "custom"]
@@ -88,6 +92,17 @@ def header_line(app: App, name: str | None) -> str:
     return f"No model loaded for this chat: {literal(name)} loads with the next message"
 
 
+def links_note(app: App) -> str:
+    """Symbolic links in models/ that are not listed, and what to do instead (empty when there are none)."""
+    refused = app.models.refused_links()
+    if not refused:
+        return ""
+    listed = ", ".join(f"{literal(name)} (→ {literal(target)})" for name, target in refused)
+    return (f"⚠️ Not listed: {listed}. Parlour does not follow symbolic links out of {literal(app.models.models_dir)} "
+            "(a name must stay inside its folder): move or copy the model into it, or start with "
+            "`--models-dir` set to the folder that holds it.")
+
+
 def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]], gr.Markdown]:
     """Build the tab. Returns its status line, the info box, `describe()` (both lines' text) and the
     download status (it changes when a download ends and the list of models may have grown)."""
@@ -98,7 +113,8 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
                                allow_custom_value=False)
         loader = gr.Dropdown(choices=list(OPTIONS), value=current.loader if current else "transformers",
                              label="Loader", elem_id="model-loader", scale=2)
-        refresh = gr.Button("🔄 Refresh", elem_id="model-refresh", scale=1, min_width=100)
+        refresh = gr.Button("Refresh", elem_id="model-refresh", scale=1, min_width=100, icon=icon("refresh"))
+    links = gr.Markdown(links_note(app), elem_id="model-links")
     with gr.Row():
         load = gr.Button("Load", variant="primary", elem_id="model-load")
         reload = gr.Button("Reload", elem_id="model-reload")
@@ -195,10 +211,13 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
             if chosen == "remote" and app.settings.remote_url and "base_url" not in options:
                 options.update(app.settings.load_options("remote"))
             app.models.load(name, chosen, options, progress=lambda f, msg: progress(f, desc=msg))
-        except ModelError as exc:
+        except Exception as exc:  # noqa: BLE001 - a loader's surprise is still one line, never a bare "Error"
+            if not isinstance(exc, ModelError):
+                log.exception("loading %s failed", name)
             kept = app.models.current()
             still = f" — still loaded: {kept.name}" if kept else ""
-            return "⚠️ " + literal(f"could not load {name}: {exc}{still}"), gr.skip()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return "⚠️ " + literal(f"could not load {name}: {reason}{still}"), gr.skip()
         line, details = describe()
         return f"{line} — loaded in {time.perf_counter() - start:.1f} s", details
 
@@ -249,7 +268,7 @@ def render(app: App) -> tuple[gr.Markdown, gr.Code, Callable[[], tuple[str, str]
     def lists():
         return gr.Dropdown(choices=app.models.list()), gr.Dropdown(choices=app.models.list_loras())
 
-    refresh.click(lists, None, [dropdown, loras], api_name="model_refresh")
+    refresh.click(lambda: (*lists(), links_note(app)), None, [dropdown, loras, links], api_name="model_refresh")
     download_status.change(lists, None, [dropdown, loras], api_visibility="private", show_progress="hidden")
     dropdown.change(on_select, dropdown, [loader, *groups.values(), *all_controls, *reasoning_controls],
                     api_visibility="private")

@@ -1,4 +1,6 @@
-"""Notebook tab: one text area; Generate streams a raw continuation (no chat template) into it.
+"""Notebook tab: one text area; Generate streams a raw continuation (no chat template) into it, Undo
+goes back to the text before it, Regenerate makes it again. The text is saved as you type, per user,
+and comes back after a reload; prompts can be saved by name (modules/prompts.py does the files).
 
 Below it, the distribution views: **Next token** (the top 50 candidates before and after the sampler
 chain), the **sampler chain** (a bar chart after each stage, redrawn when a parameter moves) and the
@@ -9,7 +11,7 @@ text coloured by the probability the model gave each token. The computation is i
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 from pydantic import ValidationError
@@ -20,42 +22,76 @@ from modules.generation import GenerationError, GenerationRequest, NoModel, Queu
 from modules.inspect_logits import CannotInspect, candidates_table, chain_bars, coloured_tokens, inspect_next_token, \
     score_text
 from modules.models import ModelError
+from modules.prompts import NotebookDrafts, PromptError, PromptLibrary
 from modules.render import literal
-from modules.ui.chat_view import speed_line
+from modules.ui.chat_view import WAITING, speed_line, user_of
 from modules.ui.parameters import ParameterControls
 
+CONFIRM_DELETE_JS = "(name) => (name && confirm(`Delete the prompt ${name}?`)) ? name : null"
 
-def render(app: App, params: ParameterControls) -> gr.Textbox:
-    """Build the tab; returns its text box (the Chat tab's "Send to notebook" writes into it)."""
+
+def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[gr.Blocks], None],
+                                                       Callable[[Any], None]]:
+    """Build the tab; returns its text box (the Chat tab's "Send to notebook" writes into it), the
+    page-load wiring, and `autosave_after(event)` for events elsewhere that write into the text box."""
+    library = PromptLibrary(app.settings.user_data / "prompts")
+    drafts = NotebookDrafts(app.settings.user_data / "notebook")
+    before = gr.State(None)  # the text before the last generation (Undo, Regenerate)
+    with gr.Row(elem_id="notebook-prompts-row"):
+        prompt_pick = gr.Dropdown(library.names(), value=None, label="Saved prompts", elem_id="notebook-prompt",
+                                  scale=3)
+        prompt_name = gr.Textbox(label="Save as", placeholder="prompt name", elem_id="notebook-prompt-name", scale=2)
+        prompt_save = gr.Button("Save", elem_id="notebook-prompt-save", scale=0, min_width=80)
+        prompt_delete = gr.Button("Delete", variant="stop", elem_id="notebook-prompt-delete", scale=0, min_width=80)
     text = gr.Textbox(elem_id="notebook-input", show_label=False, lines=22, max_lines=40,
-                      placeholder="Write the start of a text; Generate continues it.")
-    with gr.Row():
+                      placeholder="Write the start of a text; Generate continues it. It is saved as you type.")
+    with gr.Row(elem_id="notebook-buttons"):
         generate = gr.Button("Generate", variant="primary", elem_id="notebook-generate")
         stop = gr.Button("Stop", variant="stop", elem_id="notebook-stop")
+        regenerate = gr.Button("Regenerate", elem_id="notebook-regenerate")
+        undo = gr.Button("Undo", elem_id="notebook-undo")
         count = gr.Button("Count tokens", elem_id="notebook-count")
     status = gr.Markdown(elem_id="notebook-status")
 
     def on_generate(prompt: str, *values: Any):
+        if not (prompt or "").strip():
+            yield gr.skip(), "⚠️ write the start of a text first: Generate continues it", gr.skip()
+            return
         try:
             preset = params.preset_from(values)
         except ValidationError as exc:
-            yield gr.skip(), f"⚠️ invalid parameters: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
+            yield (gr.skip(), f"⚠️ invalid parameters: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}",
+                   gr.skip())
             return
         cancel = threading.Event()
         request = GenerationRequest(preset=preset, prompt=prompt, cancel=cancel)
+        yield gr.skip(), WAITING, prompt  # Undo and Regenerate go back to this text
         try:
             limits.check_text("prompt", prompt)
             for update in throttle(app.pipeline.stream(request), app.settings.stream_fps):
                 if update.queue_position:
-                    yield gr.skip(), f"⏳ waiting for the model: position {update.queue_position} in the queue"
+                    yield gr.skip(), f"{WAITING} Position {update.queue_position} in the queue.", gr.skip()
                     continue
                 yield prompt + update.text, speed_line(update.tokens, update.seconds, update.first_token_seconds,
-                                                       update.prompt_tokens, update.finish_reason)
+                                                       update.prompt_tokens, update.finish_reason), gr.skip()
         except (NoModel, QueueFull, GenerationError, ValueError, ModelError) as exc:
             gr.Warning(literal(exc))
-            yield gr.skip(), f"⚠️ {literal(exc)}"
+            yield gr.skip(), f"⚠️ {literal(exc)}", gr.skip()
         finally:
             cancel.set()
+
+    def on_notebook_regenerate(previous: str | None, *values: Any):
+        """The last generation again, from the text it started from."""
+        if previous is None:
+            yield gr.skip(), "⚠️ nothing to regenerate yet: Generate first", gr.skip()
+            return
+        yield previous, gr.skip(), gr.skip()
+        yield from on_generate(previous, *values)
+
+    def on_undo(previous: str | None):
+        if previous is None:
+            return gr.skip(), "⚠️ nothing to undo", gr.skip()
+        return previous, "Undid the last generation.", gr.skip()  # Regenerate still starts from it
 
     def on_count(prompt: str) -> str:
         backend = app.models.current()
@@ -63,12 +99,71 @@ def render(app: App, params: ParameterControls) -> gr.Textbox:
             return "⚠️ no model is loaded"
         return f"{len(backend.tokenize(prompt))} tokens (context {backend.context_length})"
 
-    event = generate.click(on_generate, [text, *params.inputs], [text, status], concurrency_limit=None,
-                           api_name="notebook_generate")
-    stop.click(None, None, None, cancels=[event], api_visibility="private")
+    def autosave(request: gr.Request, current: str) -> Any:
+        try:
+            drafts.save(user_of(request), current)
+        except PromptError as exc:
+            return f"⚠️ {literal(exc)}"
+        return gr.skip()
+
+    def on_pick_prompt(name: str | None):
+        if not name:
+            return gr.skip(), gr.skip()
+        try:
+            return library.load(name), f"Opened prompt **{name}**."
+        except PromptError as exc:
+            return gr.skip(), f"⚠️ {literal(exc)}"
+
+    def on_save_prompt(name: str, current: str):
+        try:
+            saved = library.save(name, current)
+        except PromptError as exc:
+            return gr.skip(), f"⚠️ {literal(exc)}"
+        return gr.Dropdown(choices=library.names(), value=saved), f"Saved prompt **{saved}**."
+
+    def on_delete_prompt(name: str | None):
+        if not name:
+            return gr.skip(), gr.skip()
+        try:
+            library.delete(name)
+        except PromptError as exc:
+            return gr.skip(), f"⚠️ {literal(exc)}"
+        return gr.Dropdown(choices=library.names(), value=None), f"Deleted prompt **{name}**."
+
+    def on_notebook_load(request: gr.Request):
+        """The user's own text as they left it, and the prompts saved since the server started."""
+        try:
+            kept = drafts.load(user_of(request))
+        except PromptError as exc:
+            return gr.skip(), gr.Dropdown(choices=library.names()), f"⚠️ {literal(exc)}"
+        return kept, gr.Dropdown(choices=library.names()), gr.skip()
+
+    private = dict(api_visibility="private")
+    streaming = dict(concurrency_limit=None)
+    event = generate.click(on_generate, [text, *params.inputs], [text, status, before], api_name="notebook_generate",
+                           **streaming)
+    again = regenerate.click(on_notebook_regenerate, [before, *params.inputs], [text, status, before], **private,
+                             **streaming)
+    stopped = stop.click(None, None, None, cancels=[event, again], **private)
     count.click(on_count, text, status, api_name="notebook_count")
+    undone = undo.click(on_undo, before, [text, status, before], **private)
+    text.input(autosave, text, status, trigger_mode="always_last", show_progress="hidden", **private)
+    text.blur(autosave, text, status, show_progress="hidden", **private)  # text put in some other way
+    picked = prompt_pick.input(on_pick_prompt, prompt_pick, [text, status], **private)
+    prompt_save.click(on_save_prompt, [prompt_name, text], [prompt_pick, status], **private)
+    prompt_delete.click(on_delete_prompt, prompt_pick, [prompt_pick, status], js=CONFIRM_DELETE_JS, **private)
+
+    def autosave_after(trigger: Any) -> None:
+        trigger.then(autosave, text, status, show_progress="hidden", **private)
+
+    for trigger in (event, again, stopped, undone, picked):
+        autosave_after(trigger)
+
+    def wire_load(blocks: gr.Blocks) -> None:
+        blocks.load(on_notebook_load, None, [text, prompt_pick, status], **private)
+
     _render_inspector(app, params, text, event)
-    return text
+    return text, wire_load, autosave_after
 
 
 def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, generated: Any) -> None:
@@ -91,12 +186,15 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, gen
         backend = app.models.current()
         if backend is None:
             return gr.skip(), gr.skip(), "⚠️ no model is loaded"
+        if not (prompt or "").strip():  # nothing to continue yet: no distribution to show (and no error)
+            return "", "", "Write some text above to see its next token."
         try:
             preset = params.preset_from(values)
             view = inspect_next_token(backend, prompt, preset)
         except ValidationError as exc:
             first = exc.errors()[0]
-            return gr.skip(), gr.skip(), f"⚠️ invalid parameters: {first['loc'][0] if first['loc'] else ''}: {first['msg']}"
+            where = first["loc"][0] if first["loc"] else ""
+            return gr.skip(), gr.skip(), f"⚠️ invalid parameters: {where}: {first['msg']}"
         except (CannotInspect, ValueError) as exc:
             return gr.skip(), gr.skip(), f"⚠️ {literal(exc)}"
         stages = " → ".join(stage.name for stage in view.stages[1:]) or "no active samplers"

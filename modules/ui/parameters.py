@@ -21,12 +21,13 @@ from modules.app import App
 from modules.presets import Preset, PresetError, field_group, field_text, field_text_kind, neutral_samplers
 from modules.render import literal
 from modules.ui import constraints
+from modules.ui.icons import icon
 
 GROUPS = {"curve": "Curve shape", "cutoffs": "Cutoffs", "repetition": "Repetition", "other": "Other"}
 # Validation allows more than a slider can usefully show; these are the slider ends (a preset with
-# a larger value widens its slider when it loads).
-UI_MAX = {"max_new_tokens": 4096, "top_k": 200, "temperature": 2.0, "repetition_penalty": 2.0,
-          "dynatemp_low": 3.0, "dynatemp_high": 3.0, "smoothing_factor": 5.0}
+# a larger value widens its slider when it loads). Temperatures go as far as a preset may (5), as in
+# text-generation-webui: the high end is what people reach for with min-p or dynamic temperature.
+UI_MAX = {"max_new_tokens": 4096, "top_k": 200, "repetition_penalty": 2.0, "smoothing_factor": 5.0}
 # Integers whose useful range is too wide for a slider.
 NUMBER_FIELDS = {"seed", "truncation_length", "repetition_penalty_range"}
 # A confirm() in the browser before Delete; a cancelled dialog sends no name and nothing happens.
@@ -139,7 +140,7 @@ def _error_line(exc: ValidationError) -> str:
 def render(app: App, params: ParameterControls) -> None:
     with gr.Row():
         params.dropdown.render()
-        refresh = gr.Button("🔄", scale=0, min_width=50, elem_id="preset-refresh")
+        refresh = gr.Button("Refresh", scale=0, min_width=100, elem_id="preset-refresh", icon=icon("refresh"))
         restore = gr.Button("Restore", scale=0, min_width=90, elem_id="preset-restore")
         neutralize = gr.Button("Neutralize samplers", scale=0, min_width=160, elem_id="preset-neutralize")
         delete = gr.Button("Delete", variant="stop", scale=0, min_width=90, elem_id="preset-delete")
@@ -162,14 +163,20 @@ def render(app: App, params: ParameterControls) -> None:
     constraints.render(app, params)
     outputs = [*params.inputs, params.status]
 
-    def load_preset(name: str | None) -> list[Any]:
+    def load_preset(name: str | None, *values: Any) -> list[Any]:
+        """The preset's values in the controls. When they are what the controls show already (the preset
+        just saved under this name, selected by the save), the status line keeps saying "Saved"."""
         if not name:
             return [gr.skip()] * (len(params.controls) + 1)
         try:
             preset = app.presets.load(name)
         except PresetError as exc:
             return [gr.skip()] * len(params.controls) + [f"⚠️ {literal(exc)}"]
-        return params.values_of(preset) + [f"Loaded preset **{literal(name)}**."]
+        try:
+            unchanged = bool(values) and params.preset_from(values) == preset
+        except ValidationError:
+            unchanged = False
+        return params.values_of(preset) + [gr.skip() if unchanged else f"Loaded preset **{literal(name)}**."]
 
     def save_preset(name: str, *values: Any):
         name = (name or "").strip()
@@ -224,7 +231,7 @@ def render(app: App, params: ParameterControls) -> None:
         chosen = gr.Dropdown(choices=names, value=remembered) if remembered in names else gr.Dropdown(choices=names)
         return [chosen, *marks]
 
-    params.dropdown.change(load_preset, params.dropdown, outputs, api_name="load_preset")
+    params.dropdown.change(load_preset, [params.dropdown, *params.inputs], outputs, api_name="load_preset")
     restore.click(load_preset, params.dropdown, outputs, api_visibility="private")
     save.click(save_preset, [save_name, *params.inputs], [params.dropdown, params.status], api_name="save_preset")
     delete.click(delete_preset, params.dropdown, [params.dropdown, params.status], js=CONFIRM_DELETE_JS,

@@ -43,12 +43,23 @@ def open_page(browser, url, context=None):
     return page
 
 
+# A message's words as shown: its inner text without its action bar (whose version label is text too),
+# white space collapsed (the browser's line breaks between paragraphs vary with layout, not content).
+WORDS = """(els) => els.map((e) => {
+  const bars = [...e.querySelectorAll('.msg-actions, .waiting-indicator')];
+  bars.forEach((b) => { b.style.display = 'none'; });
+  const text = e.innerText;
+  bars.forEach((b) => { b.style.display = ''; });
+  return text.replace(/\\s+/g, ' ').trim();
+})"""
+
+
 def bots(page) -> list[str]:
-    return page.locator("#chatbot [data-testid=bot] .message-content").all_inner_texts()
+    return page.locator("#chatbot [data-testid=bot] .message-content").evaluate_all(WORDS)
 
 
 def users(page) -> list[str]:
-    return page.locator("#chatbot [data-testid=user] .message-content").all_inner_texts()
+    return page.locator("#chatbot [data-testid=user] .message-content").evaluate_all(WORDS)
 
 
 def settle(page, server, requests: int | None = None):
@@ -76,28 +87,49 @@ def info(page) -> str:
     return page.inner_text("#selected-info")
 
 
+def act(page, index: int, name: str) -> None:
+    """Click an action in message `index`'s action bar (prev, next, edit, copy, branch, regenerate)."""
+    page.locator(f"#chatbot .msg-actions.mi-{index} .act-{name}").click()
+
+
+def wait_version(page, index: int, label: str) -> None:
+    """Wait until message `index` shows version `label` ("2/3") beside its arrows."""
+    page.wait_for_function("([i, v]) => { const e = document.querySelector(`#chatbot .msg-actions.mi-${i} "
+                           ".msg-version`); return e && e.innerText.trim() === v; }", arg=[index, label])
+
+
+def edit_in_place(page, index: int, text: str) -> None:
+    """Edit message `index` where it is shown: its words open in an editor in the bubble; Save writes them."""
+    act(page, index, "edit")
+    editor = page.locator("#chatbot .msg-editor textarea")
+    editor.wait_for()
+    editor.fill(text)
+    page.click("#chatbot .msg-editor-save")
+
+
 def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server, tmp_path):
     page = open_page(browser, server.url)
     send(page, server, "hello")
     first = bots(page)[-1]
     click_and_generate(page, server, "#regenerate")
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    wait_version(page, 1, "2/2")  # the arrows are on the reply itself
     second = bots(page)[-1]
     assert len(bots(page)) == 1
-    page.click("#prev-version")
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 1/2')")
+    act(page, 1, "prev")
+    wait_version(page, 1, "1/2")
     assert bots(page)[-1] == first
-    page.click("#next-version")
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    act(page, 1, "next")
+    wait_version(page, 1, "2/2")
     assert bots(page)[-1] == second
     # versions survive a reload: they are in the database, not the page
     page.reload()
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length >= 1")
     page.wait_for_function(IDLE)
+    wait_version(page, 1, "2/2")
     assert bots(page)[-1] == second and "version 2/2" in info(page)
     # export the chat as JSON and import it back: a second chat with both versions
-    page.get_by_text("You, characters and files").click()
+    page.get_by_text("Character cards and chat files").click()
     page.click("#export-chat")
     link = page.wait_for_selector("#download a[href]")
     exported = page.request.get(link.get_attribute("href")).body()
@@ -107,6 +139,7 @@ def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server, tmp_p
     page.set_input_files("#chat-import input[type=file]", str(saved))
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Imported')")
     page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
+    wait_version(page, 1, "2/2")
     assert bots(page)[-1] == second and "version 2/2" in info(page)
 
 
@@ -114,17 +147,16 @@ def test_edit_any_message_and_branch_here(browser, server):
     page = open_page(browser, server.url)
     send(page, server, "first question")
     send(page, server, "second question")
-    page.locator("#chatbot [data-testid=user]").first.click()
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.startsWith('Message 1 (user)')")
-    assert page.input_value("#edit-text textarea") == "first question"
-    page.fill("#edit-text textarea", "edited question")
-    page.click("#save-edit")
+    act(page, 0, "edit")  # the first message's words open in place, in its own bubble
+    editor = page.locator("#chatbot [data-testid=user] .msg-editor textarea")
+    editor.wait_for()
+    assert editor.input_value() == "first question"
+    editor.fill("edited question")
+    page.click("#chatbot .msg-editor-save")
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Saved the edit')")
     assert users(page) == ["edited question", "second question"]
     # branch at the first reply: a new chat with two messages, the original keeps four
-    page.locator("#chatbot [data-testid=bot]").first.click()
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.startsWith('Message 2')")
-    page.click("#branch-here")
+    act(page, 1, "branch")
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Branched')")
     assert users(page) == ["edited question"] and len(bots(page)) == 1
     labels = page.locator("#chat-list label").all_inner_texts()
@@ -301,7 +333,7 @@ def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(br
     path = tmp_path / "mira.png"
     path.write_bytes(png_with_text(blank_png(), "chara", base64.b64encode(json.dumps(card).encode())))
     page = open_page(browser, server.url)
-    page.get_by_text("You, characters and files").click()
+    page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#card-import input[type=file]", str(path))
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Pirate Mira')")
     page.click("#new-chat")
@@ -317,7 +349,7 @@ def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(br
     before = server.health()["requests"]
     page.locator("#chat-input textarea").press("Control+Enter")
     settle(page, server, before + 1)
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    wait_version(page, 2, "2/2")
     # incognito: a chat that never reaches the database
     page.check("#incognito input")
     page.click("#new-chat")
@@ -338,7 +370,7 @@ def test_sidebar_rename_search_delete_prompt_preview_and_reproduce(browser, serv
     # reproduce: the same saved settings (seed included) give the same reply, as a new version
     first = bots(page)[-1]
     click_and_generate(page, server, "#reproduce")
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/2')")
+    wait_version(page, 1, "2/2")
     assert bots(page)[-1] == first
     page.fill("#rename-title textarea", "Monotremes")
     page.click("#rename-chat")

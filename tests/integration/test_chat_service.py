@@ -55,7 +55,10 @@ def test_regenerate_keeps_versions_and_the_arrows_browse_them(app):
     setup = Setup(PromptOptions(mode="instruct"), SAMPLED)
     view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
     first = app.chats.turns("ann", view)[-1].text
-    second = last(app.chats.regenerate("ann", view, setup)).turns[-1].text
+    steps = list(app.chats.regenerate("ann", view, setup))
+    # while it streams, the new version takes the old one's place (not shown beside it)
+    assert {len(step.turns) for step in steps} == {2}
+    second = steps[-1].turns[-1].text
     shown = app.chats.shown("ann", view)
     assert (shown[-1].version, shown[-1].versions) == (2, 2) and shown[-1].turn.text == second
     view = app.chats.select_version("ann", view, len(shown) - 1, -1)
@@ -182,3 +185,91 @@ def test_next_prompt_without_a_model_is_a_clear_error(make_app):
     app = make_app()
     with pytest.raises(NoModel, match="no model is loaded"):
         chat.next_prompt(app, [Turn.of("user", "hi")], PromptOptions(), Preset())
+
+
+def test_alternate_greetings_are_the_first_replys_versions(make_app, tmp_path):
+    folder = tmp_path / "characters"
+    folder.mkdir()
+    (folder / "Mira.yaml").write_text("name: Mira\ngreeting: Ahoy {{user}}!\nalternate_greetings:\n"
+                                      "- Avast, {{user}}.\n- Yo ho!\n")
+    app = make_app(characters_dir=folder)
+    opts = resolve_options(app, "ann", mode="chat", character="Mira")
+    view = app.chats.new_chat("ann", Setup(opts, GREEDY, character="Mira"))
+    first = app.chats.shown("ann", view)
+    assert [(s.turn.text, s.version, s.versions) for s in first] == [("Ahoy ann!", 1, 3)]
+    view = app.chats.select_version("ann", view, 0, 1)
+    assert app.chats.turns("ann", view)[0].text == "Avast, ann."
+    # `>` on a greeting never regenerates (there is nothing before it to answer)
+    view = app.chats.select_version("ann", view, 0, 1)
+    assert not app.chats.wants_regenerate("ann", view, 0, 1)
+    incognito = app.chats.new_chat("ann", Setup(opts, GREEDY, character="Mira"), incognito=True)
+    assert [t.text for t in incognito.turns] == ["Ahoy ann!"]
+
+
+def test_next_on_the_newest_version_of_the_last_reply_regenerates(app):
+    setup = Setup(PromptOptions(mode="instruct"), GREEDY)
+    view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
+    view = last(app.chats.send("ann", view, "again", setup)).view
+    assert app.chats.wants_regenerate("ann", view, 3, 1)
+    assert not app.chats.wants_regenerate("ann", view, 3, -1)
+    assert not app.chats.wants_regenerate("ann", view, 1, 1)  # not the last reply
+    assert not app.chats.wants_regenerate("ann", view, 2, 1)  # a user message
+    last(app.chats.regenerate("ann", view, setup))
+    view = app.chats.select_version("ann", view, 3, -1)  # back to 1/2: `>` now browses
+    assert not app.chats.wants_regenerate("ann", view, 3, 1)
+
+
+def test_a_reply_stopped_before_its_first_token_is_saved_as_cancelled(app):
+    steps = app.chats.send("ann", ChatView(), "go", Setup(PromptOptions(), GREEDY))
+    first = next(steps)  # the message is saved
+    waiting = next(steps)  # the reply has begun, no token yet
+    assert waiting.update.tokens == 0 and waiting.turns[-1].role == "assistant"
+    steps.close()
+    view = app.chats.settled("ann", first.view)
+    saved = app.store.path("ann", view.chat_id)[-1]
+    assert saved.role == "assistant" and saved.complete and saved.meta["finish_reason"] == "cancelled"
+
+
+def test_message_actions_from_the_page_are_checked_then_done_through_the_service(app):
+    from modules.message_actions import MAX_EDIT_CHARS, MessageAction, apply
+
+    for raw in ["", "not json", "[1]", '{"act": "explode", "index": 0}', '{"act": "edit", "index": -1}',
+                '{"act": "edit", "index": true}', '{"act": "save", "index": 0, "text": 5}',
+                '{"act": "save", "index": 0, "text": "' + "x" * (MAX_EDIT_CHARS + 1) + '"}']:
+        with pytest.raises(ValueError, match="message action|longer than"):
+            MessageAction.parse(raw)
+    setup = Setup(PromptOptions(mode="instruct"), SAMPLED)
+    view = last(app.chats.send("ann", ChatView(), "hi", setup)).view
+    first = app.chats.turns("ann", view)[-1].text
+    asked = []
+
+    def plan():
+        asked.append(True)
+        return setup
+
+    # `>` on the newest version of the last reply streams a new version
+    acted = apply(app.chats, "ann", view, MessageAction.parse('{"act": "next", "index": 1}'), plan)
+    assert acted.steps is not None and asked == [True]
+    second = last(acted.steps).turns[-1].text
+    assert [(s.version, s.versions) for s in app.chats.shown("ann", view)][-1] == (2, 2)
+    acted = apply(app.chats, "ann", view, MessageAction("prev", 1), plan)
+    assert acted.steps is None and app.chats.turns("ann", acted.view)[-1].text == first
+    acted = apply(app.chats, "ann", view, MessageAction("next", 1), plan)  # 2/2 again, by browsing
+    assert acted.steps is None and app.chats.turns("ann", acted.view)[-1].text == second and len(asked) == 1
+    acted = apply(app.chats, "ann", view, MessageAction("save", 0, "hello there"), plan)
+    assert acted.status == "Saved the edit." and app.chats.turns("ann", acted.view)[0].text == "hello there"
+    acted = apply(app.chats, "ann", view, MessageAction("branch", 0), plan)
+    assert acted.new_chat and acted.view.chat_id != view.chat_id
+    assert [t.text for t in app.chats.turns("ann", acted.view)] == ["hello there"]
+    assert len(app.chats.turns("ann", view)) == 2  # the original keeps both messages
+
+
+def test_after_stop_says_how_far_the_reply_got(app):
+    steps = app.chats.send("ann", ChatView(), "go", Setup(PromptOptions(), SAMPLED))
+    for step in steps:
+        if step.update.tokens >= 3:
+            break
+    steps.close()
+    view, status = app.chats.after_stop("ann", step.view)
+    tokens = app.store.path("ann", view.chat_id)[-1].meta["tokens"]
+    assert status == f"Stopped after {tokens} tokens." and 3 <= tokens < SAMPLED.max_new_tokens

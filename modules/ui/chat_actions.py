@@ -1,0 +1,76 @@
+"""The Chat tab's actions on one message (the bar under each bubble), the chatbot's bin, and Stop:
+wiring only (modules/message_actions.py does the actions through the chat service).
+
+A click in a message's action bar (modules/ui/page.js) writes `{"act": ..., "index": ...}` into the
+hidden `#msg-action` box and presses the hidden `#msg-action-go` button; `on_message_action` hands it
+to the service. After an Edit the page opens the message's words in place (the bubble shows rendered
+HTML, the editor needs the words: the server sends them in the hidden edit box).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+
+from modules.app import App
+from modules.conversation import Setup, Step
+from modules.message_actions import MessageAction, apply
+from modules.ui.chat_view import guarded, new_session, redraw, session_of, user_of, view_of
+
+# After the server answers an Edit, the page opens the editor on that message with the words it sent.
+AFTER_ACTION_JS = "(text) => { window.parlour && window.parlour.afterAction(text); }"
+# The bin in the chatbot's corner deletes the chat, after the browser asks; Gradio has emptied the
+# screen already, so "keep" draws the chat again.
+CONFIRM_BIN_JS = "() => confirm('Delete this chat? It cannot be undone.') ? 'delete' : 'keep'"
+PENDING_JS = "() => (window.parlour && window.parlour.pending) || ''"
+
+
+def wire(app: App, ui: Any, outputs: list, inputs: list, plan: Callable[..., Setup],
+         stream: Callable[[str, dict, str, Iterator[Step]], Iterator[tuple]]) -> list:
+    """Wire the message actions and the bin; returns the action event (Stop cancels it too).
+    `inputs`: the prompt controls and sampler controls after the session; `plan(user, values)` makes the
+    next reply's Setup from them (values[1] is the character)."""
+    private = dict(api_visibility="private")
+
+    @guarded
+    def on_message_action(request: gr.Request, raw: str, sess: dict, *values: Any):
+        user = user_of(request)
+        acted = apply(app.chats, user, view_of(sess), MessageAction.parse(raw), lambda: plan(user, values))
+        if acted.steps is not None:
+            yield from stream(user, sess, values[1], acted.steps)
+            return
+        sess = new_session(previous=sess) if acted.new_chat else sess
+        yield redraw(app, user, session_of(acted.view, sess), values[1], status=acted.status)
+
+    @guarded
+    def on_bin(request: gr.Request, answer: str, sess: dict, character_v: str):
+        user = user_of(request)
+        if answer != "delete":
+            return redraw(app, user, sess, character_v)
+        view = app.chats.delete(user, view_of(sess))
+        return redraw(app, user, session_of(view, new_session(view.incognito, previous=sess)), character_v,
+                      status="Deleted the chat.")
+
+    acted = ui.msg_go.click(None, None, ui.msg_action, js=PENDING_JS, **private).then(
+        on_message_action, [ui.msg_action, ui.session, *inputs], outputs, concurrency_limit=None,
+        show_progress="hidden", **private)
+    acted.then(None, ui.edit_text, None, js=AFTER_ACTION_JS, **private)
+    ui.chatbot.clear(None, None, ui.msg_action, js=CONFIRM_BIN_JS, **private).then(
+        on_bin, [ui.msg_action, ui.session, ui.character], outputs, **private)
+    return acted
+
+
+def wire_stop(app: App, ui: Any, outputs: list, events: list) -> None:
+    """Stop cancels `events` (the model ends within a token), then shows the chat as saved."""
+
+    @guarded
+    def on_stopped(request: gr.Request, sess: dict, character_v: str):
+        """After Stop: the chat as saved (the reply ends where it was stopped) and a "Stopped" line."""
+        user = user_of(request)
+        view, status = app.chats.after_stop(user, view_of(sess))
+        return redraw(app, user, session_of(view, sess), character_v, status=status)
+
+    # the cancel first (the page sends it at once), then the redraw: it waits for the reply's end to be saved
+    ui.stop.click(None, None, None, cancels=events, api_visibility="private").then(
+        on_stopped, [ui.session, ui.character], outputs, api_visibility="private")

@@ -1,0 +1,158 @@
+"""The Character tab in a real browser: make a character (greetings, context, scenario, examples, a
+picture cropped to a square), chat with it, change it and see the next prompt change, duplicate and
+delete it; every character list follows, and a page load re-reads them (a character added on disk, or
+imported, is listed after a reload)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import ROOT, serving
+from tests.e2e.test_chat_browser import IDLE, act, bots, wait_version
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("characters-home")
+
+
+@pytest.fixture(scope="module")
+def server(home, models_dir):
+    shutil.copytree(ROOT / "characters", home / "characters")
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro",
+                 "--characters-dir", str(home / "characters")) as process:
+        yield process
+
+
+def open_page(browser, url):
+    page = browser.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    page.wait_for_selector("#chat-input textarea")
+    page.wait_for_function(IDLE)
+    return page
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def choices(page, selector: str) -> list[str]:
+    """The options of a dropdown, on its own tab (#character: Chat, #char-pick: Character)."""
+    tab(page, "Chat" if selector == "#character" else "Character")
+    page.locator(f"{selector} input").click()
+    names = page.locator("ul[role=listbox] li").all_inner_texts()
+    page.keyboard.press("Escape")
+    return [n.replace("✓", "").strip() for n in names]  # the chosen one is marked with a tick
+
+
+def status(page) -> str:
+    return page.inner_text("#char-status")
+
+
+def picture(path, width: int, height: int) -> None:
+    image = Image.new("RGB", (width, height), (250, 200, 0))
+    image.paste((0, 90, 200), (0, 0, width // 3, height))
+    image.save(path)
+
+
+def show_prompt(page) -> str:
+    accordion = page.get_by_text("Prompt settings")
+    if not page.locator("#show-prompt").is_visible():
+        accordion.click()
+    page.click("#show-prompt")
+    page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Prompt:')")
+    return page.locator("#prompt-preview").inner_text()
+
+
+def test_make_a_character_chat_with_it_change_it_duplicate_and_delete_it(browser, server, home, tmp_path):
+    page = open_page(browser, server.url)
+    tab(page, "Character")
+    page.click("#char-new")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('new character')")
+    page.fill("#char-name textarea, #char-name input", "Mira")
+    page.fill("#char-greeting textarea", "Ahoy, {{user}}!")
+    page.fill("#char-alt-greetings textarea", "Avast, {{user}}.\n---\nYo ho ho!")
+    page.fill("#char-context textarea", "{{char}} is a pirate who says arr.")
+    page.fill("#char-scenario textarea", "A ship at dawn.")
+    page.fill("#char-examples textarea", "{{user}}: Hello\n{{char}}: Arr!")
+    picture(tmp_path / "wide.png", 600, 300)
+    page.set_input_files("#char-picture input[type=file]", str(tmp_path / "wide.png"))
+    page.wait_for_function("() => { const img = document.querySelector('#char-picture img');"
+                           " return img && img.complete && img.naturalWidth > 0"
+                           " && img.naturalWidth === img.naturalHeight; }")
+    page.click("#char-save")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Saved Mira')")
+    saved = yaml.safe_load((home / "characters" / "Mira.yaml").read_text())
+    assert saved["greeting"] == "Ahoy, {{user}}!" and saved["alternate_greetings"] == ["Avast, {{user}}.", "Yo ho ho!"]
+    assert saved["context"] == "{{char}} is a pirate who says arr.\n\nScenario: A ship at dawn.\n\n" \
+                               "{{user}}: Hello\n{{char}}: Arr!"
+    with Image.open(home / "characters" / "Mira.png") as stored:
+        assert stored.size == (300, 300)  # the centre square of the 600x300 upload
+    # the Chat tab lists it at once (no reload), and the editor's button opens a chat with it
+    assert "Mira" in choices(page, "#character")
+    tab(page, "Character")
+    page.click("#char-use")
+    page.wait_for_selector("#chat-input textarea", state="visible")
+    page.wait_for_function("() => document.querySelector('#character input').value === 'Mira'")
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
+    assert bots(page)[0].strip() == "Ahoy, You!"
+    wait_version(page, 0, "1/3")  # the alternate greetings are the first reply's other versions
+    act(page, 0, "next")
+    wait_version(page, 0, "2/3")
+    assert bots(page)[0].strip() == "Avast, You."
+    page.wait_for_selector("#chatbot .avatar-container img")  # the picture is the avatar
+    assert "a pirate who says arr" in show_prompt(page)
+
+    # a change applies to the next reply: the prompt the model reads now has the new words
+    tab(page, "Character")
+    page.fill("#char-context textarea", "{{char}} is a retired pirate who grows roses.")
+    page.click("#char-save")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('The next reply')")
+    tab(page, "Chat")
+    prompt = show_prompt(page)
+    assert "a retired pirate who grows roses" in prompt and "says arr" not in prompt
+
+    # duplicate, then delete the copy: both lists follow
+    tab(page, "Character")
+    page.click("#char-duplicate")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Mira (2)')")
+    page.wait_for_function("() => document.querySelector('#char-name textarea, #char-name input').value === 'Mira (2)'")
+    assert "Mira (2)" in choices(page, "#char-pick") and "Mira (2)" in choices(page, "#character")
+    assert (home / "characters" / "Mira (2).png").is_file()
+    tab(page, "Character")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#char-delete")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Deleted Mira (2)')")
+    assert "Mira (2)" not in choices(page, "#char-pick") and "Mira (2)" not in choices(page, "#character")
+    assert not (home / "characters" / "Mira (2).yaml").exists()
+    assert (home / "characters" / "Mira.yaml").exists()
+    page.close()
+
+
+def test_a_page_load_lists_characters_added_since_and_the_profile_is_here(browser, server, home):
+    page = open_page(browser, server.url)
+    # written after the server built the page: only a page load that reads the folder again lists it
+    (home / "characters" / "Dropped In.yaml").write_text("name: Dropped In\ngreeting: ''\ncontext: New.\n")
+    page.reload()
+    page.wait_for_selector("#chat-input textarea")
+    page.wait_for_function(IDLE)
+    assert "Dropped In" in choices(page, "#character")
+    assert "Dropped In" in choices(page, "#char-pick")
+    # who you are: the name and bio the prompt uses
+    page.fill("#your-name textarea, #your-name input", "Captain Ann")
+    page.fill("#your-bio textarea, #your-bio input", "Ann sails a small boat.")
+    page.click("#save-profile")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Saved your profile')")
+    tab(page, "Chat")
+    page.locator("#chat-mode label", has_text="chat").first.click()
+    prompt = show_prompt(page)
+    assert "Ann sails a small boat." in prompt
+    page.close()

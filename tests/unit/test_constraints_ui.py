@@ -32,17 +32,13 @@ def test_good_text_applies_bad_text_keeps_the_last_good_setting(make_app):
 def test_the_loaded_loader_decides_what_is_supported(make_app):
     app = make_app()
 
-    class GbnfOnly:
+    class LlamaCpp:  # what it can constrain is its loader's (the registry's capabilities)
         name = "x.gguf"
         loader = "llama.cpp"
-        constraint_kinds = frozenset({"gbnf", "json_schema"})
 
-    app.models._backend = GbnfOnly()
-    try:
-        _, note = apply_text(app, "regex", "[0-9]+", {})
-        assert "the llama.cpp loader does not support regex constraints" in note
-    finally:
-        app.models._backend = None
+    app.models.adopt(LlamaCpp())
+    _, note = apply_text(app, "regex", "[0-9]+", {})
+    assert "the llama.cpp loader does not support regex constraints" in note
 
 
 def test_the_page_builds_with_the_group(make_app):

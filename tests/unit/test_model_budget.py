@@ -256,7 +256,7 @@ def test_a_request_waiting_for_its_model_says_which_and_where(folder):
     updates = Pipeline(manager).stream(GenerationRequest(preset=Preset(), prompt="x", model="a"))
     first = next(updates)
     assert (first.queue_position, first.loading) == (1, "a")
-    assert status_line(first) == "⏳ loading a: position 1 in its queue"
+    assert status_line(first) == "Waiting for the model… Loading a: position 1 in its queue."
     updates.close()  # the reader left: it left the queue too
     until(lambda: manager.states()["a"]["waiting"] == 0)
     manager.hold["a"].set()

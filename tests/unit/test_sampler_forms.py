@@ -61,6 +61,10 @@ def forms(name: str) -> list[tuple[Any, Any]]:
         elif value.is_integer():
             written.append((int(value), value))  # a float key written as a whole number: 2
         return written
+    if name == "json_schema":  # a schema: a mapping (YAML, the API's JSON) or its JSON text
+        return [({"type": "object"}, '{"type": "object"}'), ('{"type": "object"}', '{"type": "object"}'), ("", "")]
+    if name in ("grammar_string", "regex"):  # a grammar or a regex is text
+        return [("root ::= [0-9]+", "root ::= [0-9]+"), ("", "")]
     if annotation is str:
         return [("a text", "a text"), ("", "")]
     raise AssertionError(f"{name}: no written forms known for {annotation!r} — add them to forms()")

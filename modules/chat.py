@@ -228,8 +228,9 @@ def engine_messages(history: History, options: PromptOptions) -> list[dict[str, 
         return None
     if options.instruction_template is not None and options.mode != "chat":  # chat mode uses no template
         return None
+    turns = tool_prompt.openai_messages([m for t in history if _turn(t).role in ("user", "assistant", "tool")
+                                         for m in _turn(t).template_messages()])
     history = [{"role": _turn(t).role, "content": _turn(t).text} for t in history]
-    turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
     if options.lorebook is not None or options.post_history:  # as in build_chat_prompt; the engine's tokenizer
         if options.mode == "instruct" and system_turns and not options.system_message:  # is not here: estimated
@@ -238,11 +239,12 @@ def engine_messages(history: History, options: PromptOptions) -> list[dict[str, 
     if options.mode == "chat":
         # the character's context is the system message; each turn carries its speaker's name
         context = "\n\n".join(part for part in (system_turns, _context(options)) if part)
-        named = [{**t, "name": options.name1 if t["role"] == "user" else options.name2} for t in turns]
+        named = [{**t, "name": options.name1 if t["role"] == "user" else options.name2}
+                 if t["role"] in ("user", "assistant") else t for t in turns]
         return ([{"role": "system", "content": context}] if context else []) + named
     if options.mode == "chat-instruct":
         opts = replace(options, system_message=options.system_message or system_turns)
-        return _chat_instruct_messages(turns, opts, options.name2)
+        return _chat_instruct_messages(tool_prompt.plain_messages(turns), opts, options.name2)
     system = substitute(options.system_message or system_turns or _context(options), options.name1,
                         options.name2).strip()
     return ([{"role": "system", "content": system}] if system else []) + turns

@@ -70,6 +70,19 @@ def plain_messages(messages: list[dict[str, Any]], fmt: CallFormat = GENERIC) ->
     return out
 
 
+def openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool-shaped template messages as OpenAI's API takes them (a remote engine): call arguments as JSON text."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [
+                {**c, "function": {**c["function"], "arguments": _arguments_text(c["function"].get("arguments"))}}
+                for c in calls]}
+        out.append(message)
+    return out
+
+
 def _arguments_text(value: Any) -> str:
     if isinstance(value, str):
         return value

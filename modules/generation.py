@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from modules import reasoning
 from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state, tool_template
-from modules.constraints import stop_strings
+from modules.constraints import constraint_of, stop_strings
 from modules.extensions import Extensions, history_to_messages, messages_to_history
 from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
@@ -353,6 +353,8 @@ class Prepared:
     #: the answer's calls are read in (modules/tools/formats.py)
     tools: ToolUse = field(default_factory=ToolUse)
     call_format: CallFormat = GENERIC
+    #: the preset's constraint leaves text free until a tool call starts (the derived stop strings apply)
+    free_text: bool = False
 
 
 class ModelSource(Protocol):
@@ -497,6 +499,11 @@ class Pipeline:
             keys = forced.constraint(backend, use, prepared.call_format, prepared.reasoning_state,
                                      backend.reasoning_format, prepared.preset.max_new_tokens)
             prepared.preset = prepared.preset.model_copy(update=keys)
+        elif constraint_of(prepared.preset) is None:  # auto: a call, once started, is constrained (the
+            lazy = forced.lazy_constraint(backend, use, prepared.call_format,  # request's own constraint wins)
+                                          prepared.reasoning_state, backend.reasoning_format)
+            if lazy is not None:
+                prepared.preset, prepared.free_text = prepared.preset.model_copy(update=lazy), True
         return prepared
 
     def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
@@ -587,7 +594,8 @@ class Pipeline:
             prepared = self.prepare(backend, request)
             # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state); a
             # constrained reply is cut only at those (constraints.stop_strings)
-            stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings)))
+            stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings),
+                                                  prepared.free_text))
             counted = self.extensions.tokenized_length(prepared.prompt)
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
             update.context_length = prepared.context_length or backend.context_length

@@ -147,3 +147,22 @@ def test_the_forced_call_grammar_accepts_the_family_s_own_call_and_nothing_else(
     other = text.replace('"add"', '"get_weather"') if name != "mistral-args" else text.replace("add", "get_weather")
     assert other != text and not accepts(other)  # the named function only
     assert not accepts(text.replace("}", ', "c": 1}', 1))  # no keys the tool does not name
+
+
+@pytest.mark.parametrize("name", ["hermes", "mistral", "mistral-args"])
+def test_in_auto_mode_the_grammar_lets_text_be_and_constrains_a_call_once_it_starts(name):
+    from modules.constraints import Compiler, Constraint
+    from modules.tools.spec import AUTO
+
+    fmt, text = reply_text(name, CALLS[1:], words="Sure.")
+    grammar = formats.call_grammar(fmt, TOOLS, AUTO, json.dumps, lazy=True)
+    compiler = Compiler.generic()
+
+    def accepts(reply: str) -> bool:
+        matcher = compiler.matcher(Constraint("lark", grammar, "grammar_string"))
+        return matcher.consume_tokens(list(reply.encode())) and matcher.is_accepting()
+
+    assert accepts(text) and accepts("Just words, <tool> and [brackets] and {braces}.") and accepts("")
+    assert not accepts(text.replace('"b": -2', '"b": "two"'))  # once started, the call follows the schema
+    assert not accepts(text + " And more words.")  # nothing after the calls
+    assert accepts(reply_text(name, CALLS, words="Sure.")[1])  # parallel calls

@@ -74,7 +74,7 @@ def constraint(backend: Any, use: ToolUse, fmt: CallFormat, reasoning_state: str
         return {**cleared, "grammar_string": grammar + (rule + "\n" if rule else "")}
     if "json_schema" in kinds:
         chosen = [t for t in use.tools if use.choice.mode != "function" or t.name == use.choice.name]
-        options = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": closed(t.schema)},
+        options = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": closed(t.schema, bound_integers=False)},
                     "required": ["name", "arguments"], "additionalProperties": False} for t in chosen]
         schema = options[0] if len(options) == 1 else {"anyOf": options}
         return {**cleared, "json_schema": json.dumps(schema, ensure_ascii=False)}

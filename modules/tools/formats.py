@@ -433,20 +433,21 @@ _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separa
 SAFE_INTEGER = 2**53 - 1
 
 
-def closed(schema: Any) -> Any:
+def closed(schema: Any, bound_integers: bool = True) -> Any:
     """The schema with every object that lists its properties closed to others and every integer bounded
     (where the schema does not say): a forced call writes the arguments the tool names, not keys or digits
-    of its own forever. What it writes still validates against the tool's own schema."""
+    of its own forever. What it writes still validates against the tool's own schema. (llama.cpp's schema
+    converter takes no integer bounds: `bound_integers=False`.)"""
     if isinstance(schema, list):
-        return [closed(s) for s in schema]
+        return [closed(s, bound_integers) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: (closed(v) if k not in ("enum", "const", "default", "examples", "properties") else v)
+    out = {k: (closed(v, bound_integers) if k not in ("enum", "const", "default", "examples", "properties") else v)
            for k, v in schema.items()}
     if isinstance(schema.get("properties"), dict):  # names there are property names, not keywords
-        out["properties"] = {name: closed(sub) for name, sub in schema["properties"].items()}
+        out["properties"] = {name: closed(sub, bound_integers) for name, sub in schema["properties"].items()}
         out.setdefault("additionalProperties", False)
-    if out.get("type") == "integer":  # digits end: JSON's safe integers (what most clients can read exactly)
+    if bound_integers and out.get("type") == "integer":  # digits end: JSON's safe integers (most clients read them exactly)
         out.setdefault("minimum", -SAFE_INTEGER)
         out.setdefault("maximum", SAFE_INTEGER)
     return out

@@ -166,3 +166,14 @@ def test_in_auto_mode_the_grammar_lets_text_be_and_constrains_a_call_once_it_sta
     assert not accepts(text.replace('"b": -2', '"b": "two"'))  # once started, the call follows the schema
     assert not accepts(text + " And more words.")  # nothing after the calls
     assert accepts(reply_text(name, CALLS, words="Sure.")[1])  # parallel calls
+
+
+def test_mistral_templates_get_the_nine_character_call_ids_they_require():
+    from modules.tools.prompt import for_template
+
+    turn = Turn("assistant", (CALLS[1],))
+    result = Turn("tool", (ToolResultPart("call_2", "add", "-0.5"),))
+    messages = turn.template_messages() + result.template_messages()
+    mistral = for_template(messages, ChatTemplate((FIXTURES / "mistral.jinja").read_text()))
+    assert mistral[0]["tool_calls"][0]["id"] == mistral[1]["tool_call_id"] == "0000call2"
+    assert for_template(messages, ChatTemplate((FIXTURES / "hermes.jinja").read_text())) == messages

@@ -283,7 +283,7 @@ def _scan_name_args(fmt: CallFormat, text: str, pos: int) -> Scan:
         if text[pos] != "{":
             raise Malformed("arguments are a JSON object")
         try:
-            value, end = _DECODER.raw_decode(text, pos)
+            end = _DECODER.raw_decode(text, pos)[1]
         except json.JSONDecodeError:
             call.arguments = text[pos:]
             return scan

@@ -53,6 +53,9 @@ LLAMA3 = CallFormat("llama3", "", style="bare", args_key="parameters", prefix="<
 MISTRAL = CallFormat("mistral", "[TOOL_CALLS]", style="array")
 MISTRAL_ARGS = CallFormat("mistral-args", "[TOOL_CALLS]", style="name-args", between="")
 FORMATS = {f.name: f for f in (HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, GENERIC)}
+#: every marker a call format reads: a model whose tokenizer makes one of them a special token (Mistral's
+#: `[TOOL_CALLS]`, `[ARGS]`) must still have it decoded into the reply, or the parser cannot see the call
+MARKERS = tuple(dict.fromkeys(m for f in FORMATS.values() for m in (f.start, f.end, f.prefix) if m)) + ("[ARGS]",)
 
 
 def detect(template_source: str | None) -> CallFormat:

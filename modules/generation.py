@@ -25,13 +25,17 @@ from typing import Any, Callable, Generator, Iterator, Protocol
 from pydantic import ValidationError
 
 from modules import reasoning
-from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state
-from modules.constraints import stop_strings
+from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state, tool_template
+from modules.constraints import constraint_of, stop_strings
 from modules.extensions import Extensions, history_to_messages, messages_to_history
 from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
 from modules.presets import Preset
-from modules.turns import Part, Turn, turns_from_messages
+from modules.tools import forced
+from modules.tools.formats import GENERIC, CallFormat
+from modules.tools.spec import ToolUse, tool_use
+from modules.tools.stream import CallStream, EngineCalls
+from modules.turns import Part, TextPart, ToolCallPart, Turn, turns_from_messages
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +257,12 @@ class GenerationRequest:
     #: OpenAI's token prompts: generate after exactly these ids; `prompt` is then their text (what
     #: extensions and text-only backends get)
     prompt_ids: list[int] | None = None
+    #: OpenAI function tools the model may call (modules/tools/spec.py checks them), which it may call
+    #: ("auto", "none", "required" or {"type": "function", "function": {"name": ...}}), and whether several
+    #: at once. The reply's calls come back in the final Update's `tool_calls`; nothing here runs a tool.
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
+    parallel_tool_calls: bool = True
 
     def __post_init__(self, messages: list[dict[str, Any]] | None, continue_last: bool) -> None:
         if messages is not None:
@@ -310,11 +320,16 @@ class Update:
     reasoning_delta: str = ""
     #: the model is inside a reasoning block right now (the UI keeps the block open)
     thinking: bool = False
-    #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text)
+    #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text,
+    #: tool calls)
     parts: tuple[Part, ...] = ()
     #: final update only: the end-of-sequence token the reply ended on (None: a stop string, the length
     #: limit, ...); it is counted in `tokens` but is in no text
     eos_token: int | None = None
+    #: the tool calls the reply makes (a request with `tools`): while streaming, those seen so far with
+    #: their arguments as written so far; on the final update, the calls as read from the whole answer
+    #: (then `finish_reason` is "tool_calls"). `text` is the answer without them.
+    tool_calls: tuple[ToolCallPart, ...] = ()
 
     def copy(self, **changes: Any) -> "Update":
         """A copy with `changes`: what readers get, once per token (dataclasses.replace costs ~10x more)."""
@@ -349,6 +364,12 @@ class Prepared:
     turns_dropped: int = 0
     #: where the prompt leaves the reply: "inside" a reasoning block it opened, "after" one it closed, or ""
     reasoning_state: str = ""
+    #: the request's tools (active: the model sees them and the answer is read for calls) and the format
+    #: the answer's calls are read in (modules/tools/formats.py)
+    tools: ToolUse = field(default_factory=ToolUse)
+    call_format: CallFormat = GENERIC
+    #: the preset's constraint leaves text free until a tool call starts (the derived stop strings apply)
+    free_text: bool = False
 
 
 class ModelSource(Protocol):
@@ -434,6 +455,9 @@ class Pipeline:
     def _build(self, backend: Backend, request: GenerationRequest, history: list[Turn],
                hooks: ChatHooks | None) -> ChatPrompt:
         extra = {**backend.template_vars(), **request.template_vars}
+        use = request_tools(request)
+        if use.active:
+            extra["tools"] = use.offered()
         return build_chat_prompt(history, request.options or PromptOptions(), backend,
                                  request.preset.max_new_tokens, extra, hooks)
 
@@ -457,17 +481,41 @@ class Pipeline:
         if ext.has("custom_generate_chat_prompt"):
             prompt = self._custom_prompt(backend, request, start, history, hooks)
             if prompt is not None:
-                return Prepared(prompt, start.preset, state, start.user_input, True)
+                return self._with_tools(backend, request, Prepared(prompt, start.preset, state, start.user_input, True))
         if registry.capabilities(backend).engine_templates:
             # The engine applies the model's own template itself whenever messages say what the turn means.
             messages = engine_messages(history, options)
             if messages is not None:
-                text = "\n".join(str(m.get("content", "")) for m in messages)
-                return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
+                text = "\n".join(str(m.get("content") or "") for m in messages)
+                return self._with_tools(backend, request, Prepared(text, start.preset, state, start.user_input, True,
+                                                                   messages=messages))
         built = self._build(backend, request, history, hooks)
-        return Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
-                        context_length=built.context_length, turns_dropped=built.turns_dropped,
-                        reasoning_state=reasoning.prompt_state(backend.reasoning_format, built.text))
+        prepared = Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
+                            context_length=built.context_length, turns_dropped=built.turns_dropped,
+                            reasoning_state=reasoning.prompt_state(backend.reasoning_format, built.text))
+        return self._with_tools(backend, request, prepared)
+
+    def _with_tools(self, backend: Backend, request: GenerationRequest, prepared: Prepared) -> Prepared:
+        """A request with tools: the format its calls are read in, and for a forced call the constraint
+        that makes the reply one (modules/tools/forced.py)."""
+        use = request_tools(request)
+        mode = registry.capabilities(backend).tools
+        if not use.active or mode == "none":
+            return prepared
+        prepared.tools = use
+        if prepared.messages is not None:  # the engine templates the tools and reads the calls itself
+            return prepared
+        prepared.call_format = forced.call_format(tool_template(backend, request.options or PromptOptions()))
+        if use.choice.forced:
+            keys = forced.constraint(backend, use, prepared.call_format, prepared.reasoning_state,
+                                     backend.reasoning_format, prepared.preset.max_new_tokens)
+            prepared.preset = prepared.preset.model_copy(update=keys)
+        elif constraint_of(prepared.preset) is None:  # auto: a call, once started, is constrained (the
+            lazy = forced.lazy_constraint(backend, use, prepared.call_format,  # request's own constraint wins)
+                                          prepared.reasoning_state, backend.reasoning_format)
+            if lazy is not None:
+                prepared.preset, prepared.free_text = prepared.preset.model_copy(update=lazy), True
+        return prepared
 
     def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
                        history: list[Turn], hooks: ChatHooks) -> str | None:
@@ -520,6 +568,10 @@ class Pipeline:
         if request.prompt_ids is not None:
             hooks.tokenizer = _exact_ids(request.prompt_ids, hooks.tokenizer)
         if prepared.messages is not None:
+            engine_tools = {"tools": list(request.tools), "tool_choice": request.tool_choice or "auto",
+                            "parallel_tool_calls": request.parallel_tool_calls} if prepared.tools.active else None
+            if engine_tools and "tools" in _parameters(getattr(backend.stream_chat, "__func__", backend.stream_chat)):
+                return backend.stream_chat(prepared.messages, prepared.preset, request.cancel, tools=engine_tools)
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
         accepts = _parameters(getattr(backend.stream, "__func__", backend.stream))
         extra: dict[str, Any] = {}
@@ -545,7 +597,8 @@ class Pipeline:
             prepared = self.prepare(backend, request)
             # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state); a
             # constrained reply is cut only at those (constraints.stop_strings)
-            stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings)))
+            stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings),
+                                                  prepared.free_text))
             counted = (len(request.prompt_ids) if request.prompt_ids is not None
                        else self.extensions.tokenized_length(prepared.prompt))
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
@@ -583,6 +636,10 @@ class Pipeline:
         reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
         reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
+        calls: CallStream | EngineCalls | None = None
+        if prepared.tools.active:
+            calls = EngineCalls() if prepared.messages is not None else CallStream(prepared.call_format,
+                                                                                   prepared.tools.tools)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)
@@ -594,15 +651,19 @@ class Pipeline:
                 if update.first_token_seconds is None and delta.tokens:
                     update.first_token_seconds = now - start
                 update.delta, update.reasoning_delta = reply.add(shown, delta.tokens, now, delta.reasoning)
+                if calls is not None:
+                    update.delta = calls.feed(update.delta)
+                    if delta.tool_calls and isinstance(calls, EngineCalls):
+                        calls.add(delta.tool_calls)
                 if stops.stopped or delta.finish_reason is not None:
                     update.finish_reason = "stop" if stops.stopped else delta.finish_reason
                     update.eos_token = None if stops.stopped else delta.eos_token
-                    return self._settle(update, reply, start)
-                self._show(update, reply, now - start)
+                    return self._settle(update, reply, start, calls, prepared.tools)
+                self._show(update, reply, now - start, calls)
                 if update.delta or update.reasoning_delta or delta.tokens:
                     yield update.copy()
             update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
-            return self._settle(update, reply, start)
+            return self._settle(update, reply, start, calls, prepared.tools)
         except (GeneratorExit, NoModel, QueueFull):
             raise
         except Exception as exc:
@@ -612,18 +673,33 @@ class Pipeline:
             stream.close()  # ends the backend's worker within one token if we stopped early
 
     @staticmethod
-    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float) -> None:
+    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float,
+              calls: CallStream | EngineCalls | None = None) -> None:
         update.text, update.reasoning, update.thinking = reply.answer, reply.reasoning, reply.thinking
         update.parts = reply.parts()
         update.seconds = seconds
+        if calls is not None:  # the answer's words without its calls, then the calls
+            update.text, update.tool_calls = calls.content, tuple(calls.calls)
+            update.parts = (*(p for p in update.parts if not isinstance(p, TextPart)), TextPart(calls.content),
+                            *calls.calls)
 
-    def _settle(self, update: Update, reply: reasoning.ReplyAssembler, start: float) -> Update:
+    def _settle(self, update: Update, reply: reasoning.ReplyAssembler, start: float,
+                calls: CallStream | EngineCalls | None = None, use: ToolUse | None = None) -> Update:
         """The last update: what the splitter still held is text after all; an unclosed block stays
-        reasoning, marked incomplete."""
+        reasoning, marked incomplete. A reply with tools is read for its calls as a whole."""
         answer, thought = reply.finish(time.perf_counter())
-        update.delta += answer
         update.reasoning_delta += thought
-        self._show(update, reply, time.perf_counter() - start)
+        if calls is not None and use is not None:
+            update.delta += calls.feed(answer)
+            rest, _ = calls.finish()
+            update.delta += rest
+            if not use.parallel:
+                del calls.calls[1:]  # parallel_tool_calls false: the first call only
+            if calls.calls and update.finish_reason == "stop":
+                update.finish_reason = "tool_calls"
+        else:
+            update.delta += answer
+        self._show(update, reply, time.perf_counter() - start, calls)
         return update.copy()
 
 
@@ -648,6 +724,13 @@ class _DefaultPrompt:
 
     def is_default(self, prompt: str) -> bool:
         return self.text is not None and prompt is self.text
+
+
+def request_tools(request: GenerationRequest) -> ToolUse:
+    """The request's tools as checked values (ToolError, a ValueError, for bad ones: the API checks first)."""
+    if not request.tools or not request.is_chat:
+        return ToolUse()
+    return tool_use(request.tools, request.tool_choice, request.parallel_tool_calls)
 
 
 @functools.lru_cache(maxsize=32)

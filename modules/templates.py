@@ -30,6 +30,7 @@ template; none escapes `ChatTemplate.render`.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 import threading
@@ -507,6 +508,14 @@ def _short(value: Any, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """`tojson` as Hugging Face templates expect it (tools, tool-call arguments): plain JSON in the given
+    key order, not Jinja's HTML-escaped, key-sorted variant."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                      separators=tuple(separators) if separators else None, sort_keys=sort_keys)
+
+
 class ChatTemplate:
     """A compiled chat template. `render(messages)` returns the prompt text.
 
@@ -527,6 +536,8 @@ class ChatTemplate:
 
         env.globals["raise_exception"] = refuse
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(env.to_text(fmt)[:200])
+        # tojson as Hugging Face templates expect it (tools, tool-call arguments), inside the render's budget
+        env.filters["tojson"] = env._bounded_filter("tojson", _tojson)
         try:
             self._template = env.from_string(source)
         except JinjaTemplateError as exc:

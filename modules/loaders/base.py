@@ -24,6 +24,8 @@ class Delta:
     reasoning: str = ""
     #: on the last delta: the end-of-sequence token the model ended with (counted, not in any text)
     eos_token: int | None = None
+    #: tool calls an engine returns apart from the text: OpenAI's streaming `tool_calls` entries
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 class LoadError(RuntimeError):

@@ -102,6 +102,16 @@ class Settings(BaseModel):
                                                       "(default: none, CORS off)")
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024**3, description="largest /v1 request body in "
                                                                                    "bytes (larger: 413)")
+    admin_users: list[str] = Field(default_factory=list, description="logins that may manage MCP servers and "
+                                   "user tool files in the Session tab (without --auth the local user is admin)")
+    # tools
+    mcp_config: Path | None = Field(None, description="MCP servers to connect, in Claude Desktop's mcp.json format "
+                                    "(stdio commands, Streamable HTTP URLs); edited by hand only (default: "
+                                    "USER_DATA/mcp.json)")
+    tool_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a tool call (a user tool file, an MCP "
+                                "server) may take before it is stopped and reported as an error")
+    tool_calls_per_turn: int = Field(10, ge=1, le=100, description="most tool calls the Chat tab runs for one "
+                                     "reply before the model must answer in words")
     # extensions
     extensions: list[str] = Field(default_factory=list, description="extensions to enable, in load order "
                                   "(folders in extensions/ or user_data/extensions/, or installed packages)")
@@ -148,6 +158,20 @@ class Settings(BaseModel):
                 raise SettingsError("every login must look like user:password (got an entry without one)")
             logins[user.strip()] = password
         return logins
+
+    def mcp_config_path(self) -> Path:
+        return self.mcp_config if self.mcp_config is not None else Path(self.user_data) / "mcp.json"
+
+    def is_admin(self, user: str) -> bool:
+        """May `user` manage tools (MCP servers, user tool files)? Without logins the local user may; with
+        logins only those named in --admin-users."""
+        try:
+            logins = self.logins()
+        except SettingsError:
+            return False
+        if not logins:
+            return user == "local"
+        return user in self.admin_users and user in logins
 
     def load_options(self, loader: str) -> dict[str, Any]:
         """The loader options given on the command line / settings file (only those set)."""

@@ -78,7 +78,6 @@ class App:
     def chats(self) -> "ChatService":
         """Every action on a chat (send, regenerate, edit, branch, ...): the Chat tab's logic, Gradio-free."""
         from modules.conversation import ChatService
-    from modules.tools.registry import ToolRegistry
 
         return ChatService(self)
 

@@ -102,7 +102,8 @@ def reply_turn(update: Update, prefix: Turn | None = None) -> Turn:
     """The reply as a turn: the update's parts (the model's own words), after `prefix`'s (a continued
     reply, "start reply with"). When an extension's output_modifier changed the finished reply
     (text-generation-webui's internal vs visible text), what it shows rides along as `shown`."""
-    parts = update.parts or (TextPart(update.text),)
+    calls = tool_loop.calls_of(update)
+    parts = update.parts or ((TextPart(update.text),) if update.text or not calls else ())
     if prefix is not None:
         head = list(prefix.parts)
         if head and isinstance(head[-1], TextPart) and parts and isinstance(parts[0], TextPart):
@@ -113,7 +114,7 @@ def reply_turn(update: Update, prefix: Turn | None = None) -> Turn:
     if update.raw_text is not None and update.text != update.raw_text:
         head = prefix.text if prefix is not None else ""
         extras["shown"] = head + update.text
-    return tool_loop.with_calls(Turn("assistant", tuple(parts), extras=extras), tool_loop.calls_of(update))
+    return tool_loop.with_calls(Turn("assistant", tuple(parts), extras=extras), calls)
 
 
 class ChatService:
@@ -198,6 +199,9 @@ class ChatService:
         if not message.strip():
             raise ValueError("write a message first")
         view = self._settle(user, self.ensure_saved(user, view, setup))
+        saved = self.tool_plan(user, view)  # the chat keeps the tools it was last used with
+        if (saved.names, saved.choice) != (setup.tools.names, setup.tools.choice):
+            self._save_plan(user, view, replace(saved, names=setup.tools.names, choice=setup.tools.choice))
         history = self.turns(user, view) + [Turn.of("user", message)]
         preset = resolve_seed(setup.preset)
         request = self._with_tools(self.app.pipeline.begin(request_for(history, setup.options, preset, user=user,
@@ -285,6 +289,9 @@ class ChatService:
         base = self.turns(user, view)
         if continuing is not None:
             base = base[:-1]
+        saved = self.tool_plan(user, view)  # what this chat said "always" to
+        setup = replace(setup, tools=replace(setup.tools, always=tuple(dict.fromkeys((*setup.tools.always,
+                                                                                     *saved.always)))))
         prefix = continuing.turn if continuing is not None else (
             Turn.of("assistant", setup.options.start_reply_with) if setup.options.start_reply_with else None)
         writer = None
@@ -404,8 +411,6 @@ class ChatService:
         if not self.awaiting(user, view):
             raise ValueError("no tool call is waiting for an answer")
         shown = self._last_reply(user, view)
-        setup = replace(setup, tools=replace(setup.tools, always=tuple(dict.fromkeys(
-            (*setup.tools.always, *self.tool_plan(user, view).always)))))
         yield from self._reply(user, view, None, setup, reply_to=None, continuing=shown[-1], decision=decision)
 
     def _settle(self, user: str, view: ChatView) -> ChatView:

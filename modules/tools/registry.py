@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: the most text a tool's result may send back to the model (the rest is cut, and the model told)
 MAX_RESULT_CHARS = 10 * 1024 * 1024
+#: room for the note a cut result ends with
+NOTE_ROOM = 200
 #: the most text of arguments a call may carry
 MAX_ARGUMENT_CHARS = 1024 * 1024
 
@@ -88,8 +90,10 @@ def parse_arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
 
 
 def truncate(text: str, limit: int = MAX_RESULT_CHARS) -> str:
-    """`text`, cut to `limit` characters with a note saying so (the model must know it lacks the rest)."""
-    if len(text) <= limit:
+    """`text`, cut to `limit` characters with a note saying so (the model must know it lacks the rest).
+    A text at most a note longer than the limit passes: it was cut already (a tool file's subprocess
+    cuts its own result before sending it)."""
+    if len(text) <= limit + NOTE_ROOM:
         return text
     return text[:limit] + f"\n[truncated: the result was {len(text):,} characters; only the first {limit:,} are shown]"
 

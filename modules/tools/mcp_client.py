@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,8 @@ def _strings(value: Any, what: str) -> dict[str, str]:
 
 
 def parse_entry(name: str, entry: Any, added_by: str = "mcp.json") -> ServerSpec:
-    if not isinstance(name, str) or not name.strip() or "." in name or len(name) > 64:
-        raise McpConfigError(f"server names must be 1-64 characters without dots (got {str(name)[:40]!r})")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+        raise McpConfigError(f"server names are 1-40 letters, digits, _ or - (got {str(name)[:40]!r})")
     if not isinstance(entry, dict):
         raise McpConfigError(f"server {name!r}: its entry must be an object")
     if "command" in entry:
@@ -302,7 +303,7 @@ class McpServers:
             return self.call(state.spec.name, name, arguments)
 
         return Tool(name, listed.description or "", dict(listed.input_schema or {"type": "object"}), run,
-                    source="mcp", origin=state.spec.name, confirm=True)
+                    source="mcp", origin=state.spec.name, confirm=True, title=f"{state.spec.name}.{name}")
 
     def call(self, server: str, tool: str, arguments: dict[str, Any]) -> str:
         """Call `tool` on `server`; ToolError when the server is down, the call fails or times out."""

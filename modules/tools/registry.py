@@ -20,7 +20,8 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,12 @@ class Tool:
     origin: str = ""
     #: ask the user before each call unless they said "always" (on for code the operator added)
     confirm: bool = False
+    #: how people see it (an MCP tool: `server.tool`); the model sees `name`
+    title: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
 
     def schema(self) -> dict[str, Any]:
         """The tool as OpenAI's `tools` list holds it."""
@@ -149,9 +156,11 @@ class ToolRegistry:
             for name, tool in self._files.items():
                 out.setdefault(name, tool)
         for tool in (self.mcp.tools() if self.mcp is not None else []):
-            name = tool.name if tool.name not in out else f"{tool.origin}.{tool.name}"
+            name = function_name(tool.name)
+            if name in out:  # the local tool keeps the name; the model sees this one as server__tool
+                name = function_name(f"{tool.origin}__{tool.name}")
             if name not in out:
-                out[name] = tool if name == tool.name else _renamed(tool, name)
+                out[name] = tool if name == tool.name else replace(tool, name=name)
         return out
 
     def names(self) -> list[str]:
@@ -188,7 +197,7 @@ class ToolRegistry:
             self.mcp.close()
 
 
-def _renamed(tool: Tool, name: str) -> Tool:
-    from dataclasses import replace
-
-    return replace(tool, name=name)
+def function_name(name: str) -> str:
+    """`name` as an OpenAI function name may be (1-64 of letters, digits, _ and -): other characters
+    (an MCP tool's dots or spaces) become _."""
+    return (re.sub(r"[^A-Za-z0-9_-]", "_", name) or "tool")[:64]

@@ -14,32 +14,13 @@ import pytest
 from modules.app import App
 from modules.chat import PromptOptions
 from modules.conversation import ChatView, Setup
-from modules.generation import Pipeline, Update
 from modules.presets import Preset
 from modules.settings import Settings
 from modules.tools.loop import ToolPlan
 from modules.turns import TextPart, ToolCallPart, ToolResultPart
+from tests.scripted import Scripted, script
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Scripted(Pipeline):
-    """The real Pipeline's turn hooks (begin), but each generation answers the next scripted reply:
-    a text, or a list of (name, arguments) calls."""
-
-    def __init__(self, app: App, replies: list) -> None:
-        super().__init__(app.models, app.queue, app.extensions)
-        self.replies = list(replies)
-        self.requests: list = []
-
-    def stream(self, request):
-        self.requests.append(request)
-        reply = self.replies.pop(0) if self.replies else "done"
-        if isinstance(reply, str):
-            yield Update(text=reply, parts=(TextPart(reply),), tokens=3, finish_reason="stop", model="scripted")
-            return
-        calls = tuple(ToolCallPart(f"call_{len(self.requests)}_{i}", name, args) for i, (name, args) in enumerate(reply))
-        yield Update(text="", parts=(), tokens=5, finish_reason="tool_calls", model="scripted").copy(tool_calls=calls)
 
 
 @pytest.fixture()
@@ -53,11 +34,6 @@ def app(tmp_path):
         "        'parameters': {'type': 'object', 'properties': {'text': {'type': 'string'}}}}}\n"
         "def execute(arguments):\n    return arguments['text'].upper()\n")
     return App.build(settings)
-
-
-def script(app, *replies) -> Scripted:
-    app.pipeline = Scripted(app, list(replies))
-    return app.pipeline
 
 
 def run(steps):

@@ -161,16 +161,19 @@ class FakeMcp:
 
 def test_name_clash_local_wins_and_the_mcp_tool_is_prefixed(tmp_path):
     mcp_tool = Tool("calculator", "remote", {"type": "object"}, lambda a: "from mcp", source="mcp", origin="srv",
-                    confirm=True)
+                    confirm=True, title="srv.calculator")
+    dotted = Tool("fs.read file", "", {"type": "object"}, lambda a: "read", source="mcp", origin="srv", confirm=True)
     other = Tool("weather", "remote", {"type": "object"}, lambda a: "sunny", source="mcp", origin="srv", confirm=True)
-    reg = ToolRegistry(None, mcp=FakeMcp([mcp_tool, other]))
+    reg = ToolRegistry(None, mcp=FakeMcp([mcp_tool, other, dotted]))
     for tool in builtin.tools():
         reg.add(tool)
     tools = reg.tools()
-    assert tools["calculator"].source == "builtin" and tools["srv.calculator"].origin == "srv"
-    assert reg.call("srv.calculator", "{}").content == "from mcp" and reg.call("weather", "{}").content == "sunny"
-    schema = reg.schemas(["srv.calculator", "gone"])
-    assert [s["function"]["name"] for s in schema] == ["srv.calculator"]
+    # the model sees srv__calculator (OpenAI names allow no dots); people see srv.calculator
+    assert tools["calculator"].source == "builtin" and tools["srv__calculator"].label == "srv.calculator"
+    assert reg.call("srv__calculator", "{}").content == "from mcp" and reg.call("weather", "{}").content == "sunny"
+    assert reg.call("fs_read_file", "{}").content == "read"
+    schema = reg.schemas(["srv__calculator", "gone"])
+    assert [s["function"]["name"] for s in schema] == ["srv__calculator"]
 
 
 def test_admins():

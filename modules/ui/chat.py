@@ -20,7 +20,7 @@ from modules.conversation import Setup, Step
 from modules.presets import Preset
 from modules.templates import TemplateError
 from modules.turns import Turn
-from modules.ui import chat_layout
+from modules.ui import chat_layout, chat_tools
 from modules.ui.chat_view import (EXPECTED_ERRORS, bubbles, guarded, new_session, redraw, session_of, status_line,
                                   template_vars, thinking_controls, user_of, view_of)
 from modules.ui.parameters import ParameterControls
@@ -49,17 +49,18 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui = chat_layout.build(app)
     OUT = [ui.text, ui.chatbot, ui.session, ui.chat_list, ui.status, ui.selected_info, ui.edit_text]
     CTRL = [ui.mode, ui.character, ui.template, ui.template_src, ui.command, ui.system_message, ui.stops,
-            ui.start_with, ui.thinking, ui.effort, ui.keep_thinking]
+            ui.start_with, ui.thinking, ui.effort, ui.keep_thinking, ui.tools.enabled, ui.tools.choice]
 
     def setup(user: str, ctrl: tuple, preset_values: tuple = (), **flags: Any) -> Setup:
-        mode_v, char_v, tmpl_v, src_v, cmd_v, sys_v, stops_v, start_v, think_v, effort_v, keep_v = ctrl
+        mode_v, char_v, tmpl_v, src_v, cmd_v, sys_v, stops_v, start_v, think_v, effort_v, keep_v, *tools_v = ctrl
         options = chatlib.resolve_options(
             app, user, mode=mode_v, character=char_v, instruction_template=tmpl_v, template_source=src_v,
             chat_instruct_command=cmd_v, system_message=sys_v or "",
             custom_stops=tuple(s for s in (stops_v or "").splitlines() if s),
             start_reply_with=flags.pop("start", start_v or ""), keep_reasoning=bool(keep_v), **flags)
         preset = params.preset_from(preset_values) if preset_values else Preset()
-        return Setup(options, preset, template_vars(app, think_v, effort_v), character=char_v or "")
+        return Setup(options, preset, template_vars(app, think_v, effort_v), character=char_v or "",
+                     tools=chat_tools.plan_from(*tools_v))
 
     def split(values: tuple) -> tuple[tuple, tuple]:
         return values[:len(CTRL)], values[len(CTRL):]
@@ -283,6 +284,11 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                            **streaming),
     ]
     private = dict(api_visibility="private")
+    opened = [ui.chat_list.input(on_open, [ui.chat_list, ui.session, ui.character], OUT, **private),
+              ui.new.click(on_new, [ui.session, ui.incognito, *CTRL], OUT, api_name="chat_new")]
+    answers, follow_tools = chat_tools.wire(app, ui, setup, split, stream, [ui.session, *CTRL, *params.inputs], OUT,
+                                            [*events, *opened], streaming)
+    events += answers
     ui.stop.click(None, None, None, cancels=events, **private)
     ui.remove.click(on_remove, [ui.session, ui.character], OUT, api_name="chat_remove_last")
     ui.dummy_message.click(dummy("user"), [ui.text, ui.session, *CTRL], OUT, **private)
@@ -295,9 +301,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.branch_chat.click(on_branch_chat, [ui.session, ui.character], OUT, **private)
     ui.copy.click(None, [ui.edit_text], None, js="(t) => { navigator.clipboard && navigator.clipboard.writeText(t); }",
                **private)
-    ui.new.click(on_new, [ui.session, ui.incognito, *CTRL], OUT, api_name="chat_new")
     ui.chatbot.clear(on_new, [ui.session, ui.incognito, *CTRL], OUT, **private)  # the bubble bin = new chat
-    ui.chat_list.input(on_open, [ui.chat_list, ui.session, ui.character], OUT, **private)
     ui.search.submit(on_search, [ui.search, ui.session, ui.character], OUT, **private)
     ui.rename.click(on_rename, [ui.session, ui.character, ui.title], OUT, **private)
     ui.delete.click(lambda: gr.Row(visible=True), None, ui.confirm_row, **private)
@@ -305,7 +309,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.confirm.click(on_delete, [ui.session, ui.character], OUT, **private).then(
         lambda: gr.Row(visible=False), None, ui.confirm_row, **private)
     # .change, not .input: a character chosen by an extension's control (the gallery) opens its chats too
-    ui.character.change(on_character, [ui.character, ui.incognito, ui.session], OUT, **private)
+    follow_tools(ui.character.change(on_character, [ui.character, ui.incognito, ui.session], OUT, **private))
     ui.refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
                                                             if current in app.characters.names() else None),
                                 ui.character, ui.character, **private)
@@ -317,7 +321,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
 
     def wire_load(blocks: gr.Blocks) -> None:
         """Open the user's newest chat and profile when the page loads (needs the Blocks, given by ui.build)."""
-        blocks.load(on_load, [ui.character], OUT, **private)
+        follow_tools(blocks.load(on_load, [ui.character], OUT, **private))
         blocks.load(lambda: thinking_controls(app), None, [ui.thinking, ui.effort], **private)
         ui.files.wire_load(blocks)
 

@@ -1,0 +1,62 @@
+"""Tools in a real browser: the Session tab's MCP servers are managed by admins only (another login sees
+them, may tick their tools, and is refused when it tries to change them; mcp.json is never written)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_chat_browser import login
+
+pytestmark = [pytest.mark.browser]
+ROOT = Path(__file__).resolve().parents[2]
+MCP_SERVER = ROOT / "tests" / "mcp_server.py"
+TABLE = "#session-mcp-servers"
+
+
+def write_mcp_json(user_data: Path) -> str:
+    user_data.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"mcpServers": {"test": {"command": sys.executable, "args": [str(MCP_SERVER), "stdio"]}}})
+    (user_data / "mcp.json").write_text(text)
+    return text
+
+
+def open_session_tab(page) -> None:
+    page.get_by_role("tab", name="Session").click()
+    # the servers start in the background; the table follows them (a timer), so wait for the state
+    page.wait_for_function("(sel) => (document.querySelector(sel) || {}).innerText?.includes('ready')", arg=TABLE,
+                           timeout=180_000)
+
+
+def test_only_admins_manage_mcp_servers(browser, start_server, models_dir, tmp_path):
+    config = write_mcp_json(tmp_path / "user_data")
+    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro",
+                          "--auth", "ann:pw-ann,bob:pw-bob", "--admin-users", "ann")
+    ann = login(browser, server.url, "ann", "pw-ann")
+    bob = login(browser, server.url, "bob", "pw-bob")
+    for page in (ann, bob):
+        open_session_tab(page)
+    # the admin sees where a server comes from; the other login only its name, state and tools
+    assert "mcp_server.py" in ann.locator(TABLE).inner_text()
+    bob_table = bob.locator(TABLE).inner_text()
+    assert "add" in bob_table and "mcp_server.py" not in bob_table and sys.executable not in bob_table
+
+    bob.get_by_text("Manage (admins)").click()
+    bob.fill("#session-mcp-name textarea, #session-mcp-name input", "evil")
+    bob.fill("#session-mcp-url textarea, #session-mcp-url input", "http://127.0.0.1:9/mcp")
+    bob.click("#session-mcp-add")
+    bob.wait_for_function("() => document.querySelector('#session-mcp-result').innerText.includes('Only admins')")
+    bob.click("#session-tools-reload")
+    bob.wait_for_function("() => document.querySelector('#session-mcp-result').innerText.includes('Only admins')")
+    assert not (tmp_path / "user_data" / "mcp_http.json").exists()
+    assert (tmp_path / "user_data" / "mcp.json").read_text() == config
+
+    # bob may tick the operator's tools in his chats: the MCP tool is in his checklist
+    bob.get_by_role("tab", name="Chat").click()
+    bob.get_by_text("Tools", exact=True).click()
+    bob.click("#chat-tools-refresh")
+    bob.wait_for_function("() => document.querySelector('#chat-tools-list').innerText.includes('test.add (MCP test)')")
+    assert "calculator (built-in)" in bob.locator("#chat-tools-list").inner_text()

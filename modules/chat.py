@@ -34,6 +34,7 @@ from modules.loaders import registry
 from modules.paths import UnsafeName, safe_child
 from modules.presets import Preset
 from modules.templates import ChatTemplate, TemplateError
+from modules.tools import prompt as tool_prompt
 from modules.turns import Turn, turns_from_messages
 
 Mode = Literal["chat", "instruct", "chat-instruct"]
@@ -254,21 +255,41 @@ def _turn(item: "Turn | dict[str, Any]") -> Turn:
     return item if isinstance(item, Turn) else turns_from_messages([item])[0]
 
 
-def template_messages(history: History, options: PromptOptions, backend: Any) -> list[dict[str, Any]]:
+def template_messages(history: History, options: PromptOptions, backend: Any,
+                      tool_aware: bool = False) -> list[dict[str, Any]]:
     """The history as {"role", "content"} messages for prompt building. An earlier reply's reasoning
     goes with it only when the user keeps it: as `reasoning_content` for templates that read it, else
-    inline between the model's own markers (chat mode's transcript, templates that ignore the key)."""
+    inline between the model's own markers (chat mode's transcript, templates that ignore the key).
+    Tool calls and results are `tool_calls` and `tool` messages for a `tool_aware` template, else text
+    (modules/tools/prompt.py)."""
     template = options.instruction_template or (backend.chat_template.source if backend.chat_template else "")
     reads_key = options.mode != "chat" and "reasoning_content" in (template or "")
     out = []
     for item in history:
         turn = _turn(item)
-        message = turn.template_message(options.keep_reasoning and reads_key)
+        messages = turn.template_messages(options.keep_reasoning and reads_key)
         if options.keep_reasoning and not reads_key and turn.reasoning and backend.reasoning_format.enabled:
             fmt = backend.reasoning_format
-            message["content"] = f"{fmt.start}{turn.reasoning}{fmt.end}\n\n{message['content']}"
-        out.append(message)
-    return out
+            messages[0]["content"] = f"{fmt.start}{turn.reasoning}{fmt.end}\n\n{messages[0]['content']}"
+        out.extend(messages)
+    return out if tool_aware else tool_prompt.plain_messages(out)
+
+
+def tool_template(backend: Any, options: PromptOptions) -> ChatTemplate | None:
+    """The template, when it renders tools and tool messages itself (instruct mode, a tool-aware template);
+    None when the generic tool prompt stands in (modules/tools/prompt.py)."""
+    if options.mode != "instruct":
+        return None
+    template = _template(backend, options)
+    return template if tool_prompt.tool_aware(template) else None
+
+
+def _with_tool_prompt(options: PromptOptions, text: str) -> PromptOptions:
+    """The generic tool prompt joins the system message (chat mode: the character's context)."""
+    if options.mode == "chat":
+        return replace(options, context="\n\n".join(p for p in (options.context.strip(), text) if p))
+    base = options.system_message or (_context(options) if options.mode == "instruct" else "")
+    return replace(options, system_message="\n\n".join(p for p in (base.strip(), text) if p))
 
 
 def options_state(options: PromptOptions, history: History) -> dict[str, Any]:
@@ -301,16 +322,22 @@ def build_chat_prompt(history: History, options: PromptOptions, backend: TokenCo
         raise ValueError(f"mode must be one of {MODES}, not {options.mode!r}")
     # steps 1-2: the turns as given (extensions' history_modifier goes here). System turns (the API's
     # "system" messages) are not turns: they become the system message, or lead the context in chat mode.
-    chat_turns = [_turn(t) for t in history if _turn(t).role in ("user", "assistant")]
+    chat_turns = [_turn(t) for t in history if _turn(t).role in ("user", "assistant", "tool")]
     if hooks is not None and hooks.history is not None:
         chat_turns = hooks.history(chat_turns)
-    turns = template_messages(chat_turns, options, backend)
+    aware = tool_template(backend, options) is not None
+    turns = template_messages(chat_turns, options, backend, tool_aware=aware)
+    tools = extra.get("tools")
+    if tools and not aware:  # the template cannot show tools: the generic prompt does (modules/tools/prompt.py)
+        extra = {k: v for k, v in extra.items() if k != "tools"}
     history = [{"role": _turn(t).role, "content": _turn(t).text} for t in history]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
     if system_turns and options.mode == "chat":
         options = replace(options, context=system_turns + ("\n\n" + options.context if options.context else ""))
     elif system_turns and not options.system_message:
         options = replace(options, system_message=system_turns)
+    if tools and not aware:
+        options = _with_tool_prompt(options, tool_prompt.generic_prompt(tools))
     context_length = backend.context_length
     if options.lorebook is not None or options.post_history:  # step 2b: the card's lorebook entries
         options, turns = lorebook.apply(options, turns, lambda text: len(backend.tokenize(text)), context_length)

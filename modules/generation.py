@@ -25,13 +25,17 @@ from typing import Any, Callable, Generator, Iterator, Protocol
 from pydantic import ValidationError
 
 from modules import reasoning
-from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state
+from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state, tool_template
 from modules.constraints import stop_strings
 from modules.extensions import Extensions, history_to_messages, messages_to_history
 from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
 from modules.presets import Preset
-from modules.turns import Part, Turn, turns_from_messages
+from modules.tools import forced
+from modules.tools.formats import GENERIC, CallFormat
+from modules.tools.spec import ToolUse, tool_use
+from modules.tools.stream import CallStream
+from modules.turns import Part, TextPart, ToolCallPart, Turn, turns_from_messages
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +247,12 @@ class GenerationRequest:
     #: who may share prompt caches with this request (modules/prefix_cache.py); default: its user.
     #: The API sets one scope for all its callers (they hold one key; `user` is only their own claim).
     cache_scope: str | None = None
+    #: OpenAI function tools the model may call (modules/tools/spec.py checks them), which it may call
+    #: ("auto", "none", "required" or {"type": "function", "function": {"name": ...}}), and whether several
+    #: at once. The reply's calls come back in the final Update's `tool_calls`; nothing here runs a tool.
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
+    parallel_tool_calls: bool = True
 
     def __post_init__(self, messages: list[dict[str, Any]] | None, continue_last: bool) -> None:
         if messages is not None:
@@ -298,8 +308,13 @@ class Update:
     reasoning_delta: str = ""
     #: the model is inside a reasoning block right now (the UI keeps the block open)
     thinking: bool = False
-    #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text)
+    #: the reply as typed parts, in order (reasoning blocks with their token counts and seconds, text,
+    #: tool calls)
     parts: tuple[Part, ...] = ()
+    #: the tool calls the reply makes (a request with `tools`): while streaming, those seen so far with
+    #: their arguments as written so far; on the final update, the calls as read from the whole answer
+    #: (then `finish_reason` is "tool_calls"). `text` is the answer without them.
+    tool_calls: tuple[ToolCallPart, ...] = ()
 
     def copy(self, **changes: Any) -> "Update":
         """A copy with `changes`: what readers get, once per token (dataclasses.replace costs ~10x more)."""
@@ -334,6 +349,10 @@ class Prepared:
     turns_dropped: int = 0
     #: where the prompt leaves the reply: "inside" a reasoning block it opened, "after" one it closed, or ""
     reasoning_state: str = ""
+    #: the request's tools (active: the model sees them and the answer is read for calls) and the format
+    #: the answer's calls are read in (modules/tools/formats.py)
+    tools: ToolUse = field(default_factory=ToolUse)
+    call_format: CallFormat = GENERIC
 
 
 class ModelSource(Protocol):
@@ -423,6 +442,9 @@ class Pipeline:
     def _build(self, backend: Backend, request: GenerationRequest, history: list[Turn],
                hooks: ChatHooks | None) -> ChatPrompt:
         extra = {**backend.template_vars(), **request.template_vars}
+        use = request_tools(request)
+        if use.active:
+            extra["tools"] = use.offered()
         return build_chat_prompt(history, request.options or PromptOptions(), backend,
                                  request.preset.max_new_tokens, extra, hooks)
 
@@ -454,9 +476,24 @@ class Pipeline:
                 text = "\n".join(str(m.get("content", "")) for m in messages)
                 return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
         built = self._build(backend, request, history, hooks)
-        return Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
-                        context_length=built.context_length, turns_dropped=built.turns_dropped,
-                        reasoning_state=reasoning.prompt_state(backend.reasoning_format, built.text))
+        prepared = Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
+                            context_length=built.context_length, turns_dropped=built.turns_dropped,
+                            reasoning_state=reasoning.prompt_state(backend.reasoning_format, built.text))
+        return self._with_tools(backend, request, prepared)
+
+    def _with_tools(self, backend: Backend, request: GenerationRequest, prepared: Prepared) -> Prepared:
+        """A request with tools: the format its calls are read in, and for a forced call the constraint
+        that makes the reply one (modules/tools/forced.py)."""
+        use = request_tools(request)
+        if not use.active or registry.capabilities(backend).tools != "parse":
+            return prepared
+        prepared.tools = use
+        prepared.call_format = forced.call_format(tool_template(backend, request.options or PromptOptions()))
+        if use.choice.forced:
+            keys = forced.constraint(backend, use, prepared.call_format, prepared.reasoning_state,
+                                     backend.reasoning_format, prepared.preset.max_new_tokens)
+            prepared.preset = prepared.preset.model_copy(update=keys)
+        return prepared
 
     def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
                        history: list[Turn], hooks: ChatHooks) -> str | None:
@@ -564,6 +601,7 @@ class Pipeline:
         reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
         reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
+        calls = CallStream(prepared.call_format, prepared.tools.tools) if prepared.tools.active else None
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)
@@ -575,14 +613,16 @@ class Pipeline:
                 if update.first_token_seconds is None and delta.tokens:
                     update.first_token_seconds = now - start
                 update.delta, update.reasoning_delta = reply.add(shown, delta.tokens, now, delta.reasoning)
+                if calls is not None:
+                    update.delta = calls.feed(update.delta)
                 if stops.stopped or delta.finish_reason is not None:
                     update.finish_reason = "stop" if stops.stopped else delta.finish_reason
-                    return self._settle(update, reply, start)
-                self._show(update, reply, now - start)
+                    return self._settle(update, reply, start, calls, prepared.tools)
+                self._show(update, reply, now - start, calls)
                 if update.delta or update.reasoning_delta or delta.tokens:
                     yield update.copy()
             update.finish_reason = "cancelled" if request.cancel.is_set() else "stop"
-            return self._settle(update, reply, start)
+            return self._settle(update, reply, start, calls, prepared.tools)
         except (GeneratorExit, NoModel, QueueFull):
             raise
         except Exception as exc:
@@ -592,18 +632,32 @@ class Pipeline:
             stream.close()  # ends the backend's worker within one token if we stopped early
 
     @staticmethod
-    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float) -> None:
+    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float, calls: CallStream | None = None) -> None:
         update.text, update.reasoning, update.thinking = reply.answer, reply.reasoning, reply.thinking
         update.parts = reply.parts()
         update.seconds = seconds
+        if calls is not None:  # the answer's words without its calls, then the calls
+            update.text, update.tool_calls = calls.content, tuple(calls.calls)
+            update.parts = (*(p for p in update.parts if not isinstance(p, TextPart)), TextPart(calls.content),
+                            *calls.calls)
 
-    def _settle(self, update: Update, reply: reasoning.ReplyAssembler, start: float) -> Update:
+    def _settle(self, update: Update, reply: reasoning.ReplyAssembler, start: float,
+                calls: CallStream | None = None, use: ToolUse | None = None) -> Update:
         """The last update: what the splitter still held is text after all; an unclosed block stays
-        reasoning, marked incomplete."""
+        reasoning, marked incomplete. A reply with tools is read for its calls as a whole."""
         answer, thought = reply.finish(time.perf_counter())
-        update.delta += answer
         update.reasoning_delta += thought
-        self._show(update, reply, time.perf_counter() - start)
+        if calls is not None and use is not None:
+            update.delta += calls.feed(answer)
+            rest, _ = calls.finish()
+            update.delta += rest
+            if not use.parallel:
+                del calls.calls[1:]  # parallel_tool_calls false: the first call only
+            if calls.calls and update.finish_reason == "stop":
+                update.finish_reason = "tool_calls"
+        else:
+            update.delta += answer
+        self._show(update, reply, time.perf_counter() - start, calls)
         return update.copy()
 
 
@@ -628,6 +682,13 @@ class _DefaultPrompt:
 
     def is_default(self, prompt: str) -> bool:
         return self.text is not None and prompt is self.text
+
+
+def request_tools(request: GenerationRequest) -> ToolUse:
+    """The request's tools as checked values (ToolError, a ValueError, for bad ones: the API checks first)."""
+    if not request.tools or not request.is_chat:
+        return ToolUse()
+    return tool_use(request.tools, request.tool_choice, request.parallel_tool_calls)
 
 
 @functools.lru_cache(maxsize=32)

@@ -9,6 +9,7 @@ and the rendered prompt is size-limited.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +62,14 @@ def _budgeted_range(budget: list[int]):
     return bounded
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """`tojson` as Hugging Face templates expect it (tools, tool-call arguments): plain JSON in the given
+    key order, not Jinja's HTML-escaped, key-sorted variant."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                      separators=tuple(separators) if separators else None, sort_keys=sort_keys)
+
+
 class ChatTemplate:
     """A compiled chat template. `render(messages)` returns the prompt text."""
 
@@ -70,6 +79,7 @@ class ChatTemplate:
         env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(source)
         except JinjaTemplateError as exc:

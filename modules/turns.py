@@ -164,6 +164,36 @@ class Turn:
             message["reasoning_content"] = self.reasoning
         return message
 
+    def template_messages(self, keep_reasoning: bool = False) -> list[dict[str, Any]]:
+        """The turn as the messages a tool-aware chat template reads (Hugging Face's shapes): a reply with
+        tool calls is an assistant message with `tool_calls` (arguments as a mapping, as templates expect),
+        each result a `tool` message after it, and words after the results a further assistant message.
+        A turn without tool parts is its one `template_message`."""
+        if not any(isinstance(p, (ToolCallPart, ToolResultPart)) for p in self.parts):
+            return [self.template_message(keep_reasoning)]
+        from modules.tools.spec import arguments_value
+
+        out: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = None
+        for part in self.parts:
+            if isinstance(part, ToolResultPart):
+                current = None
+                out.append({"role": "tool", "tool_call_id": part.call_id, "name": part.name, "content": part.content})
+                continue
+            if current is None and isinstance(part, (TextPart, ToolCallPart)):
+                current = {"role": self.role, "content": ""}
+                out.append(current)
+            if isinstance(part, TextPart) and current is not None:
+                current["content"] += part.text
+            elif isinstance(part, ToolCallPart) and current is not None:
+                current.setdefault("tool_calls", []).append({"id": part.id, "type": "function", "function": {
+                    "name": part.name, "arguments": arguments_value(part.arguments)}})
+        if keep_reasoning and self.reasoning:
+            first = next((m for m in out if m["role"] == self.role), None)
+            if first is not None:
+                first["reasoning_content"] = self.reasoning
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {"role": self.role, "parts": parts_to_json(self.parts)}
 

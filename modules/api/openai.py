@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from modules.api.chat_options import ignored_chat_fields, prompt_options
+from modules.api import tools as api_tools
 from modules.api.constraints import check_constraint, requested_constraint
 from modules.api.errors import APIError, describe_validation, error_body
 from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, completion_logprobs, supports_logprobs
@@ -33,7 +34,8 @@ from modules.loaders import registry
 from modules.loaders.base import Backend
 from modules.presets import Preset, PresetError
 from modules.templates import TemplateError
-from modules.turns import Turn
+from modules.tools.stream import deltas as call_deltas
+from modules.turns import ReasoningPart, Turn
 
 RETRY_AFTER_SECONDS = 2
 IGNORED_HEADER = "X-Parlour-Ignored-Fields"
@@ -131,8 +133,8 @@ def check_logit_bias(body: GenerationFields, backend: Backend) -> None:
 
 def refuse_unsupported(body: GenerationFields) -> None:
     """400 for OpenAI features this server does not implement, instead of a reply that ignores them."""
-    if body.tools:
-        raise APIError(400, "tools (function calling) are not supported", param="tools", code="unsupported")
+    if body.tools and not isinstance(body, ChatCompletionRequest):
+        raise APIError(400, "tools (function calling) need /v1/chat/completions", param="tools", code="unsupported")
     if isinstance(body, ChatCompletionRequest) and body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     if getattr(body, "suffix", None):
@@ -223,12 +225,17 @@ def completion_plan(app: Any, body: CompletionRequest) -> Plan:
 
 def chat_history(body: ChatCompletionRequest) -> list[Turn]:
     """The request's messages as turns (`developer` is `system`; an assistant message's
-    `reasoning_content`, as DeepSeek's and vLLM's clients send it back, is kept as its reasoning)."""
+    `reasoning_content`, as DeepSeek's and vLLM's clients send it back, is kept as its reasoning; tool
+    calls and tool results as their parts, checked by modules/api/tools.py)."""
     turns = []
-    for m in body.messages:
+    calls: dict[str, str] = {}
+    for i, m in enumerate(body.messages):
         reasoning = (m.model_extra or {}).get("reasoning_content")
-        turns.append(Turn.of("system" if m.role == "developer" else m.role, m.text(),
-                             reasoning if isinstance(reasoning, str) else ""))
+        turn = api_tools.history_turn(m, i, calls) or Turn.of("system" if m.role == "developer" else m.role,
+                                                             m.text())
+        if isinstance(reasoning, str) and reasoning and m.role == "assistant":
+            turn = replace(turn, parts=(ReasoningPart(reasoning), *turn.parts))
+        turns.append(turn)
     return turns
 
 
@@ -243,11 +250,12 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     check_constraint(backend, preset, body)
     ignored = body.ignored_fields() + not_applied + ignored_chat_fields(body)
     history = chat_history(body)
+    tools = api_tools.request_tools(body, backend, preset)
     continue_last = (body.continue_final_message or body.continue_) and history[-1].role == "assistant"
     user = body.user or "api"
     options = prompt_options(app, body, user, continue_last)
-    turn = app.pipeline.begin(request_for(history, options, preset, user=user, stop=body.stop_strings(),
-                                          template_vars=body.template_vars()))
+    turn = app.pipeline.begin(replace(request_for(history, options, preset, user=user, stop=body.stop_strings(),
+                                                  template_vars=body.template_vars()), **tools))
     jobs = []
     for i in range(body.n):
         begun = replace(turn.begun, preset=choice_seed(turn.begun.preset, i))
@@ -291,7 +299,7 @@ def fit_built_chat(app: Any, backend: Backend, request: GenerationRequest, trunc
 
 
 def finish_reason(update: Update) -> str:
-    return "length" if update.finish_reason == "length" else "stop"
+    return update.finish_reason if update.finish_reason in ("length", "tool_calls") else "stop"
 
 
 def usage(plan: Plan, finals: dict[int, Update]) -> dict[str, int]:
@@ -363,6 +371,9 @@ class Responder:
                 message: dict[str, Any] = {"role": "assistant", "content": final.text}
                 if final.reasoning:  # vLLM's and DeepSeek's field (text-generation-webui's too)
                     message["reasoning_content"] = final.reasoning
+                if final.tool_calls:  # OpenAI: content is null when the reply is only calls
+                    message["tool_calls"] = api_tools.message_calls(final.tool_calls)
+                    message["content"] = final.text or None
                 choices.append({"index": job.index, "message": message,
                                 "logprobs": logprobs, "finish_reason": finish_reason(final)})
             else:
@@ -399,7 +410,7 @@ class Responder:
 
     def _chunk(self, index: int, text: str | None, finish: str | None, role: bool = False,
                include_usage: bool = False, logprobs: list[TokenLogprob] | None = None,
-               reasoning: str = "") -> bytes:
+               reasoning: str = "", tool_calls: list[dict[str, Any]] | None = None) -> bytes:
         scored = self._logprobs(logprobs) if logprobs is not None else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
@@ -407,6 +418,8 @@ class Responder:
                 delta["reasoning_content"] = reasoning
             if text:
                 delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = tool_calls
             choice = {"index": index, "delta": delta, "logprobs": scored, "finish_reason": finish}
         else:
             choice = {"index": index, "text": text or "", "logprobs": scored, "finish_reason": finish}
@@ -428,6 +441,7 @@ class Responder:
                     yield chunk(job.index, None, None, role=True)
                 if job.echo:
                     yield chunk(job.index, job.echo, None, logprobs=scorer.echo if scorer else None)
+                sent: list = []  # the tool calls this choice has streamed so far
                 try:
                     async for update in _prepend(pending, updates):
                         if update.queue_position:
@@ -437,6 +451,10 @@ class Responder:
                         if update.delta:
                             scored = await run_in_threadpool(scorer.add, update.delta) if scorer else None
                             yield chunk(job.index, update.delta, None, logprobs=scored)
+                        calls = call_deltas(sent, list(update.tool_calls)) if self.chat else []
+                        if calls:
+                            sent = list(update.tool_calls)
+                            yield chunk(job.index, None, None, tool_calls=calls)
                         if update.finish_reason is not None:
                             finals[job.index] = update
                             rest = await run_in_threadpool(scorer.add, "", True) if scorer else None

@@ -115,11 +115,29 @@ class TextPart(BaseModel):
     text: str | None = None
 
 
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., max_length=64)
+    arguments: str = Field("", description="the call's arguments as JSON text (OpenAI's shape)")
+
+
+class ToolCall(BaseModel):
+    """A call an earlier assistant message made (sent back in the history)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(..., min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    #: an assistant message's calls, and a tool message's answer to one of them (modules/api/tools.py)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(None, max_length=256)
 
     @field_validator("content")
     @classmethod
@@ -160,6 +178,9 @@ class ChatCompletionRequest(GenerationFields):
     enable_thinking: bool | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     keep_reasoning: bool = False
+    # function calling (OpenAI's fields; `tools` is shared with completions, which refuse it)
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
     def template_vars(self) -> dict[str, Any]:
         """The chat template's switches this request sets (only those given)."""

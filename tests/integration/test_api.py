@@ -285,9 +285,9 @@ def test_prompt_longer_than_context_is_400_unless_truncation_is_asked(client):
 
 
 def test_unsupported_openai_features_are_refused_not_ignored(client):
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=MODEL, messages=HELLO, tools=[{"type": "function", "function": {
-            "name": "f", "parameters": {"type": "object", "properties": {}}}}])
+    with pytest.raises(openai.BadRequestError) as err:  # function calling is a chat feature
+        client.completions.create(model=MODEL, prompt="Hi", extra_body={"tools": [{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object", "properties": {}}}}]})
     assert err.value.body["param"] == "tools"
 
 

@@ -273,9 +273,9 @@ class ChatService:
     def _with_tools(self, request: Any, plan: ToolPlan, first_round: bool = True) -> Any:
         """The request with the chat's ticked tools (OpenAI function tools) and its tool_choice."""
         schemas = self.app.tools.schemas(plan.names) if plan.names else []
-        if schemas:
-            request.tools, request.tool_choice = schemas, plan.request_choice(first_round)
-        return request
+        if not schemas:
+            return request
+        return replace(request, tools=tuple(schemas), tool_choice=plan.request_choice(first_round))
 
     def _reply(self, user: str, view: ChatView, request: Any, setup: Setup, reply_to: int | None,
                continuing: Shown | None = None, decision: str | None = None) -> Iterator[Step]:

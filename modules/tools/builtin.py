@@ -144,7 +144,9 @@ def _search_documents(extensions: Any, query: str, k: int) -> str:
 def tools(extensions: Any = None) -> Iterator[Tool]:
     """The built-in tools, for the registry."""
     yield Tool("calculator", "Evaluate an arithmetic expression exactly: numbers, + - * / // % ** and parentheses.",
-               {"type": "object", "properties": {"expression": {"type": "string", "description": "e.g. (2 + 3) * 4"}},
+               # the pattern and length let a constrained (forced) call write only arithmetic, and end
+               {"type": "object", "properties": {"expression": {"type": "string", "description": "e.g. (2 + 3) * 4",
+                                                                "pattern": r"^[0-9 .+\-*/%()]{1,80}$"}},
                 "required": ["expression"]},
                lambda a: _format_number(calculate(a.get("expression", ""))))
     yield Tool("current_datetime", "The current date, time and weekday.",

@@ -172,8 +172,19 @@ class ToolRegistry:
     def schemas(self, names: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
         """OpenAI function tools for the named tools that exist (a tool gone since a chat ticked it is
         left out, not an error)."""
+        from modules.tools.spec import ToolError as SchemaError, read_tools
+
         tools = self.tools()
-        return [tools[n].schema() for n in names if n in tools]
+        out = []
+        for name in (n for n in names if n in tools):
+            schema = tools[name].schema()
+            try:
+                read_tools([schema])  # one tool with a schema the model side cannot use must not stop the chat
+            except SchemaError as exc:
+                log.warning("tool %s left out: %s", name, exc)
+                continue
+            out.append(schema)
+        return out
 
     def call(self, name: str, arguments: str | dict[str, Any] | None) -> ToolResult:
         """Run one call. Never raises: unknown tools, bad arguments, failures and timeouts are error results."""

@@ -181,3 +181,9 @@ def test_admins():
     with_logins = Settings(auth="ann:pw,bob:pw", admin_users=["ann"])
     assert with_logins.is_admin("ann") and not with_logins.is_admin("bob") and not with_logins.is_admin("local")
     assert not Settings(auth="ann:pw").is_admin("ann")  # logins but no --admin-users: nobody
+
+
+def test_a_tool_whose_schema_the_model_side_refuses_is_left_out(tmp_path):
+    reg = registry(tmp_path)
+    reg.add(Tool("odd", "", {"type": "array"}, lambda a: "x"))
+    assert [s["function"]["name"] for s in reg.schemas(["odd", "calculator"])] == ["calculator"]

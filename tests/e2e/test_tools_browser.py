@@ -1,5 +1,6 @@
-"""Tools in a real browser: the Session tab's MCP servers are managed by admins only (another login sees
-them, may tick their tools, and is refused when it tries to change them; mcp.json is never written)."""
+"""Tools in a real browser: the demo model forced to call the calculator (the call block and its result in
+the bubble, and again after a reload); the Session tab's MCP servers are managed by admins only (another
+login sees them, may tick their tools, and is refused when it tries to change them; mcp.json is never written)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,60 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_chat_browser import login
+from modules.tools.builtin import calculate
+from tests.conftest import DEMO_DIR
+from tests.e2e.test_chat_browser import IDLE, login, open_page
 
 pytestmark = [pytest.mark.browser]
 ROOT = Path(__file__).resolve().parents[2]
 MCP_SERVER = ROOT / "tests" / "mcp_server.py"
 TABLE = "#session-mcp-servers"
+BLOCK = "#chatbot [data-testid=bot] details.tool-call"
+
+
+def test_a_forced_calculator_call_shows_its_block_and_result_and_comes_back(browser, start_server, tmp_path):
+    assert (DEMO_DIR / "config.json").exists(), "the demo model is missing: ./test.sh builds it"
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "Greedy.yaml").write_text("temperature: 0\nmax_new_tokens: 60\n")
+    server = start_server("--models-dir", str(DEMO_DIR.parent), "--model", "parlour-demo", "--presets-dir",
+                          str(presets), "--preset", "Greedy")
+    page = open_page(browser, server.url)
+    page.wait_for_selector("#chat-thinking", state="visible")
+    page.locator("#chat-thinking input").uncheck()
+    page.get_by_text("Tools", exact=True).click()
+    page.locator("#chat-tools-list").get_by_text("calculator (built-in)").click()
+    page.click("#chat-tool-choice input")
+    page.get_by_role("option", name="required", exact=True).click()
+    before = server.health()["requests"]
+    page.fill("#chat-input textarea", "What is 19 + 23?")
+    page.click("#send")
+    # the forced call, then the model's reply after reading the result: two generations
+    server.wait_until(lambda h: h["requests"] >= before + 2 and h["active"] == 0)
+    page.wait_for_function(IDLE)
+    page.wait_for_selector(BLOCK)
+
+    def shown() -> tuple[str, str, str]:
+        block = page.locator(BLOCK).first
+        text = lambda sel: block.locator(sel).evaluate("el => el.textContent")  # noqa: E731 (closed blocks too)
+        return text("summary"), text(".tool-arguments"), text(".tool-result")
+
+    title, arguments, result = shown()
+    assert title.startswith("🔧 calculator") and title.endswith(" s")
+    # the model wrote the arguments under the tool's schema; the result is the calculator's answer to them
+    assert result == str(calculate(json.loads(arguments)["expression"]))
+    assert page.locator(BLOCK).first.evaluate("el => el.open") is False  # collapsed; the user can open it
+    page.locator(BLOCK).first.locator("summary").click()
+    assert page.locator(BLOCK).first.evaluate("el => el.open") is True
+
+    # reopened from the store: the same call and result, and the chat's tools still ticked
+    page.reload()
+    page.wait_for_selector(BLOCK)
+    page.wait_for_function(IDLE)
+    assert shown() == (title, arguments, result)
+    page.get_by_text("Tools", exact=True).click()
+    assert page.locator("#chat-tools-list").get_by_label("calculator (built-in)").is_checked()
+    assert page.locator("#chat-tool-choice input").input_value() == "required"
 
 
 def write_mcp_json(user_data: Path) -> str:

@@ -34,12 +34,12 @@ SERVER = ROOT / "tests" / "mcp_server.py"
 START_SECONDS = 120
 
 
-def build_app(tmp_path, servers: dict) -> App:
+def build_app(tmp_path, servers: dict, timeout: float = 60) -> App:
     user_data = tmp_path / "user_data"
     user_data.mkdir(parents=True, exist_ok=True)
     (user_data / "mcp.json").write_text(json.dumps({"mcpServers": servers}))
     app = App.build(Settings(models_dir=tmp_path / "models", user_data=user_data, presets_dir=ROOT / "presets",
-                             settings=tmp_path / "settings.yaml", tool_timeout=60))
+                             settings=tmp_path / "settings.yaml", tool_timeout=timeout))
     app.start_tools()
     assert app.tools.mcp.wait(START_SECONDS)
     return app
@@ -189,5 +189,18 @@ def test_mcp_json_is_read_never_written_and_bad_entries_are_reported(tmp_path):
         with pytest.raises(McpConfigError, match="http"):
             app.tools.mcp.add_http("cmd", "file:///bin/sh")
         assert (user_data / "mcp.json").read_text() == text
+    finally:
+        app.tools.close()
+
+
+def test_a_call_that_never_answers_times_out_and_the_server_stays(tmp_path):
+    app = build_app(tmp_path, {"test": {"command": sys.executable, "args": [str(SERVER), "stdio"]}}, timeout=3)
+    try:
+        script(app, [("marker", json.dumps({"path": str(tmp_path / "started")}))], "Gave up.")
+        step = run(app.chats.send("ann", ChatView(), "hang", setup("marker")))
+        result = step.turns[-1].of_type(ToolResultPart)[0]
+        assert result.error and "MCP server 'test'" in result.content and (tmp_path / "started").exists()
+        assert step.turns[-1].text == "Gave up."
+        assert app.tools.call("add", {"a": 1, "b": 2}).content == "3"  # a slow call does not end the server
     finally:
         app.tools.close()

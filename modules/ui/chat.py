@@ -284,10 +284,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                            **streaming),
     ]
     private = dict(api_visibility="private")
-    opened = [ui.chat_list.input(on_open, [ui.chat_list, ui.session, ui.character], OUT, **private),
-              ui.new.click(on_new, [ui.session, ui.incognito, *CTRL], OUT, api_name="chat_new")]
     answers, follow_tools = chat_tools.wire(app, ui, setup, split, stream, [ui.session, *CTRL, *params.inputs], OUT,
-                                            [*events, *opened], streaming)
+                                            events, streaming)
     events += answers
     ui.stop.click(None, None, None, cancels=events, **private)
     ui.remove.click(on_remove, [ui.session, ui.character], OUT, api_name="chat_remove_last")
@@ -301,7 +299,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.branch_chat.click(on_branch_chat, [ui.session, ui.character], OUT, **private)
     ui.copy.click(None, [ui.edit_text], None, js="(t) => { navigator.clipboard && navigator.clipboard.writeText(t); }",
                **private)
+    follow_tools(ui.new.click(on_new, [ui.session, ui.incognito, *CTRL], OUT, api_name="chat_new"))
     ui.chatbot.clear(on_new, [ui.session, ui.incognito, *CTRL], OUT, **private)  # the bubble bin = new chat
+    follow_tools(ui.chat_list.input(on_open, [ui.chat_list, ui.session, ui.character], OUT, **private))
     ui.search.submit(on_search, [ui.search, ui.session, ui.character], OUT, **private)
     ui.rename.click(on_rename, [ui.session, ui.character, ui.title], OUT, **private)
     ui.delete.click(lambda: gr.Row(visible=True), None, ui.confirm_row, **private)

@@ -120,6 +120,8 @@ class ServerState:
     client: Any = None
     stop: asyncio.Event | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    #: the task holding the connection (done once it is closed)
+    held: Any = None
 
 
 def _reason(exc: BaseException) -> str:
@@ -179,9 +181,9 @@ class McpServers:
         old = self.servers.get(spec.name)
         if old is not None:
             self.disconnect(spec.name)
-        state = ServerState(spec)
+        state = ServerState(spec, stop=asyncio.Event())  # made here: a disconnect may come before the task runs
         self.servers[spec.name] = state
-        asyncio.run_coroutine_threadsafe(self._hold(state), self._ensure_loop())
+        state.held = asyncio.run_coroutine_threadsafe(self._hold(state), self._ensure_loop())
         return state
 
     def disconnect(self, name: str) -> None:
@@ -201,9 +203,15 @@ class McpServers:
         """Wait until every server is ready or has failed (tests, start-up logs); True if all settled."""
         return all(s.ready.wait(timeout) for s in list(self.servers.values()))
 
-    def close(self) -> None:
+    def close(self, wait: float = 5.0) -> None:
+        """Disconnect every server, waiting up to `wait` seconds for them to stop (a stdio server's process
+        is ended by the SDK as its connection closes; the loop's thread would not outlive the process)."""
         for name in list(self.servers):
             self.disconnect(name)
+        for state in list(self.servers.values()):
+            if state.held is not None:
+                with contextlib.suppress(Exception):
+                    state.held.result(timeout=wait)
 
     # -- the Session tab's list ----------------------------------------------------------------------
     def add_http(self, name: str, url: str, headers: dict[str, str] | None = None) -> ServerState:
@@ -261,7 +269,6 @@ class McpServers:
         still not ready after `start_timeout` is cancelled (the SDK's context unwinds in this task)."""
         from mcp import Client
 
-        state.stop = asyncio.Event()
         task = asyncio.current_task()
         watchdog = asyncio.get_running_loop().call_later(
             self.start_timeout, lambda: None if state.ready.is_set() else task.cancel())  # type: ignore[union-attr]
@@ -272,7 +279,7 @@ class McpServers:
                 state.status, state.error = "ready", ""
                 state.ready.set()
                 watchdog.cancel()
-                await state.stop.wait()
+                await state.stop.wait()  # type: ignore[union-attr]
         except asyncio.CancelledError:
             if not state.ready.is_set():
                 state.status, state.error = "error", f"did not start within {self.start_timeout:g} seconds"

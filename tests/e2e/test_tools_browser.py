@@ -66,6 +66,45 @@ def test_a_forced_calculator_call_shows_its_block_and_result_and_comes_back(brow
     assert page.locator("#chat-tool-choice input").input_value() == "required"
 
 
+def test_a_user_tool_waits_for_approval_then_runs(browser, start_server, tmp_path):
+    tools = tmp_path / "user_data" / "tools"
+    tools.mkdir(parents=True)
+    (tools / "shout.py").write_text(
+        "tool = {'type': 'function', 'function': {'name': 'shout', 'description': 'Upper-case a text',\n"
+        "        'parameters': {'type': 'object', 'properties': {'text': {'type': 'string', 'maxLength': 20}},\n"
+        "                       'required': ['text']}}}\n"
+        "def execute(arguments):\n    return 'SHOUTED ' + arguments['text'].upper()\n")
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "Greedy.yaml").write_text("temperature: 0\nmax_new_tokens: 40\n")
+    server = start_server("--models-dir", str(DEMO_DIR.parent), "--model", "parlour-demo", "--presets-dir",
+                          str(presets), "--preset", "Greedy")
+    page = open_page(browser, server.url)
+    page.wait_for_selector("#chat-thinking", state="visible")
+    page.locator("#chat-thinking input").uncheck()
+    page.get_by_text("Tools", exact=True).click()
+    page.locator("#chat-tools-list").get_by_text("shout (file shout.py)").click()
+    page.click("#chat-tool-choice input")
+    page.get_by_role("option", name="required", exact=True).click()
+    before = server.health()["requests"]
+    page.fill("#chat-input textarea", "Shout hello")
+    page.click("#send")
+    server.wait_until(lambda h: h["requests"] >= before + 1 and h["active"] == 0)
+    # the reply stops at the call: the block says it has not run, the row asks
+    page.wait_for_selector("#tool-confirm", state="visible")
+    assert "shout" in page.inner_text("#tool-confirm-question")
+    assert page.locator(BLOCK).first.locator("summary").inner_text().startswith("⏳ shout")
+    assert server.health()["requests"] == before + 1
+    page.click("#tool-approve")
+    server.wait_until(lambda h: h["requests"] >= before + 2 and h["active"] == 0)  # the model read the result
+    page.wait_for_function(IDLE)
+    page.wait_for_selector("#tool-confirm", state="hidden")
+    block = page.locator(BLOCK).first
+    assert block.locator("summary").evaluate("el => el.textContent").startswith("🔧 shout")
+    arguments = json.loads(block.locator(".tool-arguments").evaluate("el => el.textContent"))
+    assert block.locator(".tool-result").evaluate("el => el.textContent") == "SHOUTED " + arguments["text"].upper()
+
+
 def write_mcp_json(user_data: Path) -> str:
     user_data.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"mcpServers": {"test": {"command": sys.executable, "args": [str(MCP_SERVER), "stdio"]}}})

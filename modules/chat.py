@@ -228,8 +228,9 @@ def engine_messages(history: History, options: PromptOptions) -> list[dict[str, 
         return None
     if options.instruction_template is not None and options.mode != "chat":  # chat mode uses no template
         return None
+    turns = tool_prompt.openai_messages([m for t in history if _turn(t).role in ("user", "assistant", "tool")
+                                         for m in _turn(t).template_messages()])
     history = [{"role": _turn(t).role, "content": _turn(t).text} for t in history]
-    turns = [{"role": t["role"], "content": t["content"]} for t in history if t["role"] in ("user", "assistant")]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
     if options.lorebook is not None or options.post_history:  # as in build_chat_prompt; the engine's tokenizer
         if options.mode == "instruct" and system_turns and not options.system_message:  # is not here: estimated
@@ -238,11 +239,12 @@ def engine_messages(history: History, options: PromptOptions) -> list[dict[str, 
     if options.mode == "chat":
         # the character's context is the system message; each turn carries its speaker's name
         context = "\n\n".join(part for part in (system_turns, _context(options)) if part)
-        named = [{**t, "name": options.name1 if t["role"] == "user" else options.name2} for t in turns]
+        named = [{**t, "name": options.name1 if t["role"] == "user" else options.name2}
+                 if t["role"] in ("user", "assistant") else t for t in turns]
         return ([{"role": "system", "content": context}] if context else []) + named
     if options.mode == "chat-instruct":
         opts = replace(options, system_message=options.system_message or system_turns)
-        return _chat_instruct_messages(turns, opts, options.name2)
+        return _chat_instruct_messages(tool_prompt.plain_messages(turns), opts, options.name2)
     system = substitute(options.system_message or system_turns or _context(options), options.name1,
                         options.name2).strip()
     return ([{"role": "system", "content": system}] if system else []) + turns
@@ -256,12 +258,12 @@ def _turn(item: "Turn | dict[str, Any]") -> Turn:
 
 
 def template_messages(history: History, options: PromptOptions, backend: Any,
-                      tool_aware: bool = False) -> list[dict[str, Any]]:
+                      tools_template: ChatTemplate | None = None) -> list[dict[str, Any]]:
     """The history as {"role", "content"} messages for prompt building. An earlier reply's reasoning
     goes with it only when the user keeps it: as `reasoning_content` for templates that read it, else
     inline between the model's own markers (chat mode's transcript, templates that ignore the key).
-    Tool calls and results are `tool_calls` and `tool` messages for a `tool_aware` template, else text
-    (modules/tools/prompt.py)."""
+    Tool calls and results are `tool_calls` and `tool` messages for a template that renders them
+    (`tools_template`, see tool_template), else text (modules/tools/prompt.py)."""
     template = options.instruction_template or (backend.chat_template.source if backend.chat_template else "")
     reads_key = options.mode != "chat" and "reasoning_content" in (template or "")
     out = []
@@ -272,7 +274,7 @@ def template_messages(history: History, options: PromptOptions, backend: Any,
             fmt = backend.reasoning_format
             messages[0]["content"] = f"{fmt.start}{turn.reasoning}{fmt.end}\n\n{messages[0]['content']}"
         out.extend(messages)
-    return out if tool_aware else tool_prompt.plain_messages(out)
+    return tool_prompt.for_template(out, tools_template)
 
 
 def tool_template(backend: Any, options: PromptOptions) -> ChatTemplate | None:
@@ -325,8 +327,9 @@ def build_chat_prompt(history: History, options: PromptOptions, backend: TokenCo
     chat_turns = [_turn(t) for t in history if _turn(t).role in ("user", "assistant", "tool")]
     if hooks is not None and hooks.history is not None:
         chat_turns = hooks.history(chat_turns)
-    aware = tool_template(backend, options) is not None
-    turns = template_messages(chat_turns, options, backend, tool_aware=aware)
+    tools_template = tool_template(backend, options)
+    aware = tools_template is not None
+    turns = template_messages(chat_turns, options, backend, tools_template)
     tools = extra.get("tools")
     if tools and not aware:  # the template cannot show tools: the generic prompt does (modules/tools/prompt.py)
         extra = {k: v for k, v in extra.items() if k != "tools"}

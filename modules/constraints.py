@@ -96,13 +96,15 @@ def constraint_of(preset: Preset) -> Constraint | None:
     return None
 
 
-def stop_strings(preset: Preset, derived: Sequence[str]) -> tuple[str, ...]:
+def stop_strings(preset: Preset, derived: Sequence[str], free_text: bool = False) -> tuple[str, ...]:
     """The stop strings a reply is cut at: the user's own (`custom_stopping_strings`, which holds a
     request's `stop`) and, unless the reply is constrained, the ones derived from the model and the
     prompt (end-of-turn texts, "\\nYou:"). A constrained reply is cut only where its user asked: a
-    template's stop string inside a JSON string must not leave the JSON unfinished."""
+    template's stop string inside a JSON string must not leave the JSON unfinished. `free_text`: the
+    constraint leaves the text free until a tool call starts (modules/tools/forced.py), so the derived
+    stop strings still end a reply that makes none."""
     own = tuple(preset.custom_stopping_strings)
-    return own if constraint_of(preset) is not None else own + tuple(derived)
+    return own if constraint_of(preset) is not None and not free_text else own + tuple(derived)
 
 
 def supported_kinds(backend: Any) -> frozenset[str]:

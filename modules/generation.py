@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from modules import reasoning
 from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state, tool_template
-from modules.constraints import stop_strings
+from modules.constraints import constraint_of, stop_strings
 from modules.extensions import Extensions, history_to_messages, messages_to_history
 from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
@@ -34,7 +34,7 @@ from modules.presets import Preset
 from modules.tools import forced
 from modules.tools.formats import GENERIC, CallFormat
 from modules.tools.spec import ToolUse, tool_use
-from modules.tools.stream import CallStream
+from modules.tools.stream import CallStream, EngineCalls
 from modules.turns import Part, TextPart, ToolCallPart, Turn, turns_from_messages
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,8 @@ class Prepared:
     #: the answer's calls are read in (modules/tools/formats.py)
     tools: ToolUse = field(default_factory=ToolUse)
     call_format: CallFormat = GENERIC
+    #: the preset's constraint leaves text free until a tool call starts (the derived stop strings apply)
+    free_text: bool = False
 
 
 class ModelSource(Protocol):
@@ -473,8 +475,9 @@ class Pipeline:
             # The engine applies the model's own template itself whenever messages say what the turn means.
             messages = engine_messages(history, options)
             if messages is not None:
-                text = "\n".join(str(m.get("content", "")) for m in messages)
-                return Prepared(text, start.preset, state, start.user_input, True, messages=messages)
+                text = "\n".join(str(m.get("content") or "") for m in messages)
+                return self._with_tools(backend, request, Prepared(text, start.preset, state, start.user_input, True,
+                                                                   messages=messages))
         built = self._build(backend, request, history, hooks)
         prepared = Prepared(built.text, start.preset, state, start.user_input, True, stops=tuple(built.stops),
                             context_length=built.context_length, turns_dropped=built.turns_dropped,
@@ -485,14 +488,22 @@ class Pipeline:
         """A request with tools: the format its calls are read in, and for a forced call the constraint
         that makes the reply one (modules/tools/forced.py)."""
         use = request_tools(request)
-        if not use.active or registry.capabilities(backend).tools != "parse":
+        mode = registry.capabilities(backend).tools
+        if not use.active or mode == "none":
             return prepared
         prepared.tools = use
+        if prepared.messages is not None:  # the engine templates the tools and reads the calls itself
+            return prepared
         prepared.call_format = forced.call_format(tool_template(backend, request.options or PromptOptions()))
         if use.choice.forced:
             keys = forced.constraint(backend, use, prepared.call_format, prepared.reasoning_state,
                                      backend.reasoning_format, prepared.preset.max_new_tokens)
             prepared.preset = prepared.preset.model_copy(update=keys)
+        elif constraint_of(prepared.preset) is None:  # auto: a call, once started, is constrained (the
+            lazy = forced.lazy_constraint(backend, use, prepared.call_format,  # request's own constraint wins)
+                                          prepared.reasoning_state, backend.reasoning_format)
+            if lazy is not None:
+                prepared.preset, prepared.free_text = prepared.preset.model_copy(update=lazy), True
         return prepared
 
     def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
@@ -544,6 +555,10 @@ class Pipeline:
             if ext.has("tokenizer_modifier") else None,
             logits_processors=ext.logits_processors if ext.has("logits_processor_modifier") else None)
         if prepared.messages is not None:
+            engine_tools = {"tools": list(request.tools), "tool_choice": request.tool_choice or "auto",
+                            "parallel_tool_calls": request.parallel_tool_calls} if prepared.tools.active else None
+            if engine_tools and "tools" in _parameters(getattr(backend.stream_chat, "__func__", backend.stream_chat)):
+                return backend.stream_chat(prepared.messages, prepared.preset, request.cancel, tools=engine_tools)
             return backend.stream_chat(prepared.messages, prepared.preset, request.cancel)
         accepts = _parameters(getattr(backend.stream, "__func__", backend.stream))
         extra: dict[str, Any] = {}
@@ -579,7 +594,8 @@ class Pipeline:
             prepared = self.prepare(backend, request)
             # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state); a
             # constrained reply is cut only at those (constraints.stop_strings)
-            stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings)))
+            stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings),
+                                                  prepared.free_text))
             counted = self.extensions.tokenized_length(prepared.prompt)
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
             update.context_length = prepared.context_length or backend.context_length
@@ -601,7 +617,10 @@ class Pipeline:
         reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
         reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
-        calls = CallStream(prepared.call_format, prepared.tools.tools) if prepared.tools.active else None
+        calls: CallStream | EngineCalls | None = None
+        if prepared.tools.active:
+            calls = EngineCalls() if prepared.messages is not None else CallStream(prepared.call_format,
+                                                                                   prepared.tools.tools)
         try:
             for delta in stream:
                 shown = stops.feed(delta.text)
@@ -615,6 +634,8 @@ class Pipeline:
                 update.delta, update.reasoning_delta = reply.add(shown, delta.tokens, now, delta.reasoning)
                 if calls is not None:
                     update.delta = calls.feed(update.delta)
+                    if delta.tool_calls and isinstance(calls, EngineCalls):
+                        calls.add(delta.tool_calls)
                 if stops.stopped or delta.finish_reason is not None:
                     update.finish_reason = "stop" if stops.stopped else delta.finish_reason
                     return self._settle(update, reply, start, calls, prepared.tools)
@@ -632,7 +653,8 @@ class Pipeline:
             stream.close()  # ends the backend's worker within one token if we stopped early
 
     @staticmethod
-    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float, calls: CallStream | None = None) -> None:
+    def _show(update: Update, reply: reasoning.ReplyAssembler, seconds: float,
+              calls: CallStream | EngineCalls | None = None) -> None:
         update.text, update.reasoning, update.thinking = reply.answer, reply.reasoning, reply.thinking
         update.parts = reply.parts()
         update.seconds = seconds
@@ -642,7 +664,7 @@ class Pipeline:
                             *calls.calls)
 
     def _settle(self, update: Update, reply: reasoning.ReplyAssembler, start: float,
-                calls: CallStream | None = None, use: ToolUse | None = None) -> Update:
+                calls: CallStream | EngineCalls | None = None, use: ToolUse | None = None) -> Update:
         """The last update: what the splitter still held is text after all; an unclosed block stays
         reasoning, marked incomplete. A reply with tools is read for its calls as a whole."""
         answer, thought = reply.finish(time.perf_counter())

@@ -22,6 +22,8 @@ class Delta:
     finish_reason: str | None = None  # set on the last delta: "stop", "length" or "cancelled"
     #: reasoning an engine returns apart from the text (vLLM's and DeepSeek's `reasoning_content`)
     reasoning: str = ""
+    #: tool calls an engine returns apart from the text: OpenAI's streaming `tool_calls` entries
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 class LoadError(RuntimeError):

@@ -150,8 +150,11 @@ class RemoteBackend:
         body = {"model": self.model_id, "prompt": prompt, "stream": True, **request_body(preset)}
         yield from self._stream("completions", body, cancel, lambda choice: (choice.get("text") or "", ""))
 
-    def stream_chat(self, messages: list[dict[str, Any]], preset: Preset, cancel: threading.Event) -> Iterator[Delta]:
-        body = {"model": self.model_id, "messages": messages, "stream": True, **request_body(preset)}
+    def stream_chat(self, messages: list[dict[str, Any]], preset: Preset, cancel: threading.Event,
+                    tools: dict[str, Any] | None = None) -> Iterator[Delta]:
+        """`tools`: the request's `tools`, `tool_choice` and `parallel_tool_calls`, passed through; the
+        engine's tool-call deltas come back in `Delta.tool_calls`."""
+        body = {"model": self.model_id, "messages": messages, "stream": True, **request_body(preset), **(tools or {})}
 
         def text_of(choice: dict[str, Any]) -> tuple[str, str]:
             delta = choice.get("delta") or {}
@@ -180,8 +183,9 @@ class RemoteBackend:
                     for choice in chunk.get("choices", []):
                         reason = choice.get("finish_reason") or reason
                         text, thought = text_of(choice)
-                        if text or thought:
-                            yield Delta(text, 1, reasoning=thought)
+                        calls = tuple((choice.get("delta") or {}).get("tool_calls") or ())
+                        if text or thought or calls:
+                            yield Delta(text, 1, reasoning=thought, tool_calls=calls)
         except httpx.HTTPError as exc:
             raise RuntimeError(f"remote server failed: {exc}") from exc
         yield Delta("", 0, "cancelled" if cancel.is_set() else reason or "stop")

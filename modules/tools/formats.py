@@ -433,20 +433,21 @@ _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separa
 SAFE_INTEGER = 2**53 - 1
 
 
-def closed(schema: Any) -> Any:
+def closed(schema: Any, bound_integers: bool = True) -> Any:
     """The schema with every object that lists its properties closed to others and every integer bounded
     (where the schema does not say): a forced call writes the arguments the tool names, not keys or digits
-    of its own forever. What it writes still validates against the tool's own schema."""
+    of its own forever. What it writes still validates against the tool's own schema. (llama.cpp's schema
+    converter takes no integer bounds: `bound_integers=False`.)"""
     if isinstance(schema, list):
-        return [closed(s) for s in schema]
+        return [closed(s, bound_integers) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: (closed(v) if k not in ("enum", "const", "default", "examples", "properties") else v)
+    out = {k: (closed(v, bound_integers) if k not in ("enum", "const", "default", "examples", "properties") else v)
            for k, v in schema.items()}
     if isinstance(schema.get("properties"), dict):  # names there are property names, not keywords
-        out["properties"] = {name: closed(sub) for name, sub in schema["properties"].items()}
+        out["properties"] = {name: closed(sub, bound_integers) for name, sub in schema["properties"].items()}
         out.setdefault("additionalProperties", False)
-    if out.get("type") == "integer":  # digits end: JSON's safe integers (what most clients can read exactly)
+    if bound_integers and out.get("type") == "integer":  # digits end: JSON's safe integers (most clients read them exactly)
         out.setdefault("minimum", -SAFE_INTEGER)
         out.setdefault("maximum", SAFE_INTEGER)
     return out
@@ -458,29 +459,53 @@ def _call_schema(fmt: CallFormat, tool: Tool) -> dict[str, Any]:
 
 
 def call_grammar(fmt: CallFormat, tools: tuple[Tool, ...], choice: ToolChoice, literal: Callable[[str], str],
-                 think: str = "") -> str:
-    """A Lark grammar (llguidance's dialect) for a reply that is exactly one call to the chosen tool (or to any
-    of `tools` for `required`), written the way `fmt`'s parser reads it. `literal(text)` gives a marker as a
-    grammar item (a quoted string, or the model's own single token for it); `think` is a rule that lets the
-    model finish a reasoning block its prompt opened, placed before the call."""
+                 think: str = "", lazy: bool = False, parallel: bool = True) -> str:
+    """A Lark grammar (llguidance's dialect) for calls written the way `fmt`'s parser reads them, whose
+    arguments follow the tools' schemas.
+
+    Forced (`lazy=False`): the reply is exactly one call, to the chosen tool (any of `tools` for `required`).
+    Lazy (`auto`): the reply is free text, or free text up to the format's start marker and then calls
+    (several when `parallel`) and nothing after them: the call is constrained once the model starts one,
+    as llama.cpp's lazy grammars do. Needs a start marker (not the bare-JSON Llama format).
+
+    `literal(text)` gives a marker as a grammar item (a quoted string, or the model's own single token for
+    it); `think` is an item that lets the model finish a reasoning block its prompt opened, before anything."""
     chosen = [t for t in tools if choice.mode != "function" or t.name == choice.name]
-    rules = []
-    names = []
+    rules, names = [], []
     for i, tool in enumerate(chosen):
-        rule = f"call_{i}"
-        names.append(rule)
-        if fmt.style == "name-args":
+        names.append(f"call_{i}")
+        if fmt.style == "name-args":  # the start marker belongs to each call: it is the head below
             args = {**closed(tool.schema), "x-guidance": _JSON_STYLE}
-            rules.append(f"{rule}: {literal(fmt.start)} {json.dumps(tool.name)} {literal('[ARGS]')} "
-                         f"%json {json.dumps(args)}")
+            rules.append(f"call_{i}: {json.dumps(tool.name)} {literal('[ARGS]')} %json {json.dumps(args)}")
         else:
-            rules.append(f"{rule}: %json {json.dumps(_call_schema(fmt, tool))}")
-    call = " | ".join(names)
+            rules.append(f"call_{i}: %json {json.dumps(_call_schema(fmt, tool))}")
+    call = "(" + " | ".join(names) + ")"
     if fmt.style == "blocks":
-        body = f'{literal(fmt.start)} "\\n" ({call}) "\\n" {literal(fmt.end)}'
+        body = f'"\\n" {call} "\\n" {literal(fmt.end)}'
     elif fmt.style == "array":
-        body = f'{literal(fmt.start)} "[" ({call}) "]"'
+        body = f'"[" {call} ' + (f'(", " {call})* ' if lazy and parallel else "") + '"]"'
+    elif fmt.style == "name-args":
+        body = call
     else:
-        body = f"({call})"
-    head = f"start: {think + ' ' if think else ''}{body}"
-    return "\n".join([head, *rules]) + "\n"
+        body = call  # bare JSON: no marker
+    head = literal(fmt.start) if fmt.start else ""
+    prefix = f"{think} " if think else ""
+    if not lazy:
+        rules.insert(0, f"start: {prefix}{head} {body}".replace("  ", " "))
+        return "\n".join(rules) + "\n"
+    if not head:
+        raise ValueError(f"the {fmt.name} format has no start marker to trigger on")
+    more = f'(/\\n{{0,2}}/ {head} {body})*' if parallel and fmt.style != "array" else ""
+    calls = f"{body} {more} /\\n?/"
+    if head.startswith("<["):  # the marker is a token of its own: free text cannot hold it
+        rules[:0] = [f"start: {prefix}TEXT ({head} {calls})?", "TEXT: /(?s:.*)/"]
+    else:
+        rules[:0] = [f"start: {prefix}(FREE | before {calls})",
+                     f"FREE: /(?s:.*)/ & ~/(?s:.*{_regex(fmt.start)}.*)/",
+                     f"before[stop={json.dumps(fmt.start)}]: /(?s:.*)/"]
+    return "\n".join(rules) + "\n"
+
+
+def _regex(text: str) -> str:
+    """`text` as a literal inside a Lark /regex/."""
+    return re.sub(r"([\\^$.|?*+()\[\]{}/])", r"\\\1", text)

@@ -13,9 +13,10 @@ calls back (modules/tools/formats.py's GENERIC).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from modules.tools.formats import GENERIC, CallFormat, render_calls
+from modules.tools.formats import GENERIC, CallFormat, detect, render_calls
 
 GENERIC_PROMPT = """# Tools
 
@@ -67,6 +68,47 @@ def plain_messages(messages: list[dict[str, Any]], fmt: CallFormat = GENERIC) ->
         out.append(plain)
     for message in out:
         message.pop("tool_results", None)
+    return out
+
+
+def for_template(messages: list[dict[str, Any]], template: Any) -> list[dict[str, Any]]:
+    """Tool-shaped messages as `template` takes them: as they are for a tool-aware template (with call ids
+    of 9 letters and digits for Mistral's, which refuse others), as text for any other (None)."""
+    if template is None:
+        return plain_messages(messages)
+    if detect(template.source).name.startswith("mistral"):
+        return _short_ids(messages)
+    return messages
+
+
+def _short_id(call_id: str) -> str:
+    """A call id as Mistral's templates require it: 9 letters and digits (the id's last ones)."""
+    kept = re.sub(r"[^A-Za-z0-9]", "", call_id)
+    return kept[-9:].rjust(9, "0")
+
+
+def _short_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for message in messages:
+        if message.get("tool_calls"):
+            message = {**message, "tool_calls": [{**c, "id": _short_id(c.get("id") or "")}
+                                                 for c in message["tool_calls"]]}
+        if message.get("tool_call_id"):
+            message = {**message, "tool_call_id": _short_id(message["tool_call_id"])}
+        out.append(message)
+    return out
+
+
+def openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool-shaped template messages as OpenAI's API takes them (a remote engine): call arguments as JSON text."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [
+                {**c, "function": {**c["function"], "arguments": _arguments_text(c["function"].get("arguments"))}}
+                for c in calls]}
+        out.append(message)
     return out
 
 

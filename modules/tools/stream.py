@@ -88,6 +88,34 @@ class CallStream:
         return rest, parsed
 
 
+class EngineCalls:
+    """The calls an engine returns apart from the text (a remote OpenAI-compatible server), built from its
+    streaming `tool_calls` entries; the text passes through as content. Same reading side as CallStream."""
+
+    def __init__(self) -> None:
+        self.content = ""
+        self.calls: list[ToolCallPart] = []
+
+    def feed(self, delta: str) -> str:
+        self.content += delta
+        return delta
+
+    def add(self, entries: tuple[dict[str, Any], ...]) -> None:
+        for entry in entries:
+            index = entry.get("index", len(self.calls))
+            function = entry.get("function") or {}
+            if not isinstance(index, int) or not 0 <= index <= len(self.calls):
+                continue  # an engine's entry out of order: nothing to attach it to
+            if index == len(self.calls):
+                self.calls.append(ToolCallPart(entry.get("id") or new_call_id(), function.get("name") or "", ""))
+            call = self.calls[index]
+            self.calls[index] = ToolCallPart(call.id, call.name or function.get("name") or "",
+                                             call.arguments + (function.get("arguments") or ""))
+
+    def finish(self) -> tuple[str, None]:
+        return "", None
+
+
 def deltas(sent: list[ToolCallPart], now: list[ToolCallPart]) -> list[dict[str, Any]]:
     """OpenAI's streaming `tool_calls` entries that take a client from the calls it has (`sent`) to `now`:
     a call's first entry carries index, id, type and name (arguments ""), later ones argument fragments."""

@@ -150,3 +150,37 @@ def test_bad_tool_input_is_a_400_naming_the_field(server, body, param, words):
                           json={"model": MODEL, "messages": ASK, "max_tokens": 8, **body})
     error = _error(response)
     assert error["param"] == param and words in error["message"]
+
+
+def test_a_remote_engine_gets_the_tools_and_its_calls_come_back(server, make_app):
+    """Parlour as the remote engine of another Parlour: tools and tool messages pass through, calls return."""
+    from modules.chat import PromptOptions, request_for
+    from modules.presets import Preset
+    from modules.turns import ToolResultPart, Turn
+
+    app = make_app()
+    app.models.load(f"remote:{MODEL}", options={"base_url": server.url + "/v1"})
+    forced = {"type": "function", "function": {"name": "roll_dice"}}
+    ask = [Turn.of("user", "Roll a die for me.")]
+
+    def request(history, choice):
+        request = request_for(history, PromptOptions(mode="instruct"), Preset(temperature=0, max_new_tokens=160))
+        request.tools, request.tool_choice = tuple(TOOLS), choice
+        return request
+
+    def final(history, choice):
+        return list(app.pipeline.stream(request(history, choice)))[-1]
+
+    first = final(ask, forced)
+    assert first.finish_reason == "tool_calls" and [c.name for c in first.tool_calls] == ["roll_dice"]
+    jsonschema.validate(json.loads(first.tool_calls[0].arguments), ROLL)
+    assert first.parts[-1] == first.tool_calls[0]
+    call = first.tool_calls[0]
+    reply = Turn("assistant", (call,))
+    history = [*ask, reply, Turn("tool", (ToolResultPart(call.id, call.name, "4"),))]
+    sent = app.pipeline.prepare(app.models.current(), request(history, "auto")).messages
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"] and sent[2]["tool_call_id"] == call.id
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "roll_dice", "arguments": call.arguments}  # JSON text
+    second = final(history, choice="none")
+    # the engine took the history with the call and its result (a tool message it could not match is a 400)
+    assert second.finish_reason in ("stop", "length") and second.tokens and not second.tool_calls

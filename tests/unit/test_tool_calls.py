@@ -127,3 +127,53 @@ def test_templates_without_tools_get_calls_and_results_as_text():
     assert formats.parse(formats.GENERIC, messages[0]["content"], TOOLS).calls == (
         formats.ParsedCall("add", '{"a": 1.5, "b": -2}'),)
     assert messages[1]["content"] == "<tool_response>\n-0.5\n</tool_response>"
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3", "mistral", "mistral-args"])
+def test_the_forced_call_grammar_accepts_the_family_s_own_call_and_nothing_else(name):
+    from modules.constraints import Compiler, Constraint
+    from modules.tools.spec import ToolChoice
+
+    fmt, text = reply_text(name, CALLS[1:])  # add(a=1.5, b=-2), as the template writes it
+    grammar = formats.call_grammar(fmt, TOOLS, ToolChoice("function", "add"), json.dumps)
+    compiler = Compiler.generic()  # single bytes: any text the grammar allows, with no model
+
+    def accepts(reply: str) -> bool:
+        matcher = compiler.matcher(Constraint("lark", grammar, "grammar_string"))
+        return matcher.consume_tokens(list(reply.encode())) and matcher.is_accepting()
+
+    assert accepts(text)
+    assert not accepts(text.replace('"b": -2', '"b": "two"'))  # arguments follow the tool's schema
+    other = text.replace('"add"', '"get_weather"') if name != "mistral-args" else text.replace("add", "get_weather")
+    assert other != text and not accepts(other)  # the named function only
+    assert not accepts(text.replace("}", ', "c": 1}', 1))  # no keys the tool does not name
+
+
+@pytest.mark.parametrize("name", ["hermes", "mistral", "mistral-args"])
+def test_in_auto_mode_the_grammar_lets_text_be_and_constrains_a_call_once_it_starts(name):
+    from modules.constraints import Compiler, Constraint
+    from modules.tools.spec import AUTO
+
+    fmt, text = reply_text(name, CALLS[1:], words="Sure.")
+    grammar = formats.call_grammar(fmt, TOOLS, AUTO, json.dumps, lazy=True)
+    compiler = Compiler.generic()
+
+    def accepts(reply: str) -> bool:
+        matcher = compiler.matcher(Constraint("lark", grammar, "grammar_string"))
+        return matcher.consume_tokens(list(reply.encode())) and matcher.is_accepting()
+
+    assert accepts(text) and accepts("Just words, <tool> and [brackets] and {braces}.") and accepts("")
+    assert not accepts(text.replace('"b": -2', '"b": "two"'))  # once started, the call follows the schema
+    assert not accepts(text + " And more words.")  # nothing after the calls
+    assert accepts(reply_text(name, CALLS, words="Sure.")[1])  # parallel calls
+
+
+def test_mistral_templates_get_the_nine_character_call_ids_they_require():
+    from modules.tools.prompt import for_template
+
+    turn = Turn("assistant", (CALLS[1],))
+    result = Turn("tool", (ToolResultPart("call_2", "add", "-0.5"),))
+    messages = turn.template_messages() + result.template_messages()
+    mistral = for_template(messages, ChatTemplate((FIXTURES / "mistral.jinja").read_text()))
+    assert mistral[0]["tool_calls"][0]["id"] == mistral[1]["tool_call_id"] == "0000call2"
+    assert for_template(messages, ChatTemplate((FIXTURES / "hermes.jinja").read_text())) == messages

@@ -32,3 +32,11 @@ def script(app: App, *replies) -> Scripted:
     """Give `app` a scripted pipeline answering `replies` in order (then "done")."""
     app.pipeline = Scripted(app, list(replies))
     return app.pipeline
+
+
+def run(steps):
+    """The last step of a streaming chat action (the whole action run)."""
+    step = None
+    for step in steps:  # noqa: B007
+        pass
+    return step

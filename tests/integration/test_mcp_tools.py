@@ -26,7 +26,7 @@ from modules.tools.loop import ToolPlan
 from modules.tools.mcp_client import McpConfigError
 from modules.turns import ToolResultPart
 from tests.conftest import free_port
-from tests.scripted import script
+from tests.scripted import run, script
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tests" / "mcp_server.py"
@@ -43,13 +43,6 @@ def build_app(tmp_path, servers: dict, timeout: float = 60) -> App:
     app.start_tools()
     assert app.tools.mcp.wait(START_SECONDS)
     return app
-
-
-def run(steps):
-    step = None
-    for step in steps:
-        pass
-    return step
 
 
 def setup(*names) -> Setup:

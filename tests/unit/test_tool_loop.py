@@ -18,7 +18,7 @@ from modules.presets import Preset
 from modules.settings import Settings
 from modules.tools.loop import ToolPlan
 from modules.turns import TextPart, ToolCallPart, ToolResultPart
-from tests.scripted import Scripted, script
+from tests.scripted import run, script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,13 +34,6 @@ def app(tmp_path):
         "        'parameters': {'type': 'object', 'properties': {'text': {'type': 'string'}}}}}\n"
         "def execute(arguments):\n    return arguments['text'].upper()\n")
     return App.build(settings)
-
-
-def run(steps):
-    step = None
-    for step in steps:
-        pass
-    return step
 
 
 def setup(*names, choice="auto") -> Setup:

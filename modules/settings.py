@@ -103,7 +103,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024**3, description="largest /v1 request body in "
                                                                                    "bytes (larger: 413)")
     admin_users: list[str] = Field(default_factory=list, description="logins that may manage MCP servers and "
-                                   "user tool files in the Session tab (without --auth the local user is admin)")
+                                   "user tool files in the Session tab (without --auth the local user is admin, unless --listen)")
     # tools
     mcp_config: Path | None = Field(None, description="MCP servers to connect, in Claude Desktop's mcp.json format "
                                     "(stdio commands, Streamable HTTP URLs); edited by hand only (default: "
@@ -163,14 +163,14 @@ class Settings(BaseModel):
         return self.mcp_config if self.mcp_config is not None else Path(self.user_data) / "mcp.json"
 
     def is_admin(self, user: str) -> bool:
-        """May `user` manage tools (MCP servers, user tool files)? Without logins the local user may; with
-        logins only those named in --admin-users."""
+        """May `user` manage tools (MCP servers, user tool files)? Without logins the local user may (not when
+        the UI is on all interfaces: everyone there is "local"); with logins only those in --admin-users."""
         try:
             logins = self.logins()
         except SettingsError:
             return False
         if not logins:
-            return user == "local"
+            return user == "local" and not self.listen
         return user in self.admin_users and user in logins
 
     def load_options(self, loader: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
     python tests/mcp_server.py stdio
     python tests/mcp_server.py http PORT
 
-Tools: add (numbers), shout (text), crash (the process exits in the middle of the call),
+Tools: add (numbers), shout (text), boom (raises), crash (the process exits in the middle of the call),
 calculator (a name that clashes with Parlour's built-in), marker (writes a file, then waits forever).
 """
 
@@ -28,6 +28,12 @@ def add(a: float, b: float) -> str:
 def shout(text: str) -> str:
     """Upper-case a text."""
     return text.upper() + "!"
+
+
+@server.tool()
+def boom() -> str:
+    """Raise inside the tool (the SDK answers with an error result)."""
+    raise ValueError("the boom tool exploded")
 
 
 @server.tool()

@@ -69,10 +69,15 @@ def test_stdio_server_tools_are_listed_and_called_from_the_chat(stdio_app):
     # the MCP server's own calculator clashes with the built-in: the built-in keeps the name
     assert tools["calculator"].source == "builtin" and tools["test__calculator"].origin == "test"
     assert tools["add"].parameters["properties"].keys() == {"a", "b"}
-    script(app, [("add", '{"a": 2, "b": 40}'), ("test__calculator", '{"expression": "1"}')], "It is 42.")
-    step = run(app.chats.send("ann", ChatView(), "add 2 and 40", setup("add", "test__calculator")))
-    first, second = step.turns[-1].of_type(ToolResultPart)
+    script(app, [("add", '{"a": 2, "b": 40}'), ("test__calculator", '{"expression": "1"}'), ("boom", "{}"),
+                 ("add", '{"a": "two"}')], "It is 42.")
+    step = run(app.chats.send("ann", ChatView(), "add 2 and 40", setup("add", "test__calculator", "boom")))
+    first, second, boom, bad = step.turns[-1].of_type(ToolResultPart)
     assert (first.content, first.error) == ("42", False) and second.content == "the MCP calculator"
+    # a tool that raises and arguments the server refuses: error results, the server keeps running
+    assert boom.error and "Error executing tool boom" in boom.content  # the SDK keeps the message to itself
+    assert bad.error and bad.content.startswith("error:")
+    assert next(r for r in app.tools.mcp.rows() if r["name"] == "test")["status"] == "ready"
     assert step.turns[-1].text == "It is 42."
     # approval: without "always" an MCP tool waits for the user
     script(app, [("shout", '{"text": "hi"}')], "Done.")

@@ -178,6 +178,7 @@ def test_name_clash_local_wins_and_the_mcp_tool_is_prefixed(tmp_path):
 
 def test_admins():
     assert Settings().is_admin("local")  # no logins: the one local user manages tools
+    assert not Settings(listen=True, insecure_listen=True).is_admin("local")  # ... not everyone on the network
     with_logins = Settings(auth="ann:pw,bob:pw", admin_users=["ann"])
     assert with_logins.is_admin("ann") and not with_logins.is_admin("bob") and not with_logins.is_admin("local")
     assert not Settings(auth="ann:pw").is_admin("ann")  # logins but no --admin-users: nobody

@@ -16,7 +16,7 @@ import random
 import re
 from typing import Any, Callable, Iterator
 
-from modules.tools.registry import Tool, ToolError
+from modules.tools.registry import Tool, ToolFailed
 
 #: a power's exponent and a number's size are bounded, so no expression can eat the CPU or memory
 MAX_EXPONENT = 10_000
@@ -32,25 +32,25 @@ _UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: op
 
 def _checked(value: Any) -> Any:
     if isinstance(value, complex):  # (-8) ** 0.5
-        raise ToolError("the result is not a real number")
+        raise ToolFailed("the result is not a real number")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_DIGITS * 3.33:
-        raise ToolError(f"the result has more than {MAX_DIGITS:,} digits")
+        raise ToolFailed(f"the result has more than {MAX_DIGITS:,} digits")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ToolError("the result is not a finite number")
+        raise ToolFailed("the result is not a finite number")
     return value
 
 
 def _power(base: Any, exponent: Any) -> Any:
     if abs(exponent) > MAX_EXPONENT:
-        raise ToolError(f"exponents are limited to ±{MAX_EXPONENT:,}")
+        raise ToolFailed(f"exponents are limited to ±{MAX_EXPONENT:,}")
     if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and base not in (0, 1, -1):
         # digits of base**exponent ≈ exponent * log10|base|: refuse before computing it
         if exponent * math.log10(abs(base)) > MAX_DIGITS:
-            raise ToolError(f"the result would have more than {MAX_DIGITS:,} digits")
+            raise ToolFailed(f"the result would have more than {MAX_DIGITS:,} digits")
     try:
         return base ** exponent
     except OverflowError:
-        raise ToolError("the result is too large") from None
+        raise ToolFailed("the result is too large") from None
 
 
 def _evaluate(node: ast.AST) -> Any:
@@ -66,25 +66,25 @@ def _evaluate(node: ast.AST) -> Any:
         try:
             return _checked(_BINARY[type(node.op)](left, right))
         except ZeroDivisionError:
-            raise ToolError("division by zero") from None
+            raise ToolFailed("division by zero") from None
         except OverflowError:
-            raise ToolError("the result is too large") from None
+            raise ToolFailed("the result is too large") from None
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _checked(_UNARY[type(node.op)](_evaluate(node.operand)))
-    raise ToolError(f"only numbers and + - * / // % ** ( ) are allowed, not {type(node).__name__}")
+    raise ToolFailed(f"only numbers and + - * / // % ** ( ) are allowed, not {type(node).__name__}")
 
 
 def calculate(expression: str) -> int | float:
     """The value of an arithmetic expression (no names, no calls: nothing but arithmetic can run)."""
     if not isinstance(expression, str) or not expression.strip():
-        raise ToolError("give an expression, e.g. 2 + 2")
+        raise ToolFailed("give an expression, e.g. 2 + 2")
     if len(expression) > MAX_EXPRESSION_CHARS:
-        raise ToolError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+        raise ToolFailed(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
     text = expression.replace("×", "*").replace("÷", "/").replace("^", "**")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
-        raise ToolError(f"not an arithmetic expression: {expression[:80]!r}") from None
+        raise ToolFailed(f"not an arithmetic expression: {expression[:80]!r}") from None
     return _evaluate(tree)
 
 
@@ -103,11 +103,11 @@ def roll(spec: str, rng: random.Random | None = None) -> dict[str, Any]:
     """Roll dice written as NdS[+M] ("2d6+1", "d20", "3d8-2")."""
     match = _DICE.match(spec or "")
     if match is None:
-        raise ToolError(f"write dice as NdS+M, e.g. 2d6+1 (got {str(spec)[:40]!r})")
+        raise ToolFailed(f"write dice as NdS+M, e.g. 2d6+1 (got {str(spec)[:40]!r})")
     count, sides = int(match.group(1) or 1), int(match.group(2))
     modifier = int(match.group(4) or 0) * (-1 if match.group(3) == "-" else 1)
     if not 1 <= count <= MAX_DICE or not 2 <= sides <= MAX_SIDES:
-        raise ToolError(f"between 1 and {MAX_DICE} dice of 2 to {MAX_SIDES:,} sides")
+        raise ToolFailed(f"between 1 and {MAX_DICE} dice of 2 to {MAX_SIDES:,} sides")
     rng = rng or random.SystemRandom()
     rolls = [rng.randint(1, sides) for _ in range(count)]
     return {"dice": f"{count}d{sides}" + (f"{modifier:+d}" if modifier else ""), "rolls": rolls,
@@ -122,7 +122,7 @@ def now(timezone: str = "") -> dict[str, str]:
         try:
             zone: dt.tzinfo = ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ToolError(f"unknown time zone {timezone[:60]!r} (use an IANA name such as Europe/Paris)") from None
+            raise ToolFailed(f"unknown time zone {timezone[:60]!r} (use an IANA name such as Europe/Paris)") from None
         moment = dt.datetime.now(zone)
     else:
         moment = dt.datetime.now().astimezone()
@@ -133,7 +133,7 @@ def now(timezone: str = "") -> dict[str, str]:
 def _search_documents(extensions: Any, query: str, k: int) -> str:
     loaded = getattr(extensions, "loaded", {}).get("documents") if extensions is not None else None
     if loaded is None:
-        raise ToolError("the documents extension is not enabled (Session tab → Extensions)")
+        raise ToolFailed("the documents extension is not enabled (Session tab → Extensions)")
     found = loaded.module.search(str(query), max(1, min(int(k), 20)))
     if not found:
         return "no documents have been added (Documents tab)"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.tools.registry import Tool, ToolError
+from modules.tools.registry import Tool, ToolFailed
 
 log = logging.getLogger(__name__)
 MAX_CONFIG_BYTES = 1_000_000
@@ -313,26 +313,26 @@ class McpServers:
                     source="mcp", origin=state.spec.name, confirm=True, title=f"{state.spec.name}.{name}")
 
     def call(self, server: str, tool: str, arguments: dict[str, Any]) -> str:
-        """Call `tool` on `server`; ToolError when the server is down, the call fails or times out."""
+        """Call `tool` on `server`; ToolFailed when the server is down, the call fails or times out."""
         state = self.servers.get(server)
         if state is None or state.status != "ready" or state.client is None or self._loop is None:
             why = f": {state.error}" if state is not None and state.error else ""
-            raise ToolError(f"the MCP server {server!r} is not running{why}")
+            raise ToolFailed(f"the MCP server {server!r} is not running{why}")
         future = asyncio.run_coroutine_threadsafe(state.client.call_tool(tool, arguments), self._loop)
         try:
             result = future.result(timeout=self.timeout + 5)  # the SDK's own read timeout comes first
         except TimeoutError:
             future.cancel()
-            raise ToolError(f"the MCP server {server!r} did not answer within {self.timeout:g} seconds") from None
+            raise ToolFailed(f"the MCP server {server!r} did not answer within {self.timeout:g} seconds") from None
         except Exception as exc:
             why = _reason(exc)
             if not _is_timeout(exc):  # the connection broke (the server died): show it on the server
                 state.status, state.error, state.tools = "error", f"lost during a call to {tool}: {why}", []
                 self._loop.call_soon_threadsafe(state.stop.set) if state.stop is not None else None
-            raise ToolError(f"the MCP server {server!r} failed during the call: {why}") from None
+            raise ToolFailed(f"the MCP server {server!r} failed during the call: {why}") from None
         text, is_error = _text_of(result)
         if is_error:
-            raise ToolError(text or "the tool reported an error")
+            raise ToolFailed(text or "the tool reported an error")
         return text
 
 

@@ -35,7 +35,7 @@ NOTE_ROOM = 200
 MAX_ARGUMENT_CHARS = 1024 * 1024
 
 
-class ToolError(Exception):
+class ToolFailed(Exception):
     """A tool failed in a way worth telling the model in one line (bad arguments, a limit)."""
 
 
@@ -79,20 +79,20 @@ class Tool:
 
 
 def parse_arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
-    """The call's arguments as a dict; ToolError with a line the model can act on otherwise."""
+    """The call's arguments as a dict; ToolFailed with a line the model can act on otherwise."""
     if isinstance(arguments, dict):
         return arguments
     text = (arguments or "").strip()
     if not text:
         return {}
     if len(text) > MAX_ARGUMENT_CHARS:
-        raise ToolError(f"the arguments are {len(text):,} characters; the limit is {MAX_ARGUMENT_CHARS:,}")
+        raise ToolFailed(f"the arguments are {len(text):,} characters; the limit is {MAX_ARGUMENT_CHARS:,}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ToolError(f"the arguments are not valid JSON ({exc.msg} at character {exc.pos})") from None
+        raise ToolFailed(f"the arguments are not valid JSON ({exc.msg} at character {exc.pos})") from None
     if not isinstance(value, dict):
-        raise ToolError(f"the arguments must be a JSON object, not {type(value).__name__}")
+        raise ToolFailed(f"the arguments must be a JSON object, not {type(value).__name__}")
     return value
 
 
@@ -172,7 +172,7 @@ class ToolRegistry:
     def schemas(self, names: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
         """OpenAI function tools for the named tools that exist (a tool gone since a chat ticked it is
         left out, not an error)."""
-        from modules.tools.spec import ToolError as SchemaError, read_tools
+        from modules.tools.spec import ToolError, read_tools
 
         tools = self.tools()
         out = []
@@ -180,7 +180,7 @@ class ToolRegistry:
             schema = tools[name].schema()
             try:
                 read_tools([schema])  # one tool with a schema the model side cannot use must not stop the chat
-            except SchemaError as exc:
+            except ToolError as exc:
                 log.warning("tool %s left out: %s", name, exc)
                 continue
             out.append(schema)
@@ -194,7 +194,7 @@ class ToolRegistry:
             return ToolResult(f"error: there is no tool named {name!r}", True, 0.0)
         try:
             content, error = tool.run(parse_arguments(arguments)), False
-        except ToolError as exc:
+        except ToolFailed as exc:
             content, error = f"error: {exc}", True
         except Exception as exc:  # a tool's own bug goes back to the model as its result
             log.warning("tool %s failed: %s: %s", name, type(exc).__name__, exc)

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from modules.tools.registry import MAX_RESULT_CHARS, Tool, ToolError
+from modules.tools.registry import MAX_RESULT_CHARS, Tool, ToolFailed
 
 CHILD = Path(__file__).with_name("child.py")
 #: the most bytes read from a tool's answer: the result (cut to MAX_RESULT_CHARS by the child) as JSON
@@ -40,7 +40,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def run_child(command: str, path: Path, payload: str, timeout: float) -> dict[str, Any]:
-    """Run child.py `command` on `path`; its one JSON answer. ToolError on a timeout, a crash, too much output."""
+    """Run child.py `command` on `path`; its one JSON answer. ToolFailed on a timeout, a crash, too much output."""
     env = {**os.environ, "PARLOUR_TOOL_RESULT_CHARS": str(MAX_RESULT_CHARS), "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen([sys.executable, str(CHILD), command, str(path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(path.parent), env=env,
@@ -78,43 +78,43 @@ def run_child(command: str, path: Path, payload: str, timeout: float) -> dict[st
     except subprocess.TimeoutExpired:
         _kill(proc)
         proc.wait()
-        raise ToolError(f"the tool did not finish within {timeout:g} seconds and was stopped") from None
+        raise ToolFailed(f"the tool did not finish within {timeout:g} seconds and was stopped") from None
     finally:
         for thread in readers:
             thread.join(timeout=5)
     if too_much.is_set():
-        raise ToolError(f"the tool wrote more than {MAX_ANSWER_BYTES:,} bytes and was stopped")
+        raise ToolFailed(f"the tool wrote more than {MAX_ANSWER_BYTES:,} bytes and was stopped")
     text = b"".join(out).decode("utf-8", errors="replace")
     try:
         answer = json.loads(text)
     except json.JSONDecodeError:
         why = (err[0].decode("utf-8", errors="replace").strip().splitlines() or [""])[-1] if err else ""
-        raise ToolError(f"the tool exited with code {proc.returncode} without an answer"
+        raise ToolFailed(f"the tool exited with code {proc.returncode} without an answer"
                         + (f": {why}" if why else "")) from None
     if not isinstance(answer, dict):
-        raise ToolError("the tool's answer is not an object")
+        raise ToolFailed("the tool's answer is not an object")
     return answer
 
 
 def describe(path: Path, timeout: float) -> Tool:
-    """The Tool in one file (its schema read by a subprocess); ToolError saying what is wrong."""
+    """The Tool in one file (its schema read by a subprocess); ToolFailed saying what is wrong."""
     answer = run_child("describe", path, "", timeout)
     if "error" in answer:
-        raise ToolError(f"cannot load it: {answer['error']}")
+        raise ToolFailed(f"cannot load it: {answer['error']}")
     spec = answer.get("tool")
     if not answer.get("has_execute"):
-        raise ToolError("it has no execute(arguments) function")
+        raise ToolFailed("it has no execute(arguments) function")
     function = spec.get("function") if isinstance(spec, dict) and spec.get("type") == "function" else spec
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"].strip():
-        raise ToolError('its `tool` must be {"type": "function", "function": {"name": ..., "parameters": {...}}}')
+        raise ToolFailed('its `tool` must be {"type": "function", "function": {"name": ..., "parameters": {...}}}')
     parameters = function.get("parameters") or {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
-        raise ToolError("its parameters must be a JSON schema object")
+        raise ToolFailed("its parameters must be a JSON schema object")
 
     def run(arguments: dict[str, Any]) -> str:
         answer = run_child("run", path, json.dumps(arguments), timeout)
         if "error" in answer:
-            raise ToolError(str(answer["error"]))
+            raise ToolFailed(str(answer["error"]))
         return str(answer.get("result", ""))
 
     return Tool(function["name"].strip(), str(function.get("description") or ""), parameters, run, source="file",
@@ -132,7 +132,7 @@ def file_tools(folder: Path, timeout: float) -> tuple[dict[str, Tool], dict[str,
             continue
         try:
             tool = describe(path.resolve(), timeout)
-        except ToolError as exc:
+        except ToolFailed as exc:
             errors[path.name] = str(exc)
             continue
         if tool.name in tools:

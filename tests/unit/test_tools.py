@@ -12,7 +12,7 @@ import pytest
 
 from modules.settings import Settings
 from modules.tools import builtin
-from modules.tools.registry import MAX_RESULT_CHARS, Tool, ToolError, ToolRegistry
+from modules.tools.registry import MAX_RESULT_CHARS, Tool, ToolFailed, ToolRegistry
 
 
 @pytest.mark.parametrize("expression, value", [
@@ -41,7 +41,7 @@ def test_calculator_computes_arithmetic(expression, value):
     ("1" * 2000, "longer than"),
 ])
 def test_calculator_refuses_code_and_huge_numbers(expression, why):
-    with pytest.raises(ToolError, match=why):
+    with pytest.raises(ToolFailed, match=why):
         builtin.calculate(expression)
 
 
@@ -51,10 +51,10 @@ def test_dice_and_datetime():
     assert result["total"] == sum(result["rolls"]) - 2 and result["dice"] == "3d6-2"
     assert builtin.roll("d20")["dice"] == "1d20"
     for bad in ("2d1", "1000d6", "six", "2d6+"):
-        with pytest.raises(ToolError):
+        with pytest.raises(ToolFailed):
             builtin.roll(bad)
     assert builtin.now("Asia/Tokyo")["datetime"].endswith("+09:00")
-    with pytest.raises(ToolError, match="unknown time zone"):
+    with pytest.raises(ToolFailed, match="unknown time zone"):
         builtin.now("Mars/Olympus")
 
 

@@ -111,7 +111,10 @@ def create_app(settings: Settings):
     @contextlib.asynccontextmanager
     async def lifespan(_):
         serving.set()
+        # MCP servers start once the page is up (a slow or broken one never delays it)
+        threading.Thread(target=app.start_tools, name="tools-start", daemon=True).start()
         yield
+        app.tools.close()
 
     api = FastAPI(title="Parlour", docs_url=None, redoc_url=None, lifespan=lifespan)
 

@@ -24,6 +24,7 @@ from modules.store import ChatStore
 
 if TYPE_CHECKING:
     from modules.conversation import ChatService
+    from modules.tools.registry import ToolRegistry
 
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
 
@@ -40,6 +41,19 @@ class App:
     templates: TemplateLibrary
     downloads: Downloads
     stopping: threading.Event = field(default_factory=threading.Event)
+
+    @cached_property
+    def tools(self) -> "ToolRegistry":
+        """The tools chats may use: built-ins, user_data/tools/*.py, and the MCP servers' (connected by
+        `start_tools`, in the background)."""
+        from modules.tools.registry import ToolRegistry
+
+        return ToolRegistry.from_settings(self.settings, self.extensions)
+
+    def start_tools(self) -> None:
+        """Read the user tool files and connect the MCP servers of mcp.json (each in the background; a
+        server that fails shows its error in the Session tab and takes nothing else down)."""
+        self.tools.mcp.start()
 
     @classmethod
     def build(cls, settings: Settings) -> "App":

@@ -30,7 +30,9 @@ from modules.chat import PromptOptions, request_for, resolve_seed
 from modules.generation import Update
 from modules.presets import Preset
 from modules.store import ChatNotFound, ReplyWriter
-from modules.turns import TextPart, Turn
+from modules.tools import loop as tool_loop
+from modules.tools.loop import ToolPlan
+from modules.turns import TextPart, ToolCallPart, Turn
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Setup:
     preset: Preset
     template_vars: dict[str, Any] = field(default_factory=dict)
     character: str = ""
+    #: the tools this chat may call (ticked in the sidebar) and how the first call is chosen
+    tools: ToolPlan = field(default_factory=ToolPlan)
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,8 @@ def reply_turn(update: Update, prefix: Turn | None = None) -> Turn:
     """The reply as a turn: the update's parts (the model's own words), after `prefix`'s (a continued
     reply, "start reply with"). When an extension's output_modifier changed the finished reply
     (text-generation-webui's internal vs visible text), what it shows rides along as `shown`."""
-    parts = update.parts or (TextPart(update.text),)
+    calls = tool_loop.calls_of(update)
+    parts = update.parts or ((TextPart(update.text),) if update.text or not calls else ())
     if prefix is not None:
         head = list(prefix.parts)
         if head and isinstance(head[-1], TextPart) and parts and isinstance(parts[0], TextPart):
@@ -112,7 +117,7 @@ def reply_turn(update: Update, prefix: Turn | None = None) -> Turn:
     if update.raw_text is not None and update.text != update.raw_text:
         head = prefix.text if prefix is not None else ""
         extras["shown"] = head + update.text
-    return Turn("assistant", tuple(parts), extras=extras)
+    return tool_loop.with_calls(Turn("assistant", tuple(parts), extras=extras), calls)
 
 
 class ChatService:
@@ -165,8 +170,9 @@ class ChatService:
         if view.incognito or view.chat_id is not None:
             return view
         model = view.model or self.app.models.default  # the chat keeps the model it started with
+        settings = {**(setup.tools.to_settings() if setup.tools.names else {}), **({"model": model} if model else {})}
         chat_id = self.store.create_chat(user, character=setup.character, mode=setup.options.mode,
-                                         settings={"model": model} if model else None)
+                                         settings=settings or None)
         if setup.character:
             add_greetings(self.store, user, chat_id, self.app.characters.load(setup.character), setup.options.name1)
         return replace(view, chat_id=chat_id, selected=None, model=model)
@@ -213,11 +219,15 @@ class ChatService:
         if not message.strip():
             raise ValueError("write a message first")
         limits.check_text("message", message)  # before any hook or model reads it (incognito never reaches the store)
-        view = self.ensure_saved(user, view, setup)
+        view = self._settle(user, self.ensure_saved(user, view, setup))
+        saved = self.tool_plan(user, view)  # the chat keeps the tools it was last used with
+        if (saved.names, saved.choice) != (setup.tools.names, setup.tools.choice):
+            self._save_plan(user, view, replace(saved, names=setup.tools.names, choice=setup.tools.choice))
         history = self.turns(user, view) + [Turn.of("user", message)]
         preset = resolve_seed(setup.preset)
-        request = self.app.pipeline.begin(request_for(history, setup.options, preset, user=user,
-                                                      template_vars=setup.template_vars, model=view.model))
+        request = self._with_tools(self.app.pipeline.begin(request_for(history, setup.options, preset, user=user,
+                                                                       template_vars=setup.template_vars,
+                                                                       model=view.model)), setup.tools)
         assert request.begun is not None
         said = request.begun.history[-1]
         meta = {"visible": request.begun.visible_input} if request.begun.visible_input != said.text else None
@@ -242,7 +252,8 @@ class ChatService:
             parent = self.store.message(user, view.chat_id, shown[-1].id).parent_id
         request = request_for(history, setup.options, preset or resolve_seed(setup.preset), user=user,
                               template_vars=setup.template_vars, apply_input_hooks=False, model=view.model)
-        yield from self._reply(user, view, request, setup, reply_to=parent, history=history)
+        yield from self._reply(user, view, self._with_tools(request, setup.tools), setup, reply_to=parent,
+                               history=history)
 
     def reproduce(self, user: str, view: ChatView, setup: Setup) -> Iterator[Step]:
         """Regenerate the last reply with the exact preset and seed it was made with."""
@@ -311,17 +322,33 @@ class ChatService:
         finally:
             request.cancel.set()  # a closed generator (Stop, a closed page) ends the model within a token
 
+    def _with_tools(self, request: Any, plan: ToolPlan, first_round: bool = True) -> Any:
+        """The request with the chat's ticked tools (OpenAI function tools) and its tool_choice."""
+        schemas = self.app.tools.schemas(plan.names) if plan.names else []
+        if not schemas:
+            return request
+        return replace(request, tools=tuple(schemas), tool_choice=plan.request_choice(first_round))
+
     def _reply(self, user: str, view: ChatView, request: Any, setup: Setup, reply_to: int | None,
-               continuing: Shown | None = None, history: list[Turn] | None = None) -> Iterator[Step]:
+               continuing: Shown | None = None, history: list[Turn] | None = None,
+               decision: str | None = None) -> Iterator[Step]:
         """Stream a reply; in a saved chat it is saved as it streams, under `reply_to` (a new message)
         or into the message it continues. `history`: what the reply answers, when it is not the whole
-        open chat (a regenerated reply's old version is not shown beside the new one)."""
+        open chat (a regenerated reply's old version is not shown beside the new one).
+
+        The tool loop: when a generation ends in tool calls, each runs (or waits for the user's approval:
+        then the reply stops there, and `answer_calls` resumes it), its result joins the turn, and the
+        model goes on from the turn so far, until it answers in words or the per-reply limit is reached
+        (then the model must answer without tools). `request` None: resume `continuing` at its pending calls."""
         base = list(history) if history is not None else self.turns(user, view)
         if view.incognito:  # an incognito chat's turns never pass through the store's check
             for past in base:
                 limits.check_text("message", past.text)
         if continuing is not None:
             base = base[:-1]
+        saved = self.tool_plan(user, view)  # what this chat said "always" to
+        setup = replace(setup, tools=replace(setup.tools, always=tuple(dict.fromkeys((*setup.tools.always,
+                                                                                     *saved.always)))))
         prefix = continuing.turn if continuing is not None else (
             Turn.of("assistant", setup.options.start_reply_with) if setup.options.start_reply_with else None)
         writer = None
@@ -329,31 +356,140 @@ class ChatService:
             message_id = continuing.id if continuing is not None else self.store.add_message(
                 user, view.chat_id, "assistant", "", parent_id=reply_to, complete=False)
             writer = ReplyWriter(self.store, user, view.chat_id, message_id)
-            self.store.update_message(user, view.chat_id, message_id, meta=reply_meta(setup.options, request.preset))
+            if request is not None:
+                self.store.update_message(user, view.chat_id, message_id, meta=reply_meta(setup.options, request.preset))
         view = replace(view, selected=None)
         turn, last, closed = prefix or Turn.of("assistant", ""), None, False
+        limit = self.app.settings.tool_calls_per_turn
+        waiting = answered_in_words = False
+        resumed = request is None
         try:
             yield Step(view, base + [turn], Update())  # the reply has begun: the UI shows it is waiting
-            for update in self._stream(request):
-                last = update
-                if not update.queue_position:
-                    turn = reply_turn(update, prefix)
+            while True:
+                if request is not None:
+                    for update in self._stream(request):
+                        last = update
+                        if not update.queue_position:
+                            turn = reply_turn(update, prefix)
+                            if writer:
+                                writer.update(turn.parts, update.tokens)
+                        if view.incognito:
+                            view = replace(view, turns=(*base, turn))
+                        yield Step(view, base + [turn], update)
+                pending = tool_loop.pending_calls(turn)
+                if not pending or (last is not None and last.finish_reason == "cancelled"):
+                    break
+                for call in pending:
+                    tool = self.app.tools.get(call.name)
+                    if tool_loop.results_count(turn) >= limit:
+                        result = tool_loop.refused(f"the limit of {limit} tool calls for one reply was reached")
+                    elif decision is None and tool_loop.needs_approval(tool, setup.tools):
+                        waiting = True  # the user approves or rejects it: answer_calls resumes here
+                        break
+                    elif decision == "reject":
+                        result = tool_loop.refused("the user declined this call")
+                    else:
+                        if decision == "always":
+                            setup = replace(setup, tools=self._always(user, view, setup.tools, call.name))
+                        yield Step(view, base + [turn], last or Update())  # the call shows as running
+                        result = self.app.tools.call(call.name, call.arguments)
+                    decision = None  # a decision answers one call
+                    turn = tool_loop.with_result(turn, call, result)
                     if writer:
-                        writer.update(turn.parts, update.tokens)
-                if view.incognito:
-                    view = replace(view, turns=(*base, turn))
-                yield Step(view, base + [turn], update)
+                        writer.flush(turn.parts, 0)
+                    if view.incognito:
+                        view = replace(view, turns=(*base, turn))
+                    yield Step(view, base + [turn], last or Update())
+                if waiting or answered_in_words:
+                    break
+                # the model reads the results and goes on; past the limit it must answer in words (once)
+                answered_in_words = tool_loop.results_count(turn) >= limit
+                plan = replace(setup.tools, choice="none") if answered_in_words else setup.tools
+                options = replace(setup.options, continue_last=False, start_reply_with="")
+                request = self._with_tools(request_for(base + [turn], options, resolve_seed(setup.preset), user=user,
+                                                       template_vars=setup.template_vars, apply_input_hooks=False,
+                                                       model=view.model),
+                                           plan, first_round=False)
+                prefix = turn
         except GeneratorExit:  # Stop (or a closed page) before the model finished
             closed = True
             raise
         finally:
             if writer:
-                meta = final_meta(last) if last else {"finish_reason": "cancelled" if closed else "error"}
-                if meta.get("finish_reason") is None:
+                meta = final_meta(last) if last else (
+                    {} if resumed else {"finish_reason": "cancelled" if closed else "error"})
+                if last and meta.get("finish_reason") is None:
                     meta["finish_reason"] = "cancelled"
+                if waiting:
+                    meta["finish_reason"] = "tool_calls"
+                meta["awaiting_approval"] = waiting
                 if turn.extras.get("shown"):  # shown only while the message still holds these words (an edit drops it)
                     meta.update(shown=turn.extras["shown"], shown_for=turn.text)
                 writer.flush(turn.parts, last.tokens if last else 0, meta=meta, complete=True)
+
+    # -- tools --------------------------------------------------------------------------------------
+    def tool_plan(self, user: str, view: ChatView) -> ToolPlan:
+        """The tools saved with a chat (none for an incognito or unsaved one)."""
+        if view.incognito or view.chat_id is None:
+            return ToolPlan()
+        return ToolPlan.from_settings(self.store.chat(user, view.chat_id).settings)
+
+    def set_tools(self, user: str, view: ChatView, names: list[str] | tuple[str, ...], choice: str = "auto") -> ToolPlan:
+        """Tick the chat's tools (saved with a saved chat). Only tools the operator made available can be
+        ticked; the "always" answers stay."""
+        available = set(self.app.tools.names())
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise ValueError(f"no such tool: {', '.join(unknown)}")
+        if choice not in tool_loop.TOOL_CHOICES and choice not in names:
+            raise ValueError(f"tool_choice must be one of {', '.join(tool_loop.TOOL_CHOICES)} or a ticked tool")
+        plan = replace(self.tool_plan(user, view), names=tuple(names), choice=choice)
+        self._save_plan(user, view, plan)
+        return plan
+
+    def _save_plan(self, user: str, view: ChatView, plan: ToolPlan) -> None:
+        if not view.incognito and view.chat_id is not None:
+            settings = self.store.chat(user, view.chat_id).settings
+            self.store.update_chat(user, view.chat_id, settings={**settings, **plan.to_settings()})
+
+    def _always(self, user: str, view: ChatView, plan: ToolPlan, name: str) -> ToolPlan:
+        """The user said "always" for `name`: this chat runs it from now on without asking."""
+        plan = replace(plan, always=tuple(dict.fromkeys((*plan.always, name))))
+        saved = self.tool_plan(user, view)
+        self._save_plan(user, view, replace(saved, always=tuple(dict.fromkeys((*saved.always, name)))))
+        return plan
+
+    def awaiting(self, user: str, view: ChatView) -> list[ToolCallPart]:
+        """The calls of the last reply that wait for the user's approval (empty: none)."""
+        shown = self.shown(user, view)
+        if not shown or shown[-1].turn.role != "assistant":
+            return []
+        return tool_loop.pending_calls(shown[-1].turn)
+
+    def answer_calls(self, user: str, view: ChatView, setup: Setup, decision: str) -> Iterator[Step]:
+        """Approve (once or "always") or reject the first call waiting in the last reply, then go on
+        with the reply (other calls may ask again)."""
+        if decision not in tool_loop.DECISIONS:
+            raise ValueError(f"answer with one of {', '.join(tool_loop.DECISIONS)}")
+        if not self.awaiting(user, view):
+            raise ValueError("no tool call is waiting for an answer")
+        shown = self._last_reply(user, view)
+        yield from self._reply(user, view, None, setup, reply_to=None, continuing=shown[-1], decision=decision)
+
+    def _settle(self, user: str, view: ChatView) -> ChatView:
+        """Calls still waiting when the user writes again are answered "not run" (a model's history must
+        pair each call with a result)."""
+        pending = self.awaiting(user, view)
+        if not pending:
+            return view
+        last = self.shown(user, view)[-1]
+        turn = last.turn
+        for call in pending:
+            turn = tool_loop.with_result(turn, call, tool_loop.refused("the user moved on without answering"))
+        if view.incognito:
+            return replace(view, turns=(*view.turns[:-1], turn))
+        self.store.update_message(user, view.chat_id, last.id, parts=turn.parts, meta={"awaiting_approval": False})
+        return view
 
     # -- editing ------------------------------------------------------------------------------------
     def add_dummy(self, user: str, view: ChatView, role: str, text: str, setup: Setup) -> ChatView:

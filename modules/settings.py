@@ -127,6 +127,16 @@ class Settings(BaseModel):
     cache_minutes: float = Field(10.0, gt=0, le=10_080, description="minutes uploaded files and downloads "
                                  "(exports) stay in the cache before they are deleted (a chat's exports also go "
                                  "when the chat is deleted)")
+    admin_users: list[str] = Field(default_factory=list, description="logins that may manage MCP servers and "
+                                   "user tool files in the Session tab (without --auth the local user is admin, unless --listen)")
+    # tools
+    mcp_config: Path | None = Field(None, description="MCP servers to connect, in Claude Desktop's mcp.json format "
+                                    "(stdio commands, Streamable HTTP URLs); edited by hand only (default: "
+                                    "USER_DATA/mcp.json)")
+    tool_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a tool call (a user tool file, an MCP "
+                                "server) may take before it is stopped and reported as an error")
+    tool_calls_per_turn: int = Field(10, ge=1, le=100, description="most tool calls the Chat tab runs for one "
+                                     "reply before the model must answer in words")
     # extensions
     extensions: list[str] = Field(default_factory=list, description="extensions to enable, in load order "
                                   "(folders in extensions/ or user_data/extensions/, or installed packages)")
@@ -208,6 +218,20 @@ class Settings(BaseModel):
         if not logins and (self.auth is not None or self.auth_file is not None):
             raise SettingsError("--auth / --auth-file hold no user:password login (only blank lines or comments)")
         return logins
+
+    def mcp_config_path(self) -> Path:
+        return self.mcp_config if self.mcp_config is not None else Path(self.user_data) / "mcp.json"
+
+    def is_admin(self, user: str) -> bool:
+        """May `user` manage tools (MCP servers, user tool files)? Without logins the local user may (not when
+        the UI is on all interfaces: everyone there is "local"); with logins only those in --admin-users."""
+        try:
+            logins = self.logins()
+        except SettingsError:
+            return False
+        if not logins:
+            return user == "local" and not self.listen
+        return user in self.admin_users and user in logins
 
     def load_options(self, loader: str) -> dict[str, Any]:
         """The loader options given on the command line / settings file (only those set)."""

@@ -22,7 +22,7 @@ from modules.presets import Preset
 from modules.render import literal
 from modules.templates import TemplateError
 from modules.turns import Turn
-from modules.ui import chat_actions, chat_layout
+from modules.ui import chat_actions, chat_layout, chat_tools
 from modules.ui.chat_view import (EXPECTED_ERRORS, WAITING, bubbles, guarded, new_session, redraw, session_of,
                                   status_line, template_vars, thinking_controls, user_of, view_of, waiting)
 from modules.ui.parameters import ParameterControls
@@ -51,17 +51,18 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui = chat_layout.build(app)
     OUT = [ui.text, ui.chatbot, ui.session, ui.chat_list, ui.status, ui.selected_info, ui.edit_text]
     CTRL = [ui.mode, ui.character, ui.template, ui.template_src, ui.command, ui.system_message, ui.stops,
-            ui.start_with, ui.thinking, ui.effort, ui.keep_thinking]
+            ui.start_with, ui.thinking, ui.effort, ui.keep_thinking, ui.tools.enabled, ui.tools.choice]
 
     def setup(user: str, ctrl: tuple, preset_values: tuple = (), **flags: Any) -> Setup:
-        mode_v, char_v, tmpl_v, src_v, cmd_v, sys_v, stops_v, start_v, think_v, effort_v, keep_v = ctrl
+        mode_v, char_v, tmpl_v, src_v, cmd_v, sys_v, stops_v, start_v, think_v, effort_v, keep_v, *tools_v = ctrl
         options = chatlib.resolve_options(
             app, user, mode=mode_v, character=char_v, instruction_template=tmpl_v, template_source=src_v,
             chat_instruct_command=cmd_v, system_message=sys_v or "",
             custom_stops=tuple(s for s in (stops_v or "").splitlines() if s),
             start_reply_with=flags.pop("start", start_v or ""), keep_reasoning=bool(keep_v), **flags)
         preset = params.preset_from(preset_values) if preset_values else Preset()
-        return Setup(options, preset, template_vars(app, think_v, effort_v), character=char_v or "")
+        return Setup(options, preset, template_vars(app, think_v, effort_v), character=char_v or "",
+                     tools=chat_tools.plan_from(*tools_v))
 
     def split(values: tuple) -> tuple[tuple, tuple]:
         return values[:len(CTRL)], values[len(CTRL):]
@@ -279,6 +280,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     private = dict(api_visibility="private")
     events.append(chat_actions.wire(app, ui, OUT, [*CTRL, *params.inputs],
                                     lambda user, values: setup(user, *split(values)), stream))
+    answers, follow_tools = chat_tools.wire(app, ui, setup, split, stream, [ui.session, *CTRL, *params.inputs], OUT,
+                                            events, streaming)
+    events += answers
     chat_actions.wire_stop(app, ui, OUT, events)
     ui.remove.click(on_remove, [ui.session, ui.character], OUT, api_name="chat_remove_last")
     ui.dummy_message.click(dummy("user"), [ui.text, ui.session, *CTRL], OUT, **private)
@@ -286,8 +290,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.branch_chat.click(on_branch_chat, [ui.session, ui.character], OUT, **private)
     ui.open_drawer.click(None, js="() => window.parlour && window.parlour.drawer(true)", **private)
     ui.close_drawer.click(None, js="() => window.parlour && window.parlour.drawer(false)", **private)
-    ui.new.click(on_new, [ui.session, ui.incognito, *CTRL], OUT, api_name="chat_new")
-    ui.chat_list.input(on_open, [ui.chat_list, ui.session, ui.character], OUT, **private)
+    follow_tools(ui.new.click(on_new, [ui.session, ui.incognito, *CTRL], OUT, api_name="chat_new"))
+    follow_tools(ui.chat_list.input(on_open, [ui.chat_list, ui.session, ui.character], OUT, **private))
     ui.search.submit(on_search, [ui.search, ui.session, ui.character], OUT, **private)
     ui.rename.click(on_rename, [ui.session, ui.character, ui.title], OUT, **private)
     ui.delete.click(lambda: gr.Row(visible=True), None, ui.confirm_row, **private)
@@ -295,7 +299,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.confirm.click(on_delete, [ui.session, ui.character], OUT, **private).then(
         lambda: gr.Row(visible=False), None, ui.confirm_row, **private)
     # .change, not .input: a character chosen elsewhere (the Character tab, an imported card) opens its chats
-    ui.character.change(on_character, [ui.character, ui.incognito, ui.session], OUT, **private)
+    follow_tools(ui.character.change(on_character, [ui.character, ui.incognito, ui.session], OUT, **private))
     ui.refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
                                                             if current in app.characters.names() else None),
                                 ui.character, ui.character, **private)
@@ -308,7 +312,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
 
     def wire_load(blocks: gr.Blocks) -> None:
         """Open the user's newest chat and profile when the page loads (needs the Blocks, given by ui.build)."""
-        blocks.load(on_load, [ui.character], OUT, **private)
+        follow_tools(blocks.load(on_load, [ui.character], OUT, **private))
         blocks.load(lambda: thinking_controls(app), None, [ui.thinking, ui.effort], **private)
 
     def wire_notebook(notebook_text: gr.Textbox, tabs: gr.Tabs) -> Any:

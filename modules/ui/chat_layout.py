@@ -10,7 +10,7 @@ from modules import chat as chatlib
 from modules.app import App
 from modules.chat import MODEL_TEMPLATE, MODES
 from modules.render import LATEX_DELIMITERS
-from modules.ui import chat_files
+from modules.ui import chat_files, chat_tools
 from modules.ui.chat_view import new_session
 from modules.ui.icons import icon
 
@@ -54,6 +54,7 @@ def build(app: App) -> SimpleNamespace:
             with gr.Row(visible=False) as confirm_row:
                 confirm = gr.Button("Really delete", size="sm", variant="stop", elem_id="confirm-delete")
                 cancel_delete = gr.Button("Keep it", size="sm", elem_id="cancel-delete")
+            tools = chat_tools.sidebar(app)
         with gr.Column(scale=4, elem_id="chat-main"):
             with gr.Row(elem_id="chat-topbar"):
                 open_drawer = gr.Button("Chats and settings", size="sm", elem_id="drawer-toggle", icon=icon("menu"))
@@ -65,6 +66,7 @@ def build(app: App) -> SimpleNamespace:
                                  placeholder="Say hello to start a chat.", render_markdown=False, sanitize_html=True,
                                  latex_delimiters=LATEX_DELIMITERS, buttons=[], group_consecutive_messages=False)
             status = gr.Markdown(elem_id="chat-status")
+            tool_confirm = chat_tools.confirm_row()
             with gr.Row(elem_id="chat-input-row"):
                 text = gr.Textbox(elem_id="chat-input", show_label=False, placeholder="Send a message (Enter)",
                                   lines=1, max_lines=12, scale=10, autofocus=True)
@@ -115,4 +117,5 @@ def build(app: App) -> SimpleNamespace:
         start_with=start_with, images=images, selected_info=selected_info, edit_text=edit_text,
         msg_action=msg_action, msg_go=msg_go, open_drawer=open_drawer, close_drawer=close_drawer,
         template_src=template_src, system_message=system_message, command=command, stops=stops,
-        keep_thinking=keep_thinking, preview=preview, to_notebook=to_notebook, prompt_view=prompt_view, files=files)
+        keep_thinking=keep_thinking, preview=preview, to_notebook=to_notebook, prompt_view=prompt_view, files=files,
+        tools=tools, tool_confirm=tool_confirm)

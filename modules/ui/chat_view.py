@@ -28,7 +28,7 @@ from modules.models import ModelError
 from modules.store import ChatNotFound, StoreError
 from modules.templates import TemplateError
 from modules.render import literal, render_extension_html, render_footer, render_markdown, render_reasoning
-from modules.turns import ReasoningPart, TextPart, Turn
+from modules.turns import ReasoningPart, TextPart, ToolCallPart, ToolResultPart, Turn
 
 log = logging.getLogger(__name__)
 #: template variables the Chat tab has a control for, shown only when the model's template reads them
@@ -123,18 +123,45 @@ def _reasoning_title(part: ReasoningPart, thinking: bool) -> str:
     return f"{head} · {facts_text}" if facts_text else head
 
 
+#: the most characters of a tool's arguments or result shown in its block (the rest is in the chat export)
+SHOWN_TOOL_CHARS = 20_000
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SHOWN_TOOL_CHARS else text[:SHOWN_TOOL_CHARS] + f"\n… ({len(text):,} characters)"
+
+
+def tool_call_html(call: ToolCallPart, result: ToolResultPart | None) -> str:
+    """A tool call as a collapsible block: the tool's name and seconds (or why it has no result yet),
+    its arguments and its result (an error marked as one). Everything is escaped text."""
+    if result is None:
+        title, css = f"⏳ {call.name} · not run yet", "waiting"
+    else:
+        took = f" · {result.seconds:.2f} s" if result.seconds is not None else ""
+        title, css = (f"⚠️ {call.name} · error{took}", "error") if result.error else (f"🔧 {call.name}{took}", "done")
+    body = (f'<div class="tool-label">Arguments</div><pre class="tool-arguments">{html.escape(_clip(call.arguments))}</pre>')
+    if result is not None:
+        body += (f'<div class="tool-label">{"Error" if result.error else "Result"}</div>'
+                 f'<pre class="tool-result">{html.escape(_clip(result.content))}</pre>')
+    return (f'<details class="tool-call tool-{css}" data-tool="{html.escape(call.name, quote=True)}">'
+            f'<summary>{html.escape(title)}</summary>{body}</details>')
+
+
 def bubble_html(turn: Turn, images: bool, thinking: bool = False) -> str:
     """One message as HTML: its reasoning blocks (open while the model is thinking, collapsed once the
-    answer starts), its text, and an extension's reply footer."""
+    answer starts), its text, its tool calls with their results, and an extension's reply footer."""
     out = []
     shown = turn.extras.get("shown")  # an extension's output_modifier HTML replaces the words on screen
     last_reasoning = max((i for i, p in enumerate(turn.parts) if isinstance(p, ReasoningPart)), default=-1)
+    results = {p.call_id: p for p in turn.parts if isinstance(p, ToolResultPart)}  # shown with their calls
     for i, part in enumerate(turn.parts):
         if isinstance(part, ReasoningPart) and part.text:
             live = thinking and i == last_reasoning
             out.append(render_reasoning(part.text, _reasoning_title(part, live), open_=live, allow_images=images))
         elif isinstance(part, TextPart) and part.text and not shown:
             out.append(render_markdown(part.text, allow_images=images))
+        elif isinstance(part, ToolCallPart):
+            out.append(tool_call_html(part, results.get(part.id)))
     if shown:
         out.append(render_extension_html(shown, allow_images=images))
     return "".join(out) + render_footer(turn.extras.get("footer", ""))

@@ -8,6 +8,7 @@ import gradio as gr
 
 from modules.app import App
 from modules.render import literal
+from modules.ui import session_tools
 
 RESTART_NOTE = ("Hooks of extensions turned on or off here apply from the next message. An extension turned "
                 "off and on again is the same extension: its controls on the page keep working. The controls, "
@@ -52,6 +53,7 @@ def render(app: App) -> None:
         names, summary = apply_extensions(app, checked or [])
         return names, summary, app.extensions.status_markdown()
 
+    session_tools.render(app)
     apply.click(on_apply, enabled, [enabled, result, status], api_name="extensions_apply")
     refresh.click(app.extensions.status_markdown, None, status, api_name="extensions_status")
     refresh.click(lambda: unreadable_markdown(app), None, problems, api_visibility="private")

@@ -14,7 +14,7 @@ class Scripted(Pipeline):
     a text, or a list of (name, arguments) calls."""
 
     def __init__(self, app: App, replies: list) -> None:
-        super().__init__(app.models, app.queue, app.extensions)
+        super().__init__(app.models, app.extensions)
         self.replies = list(replies)
         self.requests: list = []
 

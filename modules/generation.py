@@ -32,6 +32,7 @@ from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
 from modules.presets import Preset
 from modules.tools import forced
+from modules.tools import prompt as tool_prompt
 from modules.tools.formats import GENERIC, CallFormat
 from modules.tools.spec import ToolUse, tool_use
 from modules.tools.stream import CallStream, EngineCalls
@@ -383,18 +384,28 @@ class ModelSource(Protocol):
 
 def _history_hook(ext: Extensions) -> Callable[[list[Turn]], list[Turn]] | None:
     """history_modifier on text-generation-webui's shape ({"internal": [[user, bot], ...]}). A turn it
-    gives back unchanged keeps its parts (reasoning); a changed one becomes plain text."""
+    gives back unchanged keeps its parts (reasoning, tool calls) and the tool turns after it; a changed one
+    becomes plain text."""
     if not ext.has("history_modifier"):
         return None
 
-    def apply(turns: list[Turn]) -> list[Turn]:
-        plain = [{"role": t.role, "content": t.text} for t in turns]
+    def apply(history: list[Turn]) -> list[Turn]:
+        turns: list[Turn] = []
+        results: dict[int, list[Turn]] = {}  # tool turns (no place in that shape), by the turn they follow
+        for turn in history:
+            if turn.role == "tool" and turns:
+                results.setdefault(id(turns[-1]), []).append(turn)
+            elif turn.role != "tool":
+                turns.append(turn)
+        # a reply that is only calls shows them as text there (it would vanish as an empty reply)
+        plain = [{"role": t.role, "content": t.text or tool_prompt.calls_text(t)} for t in turns]
         changed = history_to_messages(ext.history(messages_to_history(plain)), [])
         out = []
         for i, message in enumerate(changed):
-            same = i < len(turns) and turns[i].role == message["role"] and turns[i].text == message["content"]
+            same = i < len(turns) and plain[i]["role"] == message["role"] and plain[i]["content"] == message["content"]
             out.append(turns[i] if same else Turn.of(message["role"], message["content"]))
-        return [t for t in out if t.role in ("user", "assistant")]
+            out += results.get(id(out[-1]), [])  # an unchanged reply keeps the results of its calls
+        return [t for t in out if t.role in ("user", "assistant", "tool")]
 
     return apply
 

@@ -335,13 +335,11 @@ def may_start(fmt: CallFormat, text: str) -> int:
 
 # The fallback: a whole answer that is a JSON call object or a list of them.
 FALLBACK = CallFormat("json", "", style="bare")
+_FALLBACK_LIST = CallFormat("json-list", "", style="array")
 
 
 def _scan_fallback(text: str, pos: int) -> Scan:
-    if text[pos] == "{":
-        return _scan_bare(FALLBACK, text, pos)
-    scan = _scan_array(CallFormat("json-list", ""), text, pos)
-    return scan
+    return _scan_bare(FALLBACK, text, pos) if text[pos] == "{" else _scan_array(_FALLBACK_LIST, text, pos)
 
 
 def scan(fmt: CallFormat, text: str, pos: int) -> Scan:

@@ -99,6 +99,12 @@ def _short_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def calls_text(turn: Any) -> str:
+    """A turn's tool calls written in the generic format ("" without calls)."""
+    calls = [(p.name, p.arguments) for p in turn.parts if getattr(p, "type", "") == "tool_call"]
+    return render_calls(GENERIC, calls) if calls else ""
+
+
 def openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tool-shaped template messages as OpenAI's API takes them (a remote engine): call arguments as JSON text."""
     out = []

@@ -417,3 +417,15 @@ def test_a_request_in_flight_survives_extensions_being_switched(ext_app):
     last = list(stream)[-1]
     assert first.tokens >= 1 and last.tokens == 10 and last.text == last.raw_text
     assert threading.active_count() < 50
+
+
+def test_hook_history_modifier_keeps_tool_calls_and_their_results(ext_app):
+    from modules.turns import ToolCallPart, ToolResultPart, Turn
+
+    app = ext_app({"same": "def history_modifier(history):\n    return history\n"})
+    call = ToolCallPart("call_1", "add", '{"a": 1, "b": 2}')
+    history = [Turn.of("user", "1 + 2?"), Turn("assistant", (call,)),
+               Turn("tool", (ToolResultPart("call_1", "add", "3"),)), Turn.of("user", "thanks")]
+    prompt = app.pipeline.prepare(app.models.current(), GenerationRequest(preset=GREEDY, history=history)).prompt
+    assert '"name": "add", "arguments": {"a": 1, "b": 2}' in prompt  # the micro model's template is not
+    assert prompt.index("<tool_response>\n3\n</tool_response>") < prompt.index("thanks")  # tool-aware: text

@@ -177,3 +177,26 @@ def test_mistral_templates_get_the_nine_character_call_ids_they_require():
     mistral = for_template(messages, ChatTemplate((FIXTURES / "mistral.jinja").read_text()))
     assert mistral[0]["tool_calls"][0]["id"] == mistral[1]["tool_call_id"] == "0000call2"
     assert for_template(messages, ChatTemplate((FIXTURES / "hermes.jinja").read_text())) == messages
+
+
+@pytest.mark.parametrize("state", ["", "inside", "after"])
+def test_a_forced_call_may_think_first_where_the_prompt_lets_it(state):
+    from modules.constraints import Compiler, Constraint
+    from modules.reasoning import THINK
+    from modules.tools.forced import _think_rule
+    from modules.tools.spec import ToolChoice
+
+    fmt, call = reply_text("hermes", CALLS[1:])
+    think, rule = _think_rule(json.dumps, THINK, state, 64)
+    grammar = formats.call_grammar(fmt, TOOLS, ToolChoice("function", "add"), json.dumps, think) + rule + "\n"
+    compiler = Compiler.generic()
+
+    def accepts(reply: str) -> bool:
+        matcher = compiler.matcher(Constraint("lark", grammar, "grammar_string"))
+        return matcher.consume_tokens(list(reply.encode())) and matcher.is_accepting()
+
+    thought = "The user wants a sum; <tool_call> comes next.</think>\n\n"
+    assert accepts(thought + call) == (state == "inside")  # the rest of the block the prompt opened
+    assert accepts(call) == (state != "inside")
+    if state != "inside":  # a block of the model's own, unless the prompt closed one already
+        assert accepts("<think>" + thought + call) == (state == "")

@@ -1,8 +1,5 @@
-"""Trainer -> TrainingManager: the callback that reports progress and carries Stop.
-
-Apart from job.py because it subclasses Transformers' TrainerCallback: job.py is imported when the page
-is built, and the server's start imports no Transformers (tests/integration/test_startup.py).
-"""
+"""Trainer's callback for the training job (job.py), apart so that importing the job (the Training tab
+does, at start) imports no Transformers: the page is served before torch loads."""
 
 from __future__ import annotations
 
@@ -12,7 +9,8 @@ from typing import TYPE_CHECKING, Callable
 from transformers.trainer_callback import TrainerCallback
 
 if TYPE_CHECKING:
-    from modules.training.job import Plan, Progress, TrainingManager
+    from modules.training.job import Progress, TrainingManager
+    from modules.training.plan import Plan
 
 
 class ProgressCallback(TrainerCallback):

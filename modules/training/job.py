@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-
 from modules.fileio import atomic_write_text
 from modules.models import ModelError, ModelManager
 from modules.training import TrainingError

@@ -35,7 +35,7 @@ def check_trainable(backend: Any, settings: TrainingSettings, cuda: bool) -> Non
     if backend.loader == "remote":
         raise TrainingError(f"{backend.name} runs on a remote engine: only a model loaded here with the "
                             "Transformers loader can be trained")
-    if not registry.capabilities(backend).lora:  # a peft-able torch model and its tokenizer
+    if not registry.capabilities(backend).training:
         raise TrainingError(f"the {backend.loader} loader cannot train models")
     if backend.chat_template is None:
         raise TrainingError(f"{backend.name} has no chat template")

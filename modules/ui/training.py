@@ -29,13 +29,6 @@ from modules.ui.chat_view import user_of
 FILE_TYPES = [".jsonl", ".json", ".txt", ".md"]
 
 
-def _cuda_present() -> bool:
-    """Whether this machine has an NVIDIA driver, asked without importing torch (the page is built before
-    torch loads: tests/integration/test_startup.py). It only greys the QLoRA box; the plan's own check
-    (torch.cuda) refuses QLoRA without a usable GPU."""
-    return Path("/proc/driver/nvidia/version").exists()
-
-
 def _control(name: str, field: FieldInfo, **extra: Any) -> gr.components.Component:
     common = {"label": name, "info": field.description, "elem_id": f"train-{name.replace('_', '-')}",
               "min_width": 200, **extra}
@@ -103,7 +96,6 @@ def render(app: App) -> None:
         use_chats = gr.Checkbox(label="Train on my saved chats instead", value=False, elem_id="train-use-chats")
         chats = gr.Dropdown(choices=[], multiselect=True, label="Saved chats", visible=False, elem_id="train-chats",
                             scale=4)
-    cuda = _cuda_present()
     names = list(TrainingSettings.model_fields)
     controls = {"output": _control("output", TrainingSettings.model_fields["output"])}
     with gr.Accordion("Settings", open=False, elem_id="train-settings"):
@@ -112,8 +104,9 @@ def render(app: App) -> None:
             with gr.Row():
                 for name, field in TrainingSettings.model_fields.items():
                     if (field.json_schema_extra or {}).get("group") == group:
-                        # QLoRA is bitsandbytes' CUDA path: off and greyed on a machine without a GPU
-                        controls[name] = _control(name, field, interactive=cuda or name != "qlora")
+                        # QLoRA needs CUDA: its info says so and the plan refuses it on a machine without a
+                        # GPU. Asking torch here would import it before the page is served (start-up).
+                        controls[name] = _control(name, field)
     inputs = [controls[n] for n in names]
     with gr.Row():
         preview_button = gr.Button("Preview", elem_id="train-preview-button")

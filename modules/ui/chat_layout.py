@@ -102,7 +102,8 @@ def build(app: App) -> SimpleNamespace:
     return SimpleNamespace(
         session=session, new=new, incognito=incognito, search=search, chat_list=chat_list, title=title, rename=rename,
         branch_chat=branch_chat, delete=delete, confirm_row=confirm_row, confirm=confirm, cancel_delete=cancel_delete,
-        mode=mode, character=character, refresh_characters=refresh_characters, template=template, chat_model=chat_model, thinking=thinking, effort=effort, chatbot=chatbot,
+        mode=mode, character=character, refresh_characters=refresh_characters, template=template, thinking=thinking,
+        effort=effort, chat_model=chat_model, chatbot=chatbot,
         status=status, text=text, send=send, stop=stop, regenerate=regenerate, cont=cont, remove=remove,
         impersonate=impersonate, dummy_message=dummy_message, dummy_reply=dummy_reply, reproduce=reproduce,
         start_with=start_with, images=images, prev_version=prev_version, selected_info=selected_info,

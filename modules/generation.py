@@ -1,6 +1,7 @@
 """The one generation pipeline: every reply (chat, notebook, API) goes through `Pipeline.stream`.
 
-    request -> its model's queue (FIFO, bounded; the model loads first if needed) -> extensions' prompt hooks + prompt (chat template, sandboxed)
+    request -> its model's queue (FIFO, bounded; the model loads first if needed)
+            -> extensions' prompt hooks + prompt (chat template, sandboxed)
             -> backend.stream (or an extension's custom_generate_reply)
             -> stop strings (partial matches held back) -> updates with counts and timings
             -> extensions' output_modifier and reply_footer on the final update

@@ -273,3 +273,22 @@ def test_after_stop_says_how_far_the_reply_got(app):
     view, status = app.chats.after_stop("ann", step.view)
     tokens = app.store.path("ann", view.chat_id)[-1].meta["tokens"]
     assert status == f"Stopped after {tokens} tokens." and 3 <= tokens < SAMPLED.max_new_tokens
+
+
+def test_a_chat_keeps_its_own_model_loaded_just_in_time(make_app):
+    """Several models: a chat starts with the default model and remembers it; switched to another one it
+    answers with that (loaded just in time beside the first), reopened or branched it still does."""
+    app = make_app(max_loaded_models=2)
+    app.models.load("parlour-micro")
+    setup = Setup(PromptOptions(mode="instruct"), GREEDY)
+    first = last(app.chats.send("ann", ChatView(), "Hello", setup)).view
+    assert first.model == "parlour-micro"
+    assert app.store.path("ann", first.chat_id)[-1].meta["model"] == "parlour-micro"
+    switched = app.chats.set_model("ann", first, "parlour-micro-gpt2")
+    last(app.chats.send("ann", switched, "And you?", setup))
+    assert app.store.path("ann", first.chat_id)[-1].meta["model"] == "parlour-micro-gpt2"
+    assert app.models.get("parlour-micro") is not None and app.models.default == "parlour-micro"  # still loaded
+    reopened = app.chats.open("ann", first.chat_id)
+    assert reopened.model == "parlour-micro-gpt2"
+    assert app.chats.branch("ann", reopened).model == "parlour-micro-gpt2"
+    assert app.chats.new_chat("ann", setup).model == "parlour-micro"  # a new chat: the default model

@@ -103,7 +103,8 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024**3, description="largest /v1 request body in "
                                                                                    "bytes (larger: 413)")
     admin_users: list[str] = Field(default_factory=list, description="logins that may manage MCP servers and "
-                                   "user tool files in the Session tab (without --auth the local user is admin, unless --listen)")
+                                   "user tool files in the Session tab (without --auth the local user is admin, "
+                                   "unless --listen)")
     # tools
     mcp_config: Path | None = Field(None, description="MCP servers to connect, in Claude Desktop's mcp.json format "
                                     "(stdio commands, Streamable HTTP URLs); edited by hand only (default: "

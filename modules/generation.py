@@ -470,7 +470,7 @@ class Pipeline:
         if ext.has("custom_generate_chat_prompt"):
             prompt = self._custom_prompt(backend, request, start, history, hooks)
             if prompt is not None:
-                return Prepared(prompt, start.preset, state, start.user_input, True)
+                return self._with_tools(backend, request, Prepared(prompt, start.preset, state, start.user_input, True))
         if registry.capabilities(backend).engine_templates:
             # The engine applies the model's own template itself whenever messages say what the turn means.
             messages = engine_messages(history, options)

@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from modules.api.chat_options import ignored_chat_fields, prompt_options
 from modules.api import tools as api_tools
+from modules.api.chat_options import ignored_chat_fields, prompt_options
 from modules.api.constraints import check_constraint, requested_constraint
 from modules.api.errors import APIError, describe_validation, error_body
 from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, completion_logprobs, supports_logprobs

@@ -41,6 +41,7 @@ from modules.presets import Preset
 from modules.sampling import ChainContext, build_processors
 from modules.settings import CpuThreads
 from modules.templates import CHATML, ChatTemplate
+from modules.tools import formats as tool_formats
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -462,7 +463,8 @@ class TransformersBackend:
         self._reasoning = fmt
         specials = set(self.tokenizer.all_special_ids)
         specials |= {i for i, added in self.tokenizer.added_tokens_decoder.items() if added.special}
-        kept = {i for i in specials if self.tokenizer.convert_ids_to_tokens(i) in "".join(fmt.markers())}
+        markers = "".join((*fmt.markers(), *tool_formats.MARKERS))  # the pipeline reads these in the reply
+        kept = {i for i in specials if self.tokenizer.convert_ids_to_tokens(i) in markers}
         self._hidden_ids = frozenset(specials - kept)
         self._kept_ids = frozenset(kept)
 

@@ -33,10 +33,7 @@ def _literal(backend: Any):
     """A marker as a grammar item: the model's own token when the marker is one token, else the text."""
 
     def literal(text: str) -> str:
-        try:
-            ids = backend.tokenize(text)
-        except Exception:  # a backend that cannot tokenize here: the text itself is always right
-            ids = []
+        ids = backend.tokenize(text)
         return f"<[{ids[0]}]>" if len(ids) == 1 else json.dumps(text)
 
     return literal

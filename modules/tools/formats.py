@@ -53,6 +53,9 @@ LLAMA3 = CallFormat("llama3", "", style="bare", args_key="parameters", prefix="<
 MISTRAL = CallFormat("mistral", "[TOOL_CALLS]", style="array")
 MISTRAL_ARGS = CallFormat("mistral-args", "[TOOL_CALLS]", style="name-args", between="")
 FORMATS = {f.name: f for f in (HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, GENERIC)}
+#: every marker a call format reads: a model whose tokenizer makes one of them a special token (Mistral's
+#: `[TOOL_CALLS]`, `[ARGS]`) must still have it decoded into the reply, or the parser cannot see the call
+MARKERS = tuple(dict.fromkeys(m for f in FORMATS.values() for m in (f.start, f.end, f.prefix) if m)) + ("[ARGS]",)
 
 
 def detect(template_source: str | None) -> CallFormat:
@@ -156,6 +159,15 @@ def _read_object(text: str, pos: int) -> tuple[RawCall, int | None]:
             raise Malformed(f"expected ',' or '}}' at {pos}")
 
 
+def _next_call(scan: Scan, text: str, pos: int) -> int | None:
+    """Read the call object at `pos` into `scan`: where it ends, or None when the text ends first."""
+    if text[pos] != "{":
+        raise Malformed("a call is a JSON object")
+    call, end = _read_object(text, pos)
+    scan.calls.append(call)
+    return end
+
+
 def _is_prefix(text: str, pos: int, marker: str) -> bool:
     """The text from `pos` on is the beginning of `marker` (it may still become it)."""
     tail = text[pos:]
@@ -175,18 +187,14 @@ def _scan_blocks(fmt: CallFormat, text: str, pos: int) -> Scan:
         if pos >= len(text):
             scan.calls.append(RawCall())
             return scan
-        if text[pos] != "{":
-            raise Malformed("a call block holds a JSON object")
-        call, end = _read_object(text, pos)
-        scan.calls.append(call)
+        end = _next_call(scan, text, pos)
         if end is None:
-            call.complete = False
             return scan
         pos = _skip(text, end)
         if text.startswith(fmt.end, pos):
             pos += len(fmt.end)
         elif pos >= len(text) or _is_prefix(text, pos, fmt.end):
-            call.complete = False  # the closing marker is still to come (a reply that ends here is read as closed)
+            scan.calls[-1].complete = False  # the closing marker is to come (a reply ending here reads as closed)
             return scan
         else:
             raise Malformed("a call block is not closed")
@@ -205,13 +213,10 @@ def _scan_bare(fmt: CallFormat, text: str, pos: int) -> Scan:
             if first:
                 scan.calls.append(RawCall())
             return scan
-        if text[pos] != "{":
-            if first:
-                raise Malformed("a call is a JSON object")
+        if text[pos] != "{" and not first:
             scan.rest = pos
             return scan
-        call, end = _read_object(text, pos)
-        scan.calls.append(call)
+        end = _next_call(scan, text, pos)
         if end is None:
             return scan
         pos, first = end, False
@@ -224,10 +229,7 @@ def _scan_array(fmt: CallFormat, text: str, pos: int) -> Scan:
         scan.calls.append(RawCall())
         return scan
     if text[pos] == "{":  # a single call without the list
-        call, end = _read_object(text, pos)
-        scan.calls.append(call)
-        if end is not None:
-            scan.rest = end
+        scan.rest = _next_call(scan, text, pos)
         return scan
     if text[pos] != "[":
         raise Malformed("[TOOL_CALLS] is followed by a list of calls")
@@ -250,10 +252,7 @@ def _scan_array(fmt: CallFormat, text: str, pos: int) -> Scan:
             if pos >= len(text):
                 scan.calls[-1].complete = False
                 return scan
-        if text[pos] != "{":
-            raise Malformed("a call is a JSON object")
-        call, end = _read_object(text, pos)
-        scan.calls.append(call)
+        end = _next_call(scan, text, pos)
         if end is None:
             return scan
         pos = end
@@ -287,7 +286,7 @@ def _scan_name_args(fmt: CallFormat, text: str, pos: int) -> Scan:
         if text[pos] != "{":
             raise Malformed("arguments are a JSON object")
         try:
-            value, end = _DECODER.raw_decode(text, pos)
+            end = _DECODER.raw_decode(text, pos)[1]
         except json.JSONDecodeError:
             call.arguments = text[pos:]
             return scan

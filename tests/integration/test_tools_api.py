@@ -72,7 +72,7 @@ def test_a_named_function_is_the_one_called(client):
 
 
 def test_streamed_calls_accumulate_to_the_non_streamed_reply(client):
-    kwargs = dict(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", seed=7, max_tokens=160)
+    kwargs = {"model": MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": "required", "seed": 7, "max_tokens": 160}
     whole = client.chat.completions.create(**kwargs).choices[0]
     with client.chat.completions.stream(**kwargs) as stream:
         chunks = [event.chunk for event in stream if event.type == "chunk"]

@@ -108,7 +108,7 @@ def test_what_is_not_a_valid_call_stays_content(text):
     assert formats.parse(formats.HERMES, text, TOOLS) == formats.Parsed(text)
     stream = CallStream(formats.HERMES, TOOLS)
     shown = stream.feed(text)
-    rest, parsed = stream.finish()
+    rest, _ = stream.finish()
     assert shown + rest == text and not stream.calls
 
 

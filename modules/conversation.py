@@ -357,7 +357,8 @@ class ChatService:
                 user, view.chat_id, "assistant", "", parent_id=reply_to, complete=False)
             writer = ReplyWriter(self.store, user, view.chat_id, message_id)
             if request is not None:
-                self.store.update_message(user, view.chat_id, message_id, meta=reply_meta(setup.options, request.preset))
+                self.store.update_message(user, view.chat_id, message_id,
+                                          meta=reply_meta(setup.options, request.preset))
         view = replace(view, selected=None)
         turn, last, closed = prefix or Turn.of("assistant", ""), None, False
         limit = self.app.settings.tool_calls_per_turn
@@ -434,7 +435,8 @@ class ChatService:
             return ToolPlan()
         return ToolPlan.from_settings(self.store.chat(user, view.chat_id).settings)
 
-    def set_tools(self, user: str, view: ChatView, names: list[str] | tuple[str, ...], choice: str = "auto") -> ToolPlan:
+    def set_tools(self, user: str, view: ChatView, names: list[str] | tuple[str, ...],
+                  choice: str = "auto") -> ToolPlan:
         """Tick the chat's tools (saved with a saved chat). Only tools the operator made available can be
         ticked; the "always" answers stay."""
         available = set(self.app.tools.names())

@@ -128,7 +128,8 @@ class Settings(BaseModel):
                                  "(exports) stay in the cache before they are deleted (a chat's exports also go "
                                  "when the chat is deleted)")
     admin_users: list[str] = Field(default_factory=list, description="logins that may manage MCP servers and "
-                                   "user tool files in the Session tab (without --auth the local user is admin, unless --listen)")
+                                   "user tool files in the Session tab (without --auth the local user is admin, "
+                                   "unless --listen)")
     # tools
     mcp_config: Path | None = Field(None, description="MCP servers to connect, in Claude Desktop's mcp.json format "
                                     "(stdio commands, Streamable HTTP URLs); edited by hand only (default: "

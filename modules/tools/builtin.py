@@ -150,8 +150,8 @@ def tools(extensions: Any = None) -> Iterator[Tool]:
                 "required": ["expression"]},
                lambda a: _format_number(calculate(a.get("expression", ""))))
     yield Tool("current_datetime", "The current date, time and weekday.",
-               {"type": "object", "properties": {"timezone": {"type": "string", "description":
-                                                              "an IANA zone such as Europe/Paris (default: the server's)"}}},
+               {"type": "object", "properties": {"timezone": {
+                   "type": "string", "description": "an IANA zone such as Europe/Paris (default: the server's)"}}},
                lambda a: json.dumps(now(str(a.get("timezone") or ""))))
     yield Tool("roll_dice", "Roll dice written as NdS+M, e.g. 2d6+1.",
                {"type": "object", "properties": {"dice": {"type": "string", "description": "e.g. 2d6+1"}},

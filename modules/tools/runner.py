@@ -117,8 +117,15 @@ def describe(path: Path, timeout: float) -> Tool:
             raise ToolFailed(str(answer["error"]))
         return str(answer.get("result", ""))
 
-    return Tool(function["name"].strip(), str(function.get("description") or ""), parameters, run, source="file",
+    tool = Tool(function["name"].strip(), str(function.get("description") or ""), parameters, run, source="file",
                 origin=path.name, confirm=True)
+    from modules.tools.spec import ToolError, read_tools
+
+    try:
+        read_tools([tool.schema()])  # the same check an API request's tools get (name, JSON schema)
+    except ToolError as exc:
+        raise ToolFailed(str(exc)) from None
+    return tool
 
 
 def file_tools(folder: Path, timeout: float) -> tuple[dict[str, Tool], dict[str, str]]:

@@ -21,7 +21,8 @@ def tool_choices(app: App) -> list[tuple[str, str]]:
     """(label, name) for every tool the operator made available: where it comes from, and whether it asks."""
     out = []
     for name, tool in app.tools.tools().items():
-        where = {"builtin": "built-in", "file": f"file {tool.origin}", "mcp": f"MCP {tool.origin}"}.get(tool.source, tool.source)
+        where = {"builtin": "built-in", "file": f"file {tool.origin}", "mcp": f"MCP {tool.origin}"}.get(tool.source,
+                                                                                                    tool.source)
         out.append((f"{tool.label} ({where})", name))
     return out
 

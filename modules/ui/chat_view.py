@@ -138,8 +138,10 @@ def tool_call_html(call: ToolCallPart, result: ToolResultPart | None) -> str:
         title, css = f"⏳ {call.name} · not run yet", "waiting"
     else:
         took = f" · {result.seconds:.2f} s" if result.seconds is not None else ""
-        title, css = (f"⚠️ {call.name} · error{took}", "error") if result.error else (f"🔧 {call.name}{took}", "done")
-    body = (f'<div class="tool-label">Arguments</div><pre class="tool-arguments">{html.escape(_clip(call.arguments))}</pre>')
+        title, css = (f"⚠️ {call.name} · error{took}", "error") if result.error else \
+            (f"🔧 {call.name}{took}", "done")
+    body = (f'<div class="tool-label">Arguments</div>'
+            f'<pre class="tool-arguments">{html.escape(_clip(call.arguments))}</pre>')
     if result is not None:
         body += (f'<div class="tool-label">{"Error" if result.error else "Result"}</div>'
                  f'<pre class="tool-result">{html.escape(_clip(result.content))}</pre>')

@@ -117,11 +117,13 @@ def test_user_tool_files_run_in_a_subprocess_and_fail_safely(tmp_path):
     write_tool(folder, "calculator", "def execute(arguments):\n    return 'a user file named like a built-in'\n")
     (folder / "broken.py").write_text("tool = {\n")
     (folder / "no_execute.py").write_text("tool = {'type': 'function', 'function': {'name': 'x'}}\n")
+    write_tool(folder, "bad_name", "def execute(arguments):\n    return ''\n", tool_name="has space")
     reg = registry(tmp_path, timeout=3.0)
     reg.refresh_files()
     names = reg.names()
     assert {"shout", "raises", "hangs", "huge", "exits"} <= set(names)
     assert "SyntaxError" in reg.file_errors["broken.py"] and "no execute" in reg.file_errors["no_execute.py"]
+    assert "1-64 letters" in reg.file_errors["bad_name.py"]
     assert reg.get("shout").confirm and reg.get("shout").source == "file"
     # the built-in keeps its name; the user file of the same name is not used
     assert reg.get("calculator").source == "builtin"

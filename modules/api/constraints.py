@@ -72,8 +72,9 @@ def _response_format(value: dict[str, Any]) -> tuple[str, str, str] | None:
 def _asked(body: Any) -> list[tuple[str, str, str]]:
     """(request field, Preset key, value) for every constraint field the request sets."""
     asked: list[tuple[str, str, str]] = []
-    if isinstance(body.response_format, dict):
-        found = _response_format(body.response_format)
+    response_format = getattr(body, "response_format", None)  # /v1/internal/logits has none
+    if isinstance(response_format, dict):
+        found = _response_format(response_format)
         if found:
             asked.append(found)
     for param, key in (("json_schema", "json_schema"), ("grammar_string", "grammar_string"), ("grammar", "grammar_string"),
@@ -108,7 +109,8 @@ def requested_constraint(body: Any) -> dict[str, str]:
     """The Preset keys for the request's constraint: all three (the one asked for, the others cleared, so a
     named preset's own constraint gives way), or {} when the request does not mention one."""
     asked = _asked(body)
-    text_only = isinstance(body.response_format, dict) and body.response_format.get("type", "text") == "text"
+    response_format = getattr(body, "response_format", None)
+    text_only = isinstance(response_format, dict) and response_format.get("type", "text") == "text"
     if not asked:
         return dict.fromkeys(CONSTRAINT_KEYS, "") if text_only else {}
     first = asked[0]

@@ -33,7 +33,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from modules import reasoning
 from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
-from modules.constraints import Compiler, Constraint, ConstraintStage, constraint_of
+from modules.constraint_stage import ConstraintStage
+from modules.constraints import Compiler, Constraint, constraint_of
 from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, rss_bytes, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.prefix_cache import PrefixCache

@@ -29,6 +29,13 @@ from modules.ui.chat_view import user_of
 FILE_TYPES = [".jsonl", ".json", ".txt", ".md"]
 
 
+def _cuda_present() -> bool:
+    """Whether this machine has an NVIDIA driver, asked without importing torch (the page is built before
+    torch loads: tests/integration/test_startup.py). It only greys the QLoRA box; the plan's own check
+    (torch.cuda) refuses QLoRA without a usable GPU."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
 def _control(name: str, field: FieldInfo, **extra: Any) -> gr.components.Component:
     common = {"label": name, "info": field.description, "elem_id": f"train-{name.replace('_', '-')}",
               "min_width": 200, **extra}

@@ -28,7 +28,10 @@ def compile_error(**preset) -> str:
 
 
 def test_the_doctests_hold():
+    from modules import constraint_stage
+
     assert doctest.testmod(constraints).failed == 0
+    assert doctest.testmod(constraint_stage).attempted and doctest.testmod(constraint_stage).failed == 0
 
 
 def test_a_constraint_is_read_from_whichever_key_is_set():

@@ -11,8 +11,10 @@ columns only padding filled are cut off.
 
 Each row keeps its own sampling: its own LogitsProcessorList (from its Preset) on its own slice of the
 logits, and its own `torch.Generator` seeded from the request, so a seeded reply does not depend on
-what else is in the batch. Each row has its own cancel Event, checked every step: a cancelled row
-stops within one token without disturbing the others.
+what else is in the batch. A constrained row's list holds its own constraint stage (modules/constraints.py),
+which follows that row's tokens alone, so rows with and without constraints share a batch; a row whose
+chain fails (its reply left its constraint) ends with the error while the others go on. Each row has its
+own cancel Event, checked every step: a cancelled row stops within one token without disturbing the others.
 
 On the CPU a prompt is read on `threads.prompt` threads and each decode step runs on
 `threads.generate` (see `CpuThreads`), or on what `ThreadTuner` chose: torch's thread count is
@@ -368,7 +370,11 @@ class BatchEngine:
             else:
                 scores = logits[i:i + 1]
                 if row.processors:
-                    scores = row.processors(row.history[:, :len(row.ids)], scores)
+                    try:  # the row's own chain: its constraint stage (if any) follows this row's reply alone
+                        scores = row.processors(row.history[:, :len(row.ids)], scores)
+                    except Exception as exc:  # e.g. the reply left its constraint: this row ends, the batch goes on
+                        self._fail(row, exc)
+                        continue
                 if row.preset.greedy:
                     token = int(scores.argmax(dim=-1))
                 else:

@@ -3,9 +3,13 @@
     python -m modules.demo_model                  # models/parlour-demo (Llama, ~4M params, a few minutes)
     python -m modules.demo_model --arch gpt2      # models/parlour-demo-gpt2 (GPT2LMHeadModel path)
     python -m modules.demo_model --size micro     # untrained, built in seconds (tests)
+    python -m modules.demo_model --size micro --tokenizer sentencepiece   # a Llama-2-style tokenizer.model
 
 The tokenizer is a byte-level BPE trained on text every Python install has (the standard library's
 sources) plus generated ChatML dialogues, so the model can greet and answer a few simple questions.
+With `--tokenizer sentencepiece` it is a sentencepiece BPE (byte fallback, "▁" for spaces) saved as
+`tokenizer.model` alone, as many real models ship it: Transformers converts it when it loads, which
+is the path those models take (constrained output, for one, must read its vocabulary right).
 Training uses a fixed seed and a fixed number of steps: the same machine builds the same model.
 
 The demo model also thinks before it answers, as 2026's reasoning models do: its chat template opens
@@ -169,6 +173,31 @@ def build_tokenizer(texts: list[str], vocab: int, reasoning: bool = False):
     return fast
 
 
+def build_sentencepiece_tokenizer(texts: list[str], vocab: int, folder: Path):
+    """Train a sentencepiece BPE on `texts`, write `tokenizer.model` and its config into `folder`, and load it
+    the way a model folder is loaded (Transformers converts it to a fast tokenizer)."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    lines = [line for text in texts for line in text.splitlines() if line.strip()]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab, model_type="bpe", byte_fallback=True,
+        character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, user_defined_symbols=SPECIAL_TOKENS[1:3],
+        normalization_rule_name="identity", split_digits=True, allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False, max_sentence_length=100_000, minloglevel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>",
+        "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "extra_special_tokens": [*SPECIAL_TOKENS[1:3], "</s>"]}))
+    (folder / "chat_template.jinja").write_text(CHATML)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def _make_model(arch: str, size: Size, tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -209,7 +238,7 @@ def _batches(tokenizer, texts: list[str], rng: random.Random, size: Size, reason
 
 
 def build(out_dir: Path, arch: str = "llama", size_name: str = "demo", steps: int | None = None,
-          seed: int = 0, progress: bool = True) -> Path:
+          seed: int = 0, progress: bool = True, tokenizer_kind: str = "bpe") -> Path:
     """Build, train and save a model into `out_dir`; return the folder."""
     import torch
     from tqdm import tqdm
@@ -221,8 +250,18 @@ def build(out_dir: Path, arch: str = "llama", size_name: str = "demo", steps: in
     torch.manual_seed(seed)
     texts = _stdlib_text(size.corpus_chars)
     reasoning = size_name == "demo"  # the test models stay plain ChatML
+    if reasoning and tokenizer_kind != "bpe":
+        raise ValueError("the demo model's thinking markers need the byte-level BPE tokenizer")
     dialogues = [_dialogue(rng, reasoning) for _ in range(3000 if size_name == "demo" else 300)]
-    tokenizer = build_tokenizer(texts + dialogues, size.vocab, reasoning)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tokenizer_kind == "sentencepiece":
+        tokenizer = build_sentencepiece_tokenizer(texts + dialogues, size.vocab, tmp)
+        ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("</s>")]
+    elif tokenizer_kind == "bpe":
+        tokenizer = build_tokenizer(texts + dialogues, size.vocab, reasoning)
+        ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    else:
+        raise ValueError(f"unknown tokenizer {tokenizer_kind!r}: choose bpe or sentencepiece")
     model = _make_model(arch, size, tokenizer)
     if steps:
         model.train()
@@ -241,15 +280,14 @@ def build(out_dir: Path, arch: str = "llama", size_name: str = "demo", steps: in
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{loss.item():.2f}")
     model.eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")],
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
+    model.generation_config = GenerationConfig(eos_token_id=ends, pad_token_id=tokenizer.pad_token_id,
+                                               bos_token_id=tokenizer.bos_token_id)
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    if tokenizer_kind == "bpe":  # the sentencepiece files are in the folder already, as a model would ship them
+        tokenizer.save_pretrained(tmp)
     (tmp / "parlour-demo.json").write_text(json.dumps({"arch": arch, "size": size_name, "steps": steps,
-                                                        "seed": seed}))
+                                                        "seed": seed, "tokenizer": tokenizer_kind}))
     # Rename last: a half-written folder is never mistaken for a model.
     if out_dir.exists():
         import shutil
@@ -258,7 +296,7 @@ def build(out_dir: Path, arch: str = "llama", size_name: str = "demo", steps: in
     return out_dir
 
 
-def cache_key(arch: str, size_name: str, steps: int | None, seed: int) -> str:
+def cache_key(arch: str, size_name: str, steps: int | None, seed: int, tokenizer_kind: str = "bpe") -> str:
     """What a build depends on: this file, its arguments and the libraries that write the files."""
     import hashlib
 
@@ -266,24 +304,31 @@ def cache_key(arch: str, size_name: str, steps: int | None, seed: int) -> str:
     import torch
     import transformers
 
-    material = {"source": Path(__file__).read_text(encoding="utf-8"), "arguments": [arch, size_name, steps, seed],
+    material = {"source": Path(__file__).read_text(encoding="utf-8"),
+                "arguments": [arch, size_name, steps, seed, tokenizer_kind],
                 "versions": [torch.__version__, transformers.__version__, tokenizers.__version__]}
+    if tokenizer_kind == "sentencepiece":
+        import sentencepiece
+
+        material["versions"].append(sentencepiece.__version__)
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def build_cached(out_dir: Path, cache_dir: Path, arch: str = "llama", size_name: str = "demo",
-                 steps: int | None = None, seed: int = 0, progress: bool = True) -> Path:
+                 steps: int | None = None, seed: int = 0, progress: bool = True, tokenizer_kind: str = "bpe") -> Path:
     """`build`, or a copy of the same build made before (kept in `cache_dir`, keyed by `cache_key`).
     Training is deterministic, so a cached build is the model this machine would build again; CI and the
     test suite skip minutes of training this way. Entries are written atomically (renamed into place)."""
     import shutil
     import uuid
 
-    entry = cache_dir / f"{arch}-{size_name}-{cache_key(arch, size_name, steps, seed)}"
+    key = cache_key(arch, size_name, steps, seed, tokenizer_kind)
+    entry = cache_dir / f"{arch}-{size_name}-{tokenizer_kind}-{key}"
     if not (entry / "config.json").is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         scratch = cache_dir / f".{entry.name}.{uuid.uuid4().hex}"
-        build(scratch, arch=arch, size_name=size_name, steps=steps, seed=seed, progress=progress)
+        build(scratch, arch=arch, size_name=size_name, steps=steps, seed=seed, progress=progress,
+              tokenizer_kind=tokenizer_kind)
         try:
             scratch.rename(entry)  # another process that built the same entry first wins
         except OSError:
@@ -294,9 +339,10 @@ def build_cached(out_dir: Path, cache_dir: Path, arch: str = "llama", size_name:
     return out_dir
 
 
-def default_name(arch: str, size_name: str) -> str:
+def default_name(arch: str, size_name: str, tokenizer_kind: str = "bpe") -> str:
     name = "parlour-demo" if size_name == "demo" else f"parlour-{size_name}"
-    return name if arch == "llama" else f"{name}-{arch}"
+    name = name if arch == "llama" else f"{name}-{arch}"
+    return name if tokenizer_kind == "bpe" else f"{name}-sp"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
     parser.add_argument("--size", choices=sorted(SIZES), default="demo")
     parser.add_argument("--steps", type=int, help="training steps (default: the size's)")
+    parser.add_argument("--tokenizer", choices=["bpe", "sentencepiece"], default="bpe",
+                        help="byte-level BPE (tokenizer.json) or sentencepiece (tokenizer.model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--cache", type=Path, help="keep builds here and reuse one made from the same code")
@@ -314,12 +362,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.models_dir / (args.name or default_name(args.arch, args.size))
+    out = args.models_dir / (args.name or default_name(args.arch, args.size, args.tokenizer))
     start = time.perf_counter()
     if args.cache:
-        build_cached(out, args.cache, args.arch, args.size, args.steps, args.seed)
+        build_cached(out, args.cache, args.arch, args.size, args.steps, args.seed, tokenizer_kind=args.tokenizer)
     else:
-        build(out, args.arch, args.size, args.steps, args.seed)
+        build(out, args.arch, args.size, args.steps, args.seed, tokenizer_kind=args.tokenizer)
     print(f"built {out} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from modules import reasoning
 from modules.chat import ChatPrompt, PromptOptions, build_chat_prompt, engine_messages, options_state
+from modules.constraints import stop_strings
 from modules.extensions import Extensions, history_to_messages, messages_to_history
 from modules.loaders import registry
 from modules.loaders.base import Backend, Delta, GenerationHooks
@@ -539,9 +540,9 @@ class Pipeline:
                 raise NoModel("no model is loaded: pick one in the Model tab")
             update.model = backend.name
             prepared = self.prepare(backend, request)
-            # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state)
-            stops = StopStringFilter(tuple(prepared.preset.custom_stopping_strings) + prepared.stops
-                                     + tuple(backend.stop_strings))
+            # prepared.preset.custom_stopping_strings already holds request.stop (see prepare's state); a
+            # constrained reply is cut only at those (constraints.stop_strings)
+            stops = StopStringFilter(stop_strings(prepared.preset, prepared.stops + tuple(backend.stop_strings)))
             counted = self.extensions.tokenized_length(prepared.prompt)
             update.prompt_tokens = counted if counted is not None else len(backend.tokenize(prepared.prompt))
             update.context_length = prepared.context_length or backend.context_length

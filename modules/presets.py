@@ -14,10 +14,10 @@ import ast
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modules.fileio import FileTooLarge, atomic_write_text, load_yaml, os_reason, read_text_limited, unusable_files
 from modules.paths import UnsafeName, safe_child
@@ -35,10 +35,31 @@ DEFAULT_PRIORITY: tuple[str, ...] = (
 )
 
 #: text-generation-webui preset keys for features Parlour does not have (beam search, contrastive
-#: search, its grammar box). They are dropped with a log line so those files still load.
+#: search, its token-rate limit). They are dropped with a log line so those files still load.
 IGNORED_KEYS = frozenset({"penalty_alpha", "num_beams", "length_penalty", "early_stopping", "static_cache",
-                          "grammar_string", "prompt_lookup_num_tokens", "max_tokens_second", "auto_max_new_tokens",
+                          "prompt_lookup_num_tokens", "max_tokens_second", "auto_max_new_tokens",
                           "dry_range"})
+
+
+#: The keys that constrain a reply's form (modules/constraints.py); at most one is set in a preset.
+CONSTRAINT_KEYS = ("grammar_string", "json_schema", "regex")
+#: Longest grammar, schema or regex a preset holds (compiling is bounded in time as well).
+MAX_CONSTRAINT_CHARS = 100_000
+
+
+def schema_text(value: Any) -> Any:
+    """A JSON schema given as an object (the API's `json_schema`, a YAML mapping) -> its JSON text; text
+    must be JSON. Annotated on the field, so the API's request field (copied from it) accepts both too."""
+    if isinstance(value, (dict, bool)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        if not isinstance(parsed, (dict, bool)):
+            raise ValueError(f"a JSON schema is an object (or true/false), not {type(parsed).__name__}")
+    return value
 
 
 def _f(default: Any, group: str, description: str, text: str | None = None, **limits: Any) -> Any:
@@ -178,6 +199,15 @@ class Preset(BaseModel):
     sampler_priority: list[str] = _f(list(DEFAULT_PRIORITY), "other", "the order the chain applies the "
                                      "samplers, one name per line (names left out follow in the default order)",
                                      text="lines")
+    # -- constrained output (modules/constraints.py; docs/api.md "Constrained output") -----------------
+    grammar_string: str = _f("", "constraint", "a GBNF (llama.cpp) or Lark grammar the reply must follow "
+                             "(empty = none); text-generation-webui's .gbnf files work as they are",
+                             max_length=MAX_CONSTRAINT_CHARS)
+    json_schema: Annotated[str, BeforeValidator(schema_text)] = _f(
+        "", "constraint", "a JSON schema the reply must match, as JSON (empty = none); "
+        "{\"type\": \"object\"} = any JSON object", max_length=MAX_CONSTRAINT_CHARS)
+    regex: str = _f("", "constraint", "a regular expression the whole reply must match (empty = none)",
+                    max_length=MAX_CONSTRAINT_CHARS)
 
     # -- validation of the text forms ----------------------------------------------------------------
     @field_validator("dry_sequence_breakers", "banned_strings", "custom_stopping_strings", mode="before")
@@ -248,6 +278,9 @@ class Preset(BaseModel):
             raise ValueError("mirostat_mode 1 is not supported: use 2 (Mirostat v2) or 0 (off)")
         if self.dynatemp_low > self.dynatemp_high:
             raise ValueError(f"dynatemp_low ({self.dynatemp_low}) is above dynatemp_high ({self.dynatemp_high})")
+        given = [key for key in CONSTRAINT_KEYS if getattr(self, key)]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are both set: a reply follows one constraint at a time")
         return self
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -289,7 +322,7 @@ def field_text(name: str, value: Any) -> Any:
 def neutral_samplers(preset: Preset) -> Preset:
     """`preset` with every sampler back at neutral; length, seed and token options are kept."""
     keep = {"max_new_tokens", "truncation_length", "seed", "add_bos_token", "skip_special_tokens",
-            "custom_stopping_strings", "ban_eos_token", "custom_token_bans", "banned_strings"}
+            "custom_stopping_strings", "ban_eos_token", "custom_token_bans", "banned_strings", *CONSTRAINT_KEYS}
     return Preset(**{k: getattr(preset, k) for k in keep})
 
 
@@ -312,7 +345,11 @@ def docs_table() -> str:
         default = json.dumps(field.default, ensure_ascii=False)
         desc = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{name}` | {field_group(name)} | {kind} | `{default}` | {span} | {desc} |")
-    lines += ["", "`sampler_priority` names: " + ", ".join(f"`{n}`" for n in DEFAULT_PRIORITY) + ".", ""]
+    lines += ["", "`sampler_priority` names: " + ", ".join(f"`{n}`" for n in DEFAULT_PRIORITY) + ".", "",
+              "The `constraint` keys (" + ", ".join(f"`{k}`" for k in CONSTRAINT_KEYS) + ") make the reply follow "
+              "a grammar, a JSON schema or a regex exactly; at most one is set, a preset file may hold it (a "
+              "text-generation-webui preset's `grammar_string` applies), and its rules and errors are in "
+              "[api.md](api.md#constrained-output).", ""]
     return "\n".join(lines)
 
 

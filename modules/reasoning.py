@@ -36,6 +36,9 @@ class ReasoningFormat:
     end: str = ""
     #: structure markers removed wherever they appear in the answer (never shown, never stored)
     hidden: tuple[str, ...] = ()
+    #: the text after which the answer itself begins, when it is not the end marker (GPT-OSS opens a
+    #: final channel after closing the analysis one); a constrained answer starts there
+    answer_after: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -44,11 +47,16 @@ class ReasoningFormat:
     def markers(self) -> tuple[str, ...]:
         return tuple(m for m in (self.start, self.end, *self.hidden) if m)
 
+    @property
+    def answer_start(self) -> str:
+        return self.answer_after or self.end
+
 
 OFF = ReasoningFormat("off")
 THINK = ReasoningFormat("think", "<think>", "</think>")
 GPT_OSS = ReasoningFormat("gpt-oss", "<|channel|>analysis<|message|>", "<|end|>",
-                          hidden=("<|start|>assistant", "<|channel|>final<|message|>"))
+                          hidden=("<|start|>assistant", "<|channel|>final<|message|>"),
+                          answer_after="<|channel|>final<|message|>")
 NAMED = {f.name: f for f in (OFF, THINK, GPT_OSS)}
 MAX_MARKER_CHARS = 64
 

@@ -374,6 +374,8 @@ class ChainContext:
     model: Any = None
     negative_ids: Sequence[int] | None = None
     generator: torch.Generator | None = None
+    #: this request's constraint stage (modules/constraints.py), when its preset constrains the reply
+    constraint: LogitsProcessor | None = None
 
 
 Stage = tuple[str, LogitsProcessor]
@@ -403,13 +405,17 @@ def _fixed_stages(preset: Preset, ctx: ChainContext) -> list[Stage]:
         stages.append(("guidance_scale", UnbatchedClassifierFreeGuidanceLogitsProcessor(
             preset.guidance_scale, ctx.model, unconditional_ids=negative,
             unconditional_attention_mask=torch.ones_like(negative) if negative is not None else None)))
+    if ctx.constraint is not None:
+        # First after guidance: the cutoffs then choose among allowed tokens only (each keeps its most likely
+        # token, which is then an allowed one), and guidance's arithmetic never sees a -inf.
+        stages.append(("constraint", ctx.constraint))
     if preset.logit_bias:
         _check_ids(list(preset.logit_bias), "logit_bias", ctx.vocab_size)
         stages.append(("logit_bias", SequenceBiasLogitsProcessor(
             [[[token], bias] for token, bias in preset.logit_bias.items()])))
     banned = list(preset.custom_token_bans)
     _check_ids(banned, "custom_token_bans", ctx.vocab_size)
-    if preset.ban_eos_token:
+    if preset.ban_eos_token and ctx.constraint is None:  # a constraint decides where the reply may end
         banned += list(ctx.eos_token_ids)
     if banned:
         stages.append(("custom_token_bans", SuppressTokensLogitsProcessor(sorted(set(banned)), device=ctx.device)))

@@ -153,8 +153,37 @@ def browser():
     which would break later tests that call asyncio.run()."""
     from playwright.sync_api import sync_playwright
 
+    from playwright.sync_api import expect
+
     assert Path("/usr/bin/chromium").exists(), "Chromium is missing: ./test.sh installs it (apt-get install chromium)"
+    expect.set_options(timeout=BROWSER_WAIT_MS)
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=BROWSER_ARGS)
-        yield instance
+        yield _PatientBrowser(instance)
         instance.close()
+
+
+#: How long a page waits for what a test asks for (an element, an event's result). Playwright's 30 s
+#: default is too short for a 2-core machine under load: an event behind a generating model, or a page
+#: while another server starts, can take longer. Every wait still ends as soon as its condition holds.
+BROWSER_WAIT_MS = 180_000
+
+
+class _PatientBrowser:
+    """The launched browser; its pages and contexts wait up to BROWSER_WAIT_MS."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def new_page(self, **kwargs):
+        page = self._inner.new_page(**kwargs)
+        page.set_default_timeout(BROWSER_WAIT_MS)
+        return page
+
+    def new_context(self, **kwargs):
+        context = self._inner.new_context(**kwargs)
+        context.set_default_timeout(BROWSER_WAIT_MS)
+        return context
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)

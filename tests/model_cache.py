@@ -20,5 +20,7 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "parlour" / "models"
 
 
-def cached_model(dest: Path, arch: str = "llama", size_name: str = "micro", steps: int | None = None) -> Path:
-    return build_cached(dest, cache_root(), arch=arch, size_name=size_name, steps=steps, progress=False)
+def cached_model(dest: Path, arch: str = "llama", size_name: str = "micro", steps: int | None = None,
+                 tokenizer: str = "bpe") -> Path:
+    return build_cached(dest, cache_root(), arch=arch, size_name=size_name, steps=steps, progress=False,
+                        tokenizer_kind=tokenizer)

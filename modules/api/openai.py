@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from modules.api.chat_options import ignored_chat_fields, prompt_options
+from modules.api.constraints import check_constraint, requested_constraint
 from modules.api.errors import APIError, describe_validation, error_body
 from modules.api.logprobs import ReplyLogprobs, TokenLogprob, chat_logprobs, completion_logprobs, supports_logprobs
 from modules.api.runner import CallerRequests, cancel_on_disconnect, run_updates
@@ -92,6 +93,7 @@ def build_preset(app: Any, body: GenerationFields, max_tokens: int | None) -> tu
              if name in body.model_fields_set and getattr(body, name) is not None}
     if max_tokens is not None:
         given["max_new_tokens"] = max_tokens
+    given.update(requested_constraint(body))  # response_format, grammar, regex, vLLM's fields -> Preset keys
     not_applied = [name for name in ("presence_penalty", "frequency_penalty")
                    if name not in Preset.model_fields and getattr(body, name) not in (None, 0, 0.0)]
     try:
@@ -131,9 +133,6 @@ def refuse_unsupported(body: GenerationFields) -> None:
     """400 for OpenAI features this server does not implement, instead of a reply that ignores them."""
     if body.tools:
         raise APIError(400, "tools (function calling) are not supported", param="tools", code="unsupported")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise APIError(400, "response_format other than text is not supported yet", param="response_format",
-                       code="unsupported")
     if isinstance(body, ChatCompletionRequest) and body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     if getattr(body, "suffix", None):
@@ -209,6 +208,7 @@ def completion_plan(app: Any, body: CompletionRequest) -> Plan:
     backend = current_backend(app, body.model)
     check_logit_bias(body, backend)
     preset, not_applied = build_preset(app, body, body.max_tokens)
+    check_constraint(backend, preset, body)
     jobs = []
     for p, prompt in enumerate(body.prompts()):
         text = backend.detokenize(prompt) if isinstance(prompt, list) else prompt
@@ -240,6 +240,7 @@ def chat_plan(app: Any, body: ChatCompletionRequest) -> Plan:
     check_logit_bias(body, backend)
     top_logprobs = logprobs_wanted(body, backend)
     preset, not_applied = build_preset(app, body, body.max_completion_tokens or body.max_tokens)
+    check_constraint(backend, preset, body)
     ignored = body.ignored_fields() + not_applied + ignored_chat_fields(body)
     history = chat_history(body)
     continue_last = (body.continue_final_message or body.continue_) and history[-1].role == "assistant"

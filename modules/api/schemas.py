@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from modules.paths import UnsafeName, check_name
-from modules.presets import Preset
+from modules.presets import MAX_CONSTRAINT_CHARS, Preset
 
 MAX_CHOICES = 8  # `n`: each choice is a full generation, so keep it small
 MAX_STOP_STRINGS = 16
@@ -59,6 +59,17 @@ class GenerationFields(PresetFields):  # type: ignore[misc, valid-type]
     stopping_strings: list[str] | None = Field(None, description="text-generation-webui's name for more stop strings")
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="number of choices to generate")
     response_format: dict[str, Any] | None = None
+    # constrained output under other engines' names (see modules/api/constraints.py)
+    grammar: str | None = Field(None, description="a GBNF grammar the reply must follow (llama.cpp server's name "
+                                "for grammar_string)", max_length=MAX_CONSTRAINT_CHARS)
+    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM: a JSON schema the reply must match")
+    guided_regex: str | None = Field(None, description="vLLM: a regex the reply must match",
+                                     max_length=MAX_CONSTRAINT_CHARS)
+    guided_grammar: str | None = Field(None, description="vLLM: a grammar the reply must follow",
+                                       max_length=MAX_CONSTRAINT_CHARS)
+    guided_choice: list[str] | None = Field(None, description="vLLM: the reply is one of these strings")
+    structured_outputs: dict[str, Any] | None = Field(None, description="vLLM: json, regex, grammar, choice or "
+                                                      "json_object")
     tools: list[Any] | None = None
     user: str | None = None
     preset: str | None = Field(None, description="name of a preset in presets/ to start from")

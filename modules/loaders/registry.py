@@ -47,10 +47,13 @@ class Capabilities:
     perplexity: bool = False
     #: peft LoRA adapters applied at run time
     lora: bool = False
+    #: LoRA training on the loaded weights (the Training tab; needs the torch model and its tokenizer)
+    training: bool = False
     #: the engine applies the model's own chat template to chat messages (stream_chat); Parlour then
     #: sends messages, not prompt text, whenever messages say exactly what the turn means
     engine_templates: bool = False
-    #: constrained-output kinds it enforces ("json_object", "json_schema", "grammar", "regex")
+    #: constrained-output kinds it enforces (modules/constraints.py's KINDS: "json_schema", "gbnf",
+    #: "lark", "regex"); a request with another kind is refused naming the loader
     constraints: frozenset[str] = frozenset()
     #: `tools` in a request: passed to the engine ("engine") or rendered and parsed by Parlour ("parse")
     tools: Literal["none", "parse", "engine"] = "none"
@@ -136,7 +139,9 @@ LLAMACPP_SAMPLER_ARGS: Mapping[str, str] = MappingProxyType({
     "presence_penalty": "presence_penalty", "tfs": "tfs_z", "mirostat_mode": "mirostat_mode",
     "mirostat_tau": "mirostat_tau", "mirostat_eta": "mirostat_eta"})
 #: ... plus what modules/loaders/llamacpp.py applies around them
-LLAMACPP_SAMPLERS = frozenset({"temperature", "seed", "max_new_tokens", "ban_eos_token", *LLAMACPP_SAMPLER_ARGS})
+LLAMACPP_SAMPLERS = frozenset({"temperature", "seed", "max_new_tokens", "ban_eos_token", "grammar_string",
+                               "json_schema", *LLAMACPP_SAMPLER_ARGS})
+ALL_CONSTRAINTS = frozenset({"json_schema", "gbnf", "lark", "regex"})
 
 # Listed in the order the UI shows them. Recognisers do not overlap (a folder with GGUF files is
 # llama.cpp's even if it has a config.json), so a path has at most one default loader.
@@ -144,14 +149,17 @@ LOADERS: Mapping[str, LoaderSpec] = MappingProxyType({spec.name: spec for spec i
     LoaderSpec("transformers", "Hugging Face folders with Transformers (CPU or CUDA, bitsandbytes 4/8-bit)",
                TransformersOptions, lambda path: is_hf_folder(path) and not _gguf_model(path), _build_transformers,
                Capabilities(samplers=None, logprobs=True, logits=True, logit_bias=True, perplexity=True, lora=True,
-                            tools="parse"),
+                            training=True, constraints=ALL_CONSTRAINTS, tools="parse"),
                settings_keys=("dtype", "device_map", "load_in_8bit", "load_in_4bit")),
     LoaderSpec("llama.cpp", "GGUF files through llama-cpp-python", LlamaCppOptions, _gguf_model, _build_llamacpp,
-               Capabilities(samplers=LLAMACPP_SAMPLERS, tools="parse"),
+               # llama.cpp's grammar sampler reads GBNF; JSON schemas are converted to it (llamacpp.gbnf_for)
+               Capabilities(samplers=LLAMACPP_SAMPLERS, constraints=frozenset({"json_schema", "gbnf"}), tools="parse"),
                settings_keys=("n_ctx", "n_gpu_layers")),
     LoaderSpec("remote", "any OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama, another Parlour)",
                RemoteOptions, lambda path: False, _build_remote,
-               Capabilities(samplers=None, engine_templates=True, tools="engine", reasoning="engine"),
+               # constraints are passed through to the engine (remote.constraint_fields), which applies them
+               Capabilities(samplers=None, engine_templates=True, constraints=ALL_CONSTRAINTS, tools="engine",
+                            reasoning="engine"),
                name_prefix=REMOTE_PREFIX),
 )})
 

@@ -23,6 +23,11 @@ Which endpoint a turn uses (the rule lives in `modules.chat.engine_messages`):
 
 Non-neutral preset fields are passed through as extra body fields, which vLLM, llama.cpp server and
 Parlour accept (top_k, min_p, repetition_penalty, ...).
+
+A constraint goes in the fields engines read (`constraint_fields`): a JSON schema as OpenAI's
+`response_format` (vLLM, llama.cpp server, Ollama, LM Studio, Parlour); a grammar or regex under llama.cpp
+server's / Parlour's names (`grammar`, `regex`) and vLLM's `structured_outputs`. The engine applies it and
+answers with its own error for what it cannot; Parlour checks the constraint compiles before sending it.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from typing import Any, Iterator
 import httpx
 
 from modules import reasoning
+from modules.constraints import constraint_of
 from modules.loaders.base import Delta, LoadError
 from modules.loaders.options import RemoteOptions
-from modules.presets import Preset
+from modules.presets import CONSTRAINT_KEYS, Preset
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +65,27 @@ def list_remote_models(values: dict[str, Any]) -> list[str]:
         raise LoadError(f"could not list the remote server's models: {exc}") from exc
 
 
+def constraint_fields(preset: Preset) -> dict[str, Any]:
+    """The preset's constraint as request fields an engine reads (none without one)."""
+    constraint = constraint_of(preset)
+    if constraint is None:
+        return {}
+    if constraint.kind == "json_schema":
+        schema = constraint.schema
+        if schema == {"type": "object"}:  # JSON mode: the older and wider-spread form
+            return {"response_format": {"type": "json_object"}}
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "reply", "schema": schema if isinstance(schema, dict) else {}, "strict": True}}}
+    name = "regex" if constraint.kind == "regex" else "grammar"
+    return {name: constraint.text, "structured_outputs": {name: constraint.text}}
+
+
 def request_body(preset: Preset) -> dict[str, Any]:
-    """OpenAI fields plus the preset's non-neutral samplers as extra fields."""
-    body: dict[str, Any] = {"max_tokens": preset.max_new_tokens, "temperature": preset.temperature}
+    """OpenAI fields plus the preset's non-neutral samplers as extra fields, and its constraint."""
+    body: dict[str, Any] = {"max_tokens": preset.max_new_tokens, "temperature": preset.temperature,
+                            **constraint_fields(preset)}
     for key, value in preset.changed().items():
-        if key in ("max_new_tokens", "temperature"):
+        if key in ("max_new_tokens", "temperature", *CONSTRAINT_KEYS):
             continue
         if key == "seed":
             body["seed"] = value

@@ -31,9 +31,10 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
-from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, rss_bytes, token_stream
 from modules import reasoning
+from modules.batching import BatchEngine, cache_from, cache_layers, supports_plain_cache
+from modules.constraints import Compiler, Constraint, ConstraintStage, constraint_of
+from modules.loaders.base import Delta, Emit, GenerationHooks, LoadError, read_tokens, rss_bytes, token_stream
 from modules.loaders.options import TransformersOptions
 from modules.prefix_cache import PrefixCache
 from modules.presets import Preset
@@ -212,6 +213,7 @@ class TransformersBackend:
     """A causal LM loaded with Transformers."""
 
     loader = "transformers"
+    #: every constraint kind: llguidance compiles them for this model's own tokenizer (modules/constraints.py)
 
     def __init__(self, path: Path, options: TransformersOptions | None = None, *, offload_dir: Path | None = None,
                  trust_remote_code: bool = False, batch_size: int = 1, threads: CpuThreads | None = None) -> None:
@@ -277,6 +279,7 @@ class TransformersBackend:
         self.prefix_cache = self._new_prefix_cache()
         self.max_concurrency = batch_size if self._plain_cache else 1
         self.engine: BatchEngine | None = None
+        self._constraints: Compiler | None = None  # built at the first constrained request (see constraint_compiler)
         if self.max_concurrency > 1:
             self.engine = self._new_engine()
 
@@ -326,14 +329,34 @@ class TransformersBackend:
             ids = [bos if bos is not None else self.eos_token_ids[0]]
         return ids
 
-    def chain_context(self, ids: list[int], preset: Preset, model: Any = None) -> ChainContext:
+    def chain_context(self, ids: list[int], preset: Preset, model: Any = None, thinking: bool = False) -> ChainContext:
         """What the sampler chain needs from this model (see modules/sampling.py); `model` is the one
-        a running request holds (an adapter change swaps self.model)."""
+        a running request holds (an adapter change swaps self.model). `thinking`: the prompt opened a
+        reasoning block, so a constraint applies only from the answer on."""
         model = model if model is not None else self.model
         negative = self.tokenize(preset.negative_prompt) if preset.negative_prompt else None
         return ChainContext(eos_token_ids=self.eos_token_ids, device=self.device, prompt_ids=tuple(ids),
                             encode=self.tokenize, vocab_size=model.config.vocab_size,
-                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative)
+                            model=model if preset.guidance_scale != 1.0 else None, negative_ids=negative,
+                            constraint=self.constraint_stage(preset, len(ids), thinking))
+
+    def constraint_compiler(self) -> Compiler:
+        """The constraint compiler for this model's tokenizer (made once; it caches compiled constraints)."""
+        if self._constraints is None:
+            self._constraints = Compiler.for_tokenizer(self.tokenizer, self.eos_token_ids, self.model.config.vocab_size)
+        return self._constraints
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Compile it for this model (errors are ConstraintError); the request that follows reuses the result."""
+        self.constraint_compiler().matcher(constraint)
+
+    def constraint_stage(self, preset: Preset, prompt_length: int, thinking: bool = False) -> ConstraintStage | None:
+        """A fresh constraint stage for one reply, or None when the preset does not constrain it."""
+        constraint = constraint_of(preset)
+        if constraint is None:
+            return None
+        wait_for = self.tokenize(self.reasoning_format.answer_start) if thinking else ()
+        return self.constraint_compiler().stage(constraint, prompt_length, wait_for, self.eos_token_ids)
 
     def next_token_logits(self, ids: list[int]) -> torch.Tensor:
         """The model's raw logits for the token after `ids` (shape [1, vocab]); for the inspect views.
@@ -388,11 +411,12 @@ class TransformersBackend:
                 log.warning("ignoring tokenizer_modifier input_ids of shape %s", tuple(new_ids.shape))
         max_new = max(1, min(preset.max_new_tokens, self._ctx - input_ids.shape[1]))
         decode = self._stream_decoder(preset)
+        thinking = reasoning.starts_inside(self.reasoning_format, prompt)
         if self.engine is not None and not (hooks and hooks.logits_processors):
             # The batch engine applies the preset's own chain; extension logits processors need generate().
             prompt_ids = input_ids[0].tolist()
             return read_tokens(self.engine.submit(prompt_ids, preset, max_new, cancel,
-                                                  context=self.chain_context(prompt_ids, preset, model),
+                                                  context=self.chain_context(prompt_ids, preset, model, thinking),
                                                   scope=cache_scope),
                                cancel, decode, self.eos_token_ids, max_new)
         seed = preset.seed if preset.seed >= 0 else random.randrange(2**31)
@@ -401,7 +425,7 @@ class TransformersBackend:
                                   eos_token_id=list(self.eos_token_ids) or None,
                                   pad_token_id=self.tokenizer.pad_token_id or (self.eos_token_ids or [0])[0])
         processors = build_processors(preset, self.eos_token_ids, device=self.device,
-                                      context=self.chain_context(input_ids[0].tolist(), preset, model))
+                                      context=self.chain_context(input_ids[0].tolist(), preset, model, thinking))
         if hooks is not None and hooks.logits_processors is not None:
             processors.eos_token_ids = self.eos_token_ids  # extensions such as long_replies need them
             processors = LogitsProcessorList(hooks.logits_processors(processors, input_ids))
@@ -431,11 +455,13 @@ class TransformersBackend:
     def _stream_decoder(self, preset: Preset):
         """How a reply's token ids become text: special tokens left out (skip_special_tokens), except
         those that mark reasoning blocks (GPT-OSS's channel tokens are special), which the pipeline
-        needs to see to split the thinking from the answer."""
+        needs to see to split the thinking from the answer. The end-of-sequence token is never part of
+        the reply, special or not (a constrained JSON reply would end invalid with a visible `</s>`)."""
+        ends = frozenset(self.eos_token_ids)
         if not preset.skip_special_tokens:
-            return lambda part: self._decode(part, False)
-        hidden = self._hidden_ids
-        if not self._kept_ids:  # no special token marks reasoning: the tokenizer's own skipping is the same
+            return lambda part: self._decode([i for i in part if i not in ends], False)
+        hidden = self._hidden_ids | ends
+        if not self._kept_ids and ends <= self._hidden_ids:  # the tokenizer's own skipping is the same
             return lambda part: self._decode(part, True)
         return lambda part: self._decode([i for i in part if i not in hidden], False)
 

@@ -75,8 +75,7 @@ class Formatter:
 
     @classmethod
     def for_backend(cls, backend: Any, settings: TrainingSettings) -> "Formatter":
-        extra = backend.template_vars() if hasattr(backend, "template_vars") else {}
-        return cls(backend.tokenizer, backend.chat_template, extra, settings)
+        return cls(backend.tokenizer, backend.chat_template, backend.template_vars(), settings)
 
     # ---- chats
     def _render(self, messages: list[dict[str, str]], generation: bool, source: str) -> str:

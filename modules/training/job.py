@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from transformers.trainer_callback import TrainerCallback
-
 from modules.fileio import atomic_write_text
 from modules.models import ModelError, ModelManager
 from modules.training import TrainingError
@@ -277,6 +275,8 @@ class TrainingManager:
                  started: float) -> Any:
         from transformers import PrinterCallback, Trainer, TrainingArguments
 
+        from modules.training.callback import ProgressCallback
+
         settings = plan.settings
         on_gpu = str(getattr(model, "device", "cpu")).startswith("cuda")
         evaluate = bool(plan.eval)
@@ -297,7 +297,7 @@ class TrainingManager:
         pad = pad if pad is not None else (backend.eos_token_ids or (0,))[0]
         trainer = Trainer(model=model, args=args, train_dataset=_rows(plan.train),
                           eval_dataset=_rows(plan.eval) if evaluate else None, data_collator=_Collate(pad),
-                          callbacks=[_ProgressCallback(self, plan, listeners, started)])
+                          callbacks=[ProgressCallback(self, plan, listeners, started)])
         trainer.remove_callback(PrinterCallback)  # it prints every log line; progress goes to the tab / tqdm
         return trainer
 
@@ -337,35 +337,3 @@ class TrainingManager:
                 self._progress.losses.append((step, float(logs["loss"])))
             if "eval_loss" in logs:
                 self._progress.evals.append((step, float(logs["eval_loss"])))
-
-
-class _ProgressCallback(TrainerCallback):
-    """Trainer -> TrainingManager: progress after every step and log line; Stop = save and stop."""
-
-    def __init__(self, job: TrainingManager, plan: Plan, listeners: tuple[Callable[[Progress], None], ...],
-                 started: float) -> None:
-        self.job, self.plan, self.listeners, self.started = job, plan, listeners, started
-
-    def _tell(self) -> None:
-        snapshot = self.job.progress()
-        for listener in self.listeners:
-            listener(snapshot)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.job._began(state.global_step, state.num_input_tokens_seen)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.job._stepped(state.global_step, float(state.epoch or 0.0), state.num_input_tokens_seen, self.plan,
-                          self.started)
-        self._tell()  # a listener may ask to stop at this step (tests, Ctrl-C in the CLI)
-        if self.job._stop.is_set():
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.job._logged(state.global_step, logs or {})
-        self._tell()
-
-    def on_save(self, args, state, control, **kwargs):
-        self.job._write_run_file(self.plan, self.plan.seconds_before + time.monotonic() - self.started)

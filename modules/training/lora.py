@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+from modules.loaders import registry
 from modules.training import TrainingError
 from modules.training.settings import TrainingSettings
 
@@ -34,7 +35,7 @@ def check_trainable(backend: Any, settings: TrainingSettings, cuda: bool) -> Non
     if backend.loader == "remote":
         raise TrainingError(f"{backend.name} runs on a remote engine: only a model loaded here with the "
                             "Transformers loader can be trained")
-    if not hasattr(backend, "model") or not hasattr(backend, "tokenizer"):
+    if not registry.capabilities(backend).training:
         raise TrainingError(f"the {backend.loader} loader cannot train models")
     if backend.chat_template is None:
         raise TrainingError(f"{backend.name} has no chat template")

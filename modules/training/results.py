@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from modules.loaders import registry
 from modules.models import ModelError, ModelManager
 from modules.paths import UnsafeName, safe_child
 from modules.perplexity import PerplexityLog, PerplexityResult, evaluate
@@ -84,7 +85,7 @@ def compare_perplexity(models: ModelManager, adapter: str, text: str, source: st
     """Perplexity of the loaded model on `text` without, then with, `adapter`; both rows go to `log` (the
     Evaluate tab's table). The adapters applied before are applied again afterwards."""
     backend = models.current()
-    if backend is None or not hasattr(backend, "set_loras"):
+    if backend is None or not registry.capabilities(backend).lora:
         raise TrainingError("load the adapter's base model with the Transformers loader first")
     if not text.strip():
         raise TrainingError("paste a held-out text (or train with an eval split, whose text is used)")

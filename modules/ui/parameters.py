@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from modules.loaders import registry
 from modules.app import App
 from modules.presets import Preset, PresetError, field_group, field_text, field_text_kind, neutral_samplers
+from modules.ui import constraints
 from modules.ui.icons import icon
 
 GROUPS = {"curve": "Curve shape", "cutoffs": "Cutoffs", "repetition": "Repetition", "other": "Other"}
@@ -49,6 +50,8 @@ def _control(name: str, field: FieldInfo, value: Any, note: str = "") -> gr.comp
     label = name + note
     common = dict(label=label, info=field.description, render=False, elem_id=f"param-{name}",
                   interactive=not note)
+    if field_group(name) == "constraint":  # hidden: the "Constrain output" editors set it (modules/ui/constraints.py)
+        return gr.Textbox(value=value, visible=False, **common)
     if field.annotation is bool:
         return gr.Checkbox(value=value, **common)
     kind = field_text_kind(name)
@@ -156,6 +159,7 @@ def render(app: App, params: ParameterControls) -> None:
                 gr.Markdown(f"### {title}")
                 for name in groups[group]:
                     params.controls[name].render()
+    constraints.render(app, params)
     outputs = [*params.inputs, params.status]
 
     def load_preset(name: str | None, *values: Any) -> list[Any]:

@@ -13,7 +13,6 @@ from typing import Any, Literal, get_args, get_origin
 
 import gradio as gr
 import pandas as pd
-import torch
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
@@ -98,7 +97,6 @@ def render(app: App) -> None:
         use_chats = gr.Checkbox(label="Train on my saved chats instead", value=False, elem_id="train-use-chats")
         chats = gr.Dropdown(choices=[], multiselect=True, label="Saved chats", visible=False, elem_id="train-chats",
                             scale=4)
-    cuda = torch.cuda.is_available()
     names = list(TrainingSettings.model_fields)
     controls = {"output": _control("output", TrainingSettings.model_fields["output"])}
     with gr.Accordion("Settings", open=False, elem_id="train-settings"):
@@ -107,8 +105,9 @@ def render(app: App) -> None:
             with gr.Row():
                 for name, field in TrainingSettings.model_fields.items():
                     if (field.json_schema_extra or {}).get("group") == group:
-                        # QLoRA is bitsandbytes' CUDA path: off and greyed on a machine without a GPU
-                        controls[name] = _control(name, field, interactive=cuda or name != "qlora")
+                        # QLoRA needs CUDA: its info says so and the plan refuses it on a machine without a
+                        # GPU. Asking torch here would import it before the page is served (start-up).
+                        controls[name] = _control(name, field)
     inputs = [controls[n] for n in names]
     with gr.Row():
         preview_button = gr.Button("Preview", elem_id="train-preview-button")

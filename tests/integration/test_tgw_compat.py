@@ -179,25 +179,20 @@ def test_dataset_select_gets_the_whole_row_the_script_built(tgw_app):
 
 
 def test_html_from_output_modifier_is_shown_sanitized_and_the_history_keeps_the_words(tgw_app):
-    from modules.ui.chat import bubbles_for, current_turns
+    from modules.conversation import ChatView, Setup
+    from modules.ui.chat_view import bubbles
 
     app = tgw_app("tgw_surface")
     module_of(app, "tgw_surface").params["colour_reply"] = True
-    chat = app.store.create_chat("local", mode="instruct")
-    app.store.add_message("local", chat, "user", "hi")
-    reply = app.store.add_message("local", chat, "assistant", "", complete=False)
     options = chatlib.resolve_options(app, "local", mode="instruct")
-    target = chatlib.ReplyTarget(app.store, "local", chat, reply)
-    for _text, _update in chatlib.stream_reply(app, [{"role": "user", "content": "hi"}], options, GREEDY, target):
-        pass
-    saved = app.store.path("local", chat)[-1]
+    *_, step = app.chats.send("local", ChatView(), "hi", Setup(options, GREEDY))
+    view = step.view
+    saved = app.store.path("local", view.chat_id)[-1]
     assert "<span" not in saved.content and saved.content  # the next prompt reads the model's own words
-    turns, _ids = current_turns(app, "local", {"incognito": False, "chat_id": chat})
-    bubble = bubbles_for(turns, {})[-1]["content"]
+    bubble = bubbles(app.chats.turns("local", view), {})[-1]["content"]
     assert '<span style="color: #ff0000">' in bubble and 'src="data:image/png;base64,iVBORw0KGgo="' in bubble
-    app.store.update_message("local", chat, saved.id, content="edited")  # an edit shows the edit
-    turns, _ids = current_turns(app, "local", {"incognito": False, "chat_id": chat})
-    assert bubbles_for(turns, {})[-1]["content"].strip() == "<p>edited</p>"
+    app.store.update_message("local", view.chat_id, saved.id, content="edited")  # an edit shows the edit
+    assert bubbles(app.chats.turns("local", view), {})[-1]["content"].strip() == "<p>edited</p>"
 
 
 def test_thumbnails_are_served_where_the_img_src_points(tgw_app, tmp_path):

@@ -1,0 +1,95 @@
+"""The Parameters tab's "Constrain output" group in a real browser: pick the JSON grammar file, see a broken edit
+refused under the box while the good grammar stays in use, chat (and write in the Notebook), and the reply parses
+as JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import DEMO_DIR
+
+pytestmark = [pytest.mark.browser, pytest.mark.demo]
+
+IDLE = "() => !document.querySelector('[data-testid=status-tracker].generating, [data-testid=status-tracker].pending')"
+
+
+def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server, tmp_path):
+    # the trained demo model: its strings end by themselves, which a JSON grammar without lengths needs (at
+    # this seed and temperature; it thinks first, then the grammar holds from the end of its thought)
+    assert (DEMO_DIR / "config.json").exists(), "the demo model is missing: ./test.sh builds it"
+    models = tmp_path / "models"
+    shutil.copytree(DEMO_DIR, models / DEMO_DIR.name)
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "Seeded.yaml").write_text("seed: 1\ntemperature: 0.7\nmax_new_tokens: 600\n")
+    server = start_server("--models-dir", str(models), "--model", DEMO_DIR.name, "--presets-dir", str(presets),
+                          "--preset", "Seeded")
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#chat-input textarea")
+    page.wait_for_function(IDLE)
+
+    page.get_by_role("tab", name="Parameters").click()
+    page.locator("#grammar-file input").click()
+    page.get_by_role("option", name="json.gbnf", exact=True).click()
+    status = page.locator("#constraint-grammar_string-status")
+    status.get_by_text("in use: the reply follows this GBNF grammar").wait_for()
+    assert page.locator("#constraint-grammar_string textarea").input_value().startswith("# A JSON object")
+
+    # a broken edit: the reason under the box, and the JSON grammar stays in use
+    box = page.locator("#constraint-grammar_string textarea")
+    box.fill('root ::= "{" [a-')
+    box.blur()
+    status.get_by_text("the last good setting stays in use").wait_for()
+    assert "line 1, column" in status.inner_text()
+    # and a second constraint while one is in use is refused the same way
+    schema = page.locator("#constraint-json_schema textarea")
+    schema.fill('{"type": "object"}')
+    schema.blur()
+    page.locator("#constraint-json_schema-status").get_by_text("the grammar is in use: clear it first").wait_for()
+    # saved with a preset: the grammar in use, not the broken edit
+    page.locator("#preset-save-name textarea, #preset-save-name input").first.fill("JSON replies")
+    page.locator("#preset-save").click()
+    page.get_by_text("Saved preset JSON replies").wait_for()
+    import yaml
+
+    saved = yaml.safe_load((presets / "JSON replies.yaml").read_text())
+    assert saved["grammar_string"].startswith("# A JSON object") and "json_schema" not in saved
+
+    page.get_by_role("tab", name="Chat").click()
+    before = server.health()["requests"]
+    page.fill("#chat-input textarea", "Describe yourself as a JSON object.")
+    page.click("#send")
+    server.wait_until(lambda h: h["requests"] >= before + 1 and h["active"] == 0, timeout=240)
+    page.wait_for_function(IDLE)
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length >= 1")
+
+    from modules.store import ChatStore
+
+    store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
+    chat = store.list_chats("local")[0]
+    reply = store.path("local", chat.id)[-1]
+    assert reply.role == "assistant" and reply.as_turn().reasoning  # it thought freely first
+    assert isinstance(json.loads(reply.content), dict), reply.content  # the saved reply, as the model wrote it
+    bubble = page.locator("#chatbot [data-testid=bot] .message-content").last
+    assert bubble.locator("details.reasoning").count() == 1  # the thought, in its collapsed block
+    answer = bubble.evaluate("(el) => { const c = el.cloneNode(true); c.querySelectorAll('details').forEach("
+                             "(d) => d.remove()); return c.innerText; }").strip()
+    assert answer.startswith("{") and answer.endswith("}"), answer
+
+    # the Notebook takes the same setting: the continuation is JSON too
+    page.get_by_role("tab", name="Notebook").click()
+    prompt = "The record, as JSON: "
+    page.fill("#notebook-input textarea", prompt)
+    before = server.health()["requests"]
+    page.click("#notebook-generate")
+    server.wait_until(lambda h: h["requests"] >= before + 1 and h["active"] == 0, timeout=240)
+    page.wait_for_function(IDLE)
+    page.wait_for_function("(p) => document.querySelector('#notebook-input textarea').value.length > p.length",
+                           arg=prompt)
+    written = page.locator("#notebook-input textarea").input_value()
+    assert written.startswith(prompt) and isinstance(json.loads(written[len(prompt):]), dict), written
+    page.close()

@@ -25,6 +25,7 @@ from modules.training.job import Plan, Progress, TrainingManager
 from modules.training.results import compare_perplexity, held_out_text, merge_adapter
 from modules.training.settings import GROUPS, TrainingSettings
 from modules.ui.chat_view import user_of
+from modules.ui.icons import icon
 
 FILE_TYPES = [".jsonl", ".json", ".txt", ".md"]
 
@@ -96,7 +97,7 @@ def render(app: App) -> None:
     with gr.Row():
         dataset = gr.Dropdown(choices=list_datasets(datasets_dir), value=None, label="Dataset (user_data/training/)",
                               elem_id="train-dataset", scale=4)
-        refresh = gr.Button("🔄", elem_id="train-refresh", scale=0, min_width=50)
+        refresh = gr.Button("", elem_id="train-refresh", scale=0, min_width=50, icon=icon("refresh"))
         upload = gr.File(label="Upload JSONL / JSON / text", file_types=FILE_TYPES, type="filepath",
                          elem_id="train-upload", scale=3)
     with gr.Row():
@@ -228,7 +229,7 @@ def render(app: App) -> None:
             dest = merge_adapter(app.models, name, new.strip())
         except (TrainingError, ModelError) as exc:
             return f"⚠️ {exc}"
-        return f"Merged into `{app.settings.models_dir.name}/{dest.name}`: pick it in the Model tab (🔄 Refresh)."
+        return f"Merged into `{app.settings.models_dir.name}/{dest.name}`: pick it in the Model tab (Refresh)."
 
     source_inputs = [dataset, use_chats, chats]
     upload.upload(on_upload, upload, [dataset, status], api_visibility="private")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_chat_browser import IDLE, bots, info, open_page, settle
+from tests.e2e.test_chat_browser import IDLE, act, bots, info, open_page, settle, wait_version
 
 pytestmark = pytest.mark.browser
 
@@ -72,7 +72,7 @@ def test_cards_greetings_same_name_import_and_refresh(browser, server, tmp_path)
     card = tmp_path / "captain.json"
     shutil.copy(FIXTURES / "cards" / "captain-v2.json", card)
     page = open_page(browser, server.url)
-    page.get_by_text("You, characters and files").click()
+    page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#card-import input[type=file]", str(card))
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Captain Reyes')")
     page.wait_for_function("() => document.querySelector('#character input').value === 'Captain Reyes'")
@@ -80,8 +80,8 @@ def test_cards_greetings_same_name_import_and_refresh(browser, server, tmp_path)
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
     assert bots(page)[0].startswith("Reyes looks up from the charts.") or "You're late" in bots(page)[0]
     assert "version 1/3" in info(page)
-    page.click("#next-version")
-    page.wait_for_function("() => document.querySelector('#selected-info').innerText.includes('version 2/3')")
+    act(page, 0, "next")  # the arrows on the greeting itself
+    wait_version(page, 0, "2/3")
     assert "Welcome aboard the Gull" in bots(page)[0]
     # the same card again: Parlour asks; "import under a new name" keeps the first
     page.wait_for_selector("#card-import input[type=file]", state="attached")
@@ -104,7 +104,7 @@ def test_malformed_chat_import_says_what_is_wrong(browser, server, tmp_path):
     from modules.store import ChatStore
 
     page = open_page(browser, server.url)
-    page.get_by_text("You, characters and files").click()
+    page.get_by_text("Character cards and chat files").click()
     deep = tmp_path / "deep.json"
     deep.write_bytes(b"[" * 100_000 + b"]" * 100_000)
     page.set_input_files("#chat-import input[type=file]", str(deep))

@@ -53,7 +53,7 @@ def test_the_copy_button_on_a_code_block_is_on_top_and_copies(browser, server):
     button = page.locator("#chatbot [data-testid=bot] button.copy-code")
     button.wait_for()
     # what a click at the button's centre reaches is the button itself, not the <pre> painted over it
-    assert button.evaluate("(b) => { const r = b.getBoundingClientRect();"
+    assert button.evaluate("(b) => { b.scrollIntoView({block: 'center'}); const r = b.getBoundingClientRect();"
                            " const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);"
                            " return Boolean(hit) && b.contains(hit) && getComputedStyle(b).visibility === 'visible'"
                            " && r.width > 0 && r.height > 0; }")
@@ -64,10 +64,11 @@ def test_the_copy_button_on_a_code_block_is_on_top_and_copies(browser, server):
 
 def test_model_tab_failures_links_unload_and_icons(browser, server, home):
     page = open_page(browser, server.url)
-    for selector in ("#refresh-characters", "#model-refresh", "#preset-refresh"):  # a file that ships, drawn
-        page.locator(selector).evaluate("(b) => b.scrollIntoView()")
-        assert page.locator(f"{selector} img").evaluate("(i) => i.complete && i.naturalWidth > 0"), selector
-    page.get_by_role("tab", name="Model").click()
+    for tab, selector in (("Chat", "#refresh-characters"), ("Parameters", "#preset-refresh"),
+                          ("Model", "#model-refresh")):  # an icon file that ships with Parlour, drawn
+        page.get_by_role("tab", name=tab, exact=True).click()
+        page.wait_for_function("(s) => { const i = document.querySelector(`${s} img`);"
+                               " return Boolean(i) && i.complete && i.naturalWidth > 0; }", arg=selector)
     links = page.inner_text("#model-links")
     assert "big" in links and str(home / "elsewhere" / "big-model") in links and "--models-dir" in links
     page.click("#model-dropdown input")

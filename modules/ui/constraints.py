@@ -18,6 +18,7 @@ from modules.app import App
 from modules.constraints import KIND_NAMES, ConstraintError, check_setting
 from modules.grammars import GrammarError, GrammarLibrary
 from modules.presets import CONSTRAINT_KEYS
+from modules.ui.icons import icon
 
 EDITORS = {"grammar_string": ("Grammar (GBNF or Lark)", 8, 'root ::= "yes" | "no"'),
            "json_schema": ("JSON schema", 8, '{"type": "object", "properties": {"name": {"type": "string"}}}'),
@@ -54,7 +55,7 @@ def render(app: App, params: Any) -> None:
         with gr.Row():
             files = gr.Dropdown(choices=library.names(), value=None, label="Grammar file", elem_id="grammar-file",
                                 interactive=True, scale=3)
-            refresh = gr.Button("🔄", scale=0, min_width=50, elem_id="grammar-file-refresh")
+            refresh = gr.Button("", scale=0, min_width=50, elem_id="grammar-file-refresh", icon=icon("refresh"))
         for key, (label, lines, example) in EDITORS.items():
             editors[key] = gr.Textbox(label=label, lines=lines, max_lines=max(lines, 20), placeholder=example,
                                       value=params.controls[key].value, elem_id=f"constraint-{key}")

@@ -76,8 +76,9 @@ def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server,
     assert isinstance(json.loads(reply.content), dict), reply.content  # the saved reply, as the model wrote it
     bubble = page.locator("#chatbot [data-testid=bot] .message-content").last
     assert bubble.locator("details.reasoning").count() == 1  # the thought, in its collapsed block
-    answer = bubble.evaluate("(el) => { const c = el.cloneNode(true); c.querySelectorAll('details').forEach("
-                             "(d) => d.remove()); return c.innerText; }").strip()
+    # the answer's words: without the thought and without the message's action bar (its version label)
+    answer = bubble.evaluate("(el) => { const c = el.cloneNode(true); c.querySelectorAll('details, .msg-actions')"
+                             ".forEach((d) => d.remove()); return c.innerText; }").strip()
     assert answer.startswith("{") and answer.endswith("}"), answer
 
     # the Notebook takes the same setting: the continuation is JSON too

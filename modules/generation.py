@@ -372,6 +372,9 @@ class Prepared:
     call_format: CallFormat = GENERIC
     #: the preset's constraint leaves text free until a tool call starts (the derived stop strings apply)
     free_text: bool = False
+    #: the preset's constraint is a tool-call grammar that holds the (bounded) thought itself
+    #: (modules/tools/forced.py); any other constraint starts where the thought the prompt opened ends
+    constraint_covers_thought: bool = False
 
 
 class ModelSource(Protocol):
@@ -521,12 +524,13 @@ class Pipeline:
         if use.choice.forced:
             keys = forced.constraint(backend, use, prepared.call_format, prepared.reasoning_state,
                                      backend.reasoning_format, prepared.preset.max_new_tokens)
-            prepared.preset = prepared.preset.model_copy(update=keys)
+            prepared.preset, prepared.constraint_covers_thought = prepared.preset.model_copy(update=keys), True
         elif constraint_of(prepared.preset) is None:  # auto: a call, once started, is constrained (the
             lazy = forced.lazy_constraint(backend, use, prepared.call_format,  # request's own constraint wins)
                                           prepared.reasoning_state, backend.reasoning_format)
             if lazy is not None:
                 prepared.preset, prepared.free_text = prepared.preset.model_copy(update=lazy), True
+                prepared.constraint_covers_thought = True
         return prepared
 
     def _custom_prompt(self, backend: Backend, request: GenerationRequest, start: "TurnStart",
@@ -591,6 +595,9 @@ class Pipeline:
             extra["hooks"] = hooks
         if "cache_scope" in accepts:
             extra["cache_scope"] = request.cache_scope or f"user:{request.user}"
+        if "constraint_after_thought" in accepts:  # the thought the prompt opened is free (constraint_stage.py)
+            extra["constraint_after_thought"] = (prepared.reasoning_state == "inside"
+                                                 and not prepared.constraint_covers_thought)
         return backend.stream(prepared.prompt, prepared.preset, request.cancel, **extra)
 
     def stream(self, request: GenerationRequest) -> Iterator[Update]:

@@ -399,9 +399,11 @@ class TransformersBackend:
         return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def stream(self, prompt: str, preset: Preset, cancel: threading.Event,
-               hooks: GenerationHooks | None = None, cache_scope: str = "") -> Iterator[Delta]:
+               hooks: GenerationHooks | None = None, cache_scope: str = "",
+               constraint_after_thought: bool = False) -> Iterator[Delta]:
         """`cache_scope`: whose partition of the prompt cache this request may reuse and fill (see
-        modules/prefix_cache.py for why users do not share one)."""
+        modules/prefix_cache.py for why users do not share one). `constraint_after_thought`: the prompt
+        opened a reasoning block and the preset's constraint applies from its end on (the pipeline says)."""
         ids = self.prompt_ids(prompt, preset)
         model = self.model  # an adapter change swaps self.model; this request keeps the one it started with
         prefix_cache = self.prefix_cache  # ... and the prompt cache of those weights
@@ -419,7 +421,7 @@ class TransformersBackend:
                 log.warning("ignoring tokenizer_modifier input_ids of shape %s", tuple(new_ids.shape))
         max_new = max(1, min(preset.max_new_tokens, self._ctx - input_ids.shape[1]))
         decode = self._stream_decoder(preset)
-        thinking = reasoning.starts_inside(self.reasoning_format, prompt)
+        thinking = constraint_after_thought
         if self.engine is not None and not (hooks and hooks.logits_processors):
             # The batch engine applies the preset's own chain; extension logits processors need generate().
             prompt_ids = input_ids[0].tolist()

@@ -128,7 +128,7 @@ def test_hook_custom_js(ext_app):
     app = ext_app({"scripted": "def custom_js():\n    return 'window.scriptedExt = 1;'\n"}, load_model=False)
     config = _served_config(app)
     assert "window.scriptedExt = 1;" in config
-    assert "document.body.classList.add('dark')" in config  # Parlour's own page JS still runs
+    assert "window.parlour.applyTheme()" in config  # Parlour's own page JS (the theme) still runs
 
 
 def test_hook_state_modifier(ext_app):

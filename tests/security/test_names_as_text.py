@@ -81,7 +81,7 @@ def test_model_name_in_the_header(page, server, other_site, hostile):
 def test_imported_character_name_in_the_status_line(page, server, other_site, hostile, tmp_path):
     path = tmp_path / "card.png"
     path.write_bytes(card(hostile))
-    page.get_by_text("You, characters and files").click()
+    page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#card-import input[type=file]", str(path))
     shows_literally(page, "#chat-status", f"Imported character {hostile}")
     no_request_left(page, server, other_site)
@@ -91,7 +91,7 @@ def test_an_error_quoting_a_name_is_text(page, server, other_site, hostile, tmp_
     """A card whose name cannot be a file name: the error (status line and warning toast) quotes it as text."""
     path = tmp_path / "card.png"
     path.write_bytes(card("a/b " + hostile))
-    page.get_by_text("You, characters and files").click()
+    page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#card-import input[type=file]", str(path))
     status = page.locator("#chat-status")
     status.get_by_text("a/b").wait_for(timeout=60_000)
@@ -112,7 +112,7 @@ def test_preset_name_in_the_status_line(page, server, other_site, hostile):
     no_request_left(page, server, other_site)
 
 
-def test_imported_chat_metadata_in_the_message_panel(page, server, other_site, hostile, tmp_path):
+def test_imported_chat_metadata_in_the_version_label(page, server, other_site, hostile, tmp_path):
     chat = {"format": "parlour-chat", "version": 1, "title": hostile, "messages": [
         {"id": 1, "parent": None, "role": "user", "content": "hi", "meta": {}},
         {"id": 2, "parent": 1, "role": "assistant", "content": "hello",
@@ -120,9 +120,13 @@ def test_imported_chat_metadata_in_the_message_panel(page, server, other_site, h
                   "tokens": "**b**"}}]}
     path = tmp_path / "chat.json"
     path.write_text(json.dumps(chat))
-    page.get_by_text("You, characters and files").click()
+    page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#chat-import input[type=file]", str(path))
-    shows_literally(page, "#selected-info", hostile)
+    # the reply's metadata is its version label's tooltip: an attribute, so text whatever it holds
+    label = page.locator("#chatbot .msg-version").last
+    label.wait_for()
+    assert hostile in label.get_attribute("title") and "**b** tokens" in label.get_attribute("title")
+    assert page.locator("#chatbot .message-content").locator("img, a, em, .katex, math").count() == 0
     # the title is a label of the chat list: text there as well
     assert any(hostile in label for label in page.locator("#chat-list label").all_inner_texts())
     no_request_left(page, server, other_site)

@@ -110,7 +110,7 @@ def test_chat_export_lives_in_the_cache_and_goes_with_its_chat(auth_server, brow
         page.wait_for_selector("#chat-input textarea", timeout=60_000)
         page.wait_for_function(IDLE)
         send(page, auth_server, "hello there")
-        page.get_by_text("You, characters and files").click()
+        page.get_by_text("Character cards and chat files").click()
         page.click("#export-chat")
         link = page.wait_for_selector("#download a[href]")
         assert b'"format": "parlour-chat"' in page.request.get(link.get_attribute("href")).body()
@@ -133,7 +133,7 @@ def test_exports_leave_the_cache_after_cache_minutes(open_server, browser):
     page = open_page(browser, open_server.url)
     try:
         send(page, open_server, "hello")
-        page.get_by_text("You, characters and files").click()
+        page.get_by_text("Character cards and chat files").click()
         page.click("#export-chat")
         page.wait_for_selector("#download a[href]")
         # gone after --cache-minutes (3 s here) although the chat still exists

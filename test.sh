@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh --dev
-exec .venv/bin/python -m pytest "${@:-tests}"
+# Two workers, whole files each (module-scoped servers stay shared): most tests wait on a server process, a
+# model or a browser, so two at a time keep both cores busy and CI well under its 30 minutes.
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "${@:-tests}"

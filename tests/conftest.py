@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -60,9 +61,19 @@ def make_app(models_dir, tmp_path):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port no process holds now. Each pytest-xdist worker (./test.sh runs two) takes its ports from a
+    range of its own, below the kernel's ephemeral ports: two workers can never pick the same port between
+    this check and their server's start (the kernel's own bind(0) choice could)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    low = 20000 + 2000 * (int(worker[2:]) if worker[2:].isdigit() else 0)
+    for port in random.sample(range(low, low + 2000), 2000):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{low + 1999}")
 
 
 class ServerProcess:

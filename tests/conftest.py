@@ -61,7 +61,7 @@ def make_app(models_dir, tmp_path):
 
 
 def free_port() -> int:
-    """A port no process holds now. Each pytest-xdist worker (./test.sh runs two) takes its ports from a
+    """A port no process holds now. Each pytest-xdist worker (./test.sh runs four) takes its ports from a
     range of its own, below the kernel's ephemeral ports: two workers can never pick the same port between
     this check and their server's start (the kernel's own bind(0) choice could)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")

@@ -78,15 +78,19 @@ def render(app: App, params: Any) -> None:
         value, note = apply_text(app, "grammar_string", text, dict(zip(CONSTRAINT_KEYS, values)))
         return text, value, note
 
-    def shown(value: str) -> str:  # a preset load (or an applied edit) sets the control: the editor follows
-        return value or ""
+    def shown(value: str, current: str) -> Any:
+        """A preset load sets the control: the editor follows. When the editor already shows that text (a
+        grammar file just picked, an edit just applied) it is left alone: this answer can arrive after the
+        user has typed on, and must not put the old text back over their edit."""
+        value = value or ""
+        return gr.skip() if value == (current or "") else value
 
     for key, control in zip(CONSTRAINT_KEYS, hidden):
         # on leaving the box (or Enter in the one-line regex box), not per keystroke: an answer arriving while
         # the user types would move their cursor
         gr.on([editors[key].blur, editors[key].submit], typed(key), [editors[key], *hidden], [control, notes[key]],
               api_visibility="private", show_progress="hidden")
-        control.change(shown, control, editors[key], api_visibility="private", show_progress="hidden")
+        control.change(shown, [control, editors[key]], editors[key], api_visibility="private", show_progress="hidden")
     files.input(pick_file, [files, *hidden], [editors["grammar_string"], params.controls["grammar_string"],
                                               notes["grammar_string"]], api_visibility="private")
     refresh.click(lambda: gr.Dropdown(choices=library.names()), None, files, api_visibility="private")

@@ -64,7 +64,9 @@ def test_a_second_model_loads_beside_the_first_and_a_chat_keeps_its_model(browse
     choose(page, "chat-model", GPT2)
     page.locator("#header-model").get_by_text(f"{GPT2} (transformers").wait_for()
     send(page, server, "And you?", requests=2)
-    page.locator("#selected-info").get_by_text(GPT2).wait_for()  # the reply's metadata: GPT-2 wrote it
+    # the reply's metadata (its version label's tooltip): GPT-2 wrote it
+    page.wait_for_function("(name) => { const labels = document.querySelectorAll('#chatbot .msg-version'); "
+                           "return labels.length > 0 && labels[labels.length - 1].title.includes(name); }", arg=GPT2)
     assert len(bots(page)) == 2
 
     page.reload()

@@ -7,9 +7,11 @@ being written, wherever the page is scrolled.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from tests.conftest import serving
+from tests.conftest import ROOT, serving
 from tests.e2e.test_chat_browser import IDLE, bots, settle
 
 pytestmark = pytest.mark.browser
@@ -18,11 +20,28 @@ RECT = "(e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.r
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, models_dir):
-    home = tmp_path_factory.mktemp("layout")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("layout")
+
+
+@pytest.fixture()
+def hold(home):
+    """The file that holds a reply mid-way while it exists (the hold_tokens test extension); gone after
+    the test whatever happens, so no later test's reply waits on it."""
+    path = home / "user_data" / "extensions" / "hold_tokens" / "hold"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def server(home, models_dir):
     (home / "presets").mkdir()
     (home / "presets" / "Long.yaml").write_text("max_new_tokens: 1800\nban_eos_token: true\n")
-    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", short_preset=40) as process:
+    # hold_tokens pauses a reply while its `hold` file exists: the page is looked at mid-reply on any machine
+    shutil.copytree(ROOT / "tests" / "fixtures" / "extensions" / "hold_tokens",
+                    home / "user_data" / "extensions" / "hold_tokens")
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", "--extensions", "hold_tokens",
+                 short_preset=40) as process:
         yield process
 
 
@@ -74,7 +93,7 @@ def test_phone_first_screen_has_the_box_and_the_newest_reply_and_the_drawer_hold
     page.close()
 
 
-def test_phone_buttons_do_not_overlap_and_stop_stays_on_screen_while_writing(browser, server):
+def test_phone_buttons_do_not_overlap_and_stop_stays_on_screen_while_writing(browser, server, hold):
     page = phone_page(browser, server.url)
     boxes = page.locator("#chat-main button:visible").evaluate_all(
         "(els) => els.map((e) => { const r = e.getBoundingClientRect(); return [e.id || e.innerText,"
@@ -102,6 +121,7 @@ def test_phone_buttons_do_not_overlap_and_stop_stays_on_screen_while_writing(bro
     page.set_viewport_size(PHONE)
     page.wait_for_function("() => window.innerWidth === 390")
     before = server.health()["requests"]
+    hold.touch()
     page.fill("#chat-input textarea", "tell me everything")
     page.click("#send")
     server.wait_until(lambda h: h["active"] == 1 and h["tokens"] > 0 and h["requests"] >= before)
@@ -112,6 +132,7 @@ def test_phone_buttons_do_not_overlap_and_stop_stays_on_screen_while_writing(bro
         assert on_screen(rect(page, "#stop")), (scroll, rect(page, "#stop"))
     assert server.health()["active"] == 1  # all of that while the reply was still being written
     page.click("#stop")
+    hold.unlink()
     server.wait_until(lambda h: h["active"] == 0)
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.startsWith('Stopped')")
     page.close()

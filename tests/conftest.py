@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -129,6 +129,31 @@ def micro_server(tmp: Path, models_dir: Path, *args: str, timeout: float = 600.0
         server.stop()
         raise
     return server
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory, models_dir) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers shared by one test module (each with its own user_data); all stopped at its end.
+    A server start costs ~15 s of CPU: tests that can share one do."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, wait_model: bool = True, models: Path | None = None, model: str = "parlour-micro",
+              prepare: Callable[[Path], None] | None = None) -> ServerProcess:
+        root = tmp_path_factory.mktemp("server")
+        if prepare is not None:  # files the server finds in its user_data at start
+            (root / "user_data").mkdir()
+            prepare(root / "user_data")
+        server = ServerProcess(["--models-dir", str(models or models_dir), "--model", model,
+                                "--user-data", str(root / "user_data"), "--settings", str(root / "settings.yaml"),
+                                *args], cwd=ROOT, log=root / "server.log")
+        server.root = root  # type: ignore[attr-defined]
+        started.append(server)
+        server.wait_until(lambda h: h["model"] is not None if wait_model else True, timeout=180)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture()

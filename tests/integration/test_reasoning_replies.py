@@ -89,9 +89,9 @@ def test_reasoning_is_saved_and_not_sent_back_unless_kept(app):
     assert backend.reasoning_format.start == "<think>"
 
 
-@pytest.fixture()
-def server(start_server, demo_dir):
-    return start_server("--models-dir", str(demo_dir), "--model", "parlour-demo")
+@pytest.fixture(scope="module")
+def server(module_server, demo_dir):
+    return module_server(models=demo_dir, model="parlour-demo")
 
 
 def test_the_api_returns_reasoning_content_streaming_and_not(server):

@@ -1,20 +1,28 @@
 """The remote loader against another Parlour: its OpenAI API in a second server process."""
 
+import pytest
+
 from modules.generation import GenerationRequest
 from modules.models import ModelError
 from modules.presets import Preset
 
 GREEDY = Preset(temperature=0.0, max_new_tokens=16, ban_eos_token=True)
+KEY = "engine-key"
+
+
+@pytest.fixture(scope="module")
+def engine(module_server):
+    """The other Parlour, with an API key; one for the whole file."""
+    return module_server("--api-key", KEY)
 
 
 def final(app, **request):
     return list(app.pipeline.stream(GenerationRequest(preset=GREEDY, **request)))[-1]
 
 
-def test_remote_parlour_streams_the_same_text_as_local(start_server, models_dir, make_app):
-    engine = start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--api-key", "engine-key")
+def test_remote_parlour_streams_the_same_text_as_local(engine, make_app):
     app = make_app()
-    options = {"base_url": engine.url + "/v1", "api_key": "engine-key"}
+    options = {"base_url": engine.url + "/v1", "api_key": KEY}
     from modules.loaders.remote import list_remote_models
 
     assert list_remote_models(options) == ["parlour-micro", "parlour-micro-gpt2"]  # it serves every model it has
@@ -30,28 +38,22 @@ def test_remote_parlour_streams_the_same_text_as_local(start_server, models_dir,
     assert before >= 2
 
 
-def test_wrong_key_or_model_is_a_clear_load_error(start_server, models_dir, make_app):
-    engine = start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--api-key", "engine-key")
+def test_wrong_key_or_model_is_a_clear_load_error(engine, make_app):
     app = make_app()
-    import pytest
-
     with pytest.raises(ModelError, match="not answering|401"):
         app.models.load("remote:parlour-micro", options={"base_url": engine.url + "/v1", "api_key": "wrong"})
     with pytest.raises(ModelError, match="has no model 'gpt-9'"):
-        app.models.load("remote:gpt-9", options={"base_url": engine.url + "/v1", "api_key": "engine-key"})
+        app.models.load("remote:gpt-9", options={"base_url": engine.url + "/v1", "api_key": KEY})
     assert app.models.current() is None
 
 
-def test_every_chat_mode_reaches_the_engine_as_messages_or_as_faithful_text(start_server, models_dir, make_app):
+def test_every_chat_mode_reaches_the_engine_as_messages_or_as_faithful_text(engine, make_app):
     """Chat turns go to /chat/completions as messages when messages say it all, else to /completions."""
-    import pytest
-
     from modules import chat
     from modules.templates import TemplateError
 
-    engine = start_server("--models-dir", str(models_dir), "--model", "parlour-micro")
     app = make_app()
-    remote = app.models.load("remote:parlour-micro", options={"base_url": engine.url + "/v1"})
+    remote = app.models.load("remote:parlour-micro", options={"base_url": engine.url + "/v1", "api_key": KEY})
     sent: list[tuple[str, dict]] = []
     real = remote._stream
 

@@ -1,4 +1,4 @@
-"""Helpers for the black-box security tests: module-scoped servers, a second local web origin (the
+"""Helpers for the black-box security tests: a second local web origin (the
 "attacker" page and a request recorder), CPU time of the server process, and Gradio logins."""
 
 from __future__ import annotations
@@ -8,36 +8,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import BROWSER_ARGS, ROOT, ServerProcess, free_port
-
-
-@pytest.fixture(scope="module")
-def module_server(tmp_path_factory, models_dir) -> Iterator[Callable[..., ServerProcess]]:
-    """Start servers shared by one test module (each with its own user_data); all stopped at its end."""
-    started: list[ServerProcess] = []
-
-    def start(*args: str, wait_model: bool = True, models: Path | None = None,
-              prepare: Callable[[Path], None] | None = None) -> ServerProcess:
-        root = tmp_path_factory.mktemp("server")
-        if prepare is not None:  # files the server finds in its user_data at start
-            (root / "user_data").mkdir()
-            prepare(root / "user_data")
-        server = ServerProcess(["--models-dir", str(models or models_dir), "--model", "parlour-micro",
-                                "--user-data", str(root / "user_data"), "--settings", str(root / "settings.yaml"),
-                                *args], cwd=ROOT, log=root / "server.log")
-        server.root = root  # type: ignore[attr-defined]
-        started.append(server)
-        server.wait_until(lambda h: h["model"] is not None if wait_model else True, timeout=180)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+from tests.conftest import BROWSER_ARGS, ServerProcess, free_port
 
 
 def cpu_seconds(pid: int) -> float:

@@ -7,9 +7,11 @@ import pytest
 MODEL = "parlour-micro"
 
 
-@pytest.fixture()
-def server(start_server, models_dir):
-    return start_server("--models-dir", str(models_dir), "--model", MODEL)
+@pytest.fixture(scope="module")
+def server(module_server):
+    """One server takes every hostile request of this file: the last test checks that none of them
+    generated anything and that it still answers."""
+    return module_server()
 
 
 def post(server, body=None, content=None, path="/v1/completions"):
@@ -50,6 +52,7 @@ def test_prompt_far_beyond_context(server):
 
 
 def test_nothing_was_generated_and_the_server_is_fine(server):
+    """Last in the file: the hostile requests above and these two generated nothing."""
     for body in ({"prompt": "x", "max_tokens": -1}, {"prompt": "x", "n": 10**6}):
         assert post(server, body).status_code == 400
     health = server.health()

@@ -6,10 +6,9 @@ import pytest
 from gradio_client import Client
 
 
-@pytest.fixture()
-def server(start_server, models_dir):
-    return start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--auth", "ann:secret-pw",
-                        "--api-key", "k-123")
+@pytest.fixture(scope="module")
+def server(module_server):
+    return module_server("--auth", "ann:secret-pw", "--api-key", "k-123")
 
 
 def test_gradio_event_api_needs_a_login(server):

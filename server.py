@@ -66,16 +66,52 @@ def calm_gradio_queue(blocks) -> None:
         log.warning("this Gradio has no queue.ANAYLTICS_CACHE_FREQUENCY: it summarises its events after each one")
 
 
+class _NoStubWriting:
+    """An import hook for `gradio.component_meta` alone: once the module has run, its
+    `create_or_modify_pyi` is a no-op.
+
+    Gradio's component metaclass calls that function for every component class it defines: it reads
+    the class's source, parses it, renders a Jinja template and compares or writes a `.pyi` typing stub
+    beside it in site-packages. The stubs are for editors, never read at run time, and the work is
+    ~15% of a server start on 2 cores (~2 s, measured with py-spy). The name is Gradio's own
+    (gradio/component_meta.py); a test checks it still exists."""
+
+    def find_spec(self, name: str, path, target=None):
+        if name != "gradio.component_meta":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        run_module = spec.loader.exec_module
+
+        def run_then_skip_stubs(module) -> None:
+            run_module(module)
+            if hasattr(module, "create_or_modify_pyi"):
+                module.create_or_modify_pyi = lambda *args, **kwargs: None
+            else:
+                log.warning("this Gradio has no component_meta.create_or_modify_pyi: it may write typing stubs at start")
+
+        spec.loader.exec_module = run_then_skip_stubs
+        return spec
+
+
 def import_gradio():
-    """`import gradio`, without its MCP integration: Gradio imports the `mcp` package (when installed)
-    for `mcp_server=True`, which Parlour never sets, and that is ~15% of importing Gradio. Parlour's
-    own imports of `mcp` are unaffected (the block lasts only while Gradio is imported)."""
+    """`import gradio`, without its MCP integration and without writing typing stubs.
+
+    Gradio imports the `mcp` package (when installed) for `mcp_server=True`, which Parlour never sets,
+    and that is ~15% of importing Gradio. Parlour's own imports of `mcp` are unaffected (the block lasts
+    only while Gradio is imported). For the stubs, see _NoStubWriting."""
     blocked = "mcp" not in sys.modules
     if blocked:
         sys.modules["mcp"] = None  # an import of it raises ImportError, which Gradio expects
+    hook = _NoStubWriting()
+    sys.meta_path.insert(0, hook)
     try:
         import gradio
     finally:
+        sys.meta_path.remove(hook)
         if blocked and sys.modules.get("mcp", 0) is None:
             del sys.modules["mcp"]
     return gradio

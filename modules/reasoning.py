@@ -4,7 +4,7 @@ Reasoning models write their thinking before the answer, between markers:
 
 - `<think>` … `</think>` (Qwen3, DeepSeek-R1 and its distills, Magistral, most others). Templates
   that open `<think>` in the generation prompt make the model write only the closing `</think>`:
-  the splitter then starts inside the block (`starts_inside`).
+  the splitter then starts inside the block (`prompt_state` is "inside").
 - GPT-OSS's channels: `<|channel|>analysis<|message|>` … `<|end|>`, then
   `<|start|>assistant<|channel|>final<|message|>` before the answer; those structure markers are
   never shown.
@@ -102,11 +102,6 @@ def prompt_state(fmt: ReasoningFormat, prompt: str) -> Literal["inside", "after"
         return ""
     tail = prompt.rstrip()
     return "inside" if tail.endswith(fmt.start) else "after" if tail.endswith(fmt.end) else ""
-
-
-def starts_inside(fmt: ReasoningFormat, prompt: str) -> bool:
-    """Whether the prompt itself opened a block (its generation prompt ends with the start marker)."""
-    return prompt_state(fmt, prompt) == "inside"
 
 
 class ReasoningSplitter:

@@ -37,9 +37,10 @@ def test_gpt_oss_channels(size):
 
 def test_a_template_that_opens_the_block_leaves_only_the_end_to_the_model():
     prompt = "<|im_start|>assistant\n<think>\n"
-    assert reasoning.starts_inside(THINK, prompt)
+    assert reasoning.prompt_state(THINK, prompt) == "inside"
     assert split_text(THINK, "Just think.\n</think>\n\nAnswer.", inside=True) == ("Just think.", "Answer.", False)
-    assert not reasoning.starts_inside(THINK, "<|im_start|>assistant\n")
+    assert reasoning.prompt_state(THINK, "<|im_start|>assistant\n") == ""
+    assert reasoning.prompt_state(THINK, "<|im_start|>assistant\n<think>\n\n</think>\n\n") == "after"
 
 
 def test_an_unclosed_block_is_reasoning_marked_unfinished():

@@ -36,7 +36,7 @@ def build(app: App) -> gr.Blocks:
             with gr.Tab("Chat", id="chat"):
                 chat_ui = chat.render(app, params)
             with gr.Tab("Notebook", id="notebook"):
-                notebook_text, notebook_load, notebook_autosave = notebook.render(app, params)
+                notebook_text, notebook_model, notebook_load, notebook_autosave = notebook.render(app, params)
             with gr.Tab("Parameters", id="parameters"):
                 parameters.render(app, params)
             with gr.Tab("Character", id="character"):
@@ -79,6 +79,8 @@ def build(app: App) -> gr.Blocks:
 
         for changed in (chat_session, status, models_changed):
             changed.change(follow, chat_session, [model_line, chat_model], **hidden)
+        for changed in (status, models_changed):  # the Notebook keeps its pick; its choices follow
+            changed.change(lambda: gr.Dropdown(choices=app.models.choices()), None, notebook_model, **hidden)
         chat_ui["wire_load"](blocks)
         characters_ui["wire_load"](blocks)
         notebook_load(blocks)

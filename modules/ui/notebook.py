@@ -1,6 +1,8 @@
 """Notebook tab: one text area; Generate streams a raw continuation (no chat template) into it, Undo
 goes back to the text before it, Regenerate makes it again. The text is saved as you type, per user,
 and comes back after a reload; prompts can be saved by name (modules/prompts.py does the files).
+Its Model picks which model continues the text (loaded when needed, like a chat's), independent of
+the Chat tab's.
 
 Below it, the distribution views: **Next token** (the top 50 candidates before and after the sampler
 chain), the **sampler chain** (a bar chart after each stage, redrawn when a parameter moves) and the
@@ -30,10 +32,11 @@ from modules.ui.parameters import ParameterControls
 CONFIRM_DELETE_JS = "(name) => (name && confirm(`Delete the prompt ${name}?`)) ? name : null"
 
 
-def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[gr.Blocks], None],
+def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, gr.Dropdown, Callable[[gr.Blocks], None],
                                                        Callable[[Any], None]]:
-    """Build the tab; returns its text box (the Chat tab's "Send to notebook" writes into it), the
-    page-load wiring, and `autosave_after(event)` for events elsewhere that write into the text box."""
+    """Build the tab; returns its text box (the Chat tab's "Send to notebook" writes into it), its model
+    picker (whose choices follow the Model tab), the page-load wiring, and `autosave_after(event)` for
+    events elsewhere that write into the text box."""
     library = PromptLibrary(app.settings.user_data / "prompts")
     drafts = NotebookDrafts(app.settings.user_data / "notebook")
     before = gr.State(None)  # the text before the last generation (Undo, Regenerate)
@@ -43,6 +46,8 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
         prompt_name = gr.Textbox(label="Save as", placeholder="prompt name", elem_id="notebook-prompt-name", scale=2)
         prompt_save = gr.Button("Save", elem_id="notebook-prompt-save", scale=0, min_width=80)
         prompt_delete = gr.Button("Delete", variant="stop", elem_id="notebook-prompt-delete", scale=0, min_width=80)
+        model_pick = gr.Dropdown(app.models.choices(), value=app.models.default, label="Model", scale=2,
+                                 elem_id="notebook-model", info="the model that continues the text (loads when needed)")
     text = gr.Textbox(elem_id="notebook-input", show_label=False, lines=22, max_lines=40,
                       placeholder="Write the start of a text; Generate continues it. It is saved as you type.")
     with gr.Row(elem_id="notebook-buttons"):
@@ -53,7 +58,16 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
         count = gr.Button("Count tokens", elem_id="notebook-count")
     status = gr.Markdown(elem_id="notebook-status")
 
-    def on_generate(prompt: str, *values: Any):
+    def loaded(model: str | None) -> tuple[Any, str]:
+        """The picked model's backend if it is loaded (reading tokens never loads a model), or why not."""
+        backend = app.models.get(model)
+        if backend is not None:
+            return backend, ""
+        if model and model != app.models.default:
+            return None, f"⚠️ {literal(model)} is not loaded yet: Generate loads it"
+        return None, "⚠️ no model is loaded"
+
+    def on_generate(prompt: str, model: str | None, *values: Any):
         if not (prompt or "").strip():
             yield gr.skip(), "⚠️ write the start of a text first: Generate continues it", gr.skip()
             return
@@ -64,7 +78,7 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
                    gr.skip())
             return
         cancel = threading.Event()
-        request = GenerationRequest(preset=preset, prompt=prompt, cancel=cancel)
+        request = GenerationRequest(preset=preset, prompt=prompt, cancel=cancel, model=model or None)
         yield gr.skip(), WAITING, prompt  # Undo and Regenerate go back to this text
         try:
             limits.check_text("prompt", prompt)
@@ -72,31 +86,32 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
                 if update.queue_position:
                     yield gr.skip(), f"{WAITING} Position {update.queue_position} in the queue.", gr.skip()
                     continue
-                yield prompt + update.text, speed_line(update.tokens, update.seconds, update.first_token_seconds,
-                                                       update.prompt_tokens, update.finish_reason), gr.skip()
+                line = speed_line(update.tokens, update.seconds, update.first_token_seconds, update.prompt_tokens,
+                                  update.finish_reason)
+                yield prompt + update.text, f"{line} · {literal(update.model)}" if update.model else line, gr.skip()
         except (NoModel, QueueFull, GenerationError, ValueError, ModelError) as exc:
             gr.Warning(literal(exc))
             yield gr.skip(), f"⚠️ {literal(exc)}", gr.skip()
         finally:
             cancel.set()
 
-    def on_notebook_regenerate(previous: str | None, *values: Any):
+    def on_notebook_regenerate(previous: str | None, model: str | None, *values: Any):
         """The last generation again, from the text it started from."""
         if previous is None:
             yield gr.skip(), "⚠️ nothing to regenerate yet: Generate first", gr.skip()
             return
         yield previous, gr.skip(), gr.skip()
-        yield from on_generate(previous, *values)
+        yield from on_generate(previous, model, *values)
 
     def on_undo(previous: str | None):
         if previous is None:
             return gr.skip(), "⚠️ nothing to undo", gr.skip()
         return previous, "Undid the last generation.", gr.skip()  # Regenerate still starts from it
 
-    def on_count(prompt: str) -> str:
-        backend = app.models.current()
+    def on_count(prompt: str, model: str | None) -> str:
+        backend, why = loaded(model)
         if backend is None:
-            return "⚠️ no model is loaded"
+            return why
         return f"{len(backend.tokenize(prompt))} tokens (context {backend.context_length})"
 
     def autosave(request: gr.Request, current: str) -> Any:
@@ -140,12 +155,12 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
 
     private = dict(api_visibility="private")
     streaming = dict(concurrency_limit=None)
-    event = generate.click(on_generate, [text, *params.inputs], [text, status, before], api_name="notebook_generate",
-                           **streaming)
-    again = regenerate.click(on_notebook_regenerate, [before, *params.inputs], [text, status, before], **private,
-                             **streaming)
+    event = generate.click(on_generate, [text, model_pick, *params.inputs], [text, status, before],
+                           api_name="notebook_generate", **streaming)
+    again = regenerate.click(on_notebook_regenerate, [before, model_pick, *params.inputs], [text, status, before],
+                             **private, **streaming)
     stopped = stop.click(None, None, None, cancels=[event, again], **private)
-    count.click(on_count, text, status, api_name="notebook_count")
+    count.click(on_count, [text, model_pick], status, api_name="notebook_count")
     undone = undo.click(on_undo, before, [text, status, before], **private)
     text.input(autosave, text, status, trigger_mode="always_last", show_progress="hidden", **private)
     text.blur(autosave, text, status, show_progress="hidden", **private)  # text put in some other way
@@ -162,11 +177,12 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, Callable[[g
     def wire_load(blocks: gr.Blocks) -> None:
         blocks.load(on_notebook_load, None, [text, prompt_pick, status], **private)
 
-    _render_inspector(app, params, text, event)
-    return text, wire_load, autosave_after
+    _render_inspector(app, params, text, model_pick, loaded, event)
+    return text, model_pick, wire_load, autosave_after
 
 
-def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, generated: Any) -> None:
+def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, model_pick: gr.Dropdown,
+                      loaded: Callable[[str | None], tuple[Any, str]], generated: Any) -> None:
     with gr.Accordion("Next token and sampler chain", open=True, elem_id="inspector"):
         with gr.Row():
             inspect = gr.Button("Show next token", elem_id="inspect-next-token", scale=0, min_width=160)
@@ -182,10 +198,10 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, gen
                 chain = gr.HTML(elem_id="sampler-chain-view")
         coloured = gr.HTML(elem_id="probability-view")
 
-    def show(prompt: str, *values: Any):
-        backend = app.models.current()
+    def show(prompt: str, model: str | None, *values: Any):
+        backend, why = loaded(model)
         if backend is None:
-            return gr.skip(), gr.skip(), "⚠️ no model is loaded"
+            return gr.skip(), gr.skip(), why
         if not (prompt or "").strip():  # nothing to continue yet: no distribution to show (and no error)
             return "", "", "Write some text above to see its next token."
         try:
@@ -200,13 +216,13 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, gen
         stages = " → ".join(stage.name for stage in view.stages[1:]) or "no active samplers"
         return candidates_table(view), chain_bars(view), f"Chain: {stages}"
 
-    def show_live(on: bool, prompt: str, *values: Any):
+    def show_live(on: bool, prompt: str, model: str | None, *values: Any):
         if not on:
             return gr.skip(), gr.skip(), gr.skip()
-        return show(prompt, *values)
+        return show(prompt, model, *values)
 
-    def paint(on: bool, prompt: str) -> str:
-        backend = app.models.current()
+    def paint(on: bool, prompt: str, model: str | None) -> str:
+        backend, _ = loaded(model)
         if not on or backend is None or not prompt:
             return ""
         try:
@@ -215,8 +231,8 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, gen
             return f"<p>{literal(exc)}</p>"
 
     outputs = [table, chain, inspect_status]
-    inspect.click(show, [text, *params.inputs], outputs, api_name="inspect_next_token")
-    gr.on([control.change for control in params.inputs], show_live, [live, text, *params.inputs], outputs,
+    inspect.click(show, [text, model_pick, *params.inputs], outputs, api_name="inspect_next_token")
+    gr.on([control.change for control in params.inputs], show_live, [live, text, model_pick, *params.inputs], outputs,
           trigger_mode="always_last", show_progress="hidden", api_visibility="private")
-    colour.change(paint, [colour, text], coloured, api_visibility="private")
-    generated.then(paint, [colour, text], coloured, api_visibility="private")
+    colour.change(paint, [colour, text, model_pick], coloured, api_visibility="private")
+    generated.then(paint, [colour, text, model_pick], coloured, api_visibility="private")

@@ -19,7 +19,8 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(home, models_dir):
-    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", short_preset=12) as process:
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", "--max-loaded-models", "2",
+                 short_preset=12) as process:
         yield process
 
 
@@ -108,4 +109,26 @@ def test_undo_regenerate_saved_prompts_and_the_text_after_a_reload(browser, serv
     page.click("#notebook-prompt-delete")
     page.wait_for_function("() => document.querySelector('#notebook-status').innerText.includes('Deleted prompt')")
     assert not (home / "user_data" / "prompts" / "adder.txt").exists()
+    page.close()
+
+
+def test_the_notebook_continues_with_its_own_model_and_the_chat_keeps_its_own(browser, server):
+    page = notebook(browser, server.url)
+    page.fill(TEXT, "Once upon a time")
+    assert page.locator("#notebook-model input").input_value() == "parlour-micro"  # the default model at first
+    page.locator("#notebook-model input").click()
+    page.get_by_role("option", name="parlour-micro-gpt2", exact=True).click()
+    page.click("#notebook-count")  # reading tokens never loads a model
+    page.wait_for_function("() => document.querySelector('#notebook-status').innerText"
+                           ".includes('parlour-micro-gpt2 is not loaded yet')")
+    assert server.health()["loaded_models"] == 1
+    generate(page, server, "#notebook-generate")
+    assert "parlour-micro-gpt2" in page.inner_text("#notebook-status")  # the status names the model that wrote it
+    assert page.input_value(TEXT).startswith("Once upon a time") and len(page.input_value(TEXT)) > len("Once upon a time")
+    health = server.health()
+    assert health["loaded_models"] == 2 and health["model"] == "parlour-micro"  # loaded beside the chat's model
+    page.click("#notebook-count")
+    page.wait_for_function("() => /^\\d+ tokens \\(context/.test(document.querySelector('#notebook-status').innerText)")
+    page.get_by_role("tab", name="Chat").click()
+    assert page.locator("#chat-model input").input_value() == "parlour-micro"
     page.close()

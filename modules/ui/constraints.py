@@ -5,12 +5,15 @@ Each box is an editor. What generation reads is the Preset control behind it (`g
 `json_schema`, `regex`: hidden textboxes among the Parameters controls), and an editor's text reaches
 it when the user leaves the box, and only once it checks out (`constraints.check_setting`: it compiles for the loaded model, the loader
 supports it, no other constraint is in use). Otherwise the reason shows under the box and the last
-good setting stays in use. Loading a preset fills the editors from the controls.
+good setting stays in use. Loading a preset (or Neutral) fills the editors from the controls: only
+those events, chained by the Parameters tab through the function `render` returns. (Following every
+change of a control instead would also follow the editor's own applied text and a picked grammar file,
+and that echo could arrive after the user had typed on and put the old text back over the edit.)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -42,8 +45,9 @@ def apply_text(app: App, key: str, text: str, in_use: dict[str, str]) -> tuple[A
     return ("" if constraint is None else text), status_line(constraint)
 
 
-def render(app: App, params: Any) -> None:
-    """Lay out the group and wire it to the hidden Preset controls in `params.controls`."""
+def render(app: App, params: Any) -> Callable[[Any], None]:
+    """Lay out the group and wire it to the hidden Preset controls in `params.controls`; returns
+    `follow(event)`, for the events that set those controls from a preset: the editors then show them."""
     library = GrammarLibrary.for_user_data(app.settings.user_data)
     hidden = [params.controls[key] for key in CONSTRAINT_KEYS]
     editors: dict[str, gr.Textbox] = {}
@@ -78,19 +82,20 @@ def render(app: App, params: Any) -> None:
         value, note = apply_text(app, "grammar_string", text, dict(zip(CONSTRAINT_KEYS, values)))
         return text, value, note
 
-    def shown(value: str, current: str) -> Any:
-        """A preset load sets the control: the editor follows. When the editor already shows that text (a
-        grammar file just picked, an edit just applied) it is left alone: this answer can arrive after the
-        user has typed on, and must not put the old text back over their edit."""
-        value = value or ""
-        return gr.skip() if value == (current or "") else value
+    def from_controls(*values: str) -> list[str]:
+        return [value or "" for value in values]
 
     for key, control in zip(CONSTRAINT_KEYS, hidden):
         # on leaving the box (or Enter in the one-line regex box), not per keystroke: an answer arriving while
         # the user types would move their cursor
         gr.on([editors[key].blur, editors[key].submit], typed(key), [editors[key], *hidden], [control, notes[key]],
               api_visibility="private", show_progress="hidden")
-        control.change(shown, [control, editors[key]], editors[key], api_visibility="private", show_progress="hidden")
     files.input(pick_file, [files, *hidden], [editors["grammar_string"], params.controls["grammar_string"],
                                               notes["grammar_string"]], api_visibility="private")
     refresh.click(lambda: gr.Dropdown(choices=library.names()), None, files, api_visibility="private")
+
+    def follow(event: Any) -> None:
+        event.then(from_controls, hidden, [editors[key] for key in CONSTRAINT_KEYS], api_visibility="private",
+                   show_progress="hidden")
+
+    return follow

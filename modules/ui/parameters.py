@@ -160,7 +160,7 @@ def render(app: App, params: ParameterControls) -> None:
                 gr.Markdown(f"### {title}")
                 for name in groups[group]:
                     params.controls[name].render()
-    constraints.render(app, params)
+    follow_constraints = constraints.render(app, params)
     outputs = [*params.inputs, params.status]
 
     def load_preset(name: str | None, *values: Any) -> list[Any]:
@@ -231,12 +231,13 @@ def render(app: App, params: ParameterControls) -> None:
         chosen = gr.Dropdown(choices=names, value=remembered) if remembered in names else gr.Dropdown(choices=names)
         return [chosen, *marks]
 
-    params.dropdown.change(load_preset, [params.dropdown, *params.inputs], outputs, api_name="load_preset")
-    restore.click(load_preset, params.dropdown, outputs, api_visibility="private")
+    follow_constraints(params.dropdown.change(load_preset, [params.dropdown, *params.inputs], outputs,
+                                              api_name="load_preset"))
+    follow_constraints(restore.click(load_preset, params.dropdown, outputs, api_visibility="private"))
     save.click(save_preset, [save_name, *params.inputs], [params.dropdown, params.status], api_name="save_preset")
     delete.click(delete_preset, params.dropdown, [params.dropdown, params.status], js=CONFIRM_DELETE_JS,
                  api_visibility="private")
-    neutralize.click(neutral, params.inputs, outputs, api_visibility="private")
+    follow_constraints(neutralize.click(neutral, params.inputs, outputs, api_visibility="private"))
     model_default.click(remember_for_model, params.dropdown, params.status, api_visibility="private")
     refresh.click(refresh_all, None, [params.dropdown, *params.inputs], api_visibility="private")
     # On every page load too: the page is built once at start, but presets saved since must be listed.

@@ -58,6 +58,14 @@ def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server,
 
     saved = yaml.safe_load((presets / "JSON replies.yaml").read_text())
     assert saved["grammar_string"].startswith("# A JSON object") and "json_schema" not in saved
+    # loading a preset fills the editors from it: another preset clears the grammar, this one brings it back
+    # (and the schema box's refused text goes: the editors show what is in use)
+    grammar_text = "() => document.querySelector('#constraint-grammar_string textarea').value"
+    for name, shown in (("Seeded", "=== ''"), ("JSON replies", ".startsWith('# A JSON object')")):
+        page.locator("#preset-dropdown input").click()
+        page.get_by_role("option", name=name, exact=True).click()
+        page.wait_for_function(f"() => ({grammar_text})(){shown}")
+    assert schema.input_value() == ""
 
     page.get_by_role("tab", name="Chat").click()
     before = server.health()["requests"]

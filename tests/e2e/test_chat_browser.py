@@ -223,7 +223,7 @@ def login(browser, url, user, password):
     page.fill("input[type=text]", user)
     page.fill("input[type=password]", password)
     page.keyboard.press("Enter")
-    page.wait_for_selector("#chat-input textarea", timeout=30_000)
+    page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)
     page.dialogs = []
     return page

@@ -61,10 +61,8 @@ def server(tmp_path_factory, models_dir):
 
 
 def open_page(browser, url: str):
-    """The chat page, with a longer patience than Playwright's 30 s: these tests share 2 busy cores."""
-    page = open_chat_page(browser, url)
-    page.set_default_timeout(90_000)
-    return page
+    """The chat page (its waits are the browser fixture's: patient, for 2 busy cores)."""
+    return open_chat_page(browser, url)
 
 
 def new_chat(page) -> None:

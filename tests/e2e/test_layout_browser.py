@@ -48,7 +48,6 @@ def server(home, models_dir):
 def phone_page(browser, url: str):
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
     page = context.new_page()
-    page.set_default_timeout(120_000)
     page.goto(url)
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)
@@ -109,7 +108,6 @@ def test_phone_buttons_do_not_overlap_and_stop_stays_on_screen_while_writing(bro
     # (The Long preset is picked at desktop width, where the Parameters tab is in the tab bar; then the
     # same page, the same controls, becomes phone-sized.)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(120_000)
     page.goto(server.url)
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)

@@ -27,7 +27,6 @@ def page_for(browser, server):
     context = browser.new_context()
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page = context.new_page()
-    page.set_default_timeout(120_000)  # the machine may be busy; every wait below is for a state
     page.goto(server.url)
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)
@@ -135,7 +134,6 @@ def test_waiting_for_the_model_until_the_first_token_and_stopped_after_stop(brow
     response = connection.getresponse()
     server.wait_until(lambda h: h["active"] == 1 and h["tokens"] > 0)
     page = open_page(browser, server.url)
-    page.set_default_timeout(120_000)
     page.fill("#chat-input textarea", "are you there?")
     page.click("#send")
     page.wait_for_selector("#chatbot [data-testid=bot] .waiting-indicator")

@@ -26,7 +26,6 @@ def server(home, models_dir):
 
 def notebook(browser, url):
     page = browser.new_page()
-    page.set_default_timeout(120_000)
     page.goto(url)
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)

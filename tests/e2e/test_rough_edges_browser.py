@@ -39,7 +39,6 @@ def server(home):
 
 def open_page(browser, url: str, **context):
     page = browser.new_context(**context).new_page()
-    page.set_default_timeout(120_000)
     page.goto(url)
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)

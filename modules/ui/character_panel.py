@@ -184,18 +184,19 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
             event.then(lambda chosen, chat_value: lists(chosen, chat_value)[0], [pick, chat_character], pick,
                        **private)
 
-    def on_page_load(chat_value: str | None) -> tuple[Any, Any]:
-        """Both lists re-read. While the chat's character still exists they get only their choices: a
-        character picked while the page was still loading is kept (a value sent here would undo it)."""
+    def on_page_load(chat_value: str | None, picked: str | None) -> list[Any]:
+        """Both lists re-read, and the editor on the character to edit, in one event (a second, chained
+        one could arrive after the user had clicked New and begun typing, and wipe the form). While the
+        chat's character still exists the lists get only their choices: a character picked while the page
+        was still loading is kept (a value sent here would undo it)."""
         current = app.characters.names()
         if chat_value in current:
-            return gr.Dropdown(choices=current), gr.Dropdown(choices=current)
-        return lists(None, chat_value)
+            return [gr.Dropdown(choices=current), gr.Dropdown(choices=current), *on_pick_character(picked)]
+        return [*lists(None, chat_value), *on_pick_character(None)]
 
     def wire_load(blocks: gr.Blocks) -> None:
         """On every page load: both lists re-read, the editor on the chat's character, the user's profile."""
-        blocks.load(on_page_load, chat_character, [pick, chat_character], **private).then(
-            on_pick_character, pick, loaded, **private)
+        blocks.load(on_page_load, [chat_character, pick], [pick, chat_character, *loaded], **private)
         blocks.load(on_profile_load, None, [your_name, your_bio], **private)
 
     return {"follow": follow, "wire_load": wire_load, "components": {"your_name": your_name, "your_bio": your_bio}}

@@ -111,8 +111,11 @@ def test_undo_regenerate_saved_prompts_and_the_text_after_a_reload(browser, serv
     page.close()
 
 
-def test_the_notebook_continues_with_its_own_model_and_the_chat_keeps_its_own(browser, server):
+def test_the_notebook_continues_with_its_own_model_and_the_chat_keeps_its_own(browser, server, home):
     page = notebook(browser, server.url)
+    # the page load puts the user's saved text back: typed before it arrives, the new text would be replaced
+    page.wait_for_function("(t) => document.querySelector('#notebook-input textarea').value === t",
+                           arg=saved_text(home))
     page.fill(TEXT, "Once upon a time")
     assert page.locator("#notebook-model input").input_value() == "parlour-micro"  # the default model at first
     page.locator("#notebook-model input").click()

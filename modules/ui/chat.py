@@ -61,7 +61,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             custom_stops=tuple(s for s in (stops_v or "").splitlines() if s),
             start_reply_with=flags.pop("start", start_v or ""), keep_reasoning=bool(keep_v), **flags)
         preset = params.preset_from(preset_values) if preset_values else Preset()
-        return Setup(options, preset, template_vars(app, think_v, effort_v), character=char_v or "",
+        return Setup(options, preset, template_vars(think_v, effort_v), character=char_v or "",
                      tools=chat_tools.plan_from(*tools_v))
 
     def split(values: tuple) -> tuple[tuple, tuple]:
@@ -307,13 +307,21 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.mode.input(on_mode, [ui.mode, ui.session, ui.character], OUT, **private)
     ui.template.input(on_template, ui.template, ui.template_src, **private)
     ui.chat_model.input(on_chat_model, [ui.chat_model, ui.session], ui.session, **private)
+
+    def thinking_controls_for(model: str | None) -> tuple[Any, Any]:
+        return thinking_controls(app, model)
+
+    # the Model box shows the open chat's model (picked here, or set when another chat opens): the Thinking
+    # controls follow that model's template, not the default model's
+    ui.chat_model.change(thinking_controls_for, ui.chat_model, [ui.thinking, ui.effort], show_progress="hidden",
+                         **private)
     ui.preview.click(on_preview, [ui.text, ui.session, *CTRL, *params.inputs], [ui.prompt_view, ui.status], **private)
     card_imported = ui.files.wire(OUT)
 
     def wire_load(blocks: gr.Blocks) -> None:
         """Open the user's newest chat and profile when the page loads (needs the Blocks, given by ui.build)."""
         follow_tools(blocks.load(on_load, [ui.character], OUT, **private))
-        blocks.load(lambda: thinking_controls(app), None, [ui.thinking, ui.effort], **private)
+        blocks.load(thinking_controls_for, ui.chat_model, [ui.thinking, ui.effort], **private)
 
     def wire_notebook(notebook_text: gr.Textbox, tabs: gr.Tabs) -> Any:
         """The "Send to notebook" button writes into the Notebook tab and opens it (both built after this tab)."""
@@ -321,8 +329,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                                     [notebook_text, ui.status, tabs], **private)
 
     def follow_model(model_status: gr.components.Component) -> None:
-        """Show the thinking controls for the model that is now loaded."""
-        model_status.change(lambda: thinking_controls(app), None, [ui.thinking, ui.effort], show_progress="hidden",
+        """Show the thinking controls of the chat's model after a load or unload in the Model tab."""
+        model_status.change(thinking_controls_for, ui.chat_model, [ui.thinking, ui.effort], show_progress="hidden",
                             **private)
 
     # the controls text-generation-webui extensions may name (modules/ui/extensions.py maps its names; the

@@ -262,17 +262,17 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
             info, edit)
 
 
-def thinking_controls(app: App) -> tuple[Any, Any]:
-    """The Thinking checkbox and Reasoning effort dropdown, visible only when the loaded model's
-    template reads `enable_thinking` / `reasoning_effort`."""
-    backend = app.models.current()
+def thinking_controls(app: App, model: str | None = None) -> tuple[Any, Any]:
+    """The Thinking checkbox and Reasoning effort dropdown, visible only when the template of the chat's
+    model (`model`; None: the default model) reads `enable_thinking` / `reasoning_effort`. A model not
+    loaded yet shows neither (its template is read when it loads)."""
+    backend = app.models.get(model)
     template = backend.chat_template if backend is not None else None
     return tuple(gr.update(visible=bool(template and template.uses(name))) for name in THINKING_VARS)  # type: ignore[return-value]
 
 
-def template_vars(app: App, enable_thinking: bool, effort: str) -> dict[str, Any]:
-    """The switches to pass: only those the loaded model's template reads."""
-    backend = app.models.current()
-    template = backend.chat_template if backend is not None else None
-    values = {"enable_thinking": bool(enable_thinking), "reasoning_effort": effort}
-    return {k: v for k, v in values.items() if template is not None and template.uses(k)}
+def template_vars(enable_thinking: bool, effort: str) -> dict[str, Any]:
+    """The switches, for whichever model the chat uses: a template that does not read one ignores it, and
+    the chat's model may be another than the default one, or not loaded yet (so its template is unknown
+    here). The controls are shown only for a template that reads them."""
+    return {"enable_thinking": bool(enable_thinking), "reasoning_effort": effort}

@@ -57,6 +57,9 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, gr.Dropdown
         undo = gr.Button("Undo", elem_id="notebook-undo")
         count = gr.Button("Count tokens", elem_id="notebook-count")
     status = gr.Markdown(elem_id="notebook-status")
+    # The saved draft arrives with the page load, which a loaded machine can answer after the user has started
+    # typing: it goes here first and the browser puts it in the box only if the box is still empty.
+    kept_draft = gr.Textbox(visible=False)
 
     def loaded(model: str | None) -> tuple[Any, str]:
         """The picked model's backend if it is loaded (reading tokens never loads a model), or why not."""
@@ -153,6 +156,9 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, gr.Dropdown
             return gr.skip(), gr.Dropdown(choices=library.names()), f"⚠️ {literal(exc)}"
         return kept, gr.Dropdown(choices=library.names()), gr.skip()
 
+    kept_draft.change(None, [kept_draft, text], text, js="(kept, typed) => typed ? typed : kept",
+                      api_visibility="private")
+
     private = dict(api_visibility="private")
     streaming = dict(concurrency_limit=None)
     event = generate.click(on_generate, [text, model_pick, *params.inputs], [text, status, before],
@@ -175,7 +181,7 @@ def render(app: App, params: ParameterControls) -> tuple[gr.Textbox, gr.Dropdown
         autosave_after(trigger)
 
     def wire_load(blocks: gr.Blocks) -> None:
-        blocks.load(on_notebook_load, None, [text, prompt_pick, status], **private)
+        blocks.load(on_notebook_load, None, [kept_draft, prompt_pick, status], **private)
 
     _render_inspector(app, params, text, model_pick, loaded, event)
     return text, model_pick, wire_load, autosave_after
@@ -217,8 +223,12 @@ def _render_inspector(app: App, params: ParameterControls, text: gr.Textbox, mod
         return candidates_table(view), chain_bars(view), f"Chain: {stages}"
 
     def show_live(on: bool, prompt: str, model: str | None, *values: Any):
+        # a parameter moved while there is no text (the page's first values among them): nothing to redraw, and
+        # an answer computed for the empty box must not clear a table drawn since for the user's text
         if not on:
             return gr.skip(), gr.skip(), gr.skip()
+        if not (prompt or "").strip():
+            return gr.skip(), gr.skip(), "Write some text above to see its next token."
         return show(prompt, model, *values)
 
     def paint(on: bool, prompt: str, model: str | None) -> str:

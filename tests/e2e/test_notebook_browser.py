@@ -134,3 +134,35 @@ def test_the_notebook_continues_with_its_own_model_and_the_chat_keeps_its_own(br
     page.get_by_role("tab", name="Chat").click()
     assert page.locator("#chat-model input").input_value() == "parlour-micro"
     page.close()
+
+
+def test_text_typed_before_the_page_load_answers_is_kept(browser, server, home):
+    """A loaded machine can answer the page load (which brings the saved draft) after the user has begun to
+    type: the draft fills an empty box but never replaces typed text."""
+    (home / "user_data" / "notebook").mkdir(parents=True, exist_ok=True)
+    (home / "user_data" / "notebook" / "local.txt").write_text("an older draft")
+    (home / "user_data" / "prompts").mkdir(parents=True, exist_ok=True)
+    (home / "user_data" / "prompts" / "late-arrival.txt").write_text("x")  # listed only by the page load
+    page = browser.new_page()
+    held, released = [], []
+
+    def hold(route):  # every event waits until the user has typed
+        route.continue_() if released else held.append(route)
+
+    page.route("**/queue/join*", hold)
+    page.goto(server.url)
+    page.get_by_role("tab", name="Notebook").click()
+    page.locator(TEXT).fill("typed at once")
+    page.wait_for_function("() => document.querySelector('#notebook-input textarea').value === 'typed at once'")
+    assert held, "the page load was not sent"
+    released.append(True)
+    for route in held:
+        route.continue_()
+    page.locator("#notebook-prompt input").click()
+    page.get_by_role("option", name="late-arrival", exact=True).wait_for()  # the page load has answered
+    page.keyboard.press("Escape")
+    page.wait_for_function(IDLE)
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    assert page.locator(TEXT).input_value() == "typed at once"
+    server.wait_until(lambda h: saved_text(home) == "typed at once", timeout=120)
+    page.close()

@@ -177,13 +177,15 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                       status="Deleted the chat.")
 
     @guarded
-    def on_character(request: gr.Request, character_v: str, incognito_v: bool, sess: dict):
-        """Switching character opens that character's newest chat (or an empty one)."""
-        user = user_of(request)
+    def on_character(request: gr.Request, sess: dict, incognito_v: bool, *ctrl: Any):
+        """Switching character opens that character's newest chat, or a new one that starts with its greeting."""
+        user, character_v = user_of(request), ctrl[1]
         view = app.chats.newest(user, character_v) if not incognito_v else None
-        fresh = new_session(incognito_v, previous=sess)
+        if view is None or view.chat_id is None:
+            view = app.chats.new_chat(user, setup(user, ctrl), incognito=incognito_v, model=sess.get("model"))
         # the status line is left alone: it may say why the character changed ("Imported ...")
-        return redraw(app, user, session_of(view, fresh) if view else fresh, character_v, status=gr.skip())
+        return redraw(app, user, session_of(view, new_session(incognito_v, previous=sess)), character_v,
+                      status=gr.skip())
 
     @guarded
     def on_images(request: gr.Request, allow: bool, sess: dict, character_v: str):
@@ -265,10 +267,13 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     inputs = [ui.text, ui.session, *CTRL, *params.inputs]
     streaming = dict(concurrency_limit=None, show_progress="hidden")
     events = [
-        ui.text.submit(on_send, inputs, OUT, api_visibility="private", **streaming),
+        # Enter and Send are one event: a message sent while a reply is being written (or in the moment its
+        # last update is on the way) goes out when that reply ends, with the chat as it is then
+        # ("always_last"; Gradio's default drops the press, and two events would let Enter start a second reply)
+        gr.on([ui.text.submit, ui.send.click], on_send, inputs, OUT, api_visibility="private",
+              trigger_mode="always_last", **streaming),
         api_send.click(api_chat_send, [ui.text, *params.inputs], [ui.text, ui.chatbot, ui.status], api_name="chat_send",
                        **streaming),
-        ui.send.click(on_send, inputs, OUT, api_visibility="private", **streaming),
         ui.regenerate.click(on_regenerate, [ui.session, *CTRL, *params.inputs], OUT, api_name="chat_regenerate",
                             **streaming),
         ui.cont.click(on_continue, [ui.session, *CTRL, *params.inputs], OUT, api_name="chat_continue", **streaming),
@@ -299,7 +304,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ui.confirm.click(on_delete, [ui.session, ui.character], OUT, **private).then(
         lambda: gr.Row(visible=False), None, ui.confirm_row, **private)
     # .change, not .input: a character chosen elsewhere (the Character tab, an imported card) opens its chats
-    follow_tools(ui.character.change(on_character, [ui.character, ui.incognito, ui.session], OUT, **private))
+    follow_tools(ui.character.change(on_character, [ui.session, ui.incognito, *CTRL], OUT, **private))
     ui.refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
                                                             if current in app.characters.names() else None),
                                 ui.character, ui.character, **private)

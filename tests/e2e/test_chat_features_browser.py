@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.e2e.test_chat_browser import IDLE, open_page as open_chat_page, settle
+from tests.e2e.test_chat_browser import IDLE, open_page as open_chat_page, settle, users
 
 pytestmark = pytest.mark.browser
 
@@ -45,11 +45,14 @@ def server(tmp_path_factory, models_dir):
     process = ServerProcess(["--user-data", str(home / "user_data"), "--settings", str(home / "settings.yaml"),
                              "--models-dir", str(models_dir), "--model", "parlour-micro",
                              "--presets-dir", str(home / "presets"), "--preset", "Short",
-                             "--characters-dir", str(home / "characters"), "--extensions", "footer_probe"],
+                             "--characters-dir", str(home / "characters"), "--extensions", "footer_probe", "hold_tokens"],
                             cwd=ROOT, log=home / "server.log")
     shutil.copytree(ROOT / "characters", home / "characters")
-    (home / "characters" / "Painter.yaml").write_text("name: Painter\ngreeting: ''\ncontext: Paints.\n")
+    (home / "characters" / "Painter.yaml").write_text("name: Painter\ngreeting: Hello, I paint.\ncontext: Paints.\n")
     (home / "characters" / "Painter.png").write_bytes(red_png())
+    # hold_tokens pauses a reply while its `hold` file exists: a message can be sent while one is being written
+    shutil.copytree(ROOT / "tests" / "fixtures" / "extensions" / "hold_tokens",
+                    home / "user_data" / "extensions" / "hold_tokens")
     probe = home / "user_data" / "extensions" / "footer_probe"
     probe.mkdir(parents=True)
     (probe / "script.py").write_text(FOOTER_PROBE)
@@ -58,6 +61,14 @@ def server(tmp_path_factory, models_dir):
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture()
+def hold(server):
+    """The file that holds a reply mid-way while it exists; gone after the test whatever happens."""
+    path = server.log.parent / "user_data" / "extensions" / "hold_tokens" / "hold"
+    yield path
+    path.unlink(missing_ok=True)
 
 
 def open_page(browser, url: str):
@@ -147,8 +158,8 @@ def pick_character(page, name: str) -> None:
 def test_character_picture_is_the_bot_avatar(browser, server):
     page = open_page(browser, server.url)
     pick_character(page, "Painter")
-    new_chat(page)
-    dummy_reply(page, "a painted reply")
+    # the character's chat is open once its greeting shows (the wait that knows the switch has landed)
+    wait_for_bubble(page, "bot", "Hello, I paint")
     avatar = page.locator("#chatbot .avatar-container img").first
     avatar.wait_for()
     src = avatar.get_attribute("src")
@@ -157,7 +168,8 @@ def test_character_picture_is_the_bot_avatar(browser, server):
     page.wait_for_function("(img) => img.complete && img.naturalWidth === 128", arg=avatar.element_handle())
     # a character without a picture has no avatar
     pick_character(page, "Assistant")
-    new_chat(page)
+    page.wait_for_function("() => ![...document.querySelectorAll('#chatbot [data-testid=bot]')]"
+                           ".some((b) => b.innerText.includes('Hello, I paint'))")
     dummy_reply(page, "a plain reply")
     page.wait_for_function("() => !document.querySelector('#chatbot .avatar-container img')")
     page.close()
@@ -180,4 +192,27 @@ def test_extension_reply_footer_shows_under_the_reply_sanitized_and_saved(browse
     page.wait_for_selector("#chat-input textarea")
     page.locator("#chatbot [data-testid=bot] .reply-footer").last.wait_for()
     assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
+    page.close()
+
+
+def test_a_message_sent_while_a_reply_is_written_goes_out_when_it_ends(browser, server, hold):
+    page = open_page(browser, server.url)
+    new_chat(page)
+    before = server.health()["requests"]
+    hold.touch()
+    page.fill("#chat-input textarea", "the first message")
+    page.click("#send")
+    server.wait_until(lambda h: h["active"] == 1)  # its reply is held mid-way
+    wait_for_bubble(page, "user", "the first message")
+    page.fill("#chat-input textarea", "the second message")
+    page.press("#chat-input textarea", "Enter")
+    page.click("#send")  # pressed twice: still one message
+    assert page.locator("#chat-input textarea").input_value() == "the second message"  # waiting its turn
+    hold.unlink()
+    settle(page, server, before + 2)
+    wait_for_bubble(page, "user", "the second message")
+    page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot] .reply-footer').length === 2")
+    assert [u.split("\n")[0] for u in users(page)] == ["the first message", "the second message"]
+    assert server.health()["requests"] == before + 2
     page.close()

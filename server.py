@@ -181,10 +181,13 @@ def create_app(settings: Settings):
 
 def guard(api, settings: Settings) -> None:
     """The guards every request passes, outermost first: Host (on a 127.0.0.1 bind), origin, body size,
-    Gradio sessions. See modules/api/security.py. Starlette runs the last-added middleware first."""
+    Gradio sessions (see modules/api/security.py); then the page's early script (modules/ui/early_script.py).
+    Starlette runs the last-added middleware first."""
     from modules import ui
     from modules.api.security import BodyLimit, GradioSessions, LocalHostOnly, SameOriginOnly
+    from modules.ui.early_script import EarlyScript
 
+    api.add_middleware(EarlyScript)  # innermost: the page's HTML as Gradio wrote it
     api.add_middleware(GradioSessions, login_of=ui.login_reader(api) if settings.logins() else None,
                        max_body_bytes=settings.max_body_bytes)
     api.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes,

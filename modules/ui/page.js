@@ -176,3 +176,4 @@ document.addEventListener('click', (event) => {
 
 new MutationObserver(() => window.parlour.placeEditor()).observe(document.documentElement,
                                                                {childList: true, subtree: true});
+

@@ -125,3 +125,28 @@ def test_parameters_evaluate_and_the_default_prompt(browser, server):
     axis = page.locator("#ppl-plot [aria-label^='Y-axis']").get_attribute("aria-label")
     assert "values from 0 " in axis, axis
     page.context.close()
+
+
+
+# Ask for a frame from a script named like Gradio's status tracker (the name is what modules/ui/frames.js
+# looks for in the caller's stack) or like any other: the id it got (negative: a timer stands in) and when
+# the callback ran.
+FRAME_FROM = """(file) => new Promise((done) => {
+    const ask = new Function('callback', 'return requestAnimationFrame(callback)\\n//# sourceURL=' + file);
+    const start = performance.now();
+    const id = ask(() => done([id, performance.now() - start]));
+})"""
+
+
+def test_a_page_at_rest_draws_no_frames_for_gradios_status_timer(browser, server):
+    """Gradio's status tracker timer (leaked by its loading screen) drew 60 frames a second on an idle page."""
+    page = open_page(browser, server.url)
+    # the script runs first in the page, before Gradio's own: what Gradio's modules keep is the wrapped one
+    assert "statustracker" in page.evaluate("() => document.head.firstElementChild.textContent")
+    tracker, waited = page.evaluate(FRAME_FROM, "assets/statustracker-probe.js")
+    assert tracker < 0 and waited >= 450  # a half-second timer instead of the next frame
+    assert page.evaluate(FRAME_FROM, "assets/another-module.js")[0] > 0  # every other script gets frames
+    # while a tracker waits, its frames are frames again (its timer shows the elapsed time as before)
+    page.evaluate("() => document.querySelector('[data-testid=status-tracker]').classList.add('pending')")
+    assert page.evaluate(FRAME_FROM, "assets/statustracker-probe.js")[0] > 0
+    page.context.close()

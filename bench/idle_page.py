@@ -18,8 +18,6 @@ from pathlib import Path
 
 from common import ROOT, spread, start_server, stop
 
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 IDLE = "() => !document.querySelector('[data-testid=status-tracker].generating, [data-testid=status-tracker].pending')"
 
 
@@ -64,6 +62,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
+
+    from tests.conftest import BROWSER_ARGS
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(args.model.parent, args.model.name, Path(tmp) / "ud")

@@ -262,7 +262,7 @@ def redraw(app: App, user: str, session: dict[str, Any], character: str | None, 
             info, edit)
 
 
-def thinking_controls(app: App, model: str | None = None) -> tuple[Any, Any]:
+def thinking_controls(app: App, model: str | None) -> tuple[Any, Any]:
     """The Thinking checkbox and Reasoning effort dropdown, visible only when the template of the chat's
     model (`model`; None: the default model) reads `enable_thinking` / `reasoning_effort`. A model not
     loaded yet shows neither (its template is read when it loads)."""
@@ -275,4 +275,5 @@ def template_vars(enable_thinking: bool, effort: str) -> dict[str, Any]:
     """The switches, for whichever model the chat uses: a template that does not read one ignores it, and
     the chat's model may be another than the default one, or not loaded yet (so its template is unknown
     here). The controls are shown only for a template that reads them."""
-    return {"enable_thinking": bool(enable_thinking), "reasoning_effort": effort}
+    thinking, reasoning_effort = THINKING_VARS
+    return {thinking: bool(enable_thinking), reasoning_effort: effort}

@@ -336,7 +336,7 @@ def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(br
     page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#card-import input[type=file]", str(path))
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Pirate Mira')")
-    page.click("#new-chat")
+    # the imported character is picked, and its first chat opens with its greeting
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
     assert bots(page)[0].startswith("Ahoy You!") and "<img src=x" in bots(page)[0]
     assert page.evaluate("() => window.__xss") == [] and page.dialogs == []

@@ -25,10 +25,21 @@ def short_presets(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture()
-def server(start_server, models_dir, short_presets):
-    return start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir",
-                        str(short_presets), "--preset", "Short")
+# One server for the tests that need no flags of their own: each logs in as its own user, so each starts
+# on an empty chat list, as on a fresh server (a server start is ~15 s of CPU on these machines).
+USERS = ("ann", "bob", "regen", "editor", "cont", "remover", "xss", "sidebar")
+
+
+@pytest.fixture(scope="module")
+def server(module_server, short_presets):
+    return module_server("--presets-dir", str(short_presets), "--preset", "Short",
+                         "--auth", ",".join(f"{user}:pw-{user}" for user in USERS))
+
+
+def own_page(browser, server, user: str):
+    """The chat page, logged in as `user` (a user no other test uses)."""
+    assert user in USERS
+    return login(browser, server.url, user, f"pw-{user}")
 
 
 def open_page(browser, url, context=None):
@@ -108,7 +119,7 @@ def edit_in_place(page, index: int, text: str) -> None:
 
 
 def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server, tmp_path):
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "regen")
     send(page, server, "hello")
     first = bots(page)[-1]
     click_and_generate(page, server, "#regenerate")
@@ -144,7 +155,7 @@ def test_regenerate_keeps_versions_and_arrows_browse_them(browser, server, tmp_p
 
 
 def test_edit_any_message_and_branch_here(browser, server):
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "editor")
     send(page, server, "first question")
     send(page, server, "second question")
     act(page, 0, "edit")  # the first message's words open in place, in its own bubble
@@ -167,7 +178,7 @@ def test_edit_any_message_and_branch_here(browser, server):
 
 
 def test_continue_extends_the_reply_and_impersonate_fills_the_input(browser, server):
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "cont")
     send(page, server, "tell me more")
     before = bots(page)[-1]
     click_and_generate(page, server, "#continue")
@@ -181,7 +192,7 @@ def test_continue_extends_the_reply_and_impersonate_fills_the_input(browser, ser
 
 
 def test_remove_last_returns_the_text_to_the_input(browser, server):
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "remover")
     send(page, server, "oops, wrong message")
     page.click("#remove-last")
     page.wait_for_function("() => document.querySelector('#chat-input textarea').value === 'oops, wrong message'")
@@ -195,7 +206,7 @@ PAYLOADS = ["<img src=x onerror=alert('img')>", "<script>alert('script')</script
 
 
 def test_xss_payloads_never_execute(browser, server):
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "xss")
     page.fill("#chat-input textarea", "\n\n".join(PAYLOADS))
     page.click("#dummy-message")
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=user]').length === 1")
@@ -219,21 +230,20 @@ def login(browser, url, user, password):
     context = browser.new_context()
     context.add_init_script(TRAP)
     page = context.new_page()
+    page.dialogs = []
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
     page.goto(url)
     page.fill("input[type=text]", user)
     page.fill("input[type=password]", password)
     page.keyboard.press("Enter")
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)
-    page.dialogs = []
     return page
 
 
-def test_two_users_are_isolated(browser, start_server, models_dir, short_presets, tmp_path):
-    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir",
-                          str(short_presets), "--preset", "Short", "--auth", "ann:pw-ann,bob:pw-bob")
-    ann = login(browser, server.url, "ann", "pw-ann")
-    bob = login(browser, server.url, "bob", "pw-bob")
+def test_two_users_are_isolated(browser, server):
+    ann = own_page(browser, server, "ann")
+    bob = own_page(browser, server, "bob")
     before = server.health()["requests"]
     ann.fill("#chat-input textarea", "ann secret alpha")
     bob.fill("#chat-input textarea", "bob secret beta")
@@ -264,7 +274,7 @@ def test_two_users_are_isolated(browser, start_server, models_dir, short_presets
     # and in the database, each chat belongs to its user
     from modules.store import ChatStore
 
-    store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
+    store = ChatStore(server.root / "user_data" / "chats.sqlite")
     assert [c.title for c in store.list_chats("ann", character="Assistant")] == ["ann secret alpha"]
     assert [c.title for c in store.list_chats("bob", character="Assistant")] == ["bob secret beta"]
     assert store.list_chats("local") == []
@@ -365,7 +375,7 @@ def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(br
 
 
 def test_sidebar_rename_search_delete_prompt_preview_and_reproduce(browser, server):
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "sidebar")
     send(page, server, "about the platypus")
     # reproduce: the same saved settings (seed included) give the same reply, as a new version
     first = bots(page)[-1]

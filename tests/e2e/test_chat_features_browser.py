@@ -77,7 +77,11 @@ def open_page(browser, url: str):
 
 
 def new_chat(page) -> None:
+    """A new, empty chat. The page opened the newest chat, checked in the list; the new one is in no list
+    until its first message, so the list shows none checked once the new chat is there (an idle page alone
+    can come before the event's output, CI)."""
     page.click("#new-chat")
+    page.wait_for_function("() => !document.querySelector('#chat-list input:checked')")
     page.wait_for_function(IDLE)
 
 

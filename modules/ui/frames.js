@@ -3,7 +3,7 @@
 //
 // Gradio's status tracker runs a timer that asks for a frame 60 times a second while its event waits, and
 // the tracker of the page's loading screen never stops it (the tracker is gone before its event "ends"): a
-// page doing nothing kept Chromium drawing, about a tenth of a core (bench/browser_profile.py, "idle page").
+// page doing nothing kept Chromium drawing, about a tenth of a core (bench/idle_page.py).
 // While no tracker on the page is waiting, a tracker's frames come from a half-second timer instead; one
 // that starts waiting gets its frames again within half a second. Every other frame is left alone.
 (() => {

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from common import ROOT, spread, start_server, stop
 
-IDLE = "() => !document.querySelector('[data-testid=status-tracker].generating, [data-testid=status-tracker].pending')"
 
 
 def chromium_seconds() -> float:
@@ -35,7 +34,7 @@ def chromium_seconds() -> float:
     return total
 
 
-def idle_cores(browser, url: str, seconds: float, early_script: bool) -> float:
+def idle_cores(browser, url: str, seconds: float, early_script: bool, idle: str) -> float:
     page = browser.new_page()
     if not early_script:  # the page as Gradio alone writes it
         from modules.ui.early_script import FRAMES_JS
@@ -46,7 +45,7 @@ def idle_cores(browser, url: str, seconds: float, early_script: bool) -> float:
         page.route(url + "/", without)
     page.goto(url)
     page.wait_for_selector("#chat-input textarea")
-    page.wait_for_function(IDLE)
+    page.wait_for_function(idle)
     time.sleep(2)  # the page's own start-up work ends (a measurement window, not a wait for an event)
     before = chromium_seconds()
     time.sleep(seconds)
@@ -64,6 +63,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     from tests.conftest import BROWSER_ARGS
+    from tests.e2e.test_chat_browser import IDLE
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(args.model.parent, args.model.name, Path(tmp) / "ud")
@@ -74,7 +74,7 @@ def main() -> int:
                 runs: dict[bool, list[float]] = {True: [], False: []}
                 for _ in range(args.rounds):  # paired, alternating
                     for early in (False, True):
-                        runs[early].append(idle_cores(browser, url, args.seconds, early))
+                        runs[early].append(idle_cores(browser, url, args.seconds, early, IDLE))
                 browser.close()
         finally:
             stop(proc)

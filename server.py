@@ -231,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     # Keep-alive longer than clients keep idle connections (httpx, and so the openai client: 5 s; uvicorn's
     # default is also 5 s): otherwise a client can reuse a connection just as the server closes it, and the
     # request fails with a reset (seen once in the load test among ~1,800 requests).
-    uvicorn.run(api, host=host, port=settings.port, log_level="warning", timeout_graceful_shutdown=2,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    try:
+        uvicorn.run(api, host=host, port=settings.port, log_level="warning", timeout_graceful_shutdown=2,
+                    timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    finally:
+        app.downloads.close()  # a transfer is a child process; it ends with the server (see modules/download.py)
     return 0
 
 

@@ -4,9 +4,9 @@ tab's background download runs, against the same reply with no download (before 
     .venv/bin/python bench/download_stream.py [--model models/parlour-demo] [--tokens 200] [--rounds 5]
                                               [--mbps 80]
 
-A local fake Hub (tests/fake_hub.py) serves a 16 GiB weights file made up as it is sent, at `--mbps`
-megabytes a second (a fast connection; the download never finishes during the bench and is cancelled
-at the end). The server is a real `server.py` process; the download is started through the UI's own
+A local fake Hub (tests/fake_hub.py, in a process of its own so that serving does not slow the bench's
+measuring client) serves a 16 GiB weights file made up as it is sent, at `--mbps` megabytes a second
+(a fast connection; the download never finishes during the bench and is cancelled at the end). The server is a real `server.py` process; the download is started through the UI's own
 event API (gradio_client, `/model_download`) and the replies are streamed from /v1/completions
 (greedy, EOS banned). The issue's target: tokens/s during the download >= 0.8x without it.
 """
@@ -14,10 +14,12 @@ event API (gradio_client, `/model_download`) and the replies are streamed from /
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,13 @@ def stream_rate(url: str, tokens: int) -> float:
     _start, times, _text = stream_times(url + "/v1/completions", body)
     assert len(times) > 1, "the reply streamed no text"
     return (len(times) - 1) / (times[-1] - times[0])
+
+
+def serve_hub(config: bytes, mbps: float, urls: multiprocessing.Queue) -> None:
+    """The fake Hub's process: serve until killed."""
+    hub = FakeHub({"bench/big": {"config.json": config, "model.safetensors": Generated(16 << 30, mbps * 1e6)}})
+    urls.put(hub.url)
+    threading.Event().wait()
 
 
 def downloaded_bytes(models: Path) -> int:
@@ -51,9 +60,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="parlour-bench-"))
     models = work / "models"
     shutil.copytree(args.model, models / args.model.name)
-    hub = FakeHub({"bench/big": {"config.json": (args.model / "config.json").read_bytes(),
-                                 "model.safetensors": Generated(16 << 30, args.mbps * 1e6)}})
-    os.environ.update(HF_ENDPOINT=hub.url, HF_HOME=str(work / "hf"))  # the server process inherits them
+    context = multiprocessing.get_context("fork")  # before this process has any thread
+    urls = context.Queue()
+    hub = context.Process(target=serve_hub, args=((args.model / "config.json").read_bytes(), args.mbps, urls),
+                          daemon=True)
+    hub.start()
+    os.environ.update(HF_ENDPOINT=urls.get(timeout=60), HF_HOME=str(work / "hf"))  # the server inherits them
     server, url = start_server(models, args.model.name, work / "user_data")
     try:
         stream_rate(url, 20)  # warm-up
@@ -75,7 +87,7 @@ def main() -> int:
         after = [stream_rate(url, args.tokens) for _ in range(args.rounds)]
     finally:
         stop(server)
-        hub.close()
+        hub.kill()
         shutil.rmtree(work, ignore_errors=True)
 
     base = statistics.median(before + after)

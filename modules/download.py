@@ -11,9 +11,9 @@ code) skipped unless --allow-code.
 Files arrive in `<target>.partial` (which no model list shows) and move into place only once all
 of them are there, so a half-downloaded model never appears in a dropdown.
 
-In the server, `Downloads` runs each download as a background job (a thread: the transfer waits on
-the network and the disk, not on the GIL), with progress and cancellation, so chats and API
-requests go on meanwhile (text-generation-webui #1763: there a download held the UI's one lock).
+In the server, `Downloads` runs each download as a background job (a child process at low priority),
+with progress and cancellation, so chats and API requests go on meanwhile (text-generation-webui
+#1763: there a download held the UI's one lock).
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import itertools
+import json
 import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -197,6 +199,40 @@ def _move_into_place(partial: Path, target: Path, files: list[str]) -> None:
 
 
 # -- background jobs (the Model tab) ----------------------------------------------------------------
+def progress_of(bars: list[Any]) -> tuple[int, int, int, int]:
+    """(bytes done, bytes in all, files done, files in all) from the progress bars huggingface_hub opened
+    (bytes bars, and one counting files); see _progress_class."""
+    byte_bars = [b for b in bars if b.unit_name == "B"]
+    file_bars = [b for b in bars if b.unit_name != "B"]
+    done = max((int(b.counted) for b in byte_bars), default=0)
+    total = max((int(b.total or 0) for b in byte_bars), default=0)
+    files = max(((int(b.counted), int(b.total or 0)) for b in file_bars), default=(0, 0))
+    return done, max(total, done), files[0], files[1]
+
+
+def _progress_class(bars: list[Any], cancel: threading.Event | None = None) -> type:
+    """A tqdm class for huggingface_hub that records its bars in `bars` (and stops the transfer once
+    `cancel` is set: the next chunk raises DownloadCancelled). It prints nothing."""
+    from tqdm import tqdm
+
+    class JobProgress(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs["disable"] = True  # tqdm keeps `total` (which huggingface_hub grows as it learns sizes)
+            super().__init__(*args, **kwargs)
+            self.unit_name = kwargs.get("unit", "it")
+            self.counted = kwargs.get("initial", 0) or 0
+            bars.append(self)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelled()
+            self.counted += n or 0
+            return super().update(n)
+
+    return JobProgress
+
+
 @dataclass
 class DownloadJob:
     """One download running in the background; `snapshot()` is what the UI shows."""
@@ -207,50 +243,25 @@ class DownloadJob:
     message: str = ""
     started: float = field(default_factory=time.time)
     cancel: threading.Event = field(default_factory=threading.Event)
-    #: the progress bars huggingface_hub opened (bytes bars, and one counting files); see _progress_class
-    bars: list[Any] = field(default_factory=list)
-
-    def progress(self) -> tuple[int, int, int, int]:
-        """(bytes done, bytes in all, files done, files in all) as the transfer reports them."""
-        byte_bars = [b for b in self.bars if b.unit_name == "B"]
-        file_bars = [b for b in self.bars if b.unit_name != "B"]
-        done = max((int(b.counted) for b in byte_bars), default=0)
-        total = max((int(b.total or 0) for b in byte_bars), default=0)
-        files = max(((int(b.counted), int(b.total or 0)) for b in file_bars), default=(0, 0))
-        return done, max(total, done), files[0], files[1]
+    #: (bytes done, bytes in all, files done, files in all), as the transfer last reported them
+    progress: tuple[int, int, int, int] = (0, 0, 0, 0)
+    process: subprocess.Popen | None = None
 
     def snapshot(self) -> dict[str, Any]:
-        done, total, files_done, files = self.progress()
+        done, total, files_done, files = self.progress
         return {"id": self.id, "spec": self.spec, "state": self.state, "message": self.message,
                 "bytes_done": done, "bytes_total": total, "files_done": files_done, "files_total": files,
                 "fraction": (done / total) if total else (1.0 if self.state == "done" else 0.0)}
 
 
-def _progress_class(job: DownloadJob) -> type:
-    """A tqdm class for huggingface_hub that records progress in `job` and stops the transfer once the
-    job is cancelled (the next chunk raises DownloadCancelled). It prints nothing."""
-    from tqdm import tqdm
-
-    class JobProgress(tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.pop("name", None)
-            kwargs["disable"] = True  # tqdm keeps `total` (which huggingface_hub grows as it learns sizes)
-            super().__init__(*args, **kwargs)
-            self.unit_name = kwargs.get("unit", "it")
-            self.counted = kwargs.get("initial", 0) or 0
-            job.bars.append(self)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            if job.cancel.is_set():
-                raise DownloadCancelled()
-            self.counted += n or 0
-            return super().update(n)
-
-    return JobProgress
-
-
 class Downloads:
-    """Downloads running in the background of the server, newest first, with progress and cancel."""
+    """Downloads running in the background of the server, newest first, with progress and cancel.
+
+    Each transfer runs in a child process (`python -m modules.download --background`) at a lower CPU
+    priority, which reports its progress as JSON lines. In a thread of the server it took the GIL a
+    thousand times a second for the Hub client's chunks and the file writes, and on a 2-core machine a
+    fast download halved a chat's tokens per second (bench/download_stream.py); a process of its own
+    shares neither the GIL nor, at nice 10, the cores the model needs. Cancelling ends the process."""
 
     KEEP = 20  # finished jobs shown
 
@@ -266,30 +277,45 @@ class Downloads:
         parse_spec(spec)
         choice = (choice or "").strip()
         job = DownloadJob(next(self._ids), spec.strip())
+        command = [sys.executable, "-m", "modules.download", job.spec, "--background",
+                   "--models-dir", str(self.models_dir), "--loras-dir", str(self.loras_dir)]
+        if choice:
+            command += ["--specific-file" if "." in choice else "--gguf-quant", choice]
+        if allow_code:
+            command.append("--allow-code")
+        # The child reads HF_ENDPOINT, HF_TOKEN and HF_HOME from the environment as it is now.
+        job.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with self._lock:
             self._jobs.insert(0, job)
             del self._jobs[self.KEEP:]
-        threading.Thread(target=self._run, args=(job, choice, allow_code), name=f"download-{job.id}",
-                         daemon=True).start()
+        threading.Thread(target=self._follow, args=(job,), name=f"download-{job.id}", daemon=True).start()
         return job
 
-    def _run(self, job: DownloadJob, choice: str, allow_code: bool) -> None:
-        try:
-            chosen, files = download(job.spec, self.models_dir, self.loras_dir,
-                                     specific_file=choice if "." in choice else None,
-                                     gguf_quant=choice if choice and "." not in choice else None,
-                                     allow_code=allow_code, tqdm_class=_progress_class(job),
-                                     endpoint=os.environ.get("HF_ENDPOINT"))  # as it is now, not at import
-            job.message = f"{len(files)} files ({chosen.kind}) in {chosen.target}"
-            job.state = "done"
-        except DownloadCancelled:
+    def _follow(self, job: DownloadJob) -> None:
+        """Read the child's reports until it ends; then the job's final state."""
+        assert job.process is not None and job.process.stdout is not None
+        last: dict[str, Any] = {}
+        for line in job.process.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            if "progress" in report:
+                job.progress = tuple(report["progress"])
+            last = report
+        errors = job.process.stderr.read() if job.process.stderr else ""
+        code = job.process.wait()
+        if job.cancel.is_set():
             self._discard(job)
             job.state, job.message = "cancelled", "cancelled; the partial files were removed"
-        except DownloadError as exc:
-            job.state, job.message = "failed", str(exc)
-        except Exception as exc:  # a job must end with a state the UI can show, whatever happened
-            log.exception("download %s failed", job.spec)
-            job.state, job.message = "failed", f"{type(exc).__name__}: {_reason(exc)}"
+        elif last.get("state") in ("done", "failed"):
+            job.state, job.message = last["state"], last.get("message", "")
+            if job.state == "done":
+                job.progress = (job.progress[1], job.progress[1], job.progress[3], job.progress[3])
+        else:  # a job must end with a state the UI can show, whatever happened to the child
+            lines = [x for x in errors.strip().splitlines() if x.strip()]
+            job.state, job.message = "failed", f"the download process ended ({code}): {lines[-1] if lines else 'no message'}"
         log.info("download %s: %s %s", job.spec, job.state, job.message)
 
     def _discard(self, job: DownloadJob) -> None:
@@ -300,13 +326,21 @@ class Downloads:
                 shutil.rmtree(partial, ignore_errors=True)
 
     def cancel(self, job_id: int | None = None) -> int:
-        """Cancel a running job (None: all of them); how many were asked to stop. The transfer stops at
-        its next chunk."""
+        """Cancel a running job (None: all of them); how many were asked to stop. Its process ends now."""
         with self._lock:
             jobs = [j for j in self._jobs if j.state == "running" and job_id in (None, j.id)]
         for job in jobs:
             job.cancel.set()
+            if job.process is not None and job.process.poll() is None:
+                job.process.terminate()
         return len(jobs)
+
+    def close(self) -> None:
+        """End every running transfer (the server is stopping); their partial files stay, as after a crash."""
+        with self._lock:
+            jobs = [j for j in self._jobs if j.process is not None and j.process.poll() is None]
+        for job in jobs:
+            job.process.terminate()
 
     def jobs(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -317,6 +351,54 @@ class Downloads:
             return any(j.state == "running" for j in self._jobs)
 
 
+def _end_with_parent() -> None:
+    """Linux: this process gets SIGTERM when the server that started it dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _background(args: argparse.Namespace) -> int:
+    """The server's child: lower priority, progress and the outcome as JSON lines on stdout."""
+    _end_with_parent()
+    try:
+        os.nice(10)
+    except (OSError, AttributeError):
+        pass
+    bars: list[Any] = []
+    done = threading.Event()
+
+    def report(**fields: Any) -> None:
+        print(json.dumps(fields), flush=True)
+
+    def reporter() -> None:
+        while not done.wait(0.25):
+            report(progress=progress_of(bars))
+
+    threading.Thread(target=reporter, daemon=True).start()
+    try:
+        chosen, fetched = download(args.repo, args.models_dir, args.loras_dir, args.specific_file, args.gguf_quant,
+                                   args.allow_code, tqdm_class=_progress_class(bars),
+                                   endpoint=os.environ.get("HF_ENDPOINT"))
+    except DownloadError as exc:
+        done.set()
+        report(state="failed", message=str(exc))
+        return 2
+    except Exception as exc:  # the server shows one line whatever happened
+        done.set()
+        report(state="failed", message=f"{type(exc).__name__}: {_reason(exc)}")
+        return 1
+    done.set()
+    report(progress=progress_of(bars))
+    report(state="done", message=f"{len(fetched)} files ({chosen.kind}) in {chosen.target}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Download a model or LoRA from the Hugging Face Hub.")
     parser.add_argument("repo", help="USER/REPO or USER/REPO:BRANCH")
@@ -325,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-code", action="store_true", help="also fetch .py files (remote code)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--loras-dir", type=Path, default=Path("loras"))
+    parser.add_argument("--background", action="store_true",
+                        help="how the server runs a download: low priority, progress as JSON lines on stdout")
     args = parser.parse_args(argv)
+    if args.background:
+        return _background(args)
     try:
         chosen, fetched = download(args.repo, args.models_dir, args.loras_dir, args.specific_file, args.gguf_quant,
                                    args.allow_code)
@@ -334,3 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{chosen.kind}: {len(fetched)} files in {chosen.target}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,6 +139,9 @@ def test_a_download_runs_in_the_background_with_progress_while_a_chat_streams(sl
     shown = job.snapshot()
     assert shown["state"] == "running" and 0 < shown["fraction"] < 1 and shown["bytes_total"] > 24 * 2**20
     assert "tester_tiny" not in app.models.list()  # a half-downloaded model is never listed
+    # the transfer is a process of its own at a lower CPU priority: it shares neither the GIL nor, on a
+    # busy machine, the cores with the model
+    assert job.process.pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, job.process.pid) >= 10
     # The download is stuck halfway; a chat (and the API: the same pipeline) answers meanwhile, unchanged.
     assert list(app.pipeline.stream(GenerationRequest(**request)))[-1].text == before
     assert app.downloads.running()
@@ -163,3 +167,26 @@ def test_a_cancelled_download_leaves_nothing_behind(slow_hub, tmp_path):
     until(lambda: job.state != "running")
     assert job.state == "cancelled"
     assert list((tmp_path / "models").iterdir()) == []  # neither the model nor its .partial folder
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie left for a parent that died."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_download_ends_with_a_server_killed_outright(slow_hub, tmp_path):
+    """A server stopped by SIGKILL runs no `finally`: its download process must still not go on alone."""
+    script = ("import sys; from pathlib import Path; from modules.download import Downloads; "
+              f"job = Downloads(Path({str(tmp_path / 'models')!r}), Path({str(tmp_path / 'loras')!r})).start('tester/tiny'); "
+              "print(job.process.pid, flush=True); sys.stdin.read()")
+    server = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    child = int(server.stdout.readline())
+    slow_hub.halfway.wait(timeout=120)  # the child is transferring
+    assert alive(child)
+    server.kill()
+    server.wait()
+    until(lambda: not alive(child))

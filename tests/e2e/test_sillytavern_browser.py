@@ -469,6 +469,8 @@ def test_character_card_with_every_field_round_trips_through_sillytavern(browser
     for text in ("LORE-TOWER", "LORE-ALWAYS", "LORE-HARBOUR", "POST-HISTORY"):
         assert prompt.count(text) == 1, (text, prompt)
     assert "LORE-DRAGON" not in prompt and "LORE-KRAKEN" not in prompt
+    # the card's system prompt leads the context, without SillyTavern's {{original}} (the prompt it overrides)
+    assert "You are Mara Vell; stay in character." in prompt and "{{original}}" not in prompt
     at = {text: prompt.index(text) for text in
           ("LORE-TOWER", CARD["description"], "LORE-ALWAYS", "Is the lighthouse safe", "LORE-HARBOUR", "POST-HISTORY")}
     assert list(at.values()) == sorted(at.values()), (at, prompt)

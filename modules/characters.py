@@ -275,7 +275,10 @@ def character_from_card(card: dict[str, Any]) -> Character:
             Lorebook.parse(book)  # checked now: a broken book is refused at import, not at the first reply
         except LorebookError as exc:
             raise CharacterError(f"the card's {exc}") from exc
-    parts = [values["system_prompt"], values["description"]]
+    # SillyTavern's {{original}} in a card's system prompt stands for the system prompt the card
+    # overrides. Parlour has none beside the character's context (a System message set in the UI
+    # replaces the context whole), so the macro is left out of the context; the field keeps it for export.
+    parts = [values["system_prompt"].replace("{{original}}", "").strip(), values["description"]]
     if values["personality"]:
         parts.append(f"{{{{char}}}}'s personality: {values['personality']}")
     if values["scenario"]:

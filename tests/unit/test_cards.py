@@ -50,6 +50,26 @@ def test_v2_card_keeps_every_field(store):
     assert character.lorebook().entries[0].keys == ("Port Vell",)
 
 
+def test_original_macro_in_the_system_prompt_is_not_sent_but_kept_for_export(store):
+    # SillyTavern replaces {{original}} with the system prompt the card's overrides; Parlour has none
+    # beside the context, so it must not reach the model as the literal text (as it did), nor be lost
+    from dataclasses import replace
+
+    from modules import character_editor as editor
+
+    card = copy.deepcopy(CARD)
+    card["data"]["system_prompt"] = "{{original}} Write {{char}}'s next reply tersely."
+    character = store.import_card(json.dumps(card).encode())
+    assert "{{original}}" not in character.context
+    assert character.context.startswith("Write {{char}}'s next reply tersely.")
+    assert character.system_prompt == card["data"]["system_prompt"]
+    exported = sillytavern_reads(store.export_card(character.name))["data"]
+    assert exported["system_prompt"] == card["data"]["system_prompt"]
+    # an edit in the Character tab folds the context again, the same way
+    edited = editor.save(store, replace(editor.form_of(character), scenario="On deck."), original=character.name)
+    assert "{{original}}" not in edited.context and edited.system_prompt == card["data"]["system_prompt"]
+
+
 def sillytavern_reads(png: bytes) -> dict:
     """What SillyTavern's card parser takes from a PNG: the `ccv3` chunk if there is one, else `chara`."""
     chunks = {k.lower(): v for k, v in png_text_chunks(png).items()}

@@ -31,7 +31,8 @@ the tokenizer.
 Where Parlour differs, because its prompt has no separate message for them: an entry "at depth" (and
 the card's post-history instructions, which SillyTavern sends after the chat) is merged into the message
 at that depth: appended to the newest message for depth 0, else put in front of the message that many
-from the end; its `role` is not used. Inclusion groups, sticky/cooldown/delay timers and per-character
+from the end; its `role` is not used. On Continue nothing is merged into the reply being continued (its
+text is what the user reads): what would go there goes at the end of the message before it. Inclusion groups, sticky/cooldown/delay timers and per-character
 filters are SillyTavern world-info features a card's book rarely uses; they are kept in the card (and
 exported) but not applied.
 """
@@ -261,9 +262,21 @@ def _matches(haystack: str, key: str, entry: Entry) -> bool:
     return key in haystack
 
 
-def merge_at_depth(turns: list[dict[str, str]], inserts: list[tuple[int, str]]) -> list[dict[str, str]]:
+def merge_at_depth(turns: list[dict[str, str]], inserts: list[tuple[int, str]],
+                   continuing: bool = False) -> list[dict[str, str]]:
     """`turns` with each (depth, text) merged into the message `depth` from the end (0: appended to the
-    newest; d: put in front of the d-th newest; past the oldest: in front of the oldest)."""
+    newest; d: put in front of the d-th newest; past the oldest: in front of the oldest).
+
+    `continuing`: the newest turn is a partial reply the model goes on writing (Continue). Its text is
+    the start of the reply the user reads, so nothing is merged into it: what would go at depth 0 or 1
+    goes at the end of the message before it (SillyTavern puts depth-0 text at depth 1 when continuing),
+    or, when the partial reply is the only turn, into a user message of its own in front of it."""
+    if continuing and turns:
+        head, partial = list(turns[:-1]), dict(turns[-1])
+        if not head:
+            text = "\n\n".join(t for _, t in inserts if t)
+            return ([{"role": "user", "content": text}] if text else []) + [partial]
+        return merge_at_depth(head, [(max(0, depth - 1), text) for depth, text in inserts]) + [partial]
     out = [dict(t) for t in turns]
     if not out:
         return out
@@ -296,4 +309,5 @@ def apply(options: Any, turns: list[dict[str, str]], count_tokens: Callable[[str
         inserts += [(depth, names(text)) for depth, text in found.at_depth]
     if options.post_history.strip():
         inserts.append((0, names(options.post_history.replace("{{original}}", "").strip())))
-    return options, merge_at_depth(turns, inserts) if inserts else turns
+    continuing = bool(options.continue_last and turns and turns[-1]["role"] == "assistant")
+    return options, merge_at_depth(turns, inserts, continuing) if inserts else turns

@@ -154,3 +154,23 @@ def test_remote_engines_get_the_lorebook_in_their_messages():
     assert messages[0] == {"role": "system", "content": "The Gull carries spice and salt.\n"
                                                         "Port Vell is a smugglers' harbour under the cliffs.\nCONTEXT"}
     assert messages[-1] == {"role": "user", "content": "Port Vell at last.\n\n[Short.]"}
+
+
+def test_continue_keeps_the_post_history_and_depth_entries_out_of_the_reply_it_continues():
+    # Continue goes on writing the newest reply: its text is what the user reads, so the card's text
+    # goes in front of it (SillyTavern puts depth-0 text at depth 1 when continuing), not into it
+    book = {"entries": [{"keys": ["storm"], "content": "[STORM]", "extensions": {"position": 4, "depth": 1}}]}
+    history = [{"role": "user", "content": "A storm?"}, {"role": "assistant", "content": "Once upon"}]
+    for mode in ("chat", "instruct"):
+        options = PromptOptions(mode=mode, post_history="[PHI]", lorebook=Lorebook.parse(book), continue_last=True)
+        prompt = build_chat_prompt(history, options, WordModel(), 50)
+        assert prompt.reply_prefix == "Once upon"
+        assert prompt.text.endswith("Once upon")
+        assert prompt.text.index("[STORM]") < prompt.text.index("[PHI]") < prompt.text.index("Once upon")
+    merged = merge_at_depth([{"role": "assistant", "content": "Hel"}], [(0, "P")], continuing=True)
+    assert merged == [{"role": "user", "content": "P"}, {"role": "assistant", "content": "Hel"}]
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "part"}]
+    merged = merge_at_depth(turns, [(0, "D0"), (1, "D1"), (2, "D2"), (3, "D3")], continuing=True)
+    assert [t["content"] for t in merged[:2]] == ["a", "D3\n\nb"] and merged[3] == turns[3]
+    assert merged[2]["content"].startswith("D2\n\nc\n\n") and {"D0", "D1"} <= set(merged[2]["content"].split("\n\n"))

@@ -4,9 +4,11 @@ A character file holds `name`, `greeting` and `context` (text-generation-webui's
 the card fields it came from so exporting gives the card back: `description`, `personality`,
 `scenario`, `mes_example`, `system_prompt`, and what Parlour also uses: `alternate_greetings` (the
 first reply's other versions in a new chat, `greetings()`), `character_book` (its lorebook, applied by
-modules/lorebook.py), `post_history_instructions` (after the chat, see there); and, kept for export,
-`creator_notes`, `tags`, `creator`, `character_version`, the card's `extensions` and any other field
-(`card_extra`, e.g. V3's `nickname`, `group_only_greetings`, `assets`).
+modules/lorebook.py), `post_history_instructions` (after the chat), the Character's Note in
+`extensions.depth_prompt` (into the chat at a depth, modules/character_note.py); `creator_notes` and
+`tags` (shown and edited in the Character tab, never sent to the model); and, kept for export,
+`creator`, `character_version`, the card's other `extensions` and any other field (`card_extra`, e.g.
+V3's `nickname`, `group_only_greetings`, `assets`).
 
 Cards are TavernAI / SillyTavern PNGs (base64 JSON in a `chara` tEXt chunk; `ccv3` preferred when
 present) or plain JSON: spec V1 (fields at the top level; Pygmalion's `char_name`/`char_persona`/...
@@ -39,6 +41,8 @@ import yaml
 
 from modules.fileio import (MAX_JSON_DEPTH, FileTooLarge, atomic_write_bytes, atomic_write_text, json_depth,
                             load_json, load_yaml, os_reason, read_text_limited, unusable_files)
+from modules import character_note
+from modules.character_note import CharacterNote
 from modules.lorebook import Lorebook, LorebookError
 from modules.paths import MAX_NAME, UnsafeName, check_name, safe_child
 
@@ -92,6 +96,10 @@ class Character:
     def to_yaml(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v or k in ("name", "greeting", "context")}
         return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
+
+    def character_note(self) -> CharacterNote:
+        """The card's Character's Note (SillyTavern's `extensions.depth_prompt`); empty without one."""
+        return character_note.parse(self.extensions.get("depth_prompt"))
 
     def lorebook(self) -> Lorebook | None:
         """The character's lorebook, or None without one (CharacterError if it is malformed)."""

@@ -5,9 +5,11 @@ runs in clear steps so hooks can be inserted between them:
 
     1. substitute {{char}} / {{user}} in the character's context
     2. (history_modifier)            the turns to send
-       the character card's lorebook entries and post-history instructions (modules/lorebook.py)
+       the character card's lorebook entries (modules/lorebook.py)
     3. format the turns for the mode (chat text, instruction template, or both)
-    4. truncate: drop the oldest turns until prompt + reply fit the context; report what was dropped
+    4. truncate: drop the oldest turns until prompt + reply fit the context; report what was dropped;
+       the kept turns get the card's Character's Note at its depth and its post-history instructions
+       after the chat (modules/character_note.py), so neither is ever cut
     5. (bot_prefix_modifier)         start the reply: the bot's name, "start reply with", a partial
                                      reply to continue, or the user's name when impersonating
     6. stop strings: derived from the template (end of turn, start of the next one) plus custom ones
@@ -27,7 +29,8 @@ from typing import Any, Literal, Protocol, Sequence
 
 import yaml
 
-from modules import limits, lorebook
+from modules import character_note, limits, lorebook
+from modules.character_note import CharacterNote
 from modules.extensions import messages_to_history
 from modules.fileio import FileTooLarge, load_yaml, read_text_limited, unusable_files
 from modules.loaders import registry
@@ -74,6 +77,7 @@ class PromptOptions:
     character: str = ""  # the character's file name (characters/<character>.yaml), "" for none
     lorebook: Any = None  # the character card's lorebook (modules/lorebook.Lorebook), None for none
     post_history: str = ""  # the card's post-history instructions: after the chat, before the reply
+    character_note: CharacterNote | None = None  # the card's Character's Note (extensions.depth_prompt)
 
 
 @dataclass
@@ -164,6 +168,9 @@ def _chat_lines(turns: list[dict[str, str]], options: PromptOptions) -> str:
     """Chat mode's transcript: one `Name: text` block per turn."""
     out = []
     for turn in turns:
+        if turn["role"] == "system":  # a Character's Note of role system: a narrator's line, no speaker
+            out.append(f"{turn['content']}\n")
+            continue
         name = options.name1 if turn["role"] == "user" else options.name2
         out.append(f"{name}: {turn['content']}\n")
     return "".join(out)
@@ -234,10 +241,12 @@ def engine_messages(history: History, options: PromptOptions) -> list[dict[str, 
                                          for m in _turn(t).template_messages()])
     history = [{"role": _turn(t).role, "content": _turn(t).text} for t in history]
     system_turns = "\n\n".join(t["content"] for t in history if t["role"] == "system" and t["content"].strip())
-    if options.lorebook is not None or options.post_history:  # as in build_chat_prompt; the engine's tokenizer
-        if options.mode == "instruct" and system_turns and not options.system_message:  # is not here: estimated
+    if options.lorebook is not None:  # as in build_chat_prompt; the engine's tokenizer is not here: estimated
+        if options.mode == "instruct" and system_turns and not options.system_message:
             options = replace(options, system_message=system_turns)
         options, turns = lorebook.apply(options, turns, lambda text: len(text) // 4 + 1, ESTIMATED_CONTEXT)
+    # the note as a message of its role: the engine's own template renders it (as SillyTavern sends it)
+    turns = character_note.place(options, turns)
     if options.mode == "chat":
         # the character's context is the system message; each turn carries its speaker's name
         context = "\n\n".join(part for part in (system_turns, _context(options)) if part)
@@ -308,6 +317,26 @@ def options_state(options: PromptOptions, history: History) -> dict[str, Any]:
             "history": pairs}
 
 
+def _card_turns(kept: list[dict[str, Any]], options: PromptOptions, backend: TokenCounter,
+                extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Step 4b: the kept turns with the card's Character's Note and post-history instructions put in
+    (modules/character_note.py). In instruct mode the note is a message of its own only where the
+    template shows one there: a template that refuses it (a system message inside the chat, two user
+    messages in a row) or leaves it out gets the note merged into the message at its depth instead."""
+    note = options.character_note
+    if not note and not options.post_history.strip():
+        return kept
+    if note and options.mode == "instruct":
+        probe = replace(options, character_note=CharacterNote(_MARK, note.depth, note.role), post_history="")
+        try:
+            shown = _MARK in _format(character_note.place(probe, kept), options, backend, extra)
+        except TemplateError:
+            shown = False
+        if not shown:
+            return character_note.place(options, kept, separate=False)
+    return character_note.place(options, kept)
+
+
 def _cut_points(turns: list[dict[str, str]]) -> list[int]:
     """Where the kept history may start after dropping: at a user turn, so pairs are dropped whole."""
     return [i for i, t in enumerate(turns) if t["role"] == "user" and i > 0]
@@ -344,7 +373,7 @@ def build_chat_prompt(history: History, options: PromptOptions, backend: TokenCo
     if tools and not aware:
         options = _with_tool_prompt(options, tool_prompt.generic_prompt(tools))
     context_length = backend.context_length
-    if options.lorebook is not None or options.post_history:  # step 2b: the card's lorebook entries
+    if options.lorebook is not None:  # step 2b: the card's lorebook entries
         options, turns = lorebook.apply(options, turns, lambda text: len(backend.tokenize(text)), context_length)
     budget = context_length - min(max_new_tokens, context_length // 2)
 
@@ -357,7 +386,7 @@ def build_chat_prompt(history: History, options: PromptOptions, backend: TokenCo
         new_opening = hooks.bot_prefix(opening + options.start_reply_with)
 
     def prompt_for(start: int) -> tuple[str, int]:
-        text = _format(turns[start:], options, backend, extra)
+        text = _format(_card_turns(turns[start:], options, backend, extra), options, backend, extra)
         if opening and text.endswith(opening):
             text = text[:len(text) - len(opening)]
         text += new_opening
@@ -545,5 +574,6 @@ def resolve_options(app: Any, user: str, mode: str = "chat", character: str | No
         context=context if context is not None else (char.context if char else ""),
         user_bio=user_bio if user_bio is not None else profile["description"],
         lorebook=char.lorebook() if char else None, post_history=char.post_history_instructions if char else "",
+        character_note=char.character_note() if char else None,
         instruction_template=source, template_name=template_name, system_message=system_message,
         chat_instruct_command=chat_instruct_command or DEFAULT_COMMAND, custom_stops=tuple(custom_stops), **flags)

@@ -29,7 +29,8 @@ with token counts estimated (4 characters a token, an 8192-token context) since 
 the tokenizer.
 
 Where Parlour differs, because its prompt has no separate message for them: an entry "at depth" (and
-the card's post-history instructions, which SillyTavern sends after the chat) is merged into the message
+the card's post-history instructions, which SillyTavern sends after the chat, see
+modules/character_note.py) is merged into the message
 at that depth: appended to the newest message for depth 0, else put in front of the message that many
 from the end; its `role` is not used. On Continue nothing is merged into the reply being continued (its
 text is what the user reads): what would go there goes at the end of the message before it. Inclusion groups, sticky/cooldown/delay timers and per-character
@@ -291,8 +292,9 @@ def merge_at_depth(turns: list[dict[str, str]], inserts: list[tuple[int, str]],
 
 def apply(options: Any, turns: list[dict[str, str]], count_tokens: Callable[[str], int],
           context_length: int) -> tuple[Any, list[dict[str, str]]]:
-    """Step 2b of modules/chat.build_chat_prompt: the character's lorebook entries and post-history
-    instructions put into (a copy of) its PromptOptions and turns."""
+    """Step 2b of modules/chat.build_chat_prompt: the character's lorebook entries put into (a copy of)
+    its PromptOptions and turns. (The card's post-history instructions come after the chat and its
+    Character's Note, after truncation: modules/character_note.place.)"""
     from modules.chat import substitute
 
     def names(text: str) -> str:
@@ -307,7 +309,5 @@ def apply(options: Any, turns: list[dict[str, str]], count_tokens: Callable[[str
             text = "\n".join(p for p in (*found.before, getattr(options, field), *found.after) if p)
             options = replace(options, **{field: text})
         inserts += [(depth, names(text)) for depth, text in found.at_depth]
-    if options.post_history.strip():
-        inserts.append((0, names(options.post_history.replace("{{original}}", "").strip())))
     continuing = bool(options.continue_last and turns and turns[-1]["role"] == "assistant")
     return options, merge_at_depth(turns, inserts, continuing) if inserts else turns

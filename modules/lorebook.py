@@ -30,12 +30,12 @@ the tokenizer.
 
 Where Parlour differs, because its prompt has no separate message for them: an entry "at depth" (and
 the card's post-history instructions, which SillyTavern sends after the chat, see
-modules/character_note.py) is merged into the message
-at that depth: appended to the newest message for depth 0, else put in front of the message that many
-from the end; its `role` is not used. On Continue nothing is merged into the reply being continued (its
-text is what the user reads): what would go there goes at the end of the message before it. Inclusion groups, sticky/cooldown/delay timers and per-character
-filters are SillyTavern world-info features a card's book rarely uses; they are kept in the card (and
-exported) but not applied.
+modules/character_note.py) is merged into the message at that depth: appended to the newest message for
+depth 0, else put in front of the message that many from the end; its `role` is not used. On Continue
+nothing is merged into the reply being continued (its text is what the user reads): what would go there
+goes at the end of the message before it. Inclusion groups, sticky/cooldown/delay timers and
+per-character filters are SillyTavern world-info features a card's book rarely uses; they are kept in
+the card (and exported) but not applied.
 """
 
 from __future__ import annotations

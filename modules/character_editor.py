@@ -8,7 +8,10 @@ a character made here is the same YAML + PNG a hand-written or imported one is, 
 reads it (prompts load the character every turn).
 
 The form has the fields people write by hand: name, greeting and alternate greetings, context
-(persona), scenario and example dialogue. A prompt reads one text, the character's `context`; a
+(persona), scenario and example dialogue; the Character's Note (text, depth, role: put into the chat
+at that depth on every reply, modules/character_note.py; kept in the card's `extensions.depth_prompt`,
+SillyTavern's place for it, so it exports as SillyTavern reads it); and what the model never sees,
+the tags and the creator's notes (a downloaded card's advice to whoever uses it). A prompt reads one text, the character's `context`; a
 card's separate fields are folded into it the way a card import folds them (`character_from_card`),
 so a character keeps both: the parts (for the form and for export) and the context (for the model).
 A character written for text-generation-webui has only `context`: the form shows it as the context,
@@ -25,6 +28,7 @@ import io
 from dataclasses import dataclass, replace
 from typing import Any
 
+from modules import character_note
 from modules.characters import (CARD_FIELDS, MAX_CARD_BYTES, MAX_PICTURE_PIXELS, Character, CharacterError,
                                 CharacterStore, character_from_card)
 from modules.paths import UnsafeName, check_name
@@ -32,6 +36,7 @@ from modules.paths import UnsafeName, check_name
 PICTURE_PIXELS = 512
 #: a line holding only this separates alternate greetings in the form's one text box
 GREETING_SEPARATOR = "---"
+MAX_TAGS = 1000  # as many as an imported card may have
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class CharacterForm:
     context: str = ""
     scenario: str = ""
     example_dialogue: str = ""
+    note: str = ""  # the Character's Note
+    note_depth: int = character_note.DEFAULT_DEPTH
+    note_role: str = character_note.DEFAULT_ROLE
+    tags: tuple[str, ...] = ()
+    creator_notes: str = ""
 
 
 def _card_style(character: Character) -> bool:
@@ -57,8 +67,10 @@ def form_of(character: Character) -> CharacterForm:
         context, scenario, examples = character.description, character.scenario, character.mes_example
     else:
         context, scenario, examples = character.context, "", ""
+    note = character.character_note()
     return CharacterForm(character.name, character.greeting, tuple(character.alternate_greetings), context,
-                         scenario, examples)
+                         scenario, examples, note=note.text, note_depth=note.depth, note_role=note.role,
+                         tags=tuple(character.tags), creator_notes=character.creator_notes)
 
 
 def blank_form() -> CharacterForm:
@@ -82,10 +94,30 @@ def join_greetings(greetings: tuple[str, ...] | list[str]) -> str:
     return f"\n{GREETING_SEPARATOR}\n".join(greetings)
 
 
+def split_tags(text: str) -> tuple[str, ...]:
+    """The form's tags box: comma-separated, blanks and repeats left out (as SillyTavern's tag list)."""
+    return tuple(dict.fromkeys(t.strip() for t in (text or "").split(",") if t.strip()))
+
+
+def join_tags(tags: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(tags)
+
+
 def character_of(form: CharacterForm, base: Character | None = None) -> Character:
-    """The character the form describes, keeping what `base` (the saved character) has beyond the form."""
+    """The character the form describes, keeping what `base` (the saved character) has beyond the form.
+    CharacterError for a Character's Note depth or role that cannot be used, or too many tags."""
     base = base or Character(name=form.name)
     greetings = [g for g in form.alternate_greetings if g.strip()]
+    try:
+        note = character_note.checked(form.note, form.note_depth, form.note_role)
+    except ValueError as exc:
+        raise CharacterError(str(exc)) from None
+    tags = [t.strip() for t in form.tags if t.strip()]
+    if len(tags) > MAX_TAGS:
+        raise CharacterError(f"a character may have {MAX_TAGS:,} tags, not {len(tags):,}")
+    # shown to the user only, never to the model; kept in the card for export
+    base = replace(base, tags=tags, creator_notes=form.creator_notes.strip(),
+                   extensions=character_note.with_note(base.extensions, note))
     if form.scenario.strip() or form.example_dialogue.strip() or _card_style(base):
         parts = {"description": form.context.strip(), "personality": base.personality,
                  "scenario": form.scenario.strip(), "mes_example": form.example_dialogue.strip(),

@@ -2,7 +2,8 @@
 
 Layout and wiring only; modules/character_editor.py does the work. The tab edits the character picked
 in its own list, which follows the Chat tab's character; "Chat with this character" makes it the
-chat's. A save writes characters/NAME.yaml (+ NAME.png) at once and the next reply reads it. Every
+chat's. Besides the persona it edits the Character's Note (text, depth, role), the tags and the
+creator's notes (shown as plain text: a downloaded card's words never become HTML here). A save writes characters/NAME.yaml (+ NAME.png) at once and the next reply reads it. Every
 list of characters on the page is refreshed after a save, a duplicate, a delete or an imported card,
 and when the page loads (characters added on disk since the server started are listed too).
 """
@@ -16,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from modules import character_editor as editor
+from modules import character_note
 from modules.app import App
 from modules.render import literal
 from modules.characters import CharacterError
@@ -24,7 +26,8 @@ from modules.ui.chat_view import user_of
 
 CONFIRM_DELETE_JS = ("(name, chat) => [(name && confirm(`Delete the character ${name}? Its chats stay.`))"
                      " ? name : null, chat]")
-FIELDS = ("name", "greeting", "alternate_greetings", "context", "scenario", "example_dialogue")
+FIELDS = ("name", "greeting", "alternate_greetings", "context", "scenario", "example_dialogue", "note", "note_depth",
+          "note_role", "tags", "creator_notes")
 
 
 def _picture(app: App, name: str | None) -> Any:
@@ -60,6 +63,10 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
             use = gr.Button("Chat with this character", size="sm", variant="primary", elem_id="char-use")
         with gr.Column(scale=3):
             name = gr.Textbox(label="Name", elem_id="char-name")
+            # a downloaded card's text: a Textbox shows it as plain text, never as HTML
+            creator_notes = gr.Textbox(label="Creator's notes", lines=2, max_lines=8, elem_id="char-creator-notes",
+                                       info="the card author's notes for you; never sent to the model")
+            tags = gr.Textbox(label="Tags", elem_id="char-tags", info="comma-separated; never sent to the model")
             greeting = gr.Textbox(label="Greeting (the first reply of a new chat)", lines=3, elem_id="char-greeting")
             alternates = gr.Textbox(label="Alternate greetings", lines=3, elem_id="char-alt-greetings",
                                     info="the first reply's other versions, browsed with < >; separate them "
@@ -70,6 +77,16 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
             scenario = gr.Textbox(label="Scenario", lines=2, elem_id="char-scenario")
             examples = gr.Textbox(label="Example dialogue", lines=4, elem_id="char-examples",
                                   placeholder="{{user}}: Hi!\n{{char}}: Hello there.")
+            with gr.Row(equal_height=True):
+                note = gr.Textbox(label="Character's Note", lines=2, scale=4, elem_id="char-note",
+                                  info="put into the chat on every reply, this many messages from the end "
+                                       "(0: after the newest), as a message of this role (SillyTavern's "
+                                       "Character's Note)")
+                note_depth = gr.Number(label="Depth", value=character_note.DEFAULT_DEPTH, precision=0,
+                                       minimum=0, maximum=character_note.MAX_DEPTH, scale=1, min_width=80,
+                                       elem_id="char-note-depth")
+                note_role = gr.Dropdown(list(character_note.ROLES), value=character_note.DEFAULT_ROLE,
+                                        label="Role", scale=1, min_width=110, elem_id="char-note-role")
             with gr.Row():
                 save = gr.Button("Save character", variant="primary", elem_id="char-save")
             status = gr.Markdown(elem_id="char-status")
@@ -78,7 +95,7 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
             your_name = gr.Textbox(label="Your name", elem_id="your-name")
             your_bio = gr.Textbox(label="About you (added to the character's context)", elem_id="your-bio")
             save_profile = gr.Button("Save profile", size="sm", elem_id="save-profile", scale=0, min_width=120)
-    form = [name, greeting, alternates, context, scenario, examples]
+    form = [name, greeting, alternates, context, scenario, examples, note, note_depth, note_role, tags, creator_notes]
 
     def fields_of(character_name: str | None) -> list[Any]:
         if not character_name:
@@ -86,7 +103,8 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
         else:
             values = editor.form_of(app.characters.load(character_name))
         return [values.name, values.greeting, editor.join_greetings(values.alternate_greetings), values.context,
-                values.scenario, values.example_dialogue]
+                values.scenario, values.example_dialogue, values.note, values.note_depth, values.note_role,
+                editor.join_tags(values.tags), values.creator_notes]
 
     def lists(chosen: str | None, chat_value: str | None) -> tuple[Any, Any]:
         """Both character lists, re-read; the chat keeps its character if it still exists."""
@@ -120,6 +138,7 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
     def on_save_character(original: str | None, cropped: bytes | None, chat_value: str | None, *values: Any):
         form_values = dict(zip(FIELDS, values))
         form_values["alternate_greetings"] = editor.split_greetings(form_values["alternate_greetings"])
+        form_values["tags"] = editor.split_tags(form_values["tags"])
         try:
             saved = editor.save(app.characters, editor.CharacterForm(**form_values), original=original,
                                 picture=cropped, chats=app.store)

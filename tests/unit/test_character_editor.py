@@ -121,3 +121,63 @@ def test_alternate_greetings_are_split_on_a_line_of_dashes():
     assert editor.split_greetings(text) == ("First one\nstill first", "Second", "Third")
     assert editor.split_greetings(editor.join_greetings(("a", "b\nc"))) == ("a", "b\nc")
     assert editor.split_greetings("") == ()
+
+
+def test_creator_notes_tags_and_the_characters_note_are_edited_saved_and_exported(store):
+    import base64
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from modules.characters import png_text_chunks
+
+    card = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "cards" / "captain-v2.json").read_text())
+    card["data"]["extensions"]["depth_prompt"] = {"prompt": "[Reyes hides the map.]", "depth": 2, "role": "user"}
+    store.import_card(json.dumps(card).encode())
+    form = editor.form_of(store.load("Captain Reyes"))
+    # what a card brings is in the form
+    assert form.creator_notes == "Lore for the Gull's route is in the book." and form.tags == ("sea", "adventure")
+    assert (form.note, form.note_depth, form.note_role) == ("[Reyes hides the map.]", 2, "user")
+    changed = replace(form, creator_notes="Try <b>storms</b> <script>x()</script>.", tags=editor.split_tags(
+        " sea, pirates,, sea ,Gull "), note="[{{char}} trusts {{user}}.]", note_depth=0, note_role="assistant")
+    assert changed.tags == ("sea", "pirates", "Gull")
+    editor.save(store, changed, original="Captain Reyes")
+    again = store.load("Captain Reyes")  # from the YAML file
+    assert again.creator_notes == "Try <b>storms</b> <script>x()</script>." and again.tags == ["sea", "pirates", "Gull"]
+    assert again.extensions["depth_prompt"] == {"prompt": "[{{char}} trusts {{user}}.]", "depth": 0,
+                                                "role": "assistant"}
+    assert again.extensions["world"] == "Gull route"  # the card's other extensions are kept
+    assert editor.form_of(again) == changed
+    # exported as SillyTavern reads a card (V2 `chara` and V3 `ccv3`), and back
+    chunks = png_text_chunks(store.export_card("Captain Reyes"))
+    for key in ("chara", "ccv3"):
+        data = json.loads(base64.b64decode(chunks[key]))["data"]
+        assert data["creator_notes"] == again.creator_notes and data["tags"] == ["sea", "pirates", "Gull"]
+        assert data["extensions"]["depth_prompt"] == again.extensions["depth_prompt"]
+    back = store.import_card(store.export_card("Captain Reyes"), name="Round trip")
+    assert (back.creator_notes, back.tags, back.character_note()) == (
+        again.creator_notes, again.tags, again.character_note())
+    assert editor.join_tags(back.tags) == "sea, pirates, Gull"
+
+
+def test_a_hand_written_character_gets_no_depth_prompt_until_it_has_a_note(store):
+    from dataclasses import replace
+
+    editor.save(store, editor.form_of(store.load("Plain")), original="Plain")
+    assert "depth_prompt" not in store.load("Plain").extensions
+    assert "extensions" not in (store.root / "Plain.yaml").read_text()
+    editor.save(store, replace(editor.form_of(store.load("Plain")), note="Stay plain."), original="Plain")
+    assert store.load("Plain").extensions["depth_prompt"] == {"prompt": "Stay plain.", "depth": 4, "role": "system"}
+
+
+@pytest.mark.parametrize("depth, role, message", [(-1, "system", "depth must be a whole number from 0 to 1000"),
+                                                  (1001, "system", "from 0 to 1000"), (2.5, "system", "whole number"),
+                                                  (2, "narrator", "role must be one of system, user, assistant")])
+def test_a_characters_note_depth_or_role_that_cannot_work_is_refused_and_nothing_changes(store, depth, role, message):
+    from dataclasses import replace
+
+    before = (store.root / "Plain.yaml").read_bytes()
+    form = replace(editor.form_of(store.load("Plain")), note="x", note_depth=depth, note_role=role)
+    with pytest.raises(CharacterError, match=message):
+        editor.save(store, form, original="Plain")
+    assert (store.root / "Plain.yaml").read_bytes() == before

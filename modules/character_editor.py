@@ -7,16 +7,17 @@ Everything goes through CharacterStore's public methods (load, save, picture, de
 a character made here is the same YAML + PNG a hand-written or imported one is, and the next reply
 reads it (prompts load the character every turn).
 
-The form has the fields people write by hand: name, greeting and alternate greetings, context
-(persona), scenario and example dialogue; the Character's Note (text, depth, role: put into the chat
-at that depth on every reply, modules/character_note.py; kept in the card's `extensions.depth_prompt`,
-SillyTavern's place for it, so it exports as SillyTavern reads it); and what the model never sees,
-the tags and the creator's notes (a downloaded card's advice to whoever uses it). A prompt reads one text, the character's `context`; a
-card's separate fields are folded into it the way a card import folds them (`character_from_card`),
-so a character keeps both: the parts (for the form and for export) and the context (for the model).
-A character written for text-generation-webui has only `context`: the form shows it as the context,
-and it stays that way unless a scenario or example dialogue is added. Fields the form does not show
-(a card's personality, system prompt, and whatever else the file holds) are kept as they were.
+The form has the fields people write by hand: name, greeting and alternate greetings, context (persona),
+scenario and example dialogue; the Character's Note (text, depth, role: put into the chat at that depth
+on every reply, modules/character_note.py; kept in the card's `extensions.depth_prompt`, SillyTavern's
+place for it, so it exports as SillyTavern reads it); and what the model never sees, the tags and the
+creator's notes (a downloaded card's advice to whoever uses it). A prompt reads one text, the
+character's `context`; a card's separate fields are folded into it the way a card import folds them
+(`character_from_card`), so a character keeps both: the parts (for the form and for export) and the
+context (for the model). A character written for text-generation-webui has only `context`: the form
+shows it as the context, and it stays that way unless a scenario or example dialogue is added. Fields
+the form does not show (a card's personality, system prompt, and whatever else the file holds) are kept
+as they were.
 
 Pictures are decoded by Pillow (PNG, JPEG, WebP, GIF), bounded in pixels before decoding, cropped to
 the centre square and stored as a PNG of at most PICTURE_PIXELS a side (chat avatars are made from it).

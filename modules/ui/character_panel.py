@@ -1,11 +1,12 @@
 """Character tab: make, edit, duplicate and delete characters, and say who you are.
 
-Layout and wiring only; modules/character_editor.py does the work. The tab edits the character picked
-in its own list, which follows the Chat tab's character; "Chat with this character" makes it the
-chat's. Besides the persona it edits the Character's Note (text, depth, role), the tags and the
-creator's notes (shown as plain text: a downloaded card's words never become HTML here). A save writes characters/NAME.yaml (+ NAME.png) at once and the next reply reads it. Every
-list of characters on the page is refreshed after a save, a duplicate, a delete or an imported card,
-and when the page loads (characters added on disk since the server started are listed too).
+Layout and wiring only; modules/character_editor.py does the work. The tab edits the character picked in
+its own list, which follows the Chat tab's character; "Chat with this character" makes it the chat's.
+Besides the persona it edits the Character's Note (text, depth, role), the tags and the creator's notes
+(shown as plain text: a downloaded card's words never become HTML here). A save writes
+characters/NAME.yaml (+ NAME.png) at once and the next reply reads it. Every list of characters on the
+page is refreshed after a save, a duplicate, a delete or an imported card, and when the page loads
+(characters added on disk since the server started are listed too).
 """
 
 from __future__ import annotations

@@ -156,3 +156,60 @@ def test_a_page_load_lists_characters_added_since_and_the_profile_is_here(browse
     page.locator("#chat-mode label", has_text="chat").first.click()
     assert "Ann sails a small boat." in show_prompt(page, "Ann sails")
     page.close()
+
+
+def test_a_cards_creator_notes_tags_and_characters_note_are_shown_edited_and_the_note_reaches_the_prompt(
+        browser, server, home, tmp_path):
+    import json
+
+    card = json.loads((ROOT / "tests" / "fixtures" / "cards" / "captain-v2.json").read_text())
+    data = card["data"]
+    for key in ("character_book", "post_history_instructions"):
+        del data[key]  # this test reads the note's place in the prompt: nothing else after the chat
+    data.update(name="Quill", first_mes="Ink's dry.", tags=["ink", "letters"],
+                creator_notes="Best with <img src=x onerror=alert('notes')> slow replies.")
+    data["extensions"]["depth_prompt"] = {"prompt": "[{{char}} hides a letter.]", "depth": 4, "role": "system"}
+    path = tmp_path / "quill.json"
+    path.write_text(json.dumps(card))
+    page = open_page(browser, server.url)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    tab(page, "Character")
+    page.fill("#your-name textarea, #your-name input", "Ann")
+    page.click("#save-profile")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Saved your profile')")
+    tab(page, "Chat")
+    page.get_by_text("Character cards and chat files").click()
+    page.set_input_files("#card-import input[type=file]", str(path))
+    page.wait_for_function("() => document.querySelector('#character input').value === 'Quill'")
+    # the Character tab follows the chat's character: what the card brings is there to read and change
+    tab(page, "Character")
+    page.wait_for_function("() => document.querySelector('#char-name textarea, #char-name input').value === 'Quill'")
+    notes = "#char-creator-notes textarea"
+    assert page.input_value(notes) == data["creator_notes"]  # the card's text as text, never as HTML
+    assert page.locator("#char-creator-notes img").count() == 0 and dialogs == []
+    assert page.input_value("#char-tags textarea, #char-tags input") == "ink, letters"
+    assert page.input_value("#char-note textarea") == "[{{char}} hides a letter.]"
+    assert page.input_value("#char-note-depth input") == "4"
+    assert page.input_value("#char-note-role input") == "system"
+    page.fill(notes, "Mind the ink.")
+    page.fill("#char-tags textarea, #char-tags input", "ink, letters, secrets")
+    page.fill("#char-note textarea", "[{{char}} hides a letter from {{user}}.]")
+    page.fill("#char-note-depth input", "1")
+    page.locator("#char-note-role input").click()
+    page.locator("ul[role=listbox] li", has_text="user").click()
+    page.wait_for_function("() => document.querySelector('#char-note-role input').value === 'user'")
+    page.click("#char-save")
+    page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Saved Quill')")
+    saved = yaml.safe_load((home / "characters" / "Quill.yaml").read_text())
+    assert saved["creator_notes"] == "Mind the ink." and saved["tags"] == ["ink", "letters", "secrets"]
+    assert saved["extensions"]["depth_prompt"] == {"prompt": "[{{char}} hides a letter from {{user}}.]",
+                                                   "depth": 1, "role": "user"}
+    # the model gets the note, as a message of Ann's one message from the end; never the notes or tags
+    tab(page, "Chat")
+    page.locator("#chat-mode label", has_text="chat").first.click()
+    page.fill("#chat-input textarea", "Where to?")
+    prompt = show_prompt(page, "hides a letter from Ann")
+    assert "Quill: Ink's dry.\nAnn: [Quill hides a letter from Ann.]\nAnn: Where to?\nQuill:" in prompt
+    assert "Mind the ink" not in prompt and "secrets" not in prompt
+    page.close()

@@ -459,19 +459,21 @@ def test_character_card_with_every_field_round_trips_through_sillytavern(browser
 
     # ... and uses them: the greetings are one reply's versions, the book and post-history instructions
     # go into the prompt (keys with their secondary key, a constant entry, one at depth 0; not those whose
-    # keys are absent or whose secondary key is), around the character's context
+    # keys are absent or whose secondary key is), around the character's context; the Character's Note
+    # (depth 4, deeper than this chat's two messages) in front of the oldest message
     page.click("#new-chat")
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
     page.wait_for_function(IDLE)
     assert "Another storm" in bots(page)[0] and "version 1/3" in info(page)
     page.get_by_text("Prompt settings").click()
     prompt = prompt_preview(page, "Is the lighthouse safe in a storm? And the harbour?")
-    for text in ("LORE-TOWER", "LORE-ALWAYS", "LORE-HARBOUR", "POST-HISTORY"):
+    for text in ("LORE-TOWER", "LORE-ALWAYS", "LORE-HARBOUR", "POST-HISTORY", "Mara is tired."):
         assert prompt.count(text) == 1, (text, prompt)
     assert "LORE-DRAGON" not in prompt and "LORE-KRAKEN" not in prompt
     # the card's system prompt leads the context, without SillyTavern's {{original}} (the prompt it overrides)
     assert "You are Mara Vell; stay in character." in prompt and "{{original}}" not in prompt
     at = {text: prompt.index(text) for text in
-          ("LORE-TOWER", CARD["description"], "LORE-ALWAYS", "Is the lighthouse safe", "LORE-HARBOUR", "POST-HISTORY")}
+          ("LORE-TOWER", CARD["description"], "LORE-ALWAYS", "Mara is tired.", "Another storm",
+           "Is the lighthouse safe", "LORE-HARBOUR", "POST-HISTORY")}
     assert list(at.values()) == sorted(at.values()), (at, prompt)
     page.close()

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.e2e.test_chat_browser import login
+
 pytestmark = pytest.mark.browser
 
 BOT = '[data-testid="bot"]'
@@ -13,20 +15,34 @@ def bot_text(page) -> str:
     return bubbles.last.inner_text() if bubbles.count() else ""
 
 
-@pytest.fixture()
-def long_presets(tmp_path):
-    folder = tmp_path / "presets"
-    folder.mkdir()
+# One server for the first two tests (a server start is ~15 s of CPU): each logs in as its own user, so
+# each starts on an empty chat list whatever ran before it, and counts the server's requests from its start.
+USERS = ("enter", "stopper")
+
+
+@pytest.fixture(scope="module")
+def server(module_server, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("presets")
     (folder / "Long.yaml").write_text("max_new_tokens: 1800\nban_eos_token: true\n")
     (folder / "Greedy.yaml").write_text("temperature: 0.0\nmax_new_tokens: 24\nban_eos_token: true\n")
-    return folder
+    return module_server("--presets-dir", str(folder), "--preset", "Long",
+                         "--auth", ",".join(f"{user}:pw-{user}" for user in USERS))
 
 
-def test_send_with_enter_streams_a_reply(browser, start_server, models_dir, long_presets):
-    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro",
-                          "--presets-dir", str(long_presets), "--preset", "Greedy")
-    page = browser.new_page()
-    page.goto(server.url)
+def own_page(browser, server, user: str):
+    assert user in USERS
+    return login(browser, server.url, user, f"pw-{user}")
+
+
+def test_send_with_enter_streams_a_reply(browser, server):
+    page = own_page(browser, server, "enter")
+    # the server starts with Long (for the Stop test): this page picks Greedy (the status below counts its 24 tokens)
+    page.get_by_role("tab", name="Parameters").click()
+    page.locator("#preset-dropdown input").click()
+    page.get_by_role("option", name="Greedy", exact=True).click()
+    page.get_by_text("Loaded preset Greedy").wait_for()
+    page.get_by_role("tab", name="Chat").click()
+    before = server.health()["requests"]
     page.fill("#chat-input textarea", "Hello there")
     page.keyboard.press("Enter")
     page.wait_for_selector(BOT)
@@ -35,22 +51,20 @@ def test_send_with_enter_streams_a_reply(browser, start_server, models_dir, long
     assert page.locator('[data-testid="user"]').last.inner_text().strip() == "Hello there"
     assert bot_text(page).strip()
     assert page.input_value("#chat-input textarea") == ""
-    assert server.health()["requests"] == 1
+    assert server.health()["requests"] == before + 1
     page.close()
 
 
-def test_stop_halts_the_reply_and_the_model_thread(browser, start_server, models_dir, long_presets):
-    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro",
-                          "--presets-dir", str(long_presets), "--preset", "Long")
-    page = browser.new_page()
-    page.goto(server.url)
+def test_stop_halts_the_reply_and_the_model_thread(browser, server):
+    page = own_page(browser, server, "stopper")  # the Long preset: 1800 tokens
+    before = server.health()
     page.fill("#chat-input textarea", "Tell me everything")
     page.click("#send")
     page.wait_for_function(f"() => {{ const b = document.querySelectorAll('{BOT}'); "
                            "return b.length && b[b.length - 1].innerText.trim().length > 0; }")
     page.click("#stop")
-    stopped = server.wait_until(lambda h: h["active"] == 0 and h["requests"] == 1)
-    assert stopped["tokens"] < 1800  # it did not run to max_new_tokens
+    stopped = server.wait_until(lambda h: h["active"] == 0 and h["requests"] == before["requests"] + 1)
+    assert stopped["tokens"] - before["tokens"] < 1800  # it did not run to max_new_tokens
     page.wait_for_function(IDLE)
     shown = bot_text(page)
     assert shown.strip()
@@ -58,7 +72,7 @@ def test_stop_halts_the_reply_and_the_model_thread(browser, start_server, models
     # request is served at once (it would queue behind a still-running one).
     page.fill("#chat-input textarea", "again")
     page.click("#send")
-    server.wait_until(lambda h: h["requests"] == 2)
+    server.wait_until(lambda h: h["requests"] == before["requests"] + 2)
     assert server.health()["tokens"] >= stopped["tokens"]
     page.click("#stop")
     server.wait_until(lambda h: h["active"] == 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,20 @@ def short_presets(tmp_path_factory) -> Path:
 
 # One server for the tests that need no flags of their own: each logs in as its own user, so each starts
 # on an empty chat list, as on a fresh server (a server start is ~15 s of CPU on these machines).
-USERS = ("ann", "bob", "regen", "editor", "cont", "remover", "xss", "sidebar")
+USERS = ("ann", "bob", "regen", "editor", "cont", "remover", "xss", "sidebar", "card")
 
 
 @pytest.fixture(scope="module")
-def server(module_server, short_presets):
-    return module_server("--presets-dir", str(short_presets), "--preset", "Short",
+def characters(tmp_path_factory) -> Path:
+    """The module server's characters: a copy of the repository's (imports write here, never into it)."""
+    folder = tmp_path_factory.mktemp("characters")
+    shutil.copytree(Path(__file__).resolve().parents[2] / "characters", folder, dirs_exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(module_server, short_presets, characters):
+    return module_server("--presets-dir", str(short_presets), "--preset", "Short", "--characters-dir", str(characters),
                          "--auth", ",".join(f"{user}:pw-{user}" for user in USERS))
 
 
@@ -330,30 +339,24 @@ def test_kill_minus_nine_mid_stream_keeps_every_chat(browser, start_server, mode
     assert bots(page)[0].strip()  # the partial reply is shown
 
 
-def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(browser, start_server, models_dir,
-                                                                              short_presets, tmp_path):
+def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(browser, server, characters, tmp_path):
     import base64
     import json
-    import shutil
 
     from modules.characters import blank_png, png_with_text
     from modules.store import ChatStore
 
     card = {"spec": "chara_card_v2", "data": {"name": "Pirate Mira", "description": "{{char}} sails.",
                                               "first_mes": "Ahoy {{user}}! <img src=x onerror=alert('greet')>"}}
-    characters = tmp_path / "characters"  # imports write here, never into the repository's folder
-    shutil.copytree(Path(__file__).resolve().parents[2] / "characters", characters)
-    server = start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--presets-dir",
-                          str(short_presets), "--preset", "Short", "--characters-dir", str(characters))
     path = tmp_path / "mira.png"
     path.write_bytes(png_with_text(blank_png(), "chara", base64.b64encode(json.dumps(card).encode())))
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "card")
     page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#card-import input[type=file]", str(path))
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Pirate Mira')")
     # the imported character is picked, and its first chat opens with its greeting
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
-    assert bots(page)[0].startswith("Ahoy You!") and "<img src=x" in bots(page)[0]
+    assert bots(page)[0].startswith("Ahoy card!") and "<img src=x" in bots(page)[0]  # {{user}}: the login's name
     assert page.evaluate("() => window.__xss") == [] and page.dialogs == []
     # keyboard: Ctrl+Enter regenerates (the greeting has no question before it: refused with a message)
     page.fill("#chat-input textarea", "who are you?")
@@ -373,9 +376,9 @@ def test_card_import_greets_safely_incognito_saves_nothing_and_shortcuts_work(br
     page.click("#dummy-message")
     page.wait_for_function("() => [...document.querySelectorAll('#chatbot [data-testid=user]')]"
                            ".some(e => e.innerText.includes('zanzibar'))")
-    store = ChatStore(tmp_path / "user_data" / "chats.sqlite")
-    assert store.search("local", "zanzibar") == []
-    assert [c.character for c in store.list_chats("local")] == ["Pirate Mira"]
+    store = ChatStore(server.root / "user_data" / "chats.sqlite")
+    assert store.search("card", "zanzibar") == []
+    assert [c.character for c in store.list_chats("card")] == ["Pirate Mira"]
     assert (characters / "Pirate Mira.yaml").is_file() and (characters / "Pirate Mira.png").is_file()
 
 

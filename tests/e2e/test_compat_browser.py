@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_chat_browser import IDLE, act, bots, info, open_page, settle, wait_version
+from tests.conftest import serving
+from tests.e2e.test_chat_browser import IDLE, act, bots, info, login, settle, wait_version
 
 pytestmark = pytest.mark.browser
 
@@ -19,16 +20,32 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
-@pytest.fixture()
-def server(start_server, models_dir, tmp_path):
+# One server for the module: each test logs in as its own user, so each starts on an empty chat list
+# whatever ran before it (a server start is ~15 s of CPU). Characters are the server's, shared: each test
+# uses characters of its own.
+USERS = ("surface", "cards", "importer")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("compat")
+
+
+@pytest.fixture(scope="module")
+def server(home, models_dir):
     for name in ("tgw_surface", "tgw_needs_history"):
-        shutil.copytree(FIXTURES / "extensions" / name, tmp_path / "user_data" / "extensions" / name)
-    shutil.copytree(ROOT / "characters", tmp_path / "characters")
-    (tmp_path / "presets").mkdir()
-    (tmp_path / "presets" / "Short.yaml").write_text("max_new_tokens: 8\nban_eos_token: true\n")
-    return start_server("--models-dir", str(models_dir), "--model", "parlour-micro", "--characters-dir",
-                        str(tmp_path / "characters"), "--presets-dir", str(tmp_path / "presets"), "--preset", "Short",
-                        "--extensions", "tgw_surface", "tgw_needs_history")
+        shutil.copytree(FIXTURES / "extensions" / name, home / "user_data" / "extensions" / name)
+    shutil.copytree(ROOT / "characters", home / "characters")
+    with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", "--characters-dir",
+                 str(home / "characters"), "--extensions", "tgw_surface", "tgw_needs_history",
+                 "--auth", ",".join(f"{user}:pw-{user}" for user in USERS), short_preset=8) as process:
+        yield process
+
+
+def own_page(browser, server, user: str):
+    """The chat page, logged in as `user` (a user no other test uses)."""
+    assert user in USERS
+    return login(browser, server.url, user, f"pw-{user}")
 
 
 def prompt_preview(page) -> str:
@@ -39,7 +56,7 @@ def prompt_preview(page) -> str:
 
 
 def test_text_generation_webui_extension_controls_survive_off_and_on(browser, server):
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "surface")
     page.click("#extension-tgw_surface > button")
     page.click("#tgw-surface-pick")  # outputs to shared.gradio['character_menu']: the Character dropdown
     page.wait_for_function("() => document.querySelector('#character input').value === 'Example'")
@@ -68,10 +85,10 @@ def test_text_generation_webui_extension_controls_survive_off_and_on(browser, se
     page.close()
 
 
-def test_cards_greetings_same_name_import_and_refresh(browser, server, tmp_path):
+def test_cards_greetings_same_name_import_and_refresh(browser, server, home, tmp_path):
     card = tmp_path / "captain.json"
     shutil.copy(FIXTURES / "cards" / "captain-v2.json", card)
-    page = open_page(browser, server.url)
+    page = own_page(browser, server, "cards")
     page.get_by_text("Character cards and chat files").click()
     page.set_input_files("#card-import input[type=file]", str(card))
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Captain Reyes')")
@@ -90,20 +107,21 @@ def test_cards_greetings_same_name_import_and_refresh(browser, server, tmp_path)
     assert "Captain Reyes (2)" in page.inner_text("#card-rename")
     page.click("#card-rename")
     page.wait_for_function("() => document.querySelector('#character input').value === 'Captain Reyes (2)'")
-    assert (tmp_path / "characters" / "Captain Reyes.yaml").is_file()
-    assert (tmp_path / "characters" / "Captain Reyes (2).yaml").is_file()
+    assert (home / "characters" / "Captain Reyes.yaml").is_file()
+    assert (home / "characters" / "Captain Reyes (2).yaml").is_file()
     # a character written on disk appears after Refresh
-    (tmp_path / "characters" / "Hand Made.yaml").write_text("name: Hand Made\ngreeting: Hello by hand.\ncontext: x\n")
+    (home / "characters" / "Hand Made.yaml").write_text("name: Hand Made\ngreeting: Hello by hand.\ncontext: x\n")
     page.click("#refresh-characters")
     page.click("#character input")
     page.wait_for_selector("ul[role=listbox] >> text=Hand Made")
     page.close()
 
 
-def test_malformed_chat_import_says_what_is_wrong(browser, server, tmp_path):
+def test_malformed_chat_import_says_what_is_wrong(browser, server, home, tmp_path):
     from modules.store import ChatStore
 
-    page = open_page(browser, server.url)
+    log_start = server.log.stat().st_size  # the shared server's log: only what this test made it write counts
+    page = own_page(browser, server, "importer")
     page.get_by_text("Character cards and chat files").click()
     deep = tmp_path / "deep.json"
     deep.write_bytes(b"[" * 100_000 + b"]" * 100_000)
@@ -121,7 +139,7 @@ def test_malformed_chat_import_says_what_is_wrong(browser, server, tmp_path):
     settle(page, server)
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 3")
     assert bots(page)[1] == "South, past the reef."  # the version that was on screen in text-generation-webui
-    assert len(ChatStore(Path(server.log).parent / "user_data" / "chats.sqlite").list_chats("local")) == 1
-    log = Path(server.log).read_text()
+    assert len(ChatStore(home / "user_data" / "chats.sqlite").list_chats("importer")) == 1
+    log = server.log.read_bytes()[log_start:].decode(errors="replace")
     assert "RecursionError" not in log and "Traceback" not in log
     page.close()

@@ -12,7 +12,7 @@ import pytest
 
 from modules.tools.builtin import calculate
 from tests.conftest import DEMO_DIR
-from tests.e2e.test_chat_browser import IDLE, login, open_page
+from tests.e2e.test_chat_browser import IDLE, login
 
 pytestmark = [pytest.mark.browser]
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,14 +21,41 @@ TABLE = "#session-mcp-servers"
 BLOCK = "#chatbot [data-testid=bot] details.tool-call"
 
 
-def test_a_forced_calculator_call_shows_its_block_and_result_and_comes_back(browser, start_server, tmp_path):
+# The two tool-call tests share one server on the demo model (a server start is ~15 s of CPU): each logs in
+# as its own user, so each starts on an empty chat list whatever ran before it.
+USERS = ("calc", "shouter")
+SHOUT = """tool = {'type': 'function', 'function': {'name': 'shout', 'description': 'Upper-case a text',
+        'parameters': {'type': 'object', 'properties': {'text': {'type': 'string', 'maxLength': 20}},
+                       'required': ['text']}}}
+def execute(arguments):
+    return 'SHOUTED ' + arguments['text'].upper()
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_server(module_server, tmp_path_factory):
+    """The demo model, greedy, with a user tool file (shout.py)."""
     assert (DEMO_DIR / "config.json").exists(), "the demo model is missing: ./test.sh builds it"
-    presets = tmp_path / "presets"
-    presets.mkdir()
+    presets = tmp_path_factory.mktemp("presets")
     (presets / "Greedy.yaml").write_text("temperature: 0\nmax_new_tokens: 60\n")
-    server = start_server("--models-dir", str(DEMO_DIR.parent), "--model", "parlour-demo", "--presets-dir",
-                          str(presets), "--preset", "Greedy")
-    page = open_page(browser, server.url)
+
+    def user_tool(user_data: Path) -> None:
+        (user_data / "tools").mkdir()
+        (user_data / "tools" / "shout.py").write_text(SHOUT)
+
+    return module_server("--presets-dir", str(presets), "--preset", "Greedy",
+                         "--auth", ",".join(f"{user}:pw-{user}" for user in USERS),
+                         models=DEMO_DIR.parent, model="parlour-demo", prepare=user_tool)
+
+
+def own_page(browser, server, user: str):
+    assert user in USERS
+    return login(browser, server.url, user, f"pw-{user}")
+
+
+def test_a_forced_calculator_call_shows_its_block_and_result_and_comes_back(browser, demo_server):
+    server = demo_server
+    page = own_page(browser, server, "calc")
     page.wait_for_selector("#chat-thinking", state="visible")
     page.locator("#chat-thinking input").uncheck()
     page.get_by_text("Tools", exact=True).click()
@@ -66,20 +93,9 @@ def test_a_forced_calculator_call_shows_its_block_and_result_and_comes_back(brow
     assert page.locator("#chat-tool-choice input").input_value() == "required"
 
 
-def test_a_user_tool_waits_for_approval_then_runs(browser, start_server, tmp_path):
-    tools = tmp_path / "user_data" / "tools"
-    tools.mkdir(parents=True)
-    (tools / "shout.py").write_text(
-        "tool = {'type': 'function', 'function': {'name': 'shout', 'description': 'Upper-case a text',\n"
-        "        'parameters': {'type': 'object', 'properties': {'text': {'type': 'string', 'maxLength': 20}},\n"
-        "                       'required': ['text']}}}\n"
-        "def execute(arguments):\n    return 'SHOUTED ' + arguments['text'].upper()\n")
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    (presets / "Greedy.yaml").write_text("temperature: 0\nmax_new_tokens: 40\n")
-    server = start_server("--models-dir", str(DEMO_DIR.parent), "--model", "parlour-demo", "--presets-dir",
-                          str(presets), "--preset", "Greedy")
-    page = open_page(browser, server.url)
+def test_a_user_tool_waits_for_approval_then_runs(browser, demo_server):
+    server = demo_server  # its user_data/tools has shout.py
+    page = own_page(browser, server, "shouter")
     page.wait_for_selector("#chat-thinking", state="visible")
     page.locator("#chat-thinking input").uncheck()
     page.get_by_text("Tools", exact=True).click()

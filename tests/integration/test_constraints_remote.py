@@ -20,8 +20,14 @@ def final(app, preset: Preset, **request):
     return list(app.pipeline.stream(GenerationRequest(preset=preset, **request)))[-1]
 
 
-def test_constraints_reach_the_engine_and_the_reply_follows_them(start_server, models_dir, make_app):
-    engine = start_server("--models-dir", str(models_dir), "--model", "parlour-micro")
+@pytest.fixture(scope="module")
+def engine(module_server):
+    """One engine for the module (a server start is ~15 s of CPU): one test asks it for replies, the other
+    checks that it is sent nothing (its request count does not move)."""
+    return module_server()
+
+
+def test_constraints_reach_the_engine_and_the_reply_follows_them(engine, make_app):
     app = make_app()
     remote = app.models.load("remote:parlour-micro", options={"base_url": engine.url + "/v1"})
     sent: list[tuple[str, dict]] = []
@@ -57,8 +63,7 @@ def test_constraints_reach_the_engine_and_the_reply_follows_them(start_server, m
         assert body[field] == body["structured_outputs"][field]  # llama.cpp server's / Parlour's and vLLM's names
 
 
-def test_a_bad_constraint_is_refused_before_anything_is_sent(start_server, models_dir, make_app):
-    engine = start_server("--models-dir", str(models_dir), "--model", "parlour-micro")
+def test_a_bad_constraint_is_refused_before_anything_is_sent(engine, make_app):
     app = make_app()
     remote = app.models.load("remote:parlour-micro", options={"base_url": engine.url + "/v1"})
     before = engine.health()["requests"]

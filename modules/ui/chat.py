@@ -198,7 +198,13 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         return redraw(app, user, sess, character_v)
 
     @guarded
-    def on_load(request: gr.Request, character_v: str):
+    def on_load(request: gr.Request, character_v: str, sess: dict):
+        """The page opens on the user's newest chat, unless the user opened or began one first: on a busy
+        machine the page-load event can run after a click on New (or on a chat in the list), and must not
+        take that chat away. (A gr.State input is read on the server when the event runs, not when the page
+        sent it, so `sess` shows what the user's events have done by then.)"""
+        if sess.get("opened"):
+            return tuple(gr.skip() for _ in OUT)
         user = user_of(request)
         return redraw(app, user, session_of(app.chats.newest(user, character_v), new_session()), character_v)
 
@@ -325,7 +331,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
 
     def wire_load(blocks: gr.Blocks) -> None:
         """Open the user's newest chat and profile when the page loads (needs the Blocks, given by ui.build)."""
-        follow_tools(blocks.load(on_load, [ui.character], OUT, **private))
+        follow_tools(blocks.load(on_load, [ui.character, ui.session], OUT, **private))
         blocks.load(thinking_controls_for, ui.chat_model, [ui.thinking, ui.effort], **private)
 
     def wire_notebook(notebook_text: gr.Textbox, tabs: gr.Tabs) -> Any:

@@ -77,8 +77,10 @@ def view_of(session: dict[str, Any]) -> ChatView:
 
 
 def session_of(view: ChatView, previous: dict[str, Any]) -> dict[str, Any]:
+    """The state of a page showing `view`; `opened`: a chat has been put on this page (the page-load
+    event then leaves it alone, see modules/ui/chat.py `on_load`)."""
     return {**previous, "chat_id": view.chat_id, "incognito": view.incognito, "turns": view.turns,
-            "selected": view.selected, "model": view.model}
+            "selected": view.selected, "model": view.model, "opened": True}
 
 
 def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: int, reason: str | None) -> str:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 pytestmark = pytest.mark.browser
 
@@ -118,11 +119,24 @@ def wait_version(page, index: int, label: str) -> None:
                            ".msg-version`); return e && e.innerText.trim() === v; }", arg=[index, label])
 
 
+def open_editor(page, index: int, where: str = "#chatbot"):
+    """Click Edit on message `index` until its editor opens; the editor's text box. A click can land while
+    Gradio redraws the bubbles (a reply's last update arriving late on a busy machine) and reach a button
+    that is already gone, so nothing hears it; a user then clicks again, and so does this."""
+    editor = page.locator(f"{where} .msg-editor textarea")
+    for _ in range(5):
+        act(page, index, "edit")
+        try:
+            editor.wait_for(timeout=30_000)
+            return editor
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"message {index}'s editor never opened")
+
+
 def edit_in_place(page, index: int, text: str) -> None:
     """Edit message `index` where it is shown: its words open in an editor in the bubble; Save writes them."""
-    act(page, index, "edit")
-    editor = page.locator("#chatbot .msg-editor textarea")
-    editor.wait_for()
+    editor = open_editor(page, index)
     editor.fill(text)
     page.click("#chatbot .msg-editor-save")
 
@@ -167,9 +181,7 @@ def test_edit_any_message_and_branch_here(browser, server):
     page = own_page(browser, server, "editor")
     send(page, server, "first question")
     send(page, server, "second question")
-    act(page, 0, "edit")  # the first message's words open in place, in its own bubble
-    editor = page.locator("#chatbot [data-testid=user] .msg-editor textarea")
-    editor.wait_for()
+    editor = open_editor(page, 0, "#chatbot [data-testid=user]")  # the first message's words, in its own bubble
     assert editor.input_value() == "first question"
     editor.fill("edited question")
     page.click("#chatbot .msg-editor-save")

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from tests.conftest import serving
-from tests.e2e.test_chat_browser import IDLE, act, bots, edit_in_place, open_page, settle, users, wait_version
+from tests.e2e.test_chat_browser import (IDLE, act, bots, edit_in_place, open_editor, open_page, settle, users,
+                                        wait_version)
 
 pytestmark = pytest.mark.browser
 
@@ -78,9 +79,7 @@ def test_arrows_edit_branch_copy_and_regenerate_on_the_messages_themselves(brows
     assert " ".join(copied.split()) == bots(page)[-1] and "3/3" not in copied
 
     # edit in place: the editor opens in the bubble with the message's own words; Escape cancels
-    act(page, 0, "edit")
-    editor = page.locator("#chatbot [data-testid=user] .msg-editor textarea")
-    editor.wait_for()
+    editor = open_editor(page, 0, "#chatbot [data-testid=user]")
     assert editor.input_value() == "hello there"
     editor.press("Escape")
     page.wait_for_selector("#chatbot .msg-editor", state="detached")

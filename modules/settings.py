@@ -127,9 +127,9 @@ class Settings(BaseModel):
     cache_minutes: float = Field(10.0, gt=0, le=10_080, description="minutes uploaded files and downloads "
                                  "(exports) stay in the cache before they are deleted (a chat's exports also go "
                                  "when the chat is deleted)")
-    admin_users: list[str] = Field(default_factory=list, description="logins that may manage MCP servers and "
-                                   "user tool files in the Session tab (without --auth the local user is admin, "
-                                   "unless --listen)")
+    admin_users: list[str] = Field(default_factory=list, description="logins that may manage MCP servers, "
+                                   "user tool files and extensions in the Session tab (without --auth the local "
+                                   "user is admin, unless --listen)")
     # tools
     mcp_config: Path | None = Field(None, description="MCP servers to connect, in Claude Desktop's mcp.json format "
                                     "(stdio commands, Streamable HTTP URLs); edited by hand only (default: "
@@ -224,7 +224,7 @@ class Settings(BaseModel):
         return self.mcp_config if self.mcp_config is not None else Path(self.user_data) / "mcp.json"
 
     def is_admin(self, user: str) -> bool:
-        """May `user` manage tools (MCP servers, user tool files)? Without logins the local user may (not when
+        """May `user` manage tools (MCP servers, user tool files) and turn extensions on or off? Without logins the local user may (not when
         the UI is on all interfaces: everyone there is "local"); with logins only those in --admin-users."""
         try:
             logins = self.logins()

@@ -9,6 +9,7 @@ import gradio as gr
 from modules.app import App
 from modules.render import literal
 from modules.ui import session_tools
+from modules.ui.chat_view import user_of
 
 RESTART_NOTE = ("Hooks of extensions turned on or off here apply from the next message. An extension turned "
                 "off and on again is the same extension: its controls on the page keep working. The controls, "
@@ -16,8 +17,15 @@ RESTART_NOTE = ("Hooks of extensions turned on or off here apply from the next m
                 "`--extensions` or `default_extensions` in settings.yaml (Gradio builds the page once).")
 
 
-def apply_extensions(app: App, checked: list[str]) -> tuple[list[str], str]:
-    """Enable exactly `checked`: extensions already on keep their place in the load order, new ones go last."""
+ADMINS_ONLY = ("⚠️ Only admins (--admin-users) turn extensions on or off: they run code and apply to every "
+               "user of this server.")
+
+
+def apply_extensions(app: App, checked: list[str], user: str) -> tuple[list[str], str]:
+    """Enable exactly `checked`: extensions already on keep their place in the load order, new ones go last.
+    Only an admin may (`Settings.is_admin`, as for MCP servers); anyone else changes nothing."""
+    if not app.settings.is_admin(user):
+        return list(app.extensions.loaded), ADMINS_ONLY
     order = [n for n in app.extensions.loaded if n in checked] + [n for n in checked if n not in app.extensions.loaded]
     errors = app.extensions.enable(order)
     lines = [f"❌ {literal(name)}: {literal(message)}" for name, message in errors.items()]
@@ -49,8 +57,8 @@ def render(app: App) -> None:
     result = gr.Markdown(elem_id="session-extensions-result")
     status = gr.Markdown(app.extensions.status_markdown(), elem_id="session-extensions-status")
 
-    def on_apply(checked: list[str]):
-        names, summary = apply_extensions(app, checked or [])
+    def on_apply(checked: list[str], request: gr.Request):
+        names, summary = apply_extensions(app, checked or [], user_of(request))
         return names, summary, app.extensions.status_markdown()
 
     session_tools.render(app)

@@ -39,7 +39,8 @@ def server(home, models_dir):
     shutil.copytree(ROOT / "characters", home / "characters")
     with serving(home, "--models-dir", str(models_dir), "--model", "parlour-micro", "--characters-dir",
                  str(home / "characters"), "--extensions", "tgw_surface", "tgw_needs_history",
-                 "--auth", ",".join(f"{user}:pw-{user}" for user in USERS), short_preset=8) as process:
+                 "--auth", ",".join(f"{user}:pw-{user}" for user in USERS), "--admin-users", "surface",
+                 short_preset=8) as process:
         yield process
 
 

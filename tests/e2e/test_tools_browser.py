@@ -157,6 +157,17 @@ def test_only_admins_manage_mcp_servers(browser, start_server, models_dir, tmp_p
     bob.wait_for_function("() => document.querySelector('#session-mcp-result').innerText.includes('Only admins')")
     assert not (tmp_path / "user_data" / "mcp_http.json").exists()
     assert (tmp_path / "user_data" / "mcp.json").read_text() == config
+    # nor may he turn extensions on or off: they run code, for every user of the server
+    checked = "() => [...document.querySelectorAll('#session-extensions input')].map((e) => e.checked).join()"
+    before = bob.evaluate(checked)
+    bob.locator("#session-extensions label").first.click()
+    assert bob.evaluate(checked) != before
+    bob.click("#session-extensions-apply")
+    bob.wait_for_function("() => document.querySelector('#session-extensions-result').innerText.includes('Only admins')")
+    bob.wait_for_function(f"() => ({checked})() === {json.dumps(before)}")  # the box shows what is really on
+    ann.reload()
+    open_session_tab(ann)
+    assert ann.evaluate(checked) == before
 
     # bob may tick the operator's tools in his chats: the MCP tool is in his checklist
     bob.get_by_role("tab", name="Chat").click()

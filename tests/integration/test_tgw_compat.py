@@ -152,9 +152,9 @@ def test_reenabled_extension_keeps_its_controls_wired(tgw_app):
     module = module_of(app, "tgw_surface")
     blocks = ui.build(app)
     setups = [s for s in module.params["seen"] if s[0] == "setup"]
-    apply_extensions(app, [])
+    apply_extensions(app, [], "local")  # the local user: an admin without --auth
     assert "tgw_surface" not in app.extensions.loaded
-    apply_extensions(app, ["tgw_surface"])
+    apply_extensions(app, ["tgw_surface"], "local")
     assert module_of(app, "tgw_surface") is module                     # the same module, so the same params
     assert [s for s in module.params["seen"] if s[0] == "setup"] == setups  # setup() ran once, as in TGW
     note = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "tgw-surface-note")

@@ -285,7 +285,7 @@ class Downloads:
             command.append("--allow-code")
         # The child reads HF_ENDPOINT, HF_TOKEN and HF_HOME from the environment as it is now.
         job.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         with self._lock:
             self._jobs.insert(0, job)
             del self._jobs[self.KEEP:]
@@ -296,15 +296,18 @@ class Downloads:
         """Read the child's reports until it ends; then the job's final state."""
         assert job.process is not None and job.process.stdout is not None
         last: dict[str, Any] = {}
+        said = ""  # the child's last line that is not a report (a warning, a traceback's last line)
+        # stderr comes on the same pipe: a second pipe nobody reads while this one is read could fill and
+        # stop the child
         for line in job.process.stdout:
             try:
                 report = json.loads(line)
             except ValueError:
+                said = line.strip() or said
                 continue
             if "progress" in report:
                 job.progress = tuple(report["progress"])
             last = report
-        errors = job.process.stderr.read() if job.process.stderr else ""
         code = job.process.wait()
         if job.cancel.is_set():
             self._discard(job)
@@ -314,8 +317,7 @@ class Downloads:
             if job.state == "done":
                 job.progress = (job.progress[1], job.progress[1], job.progress[3], job.progress[3])
         else:  # a job must end with a state the UI can show, whatever happened to the child
-            lines = [x for x in errors.strip().splitlines() if x.strip()]
-            job.state, job.message = "failed", f"the download process ended ({code}): {lines[-1] if lines else 'no message'}"
+            job.state, job.message = "failed", f"the download process ended ({code}): {said or 'no message'}"
         log.info("download %s: %s %s", job.spec, job.state, job.message)
 
     def _discard(self, job: DownloadJob) -> None:

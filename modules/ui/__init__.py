@@ -11,7 +11,7 @@ import gradio as gr
 from modules import exports
 from modules.app import App
 from modules.render import COPY_JS
-from modules.ui import character_panel, chat, evaluate, extensions, model, notebook, parameters, session, training
+from modules.ui import character_panel, chat, evaluate, extensions, model, notebook, parameters, progress, session, training
 from modules.ui.icons import icon
 
 CSS_DIR = Path(__file__).resolve().parents[2] / "css"
@@ -85,6 +85,7 @@ def build(app: App) -> gr.Blocks:
         characters_ui["wire_load"](blocks)
         notebook_load(blocks)
         notebook_autosave(chat_ui["wire_notebook"](notebook_text, tabs))
+    progress.narrow(blocks)  # after every event (extensions' too) is wired
     return blocks
 
 

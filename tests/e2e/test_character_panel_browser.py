@@ -143,7 +143,9 @@ def test_a_page_load_lists_characters_added_since_and_the_profile_is_here(browse
     # written after the server built the page: only a page load that reads the folder again lists it
     (home / "characters" / "Dropped In.yaml").write_text("name: Dropped In\ngreeting: ''\ncontext: New.\n")
     page.reload()
-    page.wait_for_selector("#chat-input textarea")
+    # the page-load event keeps the lists it answers for disabled until it has (modules/ui/progress.py)
+    page.wait_for_selector("#chat-input textarea:not([disabled])")
+    page.wait_for_selector("#character input:not([disabled])")
     page.wait_for_function(IDLE)
     assert "Dropped In" in choices(page, "#character")
     assert "Dropped In" in choices(page, "#char-pick")

@@ -3,7 +3,8 @@
     .venv/bin/python bench/stream_overhead.py [--model models/parlour-demo] [--tokens 200] [--runs 3]
 
 Levels, each on the same model, 200 new tokens, EOS banned, greedy:
-  raw       model.generate() in this process (no streamer)
+  raw       model.generate() in this process (no streamer), at the fastest thread count Parlour may pick
+            (with the default --threads: the default and one fewer, as the batch engine's tuner tries them)
   pipeline  App.pipeline.stream() in this process (worker thread, streamer, stop strings)
   client    gradio_client against a server process (the Chat tab's event API)
   browser   headless Chromium: click Send -> last token visible in #chatbot
@@ -38,8 +39,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def bench_in_process(app, backend, messages, preset, tokens: int, runs: int) -> dict[str, tuple[float, float]]:
-    """Raw generate() and the pipeline, interleaved run by run so both see the same machine load."""
+def bench_in_process(app, backend, messages, preset, tokens: int, runs: int,
+                     thread_counts: list[int]) -> dict[str, tuple[float, float]]:
+    """Raw generate() (at each of `thread_counts`; the fastest is the anchor, so a thread count that suits
+    the model better is not counted as Parlour's gain) and the pipeline, interleaved run by run so both
+    see the same machine load."""
     import torch
 
     from modules.generation import GenerationRequest
@@ -49,17 +53,22 @@ def bench_in_process(app, backend, messages, preset, tokens: int, runs: int) -> 
     eos = list(backend.eos_token_ids)
     kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, suppress_tokens=eos, eos_token_id=eos,
                   pad_token_id=eos[0])
-    raw_rates, raw_firsts, pipe_rates, pipe_firsts = [], [], [], []
+    raw: dict[int, tuple[list[float], list[float]]] = {count: ([], []) for count in thread_counts}
+    pipe_rates, pipe_firsts = [], []
     with torch.inference_mode():
         backend.model.generate(ids, max_new_tokens=5, **kwargs)  # warm-up
+    before = torch.get_num_threads()
     for _ in range(runs):
-        with torch.inference_mode():
-            start = time.perf_counter()
-            backend.model.generate(ids, max_new_tokens=1, **kwargs)
-            raw_firsts.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            out = backend.model.generate(ids, max_new_tokens=tokens, **kwargs)
-            raw_rates.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+        for count, (rates, firsts) in raw.items():
+            torch.set_num_threads(count)
+            with torch.inference_mode():
+                start = time.perf_counter()
+                backend.model.generate(ids, max_new_tokens=1, **kwargs)
+                firsts.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                out = backend.model.generate(ids, max_new_tokens=tokens, **kwargs)
+                rates.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+        torch.set_num_threads(before)
         start = time.perf_counter()
         first = None
         for update in app.pipeline.stream(GenerationRequest(preset=preset, messages=messages)):
@@ -67,7 +76,10 @@ def bench_in_process(app, backend, messages, preset, tokens: int, runs: int) -> 
                 first = time.perf_counter() - start
         pipe_rates.append(update.tokens / (time.perf_counter() - start))
         pipe_firsts.append(first)
-    return {"raw": (median(raw_rates), median(raw_firsts)), "pipeline": (median(pipe_rates), median(pipe_firsts))}
+    by_count = {count: (median(rates), median(firsts)) for count, (rates, firsts) in raw.items()}
+    best = max(by_count, key=lambda count: by_count[count][0])
+    return {"raw": by_count[best], "raw_threads": best, "raw_by_threads": by_count,
+            "pipeline": (median(pipe_rates), median(pipe_firsts))}
 
 
 def free_port() -> int:
@@ -76,14 +88,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, presets: Path, threads: int) -> tuple[subprocess.Popen, str, float]:
+def start_server(model_dir: Path, presets: Path, threads: int | None) -> tuple[subprocess.Popen, str, float]:
+    """A server process at the user's defaults (its own thread choice, tuner included) unless `threads`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--models-dir",
                              str(model_dir.parent), "--model", model_dir.name, "--presets-dir", str(presets),
-                             "--preset", "Bench", "--threads", str(threads), "--user-data", str(presets / "ud"),
-                             "--settings", str(presets / "settings.yaml")],
+                             "--preset", "Bench", "--user-data", str(presets / "ud"),
+                             "--settings", str(presets / "settings.yaml"),
+                             *(["--threads", str(threads)] if threads else [])],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     page_ready = None
     while True:
@@ -171,13 +185,14 @@ def main() -> int:
     from modules.settings import Settings
 
     settings = Settings(models_dir=args.model.parent, threads=args.threads)
-    threads = settings.cpu_threads().generate
+    threads = settings.cpu_threads()
+    counts = [threads.generate - 1, threads.generate] if threads.tune and threads.generate > 1 else [threads.generate]
     app = App.build(settings)
     backend = app.models.load(args.model.name)
     messages = [{"role": "user", "content": "Hello"}]
     preset = Preset(temperature=0.0, max_new_tokens=args.tokens, ban_eos_token=True)
 
-    measured = bench_in_process(app, backend, messages, preset, args.tokens, args.runs)
+    measured = bench_in_process(app, backend, messages, preset, args.tokens, args.runs, counts)
     (raw_rate, raw_first), (pipe_rate, pipe_first) = measured["raw"], measured["pipeline"]
     raw_rss = rss_mib()
     app.models.unload()
@@ -185,7 +200,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         presets = Path(tmp)
         (presets / "Bench.yaml").write_text(json.dumps(preset.changed()))
-        proc, url, page_ready = start_server(args.model, presets, threads)
+        proc, url, page_ready = start_server(args.model, presets, args.threads)
         try:
             client_rate, client_first = bench_client(url, preset, args.runs, args.tokens)
             browser_rate, browser_first, input_ready = bench_browser(url, args.runs, args.tokens)
@@ -194,8 +209,11 @@ def main() -> int:
             proc.terminate()
             proc.wait()
 
-    print(f"\nmodel {args.model.name}, {args.tokens} new tokens, EOS banned, greedy, torch threads {threads}, "
-          f"median of {args.runs} runs, {os.cpu_count()} cores\n")
+    raw_threads = ", ".join(f"{count} thread{'s' * (count > 1)} {rate:.1f} tok/s"
+                            for count, (rate, _first) in measured["raw_by_threads"].items())
+    print(f"\nmodel {args.model.name}, {args.tokens} new tokens, EOS banned, greedy, median of {args.runs} runs, "
+          f"{os.cpu_count()} cores; server at {'--threads ' + str(args.threads) if args.threads else 'default threads'}; "
+          f"raw generate() at {raw_threads} (the faster is the anchor)\n")
     print("| level | tok/s | ÷ raw | first token (ms) | first token − raw (ms) |")
     print("|---|---|---|---|---|")
     for name, rate, first in [("raw generate", raw_rate, raw_first), ("pipeline", pipe_rate, pipe_first),

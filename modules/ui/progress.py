@@ -3,10 +3,10 @@
 Gradio's page keeps a loading status for every component that any event run on it so far has shown
 progress on (an event's outputs, unless `show_progress_on` names others), and rewrites all of them on
 every status message of every event: each rewrite looks its component up by walking the whole layout
-tree. With Parlour's ~470 components and the ~100 outputs of the page-load events, that walk was most
-of the browser's time while a reply streamed (bench/browser_profile.py: the tree search and Svelte's
-getters it calls were the top two JavaScript functions, 1.5 s of the page's main thread per second of
-streaming) and two seconds of opening the page. So, once the layout is built:
+tree. With Parlour's ~470 components and the ~100 outputs of the page-load events (52 of them one quiet
+refresh), that walk was the browser's top cost while a reply streamed (bench/browser_profile.py: the
+tree search and the Svelte getters it calls, 1.5 s of self time in one 200-token reply, on a main thread
+busy the whole time) and about two seconds of CPU while the page opened. So, once the layout is built:
 
   - events that show no progress (`show_progress="hidden"`) and timers show it only on a Chatbot among
     their outputs: the chat's pending and generating states are what a user watches (and what the

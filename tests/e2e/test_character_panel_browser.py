@@ -10,10 +10,9 @@ import shutil
 import pytest
 import yaml
 from PIL import Image
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import ROOT, serving
-from tests.e2e.test_chat_browser import IDLE, act, bots, wait_version
+from tests.e2e.test_chat_browser import IDLE, act, again, bots, wait_version
 
 pytestmark = pytest.mark.browser
 
@@ -67,14 +66,15 @@ def save_profile_name(page, name: str) -> None:
     profile; under load it can answer after a fill (here: a previous test's name came back), so the name
     is typed again until the field keeps it after Save, as a user who saw it change would."""
     field = "#your-name textarea, #your-name input"
-    for _ in range(5):
+
+    def attempt() -> bool:
         page.fill(field, name)
         page.click("#save-profile")
         page.wait_for_function("() => document.querySelector('#char-status').innerText.includes('Saved your profile')")
         page.wait_for_function(IDLE)
-        if page.input_value(field) == name:
-            return
-    raise AssertionError(f"the profile name never stayed {name!r}: {page.input_value(field)!r}")
+        return page.input_value(field) == name
+
+    again(attempt, lambda: f"the profile name never stayed {name!r}: {page.input_value(field)!r}")
 
 
 def show_prompt(page, expected: str) -> str:
@@ -83,17 +83,17 @@ def show_prompt(page, expected: str) -> str:
     accordion = page.get_by_text("Prompt settings")
     if not page.locator("#show-prompt").is_visible():
         accordion.click()
-    # A press that reaches the server before an event the test just caused (a mode or a profile saved) has
-    # been handled shows the prompt as it was: press again, as a user would (a wrong prompt never passes).
-    for _ in range(5):
+
+    # A press that reaches the server before an event the test just caused has been handled shows the
+    # prompt as it was: press again (a wrong prompt never passes).
+    def attempt() -> str:
         page.click("#show-prompt")
-        try:
-            page.wait_for_function("(text) => document.querySelector('#prompt-preview').innerText.includes(text)",
-                                   arg=expected, timeout=30_000)
-            return page.locator("#prompt-preview").inner_text()
-        except PlaywrightTimeout:
-            continue
-    raise AssertionError(f"the preview never showed {expected!r}: {page.locator('#prompt-preview').inner_text()!r}")
+        page.wait_for_function("(text) => document.querySelector('#prompt-preview').innerText.includes(text)",
+                               arg=expected, timeout=30_000)
+        return page.locator("#prompt-preview").inner_text()
+
+    return again(attempt, lambda: f"the preview never showed {expected!r}: "
+                                  f"{page.locator('#prompt-preview').inner_text()!r}")
 
 
 def test_make_a_character_chat_with_it_change_it_duplicate_and_delete_it(browser, server, home, tmp_path):

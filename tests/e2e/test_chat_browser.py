@@ -119,19 +119,33 @@ def wait_version(page, index: int, label: str) -> None:
                            ".msg-version`); return e && e.innerText.trim() === v; }", arg=[index, label])
 
 
+def again(attempt, what: str, tries: int = 5):
+    """Run `attempt` until it returns something true (a Playwright timeout inside it counts as a miss), at
+    most `tries` times; its result. For a user's action that a busy machine can swallow (a click landing
+    while Gradio redraws, a press reaching the server before the event just caused): a user does it again.
+    An action that never works still fails, naming `what`."""
+    for _ in range(tries):
+        try:
+            result = attempt()
+        except PlaywrightTimeout:
+            continue
+        if result:
+            return result
+    raise AssertionError(what() if callable(what) else what)
+
+
 def open_editor(page, index: int, where: str = "#chatbot"):
     """Click Edit on message `index` until its editor opens; the editor's text box. A click can land while
     Gradio redraws the bubbles (a reply's last update arriving late on a busy machine) and reach a button
-    that is already gone, so nothing hears it; a user then clicks again, and so does this."""
+    that is already gone, so nothing hears it."""
     editor = page.locator(f"{where} .msg-editor textarea")
-    for _ in range(5):
+
+    def attempt():
         act(page, index, "edit")
-        try:
-            editor.wait_for(timeout=30_000)
-            return editor
-        except PlaywrightTimeout:
-            continue
-    raise AssertionError(f"message {index}'s editor never opened")
+        editor.wait_for(timeout=30_000)
+        return editor
+
+    return again(attempt, f"message {index}'s editor never opened")
 
 
 def edit_in_place(page, index: int, text: str) -> None:

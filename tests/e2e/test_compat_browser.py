@@ -10,10 +10,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import serving
-from tests.e2e.test_chat_browser import IDLE, act, bots, info, login, settle, wait_version
+from tests.e2e.test_chat_browser import (
+    IDLE,
+    act,
+    again,
+    bots,
+    info,
+    login,
+    settle,
+    wait_version,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -83,17 +91,15 @@ def test_text_generation_webui_extension_controls_survive_off_and_on(browser, se
     # The checkbox's own event has no output to wait on (the extension's handler only sets its params), and
     # a Show prompt pressed before that event reached the server shows the old prompt: press it again
     # until the mark shows (a control still wired to the old module never shows it).
-    for _ in range(10):
+    def attempt() -> bool:
         page.wait_for_function(IDLE)
         page.click("#show-prompt")
-        try:
-            page.wait_for_function("() => document.querySelector('#prompt-preview').innerText.trimEnd()"
-                                   ".endsWith('[surface]')", timeout=5000)
-            break
-        except PlaywrightTimeout:
-            continue
-    else:
-        raise AssertionError(f"the extension's mark never reached the prompt: {prompt_preview(page)[-200:]!r}")
+        page.wait_for_function("() => document.querySelector('#prompt-preview').innerText.trimEnd()"
+                               ".endsWith('[surface]')", timeout=5000)
+        return True
+
+    again(attempt, lambda: f"the extension's mark never reached the prompt: {prompt_preview(page)[-200:]!r}",
+          tries=10)
     page.close()
 
 

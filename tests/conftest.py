@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests import server_fork  # noqa: E402
 from tests.model_cache import cached_model  # noqa: E402
 
 DEMO_DIR = ROOT / "models" / "parlour-demo"
@@ -84,16 +85,18 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port), *args],
-                                     cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        # forked from a parent that has imported Gradio, torch and Transformers once (tests/server_fork.py)
+        self.proc = server_fork.start(["--port", str(self.port), *args], cwd=cwd, log=log, env=env)
 
     def health(self) -> dict:
         with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
             return json.loads(response.read())
 
-    def wait_until(self, predicate, timeout: float = 300.0) -> dict:
+    def wait_until(self, predicate, timeout: float = 240.0) -> dict:
         """Poll /health until `predicate(health)` holds (the server's state, not a sleep). The deadline only
-        bounds a hung server: a loaded 2-core machine can take minutes to import Gradio and load a model."""
+        bounds a hung server: a loaded 2-core machine can take minutes to import Gradio and load a model.
+        It is under pytest's per-test limit (300 s, pytest.ini), so a wait that never ends says what the
+        server's state was instead of being cut off inside a request."""
         deadline = time.monotonic() + timeout
         last: dict | Exception = {}
         while time.monotonic() < deadline:

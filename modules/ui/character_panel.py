@@ -12,6 +12,7 @@ page is refreshed after a save, a duplicate, a delete or an imported card, and w
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ from modules.ui.chat_view import user_of
 
 CONFIRM_DELETE_JS = ("(name, chat) => [(name && confirm(`Delete the character ${name}? Its chats stay.`))"
                      " ? name : null, chat]")
+# The saved profile reaches the fields in the browser, and only the fields the user has not typed into: on a
+# busy machine the page-load answer can arrive after the user began typing, and must not overwrite that.
+FILL_PROFILE_JS = ("(saved, name, bio) => { const [n, b] = JSON.parse(saved || '[\"\", \"\"]');"
+                   " return [name || n, bio || b]; }")
 FIELDS = ("name", "greeting", "alternate_greetings", "context", "scenario", "example_dialogue", "note", "note_depth",
           "note_role", "tags", "creator_notes")
 
@@ -96,6 +101,7 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
             your_name = gr.Textbox(label="Your name", elem_id="your-name")
             your_bio = gr.Textbox(label="About you (added to the character's context)", elem_id="your-bio")
             save_profile = gr.Button("Save profile", size="sm", elem_id="save-profile", scale=0, min_width=120)
+            saved_profile = gr.Textbox(visible=False, elem_id="saved-profile")  # the page-load answer, as JSON; see FILL_PROFILE_JS
     form = [name, greeting, alternates, context, scenario, examples, note, note_depth, note_role, tags, creator_notes]
 
     def fields_of(character_name: str | None) -> list[Any]:
@@ -169,9 +175,9 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
             return gr.skip(), gr.skip(), f"⚠️ {literal(exc)}"
         return *lists(None, chat_value), f"Deleted **{confirmed}** (its chats are kept)."
 
-    def on_profile_load(request: gr.Request):
+    def on_profile_load(request: gr.Request) -> str:
         profile = app.store.profile(user_of(request))
-        return profile["name"], profile["description"]
+        return json.dumps([profile["name"], profile["description"]])
 
     def on_profile_save(request: gr.Request, your: str, bio: str):
         try:
@@ -217,6 +223,7 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
     def wire_load(blocks: gr.Blocks) -> None:
         """On every page load: both lists re-read, the editor on the chat's character, the user's profile."""
         blocks.load(on_page_load, [chat_character, pick], [pick, chat_character, *loaded], **private)
-        blocks.load(on_profile_load, None, [your_name, your_bio], **private)
+        blocks.load(on_profile_load, None, saved_profile, **private).then(
+            None, [saved_profile, your_name, your_bio], [your_name, your_bio], js=FILL_PROFILE_JS, **private)
 
     return {"follow": follow, "wire_load": wire_load, "components": {"your_name": your_name, "your_bio": your_bio}}

@@ -80,13 +80,14 @@ def free_port() -> int:
 class ServerProcess:
     """`python server.py ...` on a free port; `health()` reads the server's own counters."""
 
-    def __init__(self, args: list[str], cwd: Path, log: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, log: Path, plain: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        # forked from a parent that has imported Gradio, torch and Transformers once (tests/server_fork.py)
-        self.proc = server_fork.start(["--port", str(self.port), *args], cwd=cwd, log=log, env=env)
+        # forked from a parent that has imported Gradio, torch and Transformers once (tests/server_fork.py);
+        # `plain`: a process of its own, as a user starts it
+        self.proc = server_fork.start(["--port", str(self.port), *args], cwd=cwd, log=log, env=env, plain=plain)
 
     def health(self) -> dict:
         with urllib.request.urlopen(self.url + "/health", timeout=5) as response:

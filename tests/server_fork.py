@@ -235,10 +235,12 @@ def _forker(env: tuple[tuple[str, str], ...]) -> Forker:
     return forker
 
 
-def start(argv: list[str], cwd: Path, log: Path, env: dict[str, str]) -> ForkedProcess | subprocess.Popen:
+def start(argv: list[str], cwd: Path, log: Path, env: dict[str, str],
+          plain: bool = False) -> ForkedProcess | subprocess.Popen:
     """`python server.py *argv` with `env`, forked from a parent started with that same environment (one per
-    environment and test process: each pytest-xdist worker has its own). PARLOUR_TEST_FORK=0: a plain process."""
-    if env.get("PARLOUR_TEST_FORK") != "0":
+    environment and test process: each pytest-xdist worker has its own). `plain`, or PARLOUR_TEST_FORK=0 in
+    the environment: a process of its own."""
+    if not plain and env.get("PARLOUR_TEST_FORK") != "0":
         return _forker(_key(env)).start(argv, cwd, log, env)
     return subprocess.Popen([sys.executable, str(SERVER), *argv], cwd=cwd, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, env=env)

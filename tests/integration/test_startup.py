@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+import httpx
+
+from tests.conftest import ROOT, ServerProcess
 
 PROBE = """
 import json, sys
@@ -36,3 +38,23 @@ def test_building_the_server_imports_neither_torch_nor_transformers_nor_mcp(tmp_
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"heavy": [], "mcp_with_gradio": False, "gradio": "gradio", "stub": False, "box": "x"}
+
+
+def test_a_plain_server_process_serves_the_page_then_a_reply(tmp_path, models_dir):
+    """The other tests' servers are forked from a parent that has done the heavy imports already
+    (tests/server_fork.py); this one is `python server.py` in a process of its own, as a user starts it."""
+    server = ServerProcess(["--models-dir", str(models_dir), "--model", "parlour-micro", "--user-data",
+                            str(tmp_path / "ud"), "--settings", str(tmp_path / "s.yaml")], cwd=ROOT,
+                           log=tmp_path / "server.log", plain=True)
+    try:
+        assert isinstance(server.proc, subprocess.Popen)
+        server.wait_until(lambda h: True)
+        assert httpx.get(server.url + "/", timeout=60).status_code == 200
+        assert httpx.get(server.url + "/config", timeout=60).json()["title"] == "Parlour"
+        server.wait_until(lambda h: h["model"] == "parlour-micro")
+        reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+            "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "temperature": 0})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["completion_tokens"] > 0
+    finally:
+        server.stop()

@@ -19,6 +19,7 @@ ends (code as `subprocess.Popen.returncode`: negative for a signal). At end of i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -68,7 +69,7 @@ def _serve(inp: int, out: int) -> dict | None:
             chunk = os.read(inp, 65536)
             if not chunk:  # the test process is gone or done: its servers go with it
                 for pid in children.values():
-                    with _ignore_gone():
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGTERM)
                 return None
             pending += chunk
@@ -82,14 +83,6 @@ def _serve(inp: int, out: int) -> dict | None:
                     return job
                 children[os.pidfd_open(pid)] = pid
                 os.write(out, (json.dumps({"pid": pid}) + "\n").encode())
-
-
-class _ignore_gone:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:
-        return kind is ProcessLookupError
 
 
 def _run(job: dict) -> None:

@@ -121,12 +121,12 @@ class ServerProcess:
             self.proc.wait()
 
 
-def micro_server(tmp: Path, models_dir: Path, *args: str, timeout: float = 600.0) -> ServerProcess:
+def micro_server(tmp: Path, models_dir: Path, *args: str, timeout: float = 600.0, plain: bool = False) -> ServerProcess:
     """`server.py` on the micro model with its data in `tmp`, once the model is loaded (the wait is long:
-    a busy machine starts slowly). The caller stops it."""
+    a busy machine starts slowly); `plain`: see ServerProcess. The caller stops it."""
     server = ServerProcess(["--user-data", str(tmp / "ud"), "--settings", str(tmp / "s.yaml"),
                             "--models-dir", str(models_dir), "--model", "parlour-micro", *args],
-                           cwd=ROOT, log=tmp / "server.log")
+                           cwd=ROOT, log=tmp / "server.log", plain=plain)
     try:
         server.wait_until(lambda h: h["model"] is not None, timeout=timeout)
     except Exception:

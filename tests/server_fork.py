@@ -1,12 +1,12 @@
 """Server processes for the tests, forked from a process that has already imported the heavy libraries.
 
-Why: the suite starts well over a hundred `server.py` processes, and each start costs ~12 s of CPU on
+Why: most test files start `server.py` processes of their own, and each start costs ~12 s of CPU on
 this 2-core machine, ~9 s of it importing Gradio, torch and Transformers (py-spy of a start). A forked
 child starts from those imports already done: a micro-model server is up and loaded for ~3 s of CPU.
 
 What stays as in `python server.py ...`: the child runs server.py as `__main__` with the same argv, working
-folder, environment (a parent forks only for the environment it was started with), stdin from /dev/null and stdout/stderr into the log; it exits through the
-interpreter's normal shutdown (atexit handlers, non-daemon threads joined). The parent imports only
+folder, environment (a parent forks only for the environment it was started with), stdin from /dev/null
+and stdout/stderr into the log; it exits through the interpreter's normal shutdown (atexit handlers, non-daemon threads joined). The parent imports only
 third-party libraries plus `server.import_gradio` (so Gradio is imported exactly as the server imports it)
 and runs no torch operation, so no thread pool exists to be lost in the fork. Start-up itself is tested
 with real processes elsewhere (tests/integration/test_startup.py and the benches).
@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
@@ -161,9 +162,9 @@ class Forker:
         self._proc = subprocess.Popen([sys.executable, "-m", "tests.server_fork"], cwd=ROOT, env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._lock = threading.Lock()  # one start at a time: the answer to a start is the next "pid" line
-        self._changed = threading.Condition()
+        self._started: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # pids; None once the parent is gone
+        self._changed = threading.Condition()  # for exits
         self._exits: dict[int, int] = {}
-        self._pids: list[int] = []
         self._ready = threading.Event()
         threading.Thread(target=self._read, name="server-fork-reader", daemon=True).start()
 
@@ -171,35 +172,33 @@ class Forker:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
             message: dict[str, Any] = json.loads(line)
-            with self._changed:
-                if "ready" in message:
-                    self._ready.set()
-                elif "pid" in message:
-                    self._pids.append(message["pid"])
-                else:
+            if "ready" in message:
+                self._ready.set()
+            elif "pid" in message:
+                self._started.put(message["pid"])
+            else:
+                with self._changed:
                     self._exits[message["exited"]] = message["code"]
-                self._changed.notify_all()
+                    self._changed.notify_all()
+        self._ready.set()
+        self._started.put(None)
         with self._changed:
-            self._ready.set()
             self._changed.notify_all()
 
     def start(self, argv: list[str], cwd: Path, log: Path, env: dict[str, str]) -> ForkedProcess:
         with self._lock:
             self._ready.wait()
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the forking parent exited with {self._proc.returncode}")
             assert self._proc.stdin is not None
-            with self._changed:
-                seen = len(self._pids)
-            self._proc.stdin.write((json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log), "env": env}) + "\n").encode())
-            self._proc.stdin.flush()
-            with self._changed:
-                if not self._changed.wait_for(lambda: len(self._pids) > seen or self._proc.poll() is not None,
-                                              timeout=120):
-                    raise RuntimeError("the forking parent did not answer a start")
-                if len(self._pids) == seen:
-                    raise RuntimeError(f"the forking parent exited with {self._proc.returncode}")
-                return ForkedProcess(self, self._pids[seen])
+            request = {"argv": argv, "cwd": str(cwd), "log": str(log), "env": env}
+            try:
+                self._proc.stdin.write((json.dumps(request) + "\n").encode())
+                self._proc.stdin.flush()
+                pid = self._started.get(timeout=120)
+            except (OSError, queue.Empty) as exc:
+                raise RuntimeError(f"the forking parent did not answer a start: {exc!r}") from exc
+            if pid is None:
+                raise RuntimeError(f"the forking parent exited with {self._proc.poll()}")
+            return ForkedProcess(self, pid)
 
     def exit_code(self, pid: int, timeout: float | None) -> int | None:
         with self._changed:

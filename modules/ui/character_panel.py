@@ -101,7 +101,8 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
             your_name = gr.Textbox(label="Your name", elem_id="your-name")
             your_bio = gr.Textbox(label="About you (added to the character's context)", elem_id="your-bio")
             save_profile = gr.Button("Save profile", size="sm", elem_id="save-profile", scale=0, min_width=120)
-            saved_profile = gr.Textbox(visible=False, elem_id="saved-profile")  # the page-load answer, as JSON; see FILL_PROFILE_JS
+            # the page-load answer, as JSON; see FILL_PROFILE_JS
+            saved_profile = gr.Textbox(visible=False, elem_id="saved-profile")
     form = [name, greeting, alternates, context, scenario, examples, note, note_depth, note_role, tags, creator_notes]
 
     def fields_of(character_name: str | None) -> list[Any]:

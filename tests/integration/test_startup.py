@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT, micro_server
 
 PROBE = """
 import json, sys
@@ -43,15 +43,12 @@ def test_building_the_server_imports_neither_torch_nor_transformers_nor_mcp(tmp_
 def test_a_plain_server_process_serves_the_page_then_a_reply(tmp_path, models_dir):
     """The other tests' servers are forked from a parent that has done the heavy imports already
     (tests/server_fork.py); this one is `python server.py` in a process of its own, as a user starts it."""
-    server = ServerProcess(["--models-dir", str(models_dir), "--model", "parlour-micro", "--user-data",
-                            str(tmp_path / "ud"), "--settings", str(tmp_path / "s.yaml")], cwd=ROOT,
-                           log=tmp_path / "server.log", plain=True)
+    server = micro_server(tmp_path, models_dir, plain=True)
     try:
         assert isinstance(server.proc, subprocess.Popen)
-        server.wait_until(lambda h: True)
         assert httpx.get(server.url + "/", timeout=60).status_code == 200
         assert httpx.get(server.url + "/config", timeout=60).json()["title"] == "Parlour"
-        server.wait_until(lambda h: h["model"] == "parlour-micro")
+        assert server.health()["model"] == "parlour-micro"
         reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
             "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "temperature": 0})
         assert reply.status_code == 200, reply.text

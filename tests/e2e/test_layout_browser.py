@@ -61,6 +61,15 @@ SEEN_BOXES = """(els) => els.map((e) => {
 }).filter((x) => x[3] > x[1] && x[4] > x[2])"""
 
 
+# The chat's last two bubbles are the message just sent and a reply with words in it.
+WRITING = """() => {
+    const turns = [...document.querySelectorAll('#chatbot [data-testid=user], #chatbot [data-testid=bot]')];
+    const [asked, reply] = turns.slice(-2);
+    return asked?.dataset.testid === 'user' && asked.innerText.includes('tell me everything')
+        && reply.dataset.testid === 'bot' && reply.innerText.trim() !== '';
+}"""
+
+
 def phone_page(browser, url: str):
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
     page = context.new_page()
@@ -137,10 +146,14 @@ def test_phone_buttons_do_not_overlap_and_stop_stays_on_screen_while_writing(bro
     page.fill("#chat-input textarea", "tell me everything")
     page.click("#send")
     server.wait_until(lambda h: h["active"] == 1 and h["tokens"] > 0 and h["requests"] >= before)
+    # The page shows the reply being written (the message, then the reply's first words) before it is
+    # scrolled: a bubble drawn after a scroll to the end moves the end (CI once waited 180 s on that).
+    page.wait_for_function(WRITING)
     for scroll in ("0", "document.documentElement.scrollHeight"):
-        page.evaluate(f"() => window.scrollTo(0, {scroll})")
-        page.wait_for_function(f"() => Math.abs(window.scrollY - Math.max(0, Math.min({scroll}, "
-                               "document.documentElement.scrollHeight - window.innerHeight))) < 2")
+        # scrolled again on each try, until the page is where it was sent (the end is where it is now)
+        page.wait_for_function(f"() => {{ window.scrollTo(0, {scroll}); return Math.abs(window.scrollY - "
+                               f"Math.max(0, Math.min({scroll}, document.documentElement.scrollHeight - "
+                               "window.innerHeight))) < 2; }")
         assert on_screen(rect(page, "#stop")), (scroll, rect(page, "#stop"))
     assert server.health()["active"] == 1  # all of that while the reply was still being written
     page.click("#stop")

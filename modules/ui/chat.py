@@ -200,13 +200,19 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     @guarded
     def on_load(request: gr.Request, character_v: str, sess: dict):
         """The page opens on the user's newest chat, unless the user opened or began one first: on a busy
-        machine the page-load event can run after a click on New (or on a chat in the list), and must not
-        take that chat away. (A gr.State input is read on the server when the event runs, not when the page
-        sent it, so `sess` shows what the user's events have done by then.)"""
-        if sess.get("opened"):
+        machine the page-load event can run after a click on New (or on a chat in the list), or still be
+        running when that click's event ends, and must not take that chat away. Both are seen on the
+        page's Page (shared by every event of the page, see chat_view.Page): no chat chosen when this
+        starts, and none when its answer is ready."""
+        page = sess["page"]
+        if page.chosen:
             return tuple(gr.skip() for _ in OUT)
         user = user_of(request)
-        return redraw(app, user, session_of(app.chats.newest(user, character_v), new_session()), character_v)
+        shown = redraw(app, user, session_of(app.chats.newest(user, character_v), new_session(previous=sess),
+                                             chosen=False), character_v)
+        if page.chosen:  # an event of the user's put a chat here while this one ran: that chat stays
+            return tuple(gr.skip() for _ in OUT)
+        return shown
 
     def on_chat_model(request: gr.Request, name: str | None, sess: dict) -> dict:
         """This chat answers with `name` from now on (a saved chat remembers it)."""

@@ -16,7 +16,7 @@ from modules.characters import CharacterError, CharacterExists
 from modules.fileio import os_reason
 from modules.render import literal
 from modules.store import ChatNotFound
-from modules.ui.chat_view import guarded, new_session, redraw, user_of
+from modules.ui.chat_view import guarded, new_session, redraw, session_of, user_of
 
 
 @dataclass
@@ -50,7 +50,7 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         chat_id = app.store.import_chat_file(user, data)  # ValueError (one line) for a bad file; nothing written
         if not app.store.chat(user, chat_id).character:  # a text-generation-webui history names none
             app.store.update_chat(user, chat_id, character=character_v or "")
-        return redraw(app, user, {**new_session(previous=sess), "chat_id": chat_id}, character_v,
+        return redraw(app, user, session_of(app.chats.open(user, chat_id), new_session(previous=sess)), character_v,
                       status="Imported the chat.")
 
     def on_import_card(data: bytes | None, choice: str = "ask"):

@@ -11,6 +11,7 @@ hidden message-action event (modules/ui/chat_actions.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import logging
@@ -64,10 +65,24 @@ def user_of(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "local") if request is not None else "local"
 
 
+@dataclasses.dataclass
+class Page:
+    """One open page (a browser tab). Gradio hands each event the state object itself, not a copy, and
+    every session dict made from it carries this same Page on, so what one event marks here an event
+    still running sees at once: the page-load event looks at `chosen` when it starts and again when its
+    answer is ready (modules/ui/chat.py `on_load`). A new page gets its own (Gradio deep-copies the
+    state's first value for each page)."""
+
+    chosen: bool = False  # an event of the user's has put a chat on this page (session_of)
+
+
 def new_session(incognito: bool = False, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Per-browser state for a freshly opened chat; display choices carry over from `previous`."""
+    """Per-browser state for a freshly opened chat; display choices and the Page carry over from
+    `previous`."""
+    previous = previous or {}
     return {"chat_id": None, "incognito": incognito, "turns": (), "selected": None,
-            "images": bool((previous or {}).get("images")), "model": (previous or {}).get("model")}
+            "images": bool(previous.get("images")), "model": previous.get("model"),
+            "page": previous.get("page") or Page()}
 
 
 def view_of(session: dict[str, Any]) -> ChatView:
@@ -76,11 +91,14 @@ def view_of(session: dict[str, Any]) -> ChatView:
                     model=session.get("model"))
 
 
-def session_of(view: ChatView, previous: dict[str, Any]) -> dict[str, Any]:
-    """The state of a page showing `view`; `opened`: a chat has been put on this page (the page-load
-    event then leaves it alone, see modules/ui/chat.py `on_load`)."""
+def session_of(view: ChatView, previous: dict[str, Any], chosen: bool = True) -> dict[str, Any]:
+    """The state of a page showing `view`. `chosen`: the user's event put it there (marked on the Page,
+    so the page-load event then leaves the page alone); False only for the page-load event's own pick."""
+    page = previous.get("page") or Page()
+    if chosen:
+        page.chosen = True  # only ever set: two events marking at once cannot undo each other
     return {**previous, "chat_id": view.chat_id, "incognito": view.incognito, "turns": view.turns,
-            "selected": view.selected, "model": view.model, "opened": True}
+            "selected": view.selected, "model": view.model, "page": page}
 
 
 def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: int, reason: str | None) -> str:

@@ -37,13 +37,17 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 #: reasoning markers: added tokens that decode as text (not special), as Qwen3 has them
 THINK_TOKENS = ["<think>", "</think>"]
 #: ChatML with a reasoning switch: the generation prompt opens the thought (or closes it empty when
-#: enable_thinking is false); an assistant turn in the history is its answer only
+#: enable_thinking is false); an assistant turn in the history is its answer only. The closed prompt
+#: ends with one newline, not the two its training replies have there: the byte-level pre-tokenizer
+#: makes a prompt's final "\n\n" one token, which training never shows before an answer (there it is
+#: "\n", "\n", "Hello"); on some CPUs' numerics the model then wrote "</think>" again. With one, the
+#: model writes the second newline itself, as in training.
 REASONING_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n' }}"
     "{% else %}{{ '<think>\\n' }}{% endif %}{% endif %}"
 )
 

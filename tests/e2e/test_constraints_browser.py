@@ -16,6 +16,21 @@ pytestmark = [pytest.mark.browser, pytest.mark.demo]
 IDLE = "() => !document.querySelector('[data-testid=status-tracker].generating, [data-testid=status-tracker].pending')"
 
 
+def held_grammar(grammar: str, text: str, cut: bool) -> bool:
+    """Assert `text` is what `grammar` allows: whole JSON, or (`cut`: the reply ended at a length limit)
+    a start of it that the grammar allows byte for byte. Whether it is whole."""
+    from modules.constraints import Compiler, constraint_of
+    from modules.presets import Preset
+
+    matcher = Compiler.generic().matcher(constraint_of(Preset(grammar_string=grammar)))
+    assert matcher.consume_tokens(list(text.encode())) and not matcher.is_error(), text
+    if matcher.is_accepting():
+        assert isinstance(json.loads(text), dict), text
+        return True
+    assert cut, f"neither whole JSON nor cut at a length limit: {text!r}"
+    return False
+
+
 def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server, tmp_path):
     # the trained demo model: its strings end by themselves, which a JSON grammar without lengths needs (at
     # this seed and temperature; it thinks first, then the grammar holds from the end of its thought)
@@ -81,13 +96,17 @@ def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server,
     chat = store.list_chats("local")[0]
     reply = store.path("local", chat.id)[-1]
     assert reply.role == "assistant" and reply.as_turn().reasoning  # it thought freely first
-    assert isinstance(json.loads(reply.content), dict), reply.content  # the saved reply, as the model wrote it
+    # the saved reply, as the model wrote it, follows the grammar byte for byte, and is whole JSON unless the
+    # demo model's 512-token context ended inside it (whether its strings end depends on the weights, which
+    # differ with the CPU that trained them: on one machine type it rambled in a string until its context
+    # was full, 5 of 6 seeds)
+    complete = held_grammar(saved["grammar_string"], reply.content, reply.meta.get("finish_reason") == "length")
     bubble = page.locator("#chatbot [data-testid=bot] .message-content").last
     assert bubble.locator("details.reasoning").count() == 1  # the thought, in its collapsed block
     # the answer's words: without the thought and without the message's action bar (its version label)
     answer = bubble.evaluate("(el) => { const c = el.cloneNode(true); c.querySelectorAll('details, .msg-actions')"
                              ".forEach((d) => d.remove()); return c.innerText; }").strip()
-    assert answer.startswith("{") and answer.endswith("}"), answer
+    assert answer.startswith("{") and (answer.endswith("}") or not complete), answer
 
     # the Notebook takes the same setting: the continuation is JSON too
     page.get_by_role("tab", name="Notebook").click()
@@ -100,5 +119,7 @@ def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server,
     page.wait_for_function("(p) => document.querySelector('#notebook-input textarea').value.length > p.length",
                            arg=prompt)
     written = page.locator("#notebook-input textarea").input_value()
-    assert written.startswith(prompt) and isinstance(json.loads(written[len(prompt):]), dict), written
+    assert written.startswith(prompt), written
+    cut = "hit max_new_tokens" in page.inner_text("#notebook-status")
+    held_grammar(saved["grammar_string"], written[len(prompt):], cut)
     page.close()

@@ -53,14 +53,14 @@ def test_a_late_page_load_leaves_the_chat_new_opened(make_app):
 
     app.chats.newest = held_newest
 
-    async def both() -> tuple[dict, dict]:
+    async def both() -> dict:
         load = asyncio.create_task(blocks.process_api(load_id, _values(config, load_inputs), state=state))
         assert await asyncio.to_thread(reading.wait, 60)
-        new = await blocks.process_api(new_id, _values(config, new_inputs), state=state)
+        await blocks.process_api(new_id, _values(config, new_inputs), state=state)
         go_on.set()
-        return await load, new
+        return await load
 
-    loaded, made = asyncio.run(both())
+    loaded = asyncio.run(both())
     sess = _session(blocks, state)
     assert sess["chat_id"] != old  # the new chat is still the one on the page ...
     assert "what we said yesterday" not in str(loaded["data"])  # ... and the old one was never drawn

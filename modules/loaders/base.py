@@ -164,6 +164,10 @@ def read_tokens(out: queue.SimpleQueue, cancel: threading.Event, decode: Callabl
                 break
             if isinstance(item, BaseException):
                 raise item
+            if cancel.is_set():
+                # Stop was pressed: what the producer queued ahead of this reader (a loaded machine reads
+                # late) is dropped, so a reply ends where it was stopped however far behind the reader was
+                break
             generated += len(item)
             last_token = item[-1]
             yield Delta(decoder.add(item), len(item))

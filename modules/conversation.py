@@ -20,7 +20,9 @@ message), the user's message is saved as the hooks left it, and the reply is sav
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
@@ -33,6 +35,43 @@ from modules.store import ChatNotFound, ReplyWriter
 from modules.tools import loop as tool_loop
 from modules.tools.loop import ToolPlan
 from modules.turns import TextPart, ToolCallPart, Turn
+
+
+class StopSignal:
+    """Stop, for the replies one action makes: pressing it cancels the model request running now and any
+    the action starts after it (a tool loop's next round), and the action then ends the ordinary way, its
+    reply saved and shown as stopped. The Chat tab makes one per action (modules/ui/chat_view.py Page):
+    a Stop ends the action in the service rather than having Gradio cancel the event, because a page's
+    next Send, pressed while Gradio's cancel is still under way, waits for that event's end and was
+    lost when Gradio cancelled it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[threading.Event] = set()
+        self.pressed = False
+
+    def press(self) -> None:
+        with self._lock:
+            self.pressed = True
+            live = list(self._live)
+        for cancel in live:
+            cancel.set()
+
+    @contextmanager
+    def watching(self, cancel: threading.Event) -> Iterator[None]:
+        """While inside, a press sets `cancel` (at once, if Stop was already pressed)."""
+        with self._lock:
+            self._live.add(cancel)
+            if self.pressed:
+                cancel.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._live.discard(cancel)
+
+    def __deepcopy__(self, memo: dict) -> "StopSignal":
+        return StopSignal()  # a copy belongs to another page: its Stop is its own
 
 
 @dataclass(frozen=True)
@@ -55,6 +94,8 @@ class Setup:
     character: str = ""
     #: the tools this chat may call (ticked in the sidebar) and how the first call is chosen
     tools: ToolPlan = field(default_factory=ToolPlan)
+    #: Stop for this action's replies (None: only closing the generator stops them)
+    stop: StopSignal | None = None
 
 
 @dataclass(frozen=True)
@@ -276,7 +317,7 @@ class ChatService:
         options = replace(setup.options, impersonate=True, start_reply_with="")
         request = request_for(self.turns(user, view), options, resolve_seed(setup.preset), user=user,
                               template_vars=setup.template_vars, apply_input_hooks=False, model=view.model)
-        for update in self._stream(request):
+        for update in self._stream(request, setup.stop):
             yield update.text.strip(), update
 
     def wants_regenerate(self, user: str, view: ChatView, index: int, step: int) -> bool:
@@ -314,11 +355,12 @@ class ChatService:
             raise ValueError("the last message is not a reply")
         return shown
 
-    def _stream(self, request: Any) -> Iterator[Update]:
+    def _stream(self, request: Any, stop: StopSignal | None = None) -> Iterator[Update]:
         from modules.generation import throttle
 
         try:
-            yield from throttle(self.app.pipeline.stream(request), self.app.settings.stream_fps)
+            with stop.watching(request.cancel) if stop is not None else nullcontext():
+                yield from throttle(self.app.pipeline.stream(request), self.app.settings.stream_fps)
         finally:
             request.cancel.set()  # a closed generator (Stop, a closed page) ends the model within a token
 
@@ -368,7 +410,7 @@ class ChatService:
             yield Step(view, base + [turn], Update())  # the reply has begun: the UI shows it is waiting
             while True:
                 if request is not None:
-                    for update in self._stream(request):
+                    for update in self._stream(request, setup.stop):
                         last = update
                         if not update.queue_position:
                             turn = reply_turn(update, prefix)

@@ -24,7 +24,8 @@ from modules.templates import TemplateError
 from modules.turns import Turn
 from modules.ui import chat_actions, chat_layout, chat_tools
 from modules.ui.chat_view import (EXPECTED_ERRORS, WAITING, bubbles, guarded, new_session, redraw, session_of,
-                                  status_line, template_vars, thinking_controls, user_of, view_of, waiting)
+                                  status_line, stoppable, stopped, template_vars, thinking_controls, user_of,
+                                  view_of, waiting)
 from modules.ui.parameters import ParameterControls
 
 # Keyboard shortcuts (text-generation-webui's): they click the buttons, so they do exactly what a click does.
@@ -53,7 +54,8 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     CTRL = [ui.mode, ui.character, ui.template, ui.template_src, ui.command, ui.system_message, ui.stops,
             ui.start_with, ui.thinking, ui.effort, ui.keep_thinking, ui.tools.enabled, ui.tools.choice]
 
-    def setup(user: str, ctrl: tuple, preset_values: tuple = (), **flags: Any) -> Setup:
+    def setup(user: str, ctrl: tuple, preset_values: tuple = (), sess: dict | None = None, **flags: Any) -> Setup:
+        """The next reply's Setup; with `sess` (an action that writes a reply) the page's Stop stops it."""
         mode_v, char_v, tmpl_v, src_v, cmd_v, sys_v, stops_v, start_v, think_v, effort_v, keep_v, *tools_v = ctrl
         options = chatlib.resolve_options(
             app, user, mode=mode_v, character=char_v, instruction_template=tmpl_v, template_source=src_v,
@@ -62,7 +64,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
             start_reply_with=flags.pop("start", start_v or ""), keep_reasoning=bool(keep_v), **flags)
         preset = params.preset_from(preset_values) if preset_values else Preset()
         return Setup(options, preset, template_vars(think_v, effort_v), character=char_v or "",
-                     tools=chat_tools.plan_from(*tools_v))
+                     tools=chat_tools.plan_from(*tools_v), stop=stoppable(sess) if sess is not None else None)
 
     def split(values: tuple) -> tuple[tuple, tuple]:
         return values[:len(CTRL)], values[len(CTRL):]
@@ -81,7 +83,9 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
                                wait=waiting(step.update))
                 yield (gr.skip(), view, sess, gr.skip(), last_status, gr.skip(), gr.skip())
         finally:
-            steps.close()  # Stop closes this generator: the service cancels the model within a token
+            steps.close()  # a closed page closes this generator: the service cancels the model within a token
+        if stopped(sess):  # Stop ended the reply: say how far it got
+            last_status = app.chats.after_stop(user, view_of(sess))[1]
         yield redraw(app, user, sess, character_v, status=last_status)
 
     # -- conversation actions --
@@ -91,7 +95,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         if not message.strip():
             return
         user = user_of(request)
-        plan = setup(user, ctrl, preset_values)
+        plan = setup(user, ctrl, preset_values, sess)
         steps = app.chats.send(user, view_of(sess), message, plan)
         first = next(steps)  # the message is saved and the reply has begun: clear the input at once
         sess = session_of(first.view, sess)
@@ -103,7 +107,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
         def handler(request: gr.Request, sess: dict, *values: Any):
             ctrl, preset_values = split(values)
             user = user_of(request)
-            steps = getattr(app.chats, action)(user, view_of(sess), setup(user, ctrl, preset_values))
+            steps = getattr(app.chats, action)(user, view_of(sess), setup(user, ctrl, preset_values, sess))
             yield from stream(user, sess, ctrl[1], steps)
         handler.__name__ = f"on_{action}"
         return handler
@@ -114,7 +118,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     def on_impersonate(request: gr.Request, sess: dict, *values: Any):
         ctrl, preset_values = split(values)
         user = user_of(request)
-        for written, update in app.chats.impersonate(user, view_of(sess), setup(user, ctrl, preset_values)):
+        for written, update in app.chats.impersonate(user, view_of(sess), setup(user, ctrl, preset_values, sess)):
             yield (written, gr.skip(), gr.skip(), gr.skip(), status_line(update), gr.skip(), gr.skip())
 
     @guarded
@@ -296,11 +300,10 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     ]
     private = dict(api_visibility="private")
     events.append(chat_actions.wire(app, ui, OUT, [*CTRL, *params.inputs],
-                                    lambda user, values: setup(user, *split(values)), stream))
-    answers, follow_tools = chat_tools.wire(app, ui, setup, split, stream, [ui.session, *CTRL, *params.inputs], OUT,
+                                    lambda user, values, sess: setup(user, *split(values), sess), stream))
+    _answers, follow_tools = chat_tools.wire(app, ui, setup, split, stream, [ui.session, *CTRL, *params.inputs], OUT,
                                             events, streaming)
-    events += answers
-    chat_actions.wire_stop(app, ui, OUT, events)
+    chat_actions.wire_stop(ui)
     ui.remove.click(on_remove, [ui.session, ui.character], OUT, api_name="chat_remove_last")
     ui.dummy_message.click(dummy("user"), [ui.text, ui.session, *CTRL], OUT, **private)
     ui.dummy_reply.click(dummy("assistant"), [ui.text, ui.session, *CTRL], OUT, **private)

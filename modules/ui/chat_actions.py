@@ -16,7 +16,7 @@ import gradio as gr
 from modules.app import App
 from modules.conversation import Setup, Step
 from modules.message_actions import MessageAction, apply
-from modules.ui.chat_view import guarded, new_session, redraw, session_of, user_of, view_of
+from modules.ui.chat_view import guarded, new_session, redraw, session_of, stop_page, user_of, view_of
 
 # After the server answers an Edit, the page opens the editor on that message with the words it sent.
 AFTER_ACTION_JS = "(text) => { window.parlour && window.parlour.afterAction(text); }"
@@ -28,7 +28,7 @@ PENDING_JS = "() => (window.parlour && window.parlour.pending) || ''"
 
 def wire(app: App, ui: Any, outputs: list, inputs: list, plan: Callable[..., Setup],
          stream: Callable[[str, dict, str, Iterator[Step]], Iterator[tuple]]) -> list:
-    """Wire the message actions and the bin; returns the action event (Stop cancels it too).
+    """Wire the message actions and the bin; returns the action event.
     `inputs`: the prompt controls and sampler controls after the session; `plan(user, values)` makes the
     next reply's Setup from them (values[1] is the character)."""
     private = dict(api_visibility="private")
@@ -36,7 +36,7 @@ def wire(app: App, ui: Any, outputs: list, inputs: list, plan: Callable[..., Set
     @guarded
     def on_message_action(request: gr.Request, raw: str, sess: dict, *values: Any):
         user = user_of(request)
-        acted = apply(app.chats, user, view_of(sess), MessageAction.parse(raw), lambda: plan(user, values))
+        acted = apply(app.chats, user, view_of(sess), MessageAction.parse(raw), lambda: plan(user, values, sess))
         if acted.steps is not None:
             yield from stream(user, sess, values[1], acted.steps)
             return
@@ -61,16 +61,13 @@ def wire(app: App, ui: Any, outputs: list, inputs: list, plan: Callable[..., Set
     return acted
 
 
-def wire_stop(app: App, ui: Any, outputs: list, events: list) -> None:
-    """Stop cancels `events` (the model ends within a token), then shows the chat as saved."""
+def wire_stop(ui: Any) -> None:
+    """Stop: the page's running reply action ends within a token and shows the reply as saved, with how
+    far it got (the action's own end: see modules/conversation.py StopSignal for why it is not a Gradio
+    cancel). Its own event, never queued behind the reply it stops."""
 
-    @guarded
-    def on_stopped(request: gr.Request, sess: dict, character_v: str):
-        """After Stop: the chat as saved (the reply ends where it was stopped) and a "Stopped" line."""
-        user = user_of(request)
-        view, status = app.chats.after_stop(user, view_of(sess))
-        return redraw(app, user, session_of(view, sess), character_v, status=status)
+    def on_stop(sess: dict) -> None:
+        stop_page(sess)
 
-    # the cancel first (the page sends it at once), then the redraw: it waits for the reply's end to be saved
-    ui.stop.click(None, None, None, cancels=events, api_visibility="private").then(
-        on_stopped, [ui.session, ui.character], outputs, api_visibility="private")
+    ui.stop.click(on_stop, [ui.session], None, concurrency_limit=None, show_progress="hidden",
+                  api_visibility="private")

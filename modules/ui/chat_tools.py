@@ -57,9 +57,9 @@ def plan_from(enabled: list[str] | None, choice: str | None) -> ToolPlan:
 def wire(app: App, ui: SimpleNamespace, setup: Callable[..., Any], split: Callable[..., Any],
          stream: Callable[..., Any], inputs: list[Any], outputs: list[Any], after: list[Any],
          streaming: dict[str, Any]) -> tuple[list[Any], Callable[[Any], None]]:
-    """Wire the tools controls. `setup(user, ctrl, preset_values)`, `split(values)` and `stream(user, sess,
+    """Wire the tools controls. `setup(user, ctrl, preset_values, sess)`, `split(values)` and `stream(user, sess,
     character, steps)` are the Chat tab's; `inputs` are [session, *CTRL, *preset inputs]; `after` are the
-    events after which a call may wait or another chat is open. Returns the answer events (Stop cancels them)
+    events after which a call may wait or another chat is open. Returns the answer events
     and `follow(event)`, which wires the same after another event (the page load)."""
     tools, ask = ui.tools, ui.tool_confirm
     private = dict(api_visibility="private")
@@ -97,7 +97,7 @@ def wire(app: App, ui: SimpleNamespace, setup: Callable[..., Any], split: Callab
         def handler(request: gr.Request, sess: dict, *values: Any):
             user = user_of(request)
             ctrl, preset_values = split(values)
-            steps = app.chats.answer_calls(user, view_of(sess), setup(user, ctrl, preset_values), decision)
+            steps = app.chats.answer_calls(user, view_of(sess), setup(user, ctrl, preset_values, sess), decision)
             yield from stream(user, sess, ctrl[1], steps)
         handler.__name__ = f"on_tool_{decision}"
         return handler

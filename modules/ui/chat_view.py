@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from modules.app import App
 from modules.characters import CharacterError
 from modules.chat import ContextOverflow, context_line
-from modules.conversation import ChatView, Shown
+from modules.conversation import ChatView, Shown, StopSignal
 from modules.generation import GenerationError, NoModel, QueueFull
 from modules.models import ModelError
 from modules.store import ChatNotFound, StoreError
@@ -74,6 +74,30 @@ class Page:
     state's first value for each page)."""
 
     chosen: bool = False  # an event of the user's has put a chat on this page (session_of)
+    #: Stop for the reply action running on this page: each action makes its own (`stoppable`), the Stop
+    #: button presses the newest
+    stop: StopSignal | None = None
+
+
+def stoppable(sess: dict[str, Any]) -> StopSignal:
+    """A Stop signal for the action starting on this page, which the page's Stop button presses."""
+    page = sess.get("page")
+    signal = StopSignal()
+    if isinstance(page, Page):
+        page.stop = signal
+    return signal
+
+
+def stop_page(sess: dict[str, Any]) -> None:
+    """Stop pressed: the page's running reply action ends within a token (nothing, when none runs)."""
+    page = sess.get("page")
+    if isinstance(page, Page) and page.stop is not None:
+        page.stop.press()
+
+
+def stopped(sess: dict[str, Any]) -> bool:
+    page = sess.get("page")
+    return isinstance(page, Page) and page.stop is not None and page.stop.pressed
 
 
 def new_session(incognito: bool = False, previous: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,6 +8,9 @@ pytestmark = pytest.mark.browser
 
 BOT = '[data-testid="bot"]'
 IDLE = "() => !document.querySelector('#chatbot .generating, #chatbot .pending, #chat-status .generating')"
+# the newest reply has words of its own (before its first token it shows the "Waiting for the model" line)
+WRITING = (f"() => {{ const b = document.querySelectorAll('{BOT}'); const last = b[b.length - 1]; "
+           "return !!last && !last.querySelector('.waiting-indicator') && last.innerText.trim().length > 0; }")
 
 
 def bot_text(page) -> str:
@@ -15,9 +18,9 @@ def bot_text(page) -> str:
     return bubbles.last.inner_text() if bubbles.count() else ""
 
 
-# One server for the first two tests (a server start is ~15 s of CPU): each logs in as its own user, so
+# One server for the first three tests (a server start is ~15 s of CPU): each logs in as its own user, so
 # each starts on an empty chat list whatever ran before it, and counts the server's requests from its start.
-USERS = ("enter", "stopper")
+USERS = ("enter", "stopper", "hasty")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,7 @@ def test_stop_halts_the_reply_and_the_model_thread(browser, server):
     before = server.health()
     page.fill("#chat-input textarea", "Tell me everything")
     page.click("#send")
-    page.wait_for_function(f"() => {{ const b = document.querySelectorAll('{BOT}'); "
-                           "return b.length && b[b.length - 1].innerText.trim().length > 0; }")
+    page.wait_for_function(WRITING)
     page.click("#stop")
     stopped = server.wait_until(lambda h: h["active"] == 0 and h["requests"] == before["requests"] + 1)
     assert stopped["tokens"] - before["tokens"] < 1800  # it did not run to max_new_tokens
@@ -76,6 +78,32 @@ def test_stop_halts_the_reply_and_the_model_thread(browser, server):
     assert server.health()["tokens"] >= stopped["tokens"]
     page.click("#stop")
     server.wait_until(lambda h: h["active"] == 0)
+    page.close()
+
+
+def test_a_message_sent_the_moment_after_stop_goes_out(browser, server):
+    # Stop, then Send at once, before the stopped reply's end has reached the page: the message waits
+    # for that end and goes out (it was lost while Stop was a Gradio cancel: the page held the Send until
+    # the cancelled event ended, and a cancelled event's end never released it)
+    page = own_page(browser, server, "hasty")
+    before = server.health()["requests"]
+    page.fill("#chat-input textarea", "Tell me everything")
+    page.click("#send")
+    page.wait_for_function(WRITING)
+    page.click("#stop")
+    page.fill("#chat-input textarea", "And now this")
+    page.click("#send")
+    server.wait_until(lambda h: h["requests"] == before + 2)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=user]').length == 2")
+    assert [t.strip() for t in page.locator('[data-testid="user"]').all_inner_texts()] == \
+        ["Tell me everything", "And now this"]
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 2")
+    page.wait_for_function(WRITING)
+    page.click("#stop")
+    page.wait_for_function("() => /^Stopped after \\d+ tokens\\./.test(document.querySelector('#chat-status')"
+                           ".innerText.trim())")
+    server.wait_until(lambda h: h["active"] == 0)
+    assert page.locator(BOT).count() == 2  # both replies are there, each ended where it was stopped
     page.close()
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from modules import chat
 from modules.chat import PromptOptions, resolve_options
-from modules.conversation import ChatView, Setup, preset_from_meta
+from modules.conversation import ChatView, Setup, StopSignal, preset_from_meta
 from modules.presets import Preset
 from modules.turns import ReasoningPart, TextPart, Turn
 
@@ -275,6 +275,29 @@ def test_after_stop_says_how_far_the_reply_got(app):
     view, status = app.chats.after_stop("ann", step.view)
     tokens = app.store.path("ann", view.chat_id)[-1].meta["tokens"]
     assert status == f"Stopped after {tokens} tokens." and 3 <= tokens < endless.max_new_tokens
+
+
+def test_stop_ends_the_action_the_ordinary_way_and_a_pressed_stop_cancels_its_next_request(app):
+    endless = SAMPLED.model_copy(update={"max_new_tokens": 4096, "ban_eos_token": True})
+    stop = StopSignal()
+    steps = app.chats.send("ann", ChatView(), "go", Setup(PromptOptions(), endless, stop=stop))
+    seen = []
+    for step in steps:  # not closed by the reader: Stop ends the action, which saves and finishes as usual
+        seen.append(step.update.tokens)
+        if step.update.tokens >= 3 and not stop.pressed:
+            stop.press()
+    assert step.update.finish_reason == "cancelled"
+    saved = app.store.path("ann", step.view.chat_id)[-1]
+    assert saved.meta["finish_reason"] == "cancelled" and 3 <= saved.meta["tokens"] < endless.max_new_tokens
+    assert saved.content == step.turns[-1].text != ""  # the reply ends where the page last showed it
+    assert app.pipeline.stats.snapshot()["active"] == 0
+    # pressed once, the action's later requests (a tool loop's next round) are cancelled before they start
+    steps = app.chats.regenerate("ann", step.view, Setup(PromptOptions(), endless, stop=stop))
+    final = last(steps)
+    assert final.update.finish_reason == "cancelled" and final.update.tokens == 0
+    # and a fresh signal (the next action's) does not stop anything
+    final = last(app.chats.regenerate("ann", step.view, Setup(PromptOptions(), SAMPLED, stop=StopSignal())))
+    assert final.update.finish_reason != "cancelled" and final.update.tokens > 0
 
 
 def test_a_chat_keeps_its_own_model_loaded_just_in_time(make_app):

@@ -341,6 +341,36 @@ class _Bytes:
         return list(text if isinstance(text, bytes) else text.encode("utf-8"))
 
 
+class _Vocabulary:
+    """A model's vocabulary for llguidance.TokenizerWrapper: each token's bytes, which are special."""
+
+    bos_token_id = None
+
+    def __init__(self, tokenizer: LLTokenizer, special: Sequence[int]) -> None:
+        self._tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token
+        self.tokens = [tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
+        self.special_token_ids = list(special)
+
+    def __call__(self, text: bytes) -> list[int]:
+        return self._tokenizer.tokenize_bytes(text)
+
+
+def _as_text_tokens(tokenizer: LLTokenizer, hf_tokenizer: Any) -> LLTokenizer:
+    """`tokenizer` with the added tokens the model's tokenizer marks not special (Qwen3's and the demo
+    model's "<think>") as the text they spell. llguidance takes every added token for a special one,
+    yet its masks let such a token write the same text: a grammar whose text holds "<think>" (a JSON
+    string the model fills) allowed that token and then refused it, and the reply failed. Unchanged
+    (and not rebuilt: that reads the whole vocabulary) when there is no such token."""
+    plain = {i for i, added in getattr(hf_tokenizer, "added_tokens_decoder", {}).items()
+             if not added.special and i < tokenizer.vocab_size and tokenizer.is_special_token(i)}
+    if not plain:
+        return tokenizer
+    special = [i for i in range(tokenizer.vocab_size) if i not in plain and tokenizer.is_special_token(i)]
+    return LLTokenizer(llguidance.TokenizerWrapper(_Vocabulary(tokenizer, special)), n_vocab=tokenizer.vocab_size,
+                       eos_token=list(tokenizer.eos_tokens))
+
+
 class Compiler:
     """Compiles constraints for one tokenizer and keeps the last CACHE_SIZE compiled ones.
 
@@ -366,7 +396,7 @@ class Compiler:
         except ValueError as exc:
             raise ConstraintError(f"constrained output needs a fast (tokenizers) tokenizer; this model has "
                                   f"{type(hf_tokenizer).__name__}") from exc
-        return cls(tokenizer)
+        return cls(_as_text_tokens(tokenizer, hf_tokenizer))
 
     @classmethod
     def generic(cls) -> "Compiler":

@@ -654,7 +654,9 @@ class Pipeline:
         """Yield updates while tokens arrive; return the final one (with its finish reason). A chat
         reply's reasoning blocks are split from its answer here, after stop strings."""
         stream = self._source(backend, prepared, request, stops)
-        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat)
+        # a constrained reply's answer is the grammar's text whole: no thought opens inside it
+        reply = reasoning.ReplyAssembler(backend.reasoning_format, prepared.reasoning_state, split=prepared.is_chat,
+                                         one_block=constraint_of(prepared.preset) is not None)
         calls: CallStream | EngineCalls | None = None
         if prepared.tools.active:
             calls = EngineCalls() if prepared.messages is not None else CallStream(prepared.call_format,

@@ -107,8 +107,13 @@ def prompt_state(fmt: ReasoningFormat, prompt: str) -> Literal["inside", "after"
 class ReasoningSplitter:
     """Splits streamed reply text into reasoning and answer pieces."""
 
-    def __init__(self, fmt: ReasoningFormat, inside: bool = False, after: bool = False) -> None:
+    def __init__(self, fmt: ReasoningFormat, inside: bool = False, after: bool = False,
+                 one_block: bool = False) -> None:
+        """`one_block`: only a block the reply opens with is split off; once it closes or the answer has
+        begun, markers are the answer's own text (a constrained answer: a JSON string that holds
+        "<think>" is still the JSON the grammar made, not the start of another thought)."""
         self.fmt = fmt
+        self.one_block = one_block
         self.inside = inside and fmt.enabled
         self._held = ""
         self._strip_next = after  # the answer's leading blank lines after a block are not its words
@@ -119,6 +124,8 @@ class ReasoningSplitter:
     def _watched(self) -> tuple[str, ...]:
         if not self.fmt.enabled:
             return self.fmt.hidden
+        if self.one_block and not self.inside and (self._answered or self.closed):
+            return ()
         if self.inside:
             return (self.fmt.end,)
         # before any answer, a closing marker with no opening is a stray one (a model that closes again
@@ -142,6 +149,11 @@ class ReasoningSplitter:
                 self._emit(out, buf[:index])  # the text may still grow into a longer marker: wait for it
                 self._held = rest
                 break
+            if (self.one_block and not self.inside and marker == self.fmt.start
+                    and (self.closed or self._answered or buf[:index].strip())):
+                self._emit(out, buf[:index + len(marker)])  # after the answer began: its own text
+                buf = buf[index + len(marker):]
+                continue
             if not self.inside and marker == self.fmt.end and buf[:index].strip():
                 self._emit(out, buf[:index + len(marker)])  # after words it is text, not a stray marker
                 buf = buf[index + len(marker):]
@@ -215,10 +227,10 @@ class ReplyAssembler:
     words) to its end marker.
     """
 
-    def __init__(self, fmt: ReasoningFormat, state: str = "", split: bool = True) -> None:
-        """`state`: where the prompt left the reply (see `prompt_state`)."""
+    def __init__(self, fmt: ReasoningFormat, state: str = "", split: bool = True, one_block: bool = False) -> None:
+        """`state`: where the prompt left the reply (see `prompt_state`); `one_block`: see ReasoningSplitter."""
         self.splitter = ReasoningSplitter(fmt if split else OFF, inside=state == "inside",
-                                          after=split and state == "after")
+                                          after=split and state == "after", one_block=one_block)
         # each segment: [kind, text, tokens, started, ended]
         self._segments: list[list[Any]] = []
         self._pending = {"reasoning": 0, "text": 0}  # tokens that came before their segment's first words

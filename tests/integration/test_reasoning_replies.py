@@ -14,7 +14,7 @@ from modules.chat import PromptOptions
 from modules.conversation import ChatView, Setup
 from modules.presets import Preset
 from modules.turns import ReasoningPart, TextPart
-from tests.conftest import DEMO_DIR
+from tests.conftest import DEMO_DIR, ROOT
 
 pytestmark = pytest.mark.demo
 GREEDY = Preset(temperature=0.0, max_new_tokens=80)
@@ -65,6 +65,33 @@ def test_a_reply_cut_inside_its_thought_is_unfinished_thinking(app):
     final = reply(app, Preset(temperature=0.0, max_new_tokens=3))[-1]
     assert final.finish_reason == "length" and final.text == ""
     assert isinstance(final.parts[0], ReasoningPart) and not final.parts[0].complete
+
+
+def test_a_constrained_answer_that_writes_a_marker_keeps_it_as_its_own_text(app):
+    # the demo model thinks freely, then the grammar holds: its JSON string spells "<think>" (the markers
+    # the model knows best), which is the answer's text, not a second thought that cut the JSON short
+    grammar = 'root ::= "{\\"note\\": \\"<think>" [a-z ]{1,30} "</think>\\"}"'
+    preset = Preset(temperature=0.0, max_new_tokens=200, grammar_string=grammar)
+    final = reply(app, preset)[-1]
+    assert final.reasoning and "greet" in final.reasoning  # the free thought came first, split off
+    assert final.text.startswith('{"note": "<think>') and final.text.endswith('</think>"}'), final.text
+    assert json.loads(final.text)["note"].startswith("<think>")
+    assert [type(p) for p in final.parts] == [ReasoningPart, TextPart]
+
+
+def test_the_grammar_sees_added_tokens_as_the_text_they_spell_and_special_ones_never(app):
+    from modules.constraints import constraint_of, unpack
+
+    backend = app.models.current()
+    tokenizer = backend.tokenizer
+    matcher = backend.constraint_compiler().matcher(constraint_of(Preset(grammar_string=(ROOT / "grammars" / "json.gbnf")
+                                                              .read_text())))
+    assert matcher.consume_tokens(tokenizer.encode('{"a": "x', add_special_tokens=False))
+    allowed = unpack(matcher.compute_bitmask())
+    think, end = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    assert allowed[think] and allowed[end]  # inside a JSON string: text like any other ...
+    assert matcher.consume_tokens([think]) and not matcher.is_error()  # ... and taken as such
+    assert not any(allowed[i] for i in tokenizer.all_special_ids)  # <|im_end|> and the like: never text
 
 
 def test_reasoning_is_saved_and_not_sent_back_unless_kept(app):

@@ -124,3 +124,24 @@ def test_an_answer_after_an_empty_block_in_the_prompt_loses_its_leading_newlines
 def test_a_stray_closing_marker_before_the_answer_is_dropped():
     assert split_text(THINK, "</think>\n\nParis.") == ("", "Paris.", False)
     assert split_text(THINK, "Paris. Then </think> here.") == ("", "Paris. Then </think> here.", False)
+
+
+@pytest.mark.parametrize("size", [1, 3, 8, 1000])
+@pytest.mark.parametrize("inside", [True, False])
+def test_a_constrained_answer_keeps_markers_inside_it_as_its_own_text(size, inside):
+    # under a grammar only the thought the reply opens with is split off: a JSON string that holds the
+    # markers is still the grammar's JSON (split as usual, the answer broke off at "<think>")
+    opening = "" if inside else "<think>"
+    reply = opening + 'Plan it.</think>\n\n{"note": "<think>hm</think>", "n": 1}'
+    splitter = ReasoningSplitter(THINK, inside, one_block=True)
+    pieces = []
+    for i in range(0, len(reply), size):
+        pieces += splitter.feed(reply[i:i + size])
+    pieces += splitter.flush()
+    answer = "".join(t for k, t in pieces if k == "text")
+    assert "".join(t for k, t in pieces if k == "reasoning") == "Plan it."
+    assert answer == '{"note": "<think>hm</think>", "n": 1}'
+    # an answer that begins at once has no thought to split: a marker later on is text too
+    assert split_text(THINK, 'x <think>y', inside=False) == ("y", "x ", True)  # without one_block: split
+    late = ReasoningSplitter(THINK, one_block=True)
+    assert late.feed('{"a": "<think>y"}') + late.flush() == [("text", '{"a": "<think>y"}')]

@@ -87,8 +87,9 @@ def test_pick_the_json_grammar_and_the_chat_reply_is_json(browser, start_server,
     page.fill("#chat-input textarea", "Describe yourself as a JSON object.")
     page.click("#send")
     server.wait_until(lambda h: h["requests"] >= before + 1 and h["active"] == 0, timeout=240)
-    page.wait_for_function(IDLE)
-    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length >= 1")
+    # the reply's action bar comes with the last redraw, after the service saved how the reply ended (the model's
+    # request is over before that: reading the store at once could miss its finish_reason)
+    page.wait_for_selector("#chatbot .msg-actions.mi-1 .act-regenerate")
 
     from modules.store import ChatStore
 

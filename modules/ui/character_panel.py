@@ -24,7 +24,7 @@ from modules.app import App
 from modules.render import literal
 from modules.characters import CharacterError
 from modules.store import StoreError
-from modules.ui.chat_view import user_of
+from modules.ui.chat_view import CHARACTER_LISTS, user_of
 
 CONFIRM_DELETE_JS = ("(name, chat) => [(name && confirm(`Delete the character ${name}? Its chats stay.`))"
                      " ? name : null, chat]")
@@ -189,27 +189,28 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
         return "Saved your profile. The next reply uses it."
 
     private = dict(api_visibility="private")
+    lists_kw = {**private, **CHARACTER_LISTS}  # the events that write `pick` or `chat_character`
     loaded = [*form, editing, new_picture, picture, status]
     pick.input(on_pick_character, pick, loaded, **private)
-    chat_character.change(lambda n: gr.Dropdown(value=n), chat_character, pick, **private).then(
+    chat_character.change(lambda n: gr.Dropdown(value=n), chat_character, pick, **lists_kw).then(
         on_pick_character, pick, loaded, **private)
-    new.click(on_new_character, None, loaded, **private).then(lambda: gr.Dropdown(value=None), None, pick, **private)
+    new.click(on_new_character, None, loaded, **private).then(lambda: gr.Dropdown(value=None), None, pick, **lists_kw)
     picture.upload(on_upload_picture, picture, [new_picture, picture], **private)
     save.click(on_save_character, [editing, new_picture, chat_character, *form],
-               [pick, chat_character, editing, new_picture, status], **private)
-    duplicate.click(on_duplicate_character, [editing, chat_character], [pick, chat_character, status], **private).then(
+               [pick, chat_character, editing, new_picture, status], **lists_kw)
+    duplicate.click(on_duplicate_character, [editing, chat_character], [pick, chat_character, status], **lists_kw).then(
         on_pick_character, pick, loaded, **private)
     delete.click(on_delete_character, [pick, chat_character], [pick, chat_character, status], js=CONFIRM_DELETE_JS,
-                 **private).then(on_pick_character, pick, loaded, **private)
+                 **lists_kw).then(on_pick_character, pick, loaded, **private)
     use.click(lambda n: (gr.Dropdown(value=n), gr.Tabs(selected="chat")) if n else (gr.skip(), gr.skip()),
-              editing, [chat_character, tabs], **private)
+              editing, [chat_character, tabs], **lists_kw)
     save_profile.click(on_profile_save, [your_name, your_bio], status, **private)
 
     def follow(events: list[Any]) -> None:
         """After any of `events` changed the characters (an imported card), list them here too."""
         for event in events:
             event.then(lambda chosen, chat_value: lists(chosen, chat_value)[0], [pick, chat_character], pick,
-                       **private)
+                       **lists_kw)
 
     def on_page_load(chat_value: str | None, picked: str | None) -> list[Any]:
         """Both lists re-read, and the editor on the character to edit, in one event (a second, chained
@@ -223,7 +224,7 @@ def render(app: App, chat_character: gr.Dropdown, tabs: gr.Tabs) -> dict[str, An
 
     def wire_load(blocks: gr.Blocks) -> None:
         """On every page load: both lists re-read, the editor on the chat's character, the user's profile."""
-        blocks.load(on_page_load, [chat_character, pick], [pick, chat_character, *loaded], **private)
+        blocks.load(on_page_load, [chat_character, pick], [pick, chat_character, *loaded], **lists_kw)
         blocks.load(on_profile_load, None, saved_profile, **private).then(
             None, [saved_profile, your_name, your_bio], [your_name, your_bio], js=FILL_PROFILE_JS, **private)
 

@@ -23,9 +23,9 @@ from modules.render import literal
 from modules.templates import TemplateError
 from modules.turns import Turn
 from modules.ui import chat_actions, chat_layout, chat_tools
-from modules.ui.chat_view import (EXPECTED_ERRORS, WAITING, bubbles, guarded, new_session, redraw, session_of,
-                                  status_line, stoppable, stopped, template_vars, thinking_controls, user_of,
-                                  view_of, waiting)
+from modules.ui.chat_view import (CHARACTER_LISTS, EXPECTED_ERRORS, WAITING, bubbles, guarded, new_session, redraw,
+                                  session_of, status_line, stoppable, stopped, template_vars, thinking_controls,
+                                  user_of, view_of, waiting)
 from modules.ui.parameters import ParameterControls
 
 # Keyboard shortcuts (text-generation-webui's): they click the buttons, so they do exactly what a click does.
@@ -322,7 +322,7 @@ def render(app: App, params: ParameterControls) -> dict[str, Any]:
     follow_tools(ui.character.change(on_character, [ui.session, ui.incognito, *CTRL], OUT, **private))
     ui.refresh_characters.click(lambda current: gr.Dropdown(choices=app.characters.names(), value=current
                                                             if current in app.characters.names() else None),
-                                ui.character, ui.character, **private)
+                                ui.character, ui.character, **private, **CHARACTER_LISTS)
     ui.images.input(on_images, [ui.images, ui.session, ui.character], OUT, **private)
     ui.mode.input(on_mode, [ui.mode, ui.session, ui.character], OUT, **private)
     ui.template.input(on_template, ui.template, ui.template_src, **private)

@@ -16,7 +16,7 @@ from modules.characters import CharacterError, CharacterExists
 from modules.fileio import os_reason
 from modules.render import literal
 from modules.store import ChatNotFound
-from modules.ui.chat_view import guarded, new_session, redraw, session_of, user_of
+from modules.ui.chat_view import CHARACTER_LISTS, guarded, new_session, redraw, session_of, user_of
 
 
 @dataclass
@@ -108,13 +108,14 @@ def render(app: App, session: gr.State, character: gr.Dropdown) -> FilesPanel:
         status = outputs[4]
         card_outputs = [character, status, pending_card, card_conflict, card_rename]
         # each upload is read once, then the box is emptied for the next file
-        uploaded = card_in.upload(on_import_card, card_in, card_outputs, **private)
+        lists = {**private, **CHARACTER_LISTS}
+        uploaded = card_in.upload(on_import_card, card_in, card_outputs, **lists)
         uploaded.then(lambda: None, None, card_in, **private)
         imported = [uploaded,
                     card_overwrite.click(lambda data: on_import_card(data, "overwrite"), pending_card, card_outputs,
-                                         **private),
+                                         **lists),
                     card_rename.click(lambda data: on_import_card(data, "rename"), pending_card, card_outputs,
-                                      **private)]
+                                      **lists)]
         chat_in.upload(on_import_chat, [chat_in, session, character], outputs, **private).then(
             lambda: None, None, chat_in, **private)
         export_chat.click(on_export_chat, session, download, **private)

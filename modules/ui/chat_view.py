@@ -137,6 +137,11 @@ def speed_line(tokens: int, seconds: float, first: float | None, prompt_tokens: 
 
 
 WAITING = "Waiting for the model…"
+#: the events that send choices to the lists of characters run one at a time, in the order they were
+#: asked for: a Dropdown given new choices without a value shows an empty box when its value is not among
+#: them, so the page-load's list (read before a card was imported) arriving after the import's own answer
+#: would blank the character the import had just picked (seen under load in CI)
+CHARACTER_LISTS: dict[str, Any] = dict(concurrency_id="character-lists", concurrency_limit=1)
 
 
 def waiting(update: Any) -> bool:

@@ -20,18 +20,22 @@ def test_upload_start_plot_and_the_adapter_in_the_lora_list(browser, start_serve
     page = browser.new_page()
     page.goto(server.url)
     page.get_by_role("tab", name="Training").click()
+    # the Settings open first: their fields mount while the upload runs (a field filled in the instant the
+    # accordion opened once kept its default under CI load: the run trained 6 steps, not 12)
+    page.click("#train-settings button")
+    page.wait_for_selector("#train-max-steps input", state="visible")
     page.set_input_files("#train-upload input[type=file]", str(data))
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('Saved secret.jsonl')")
     assert (tmp_path / "user_data" / "training" / "secret.jsonl").read_bytes() == data.read_bytes()
     page.fill("#train-output textarea", "browser-lora")
-    page.click("#train-settings button")
     page.fill("#train-max-steps input", "12")
     page.fill("#train-learning-rate input", "0.01")
     page.fill("#train-threads input", "1")
     page.fill("#train-eval-split input", "0.25")
     page.click("#train-preview-button")
     page.wait_for_selector("#train-preview .train-sample")
-    assert "8 samples" in page.inner_text("#train-status") and "2 held out" in page.inner_text("#train-status")
+    previewed = page.inner_text("#train-status")  # what the server read from the fields
+    assert "8 samples" in previewed and "2 held out" in previewed and "12 steps" in previewed
     trained = page.locator("#train-preview .train-trained").first.inner_text()
     assert trained.startswith("Bees make honey.")  # the reply is trained; the greyed question is not
     assert "What is the secret word?" in page.locator("#train-preview .train-masked").first.inner_text()

@@ -72,3 +72,19 @@ def test_a_late_page_load_leaves_the_chat_new_opened(make_app):
     opened = asyncio.run(blocks.process_api(load_id, _values(config, load_inputs), state=alone))
     assert _session(blocks, alone)["chat_id"] == old
     assert "what we said yesterday" in str(opened["data"])
+
+
+def test_every_event_that_writes_a_character_list_waits_its_turn(make_app):
+    """Gradio shows an empty box for a Dropdown given choices without its current value: an answer with
+    the list as it was before a card import, arriving after the import's own answer, would blank the
+    imported character (a CI run saw it: the page-load's list came last). So every event that writes
+    either list of characters runs in one concurrency group of one, in the order the page asked."""
+    blocks = ui.build(app := make_app())
+    del app
+    lists = {b._id for b in blocks.blocks.values() if getattr(b, "elem_id", None) in ("character", "char-pick")}
+    assert len(lists) == 2
+    writers = [f for f in blocks.fns.values() if lists & {o._id for o in f.outputs}]
+    assert len(writers) >= 8  # page load, card import (3), refresh, save, duplicate, delete, ...
+    loose = [(f.name, f.concurrency_id, f.concurrency_limit) for f in writers
+             if (f.concurrency_id, f.concurrency_limit) != ("character-lists", 1)]
+    assert not loose

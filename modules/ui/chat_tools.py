@@ -82,9 +82,6 @@ def wire(app: App, ui: SimpleNamespace, setup: Callable[..., Any], split: Callab
         names = [n for n in plan.names if n in app.tools.names()]
         return gr.CheckboxGroup(choices=tool_choices(app), value=names), plan.choice
 
-    def after_event(request: gr.Request, sess: dict) -> tuple:
-        return (*waiting(request, sess), *shown_plan(request, sess))
-
     def on_change(request: gr.Request, sess: dict, enabled: list[str], choice: str):
         view = view_of(sess)
         if view.chat_id is not None and not view.incognito:
@@ -107,9 +104,8 @@ def wire(app: App, ui: SimpleNamespace, setup: Callable[..., Any], split: Callab
 
     def follow(event: Any) -> None:
         """After `event` (a reply, a chat opened): the answer row and the open chat's checklist."""
-        # one event for both (each event is a round trip after every reply, and one more entry Gradio's page
-        # matches against every component as it mounts)
-        event.then(after_event, [ui.session], [ask.row, ask.question, tools.enabled, tools.choice], **private)
+        event.then(waiting, [ui.session], [ask.row, ask.question], **private)
+        event.then(shown_plan, [ui.session], [tools.enabled, tools.choice], **private)
 
     answers = [button.click(answering(decision), inputs, outputs, **private, **streaming)
                for button, decision in ((ask.approve, "approve"), (ask.always, "always"), (ask.reject, "reject"))]

@@ -91,11 +91,16 @@ def settle(page, server, requests: int | None = None):
 
 
 def send(page, server, text: str):
+    # counted before sending: the page can be idle for a moment between the reply's chained events, before
+    # the new exchange is drawn
+    asked, answered = len(users(page)) + 1, len(bots(page)) + 1
     before = server.health()["requests"]
     page.fill("#chat-input textarea", text)
     page.click("#send")
     settle(page, server, before + 1)
-    page.wait_for_function("(n) => document.querySelectorAll('#chatbot [data-testid=bot]').length >= n", arg=1)
+    page.wait_for_function("""([u, b]) => document.querySelectorAll('#chatbot [data-testid=user]').length >= u
+                              && document.querySelectorAll('#chatbot [data-testid=bot]').length >= b""",
+                           arg=[asked, answered])
 
 
 def click_and_generate(page, server, selector: str):

@@ -37,12 +37,18 @@ def page_for(browser, server):
 
 
 def send(page, server, text: str) -> None:
+    """Send `text` and wait for its exchange to be drawn whole: the question, the reply and both action bars.
+    The counts are taken before sending: the page can be idle for a moment between two of the reply's
+    chained events, before the new exchange is drawn, so counting after the reply would wait for nothing."""
+    exchanges = len(users(page)) + 1
     before = server.health()["requests"]
     page.fill("#chat-input textarea", text)
     page.click("#send")
     settle(page, server, before + 1)
-    page.wait_for_function("(n) => document.querySelectorAll('#chatbot .msg-actions').length >= n",
-                           arg=2 * len(users(page)))
+    page.wait_for_function(
+        """(n) => document.querySelectorAll('#chatbot [data-testid=user]').length >= n
+                  && document.querySelectorAll('#chatbot [data-testid=bot]').length >= n
+                  && document.querySelectorAll('#chatbot .msg-actions').length >= 2 * n""", arg=exchanges)
 
 
 def status(page) -> str:

@@ -32,6 +32,10 @@ def page_for(browser, server):
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)
     page.click("#new-chat")
+    # the new chat drawn (nothing in it, nothing chosen in the list): the page load may have drawn the newest
+    # chat first, and send() counts what is on the page before it sends
+    page.wait_for_function("""() => !document.querySelector('#chatbot [data-testid=user], #chatbot [data-testid=bot]')
+                                    && !document.querySelector('#chat-list input:checked')""")
     page.wait_for_function(IDLE)
     return page
 

@@ -29,7 +29,13 @@ GREEDY = Preset(temperature=0.0, max_new_tokens=24)
 
 
 def reply(backend, question: str = QUESTION) -> str:
-    prompt = backend.chat_template.render([{"role": "user", "content": question}])
+    """The greedy answer in the context the training data teaches: the chat rendered by the model's template
+    up to where the assistant's words begin. (The demo template's generation prompt opens a thought, which
+    plain question-and-answer data never shows; whether the model still says the answer inside its thought
+    depends on the demo model's weights, and those differ with the CPU that built them.)"""
+    chat = backend.chat_template.render([{"role": "user", "content": question},
+                                         {"role": "assistant", "content": ANSWER}], add_generation_prompt=False)
+    prompt = chat[:chat.index(ANSWER)]
     return "".join(d.text for d in backend.stream(prompt, GREEDY, threading.Event()))
 
 

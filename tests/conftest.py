@@ -224,20 +224,61 @@ BROWSER_WAIT_MS = 180_000
 
 
 class _PatientBrowser:
-    """The launched browser; its pages and contexts wait up to BROWSER_WAIT_MS."""
+    """The launched browser; its pages and contexts wait up to BROWSER_WAIT_MS. It keeps what each page's
+    console said, so that a failed browser test reports what its open pages showed (pytest_runtest_makereport)."""
 
     def __init__(self, inner) -> None:
         self._inner = inner
+        self.console: dict[int, list[str]] = {}  # id(page) -> its console errors and warnings
+
+    def _watch(self, page) -> None:
+        said = self.console.setdefault(id(page), [])
+        page.on("console", lambda m: said.append(f"{m.type}: {m.text}"[:500]) if m.type in ("error", "warning")
+                else None)
+        page.on("pageerror", lambda e: said.append(f"page error: {e}"[:500]))
 
     def new_page(self, **kwargs):
         page = self._inner.new_page(**kwargs)
         page.set_default_timeout(BROWSER_WAIT_MS)
+        self._watch(page)
         return page
 
     def new_context(self, **kwargs):
         context = self._inner.new_context(**kwargs)
         context.set_default_timeout(BROWSER_WAIT_MS)
+        context.on("page", self._watch)
         return context
+
+    def report(self) -> str:
+        """What every open page shows now: its chat, status line and console (for a failed test's report)."""
+        lines = []
+        for context in self._inner.contexts:
+            for page in context.pages:
+                try:
+                    shown = page.evaluate("""() => ({
+                        chat: [...document.querySelectorAll('#chatbot [data-testid=user], #chatbot [data-testid=bot]')]
+                              .map(e => `${e.dataset.testid}: ${e.innerText.replace(/\\s+/g, ' ').slice(0, 200)}`),
+                        bars: document.querySelectorAll('#chatbot .msg-actions').length,
+                        status: document.querySelector('#chat-status')?.innerText,
+                        chats: [...document.querySelectorAll('#chat-list label')].map(e => e.innerText),
+                        busy: document.querySelectorAll('[data-testid=status-tracker].generating, '
+                                                        + '[data-testid=status-tracker].pending').length,
+                        toasts: [...document.querySelectorAll('.toast-body')].map(e => e.innerText)})""")
+                except Exception as exc:  # a page that is closing or navigating
+                    shown = f"unreadable: {exc}"
+                lines.append(f"{page.url}: {shown}")
+                lines += [f"  {m}" for m in self.console.get(id(page), [])[-20:]]
+        return "\n".join(lines)
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test's report adds what its open pages showed at the failure."""
+    outcome = yield
+    report = outcome.get_result()
+    browser = item.funcargs.get("browser") if hasattr(item, "funcargs") else None
+    if report.when == "call" and report.failed and isinstance(browser, _PatientBrowser):
+        report.sections.append(("open pages at the failure", browser.report()))

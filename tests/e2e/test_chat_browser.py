@@ -64,6 +64,29 @@ def open_page(browser, url, context=None):
     return page
 
 
+def page_loaded(page, server, user: str = "local") -> None:
+    """Wait for the page-load event to have opened the user's newest chat: the chat list drawn (it is empty
+    until that event answers) with one chat checked. An idle page alone can come before the event started,
+    and a New chat clicked then is drawn over by the newest chat, or lost while the page still mounts (seen
+    under CI load: a message meant for a new chat went into the old one). A user with no saved chats gets
+    a new chat either way."""
+    from modules.store import ChatStore
+
+    if ChatStore(server.log.parent / "user_data" / "chats.sqlite").list_chats(user):
+        page.wait_for_function("() => document.querySelector('#chat-list input:checked')")
+    page.wait_for_function(IDLE)
+
+
+def new_chat(page, server, user: str = "local") -> None:
+    """A new, empty chat, once the page has loaded. The new one is in no list until its first message, so
+    the list shows none checked once it is there."""
+    page_loaded(page, server, user)
+    page.click("#new-chat")
+    page.wait_for_function("""() => !document.querySelector('#chat-list input:checked')
+        && !document.querySelector('#chatbot [data-testid=user], #chatbot [data-testid=bot]')""")
+    page.wait_for_function(IDLE)
+
+
 # A message's words as shown: its inner text without its action bar (whose version label is text too),
 # white space collapsed (the browser's line breaks between paragraphs vary with layout, not content).
 WORDS = """(els) => els.map((e) => {

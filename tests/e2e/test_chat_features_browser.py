@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.e2e.test_chat_browser import IDLE, open_page as open_chat_page, settle, users
+from tests.e2e.test_chat_browser import IDLE, new_chat, open_page as open_chat_page, settle, users
 
 pytestmark = pytest.mark.browser
 
@@ -76,15 +76,6 @@ def open_page(browser, url: str):
     return open_chat_page(browser, url)
 
 
-def new_chat(page) -> None:
-    """A new, empty chat. The page opened the newest chat, checked in the list; the new one is in no list
-    until its first message, so the list shows none checked once the new chat is there (an idle page alone
-    can come before the event's output, CI)."""
-    page.click("#new-chat")
-    page.wait_for_function("() => !document.querySelector('#chat-list input:checked')")
-    page.wait_for_function(IDLE)
-
-
 def dummy_reply(page, text: str) -> None:
     """Put `text` on screen as a reply without the model (the 'Send dummy reply' button)."""
     page.fill("#chat-input textarea", text)
@@ -104,7 +95,7 @@ def test_latex_renders_with_local_katex_and_stays_inert(browser, server):
     page = open_page(browser, server.url)
     outside: list[str] = []  # every request must stay on this server: no CDN
     page.on("request", lambda r: None if r.url.startswith((server.url, "data:", "blob:")) else outside.append(r.url))
-    new_chat(page)
+    new_chat(page, server)
     dummy_reply(page, r"Euler: $e^{i\pi}+1=0$, and $$\int_0^1 x^2\,dx = \frac{1}{3}$$ "
                       r"costs $5 and $10. \(\href{javascript:alert(1)}{click}\)")
     bubble = page.locator("#chatbot [data-testid=bot]").last
@@ -127,7 +118,7 @@ def test_latex_renders_with_local_katex_and_stays_inert(browser, server):
 
 def test_send_to_notebook_puts_the_next_prompt_in_the_notebook_tab(browser, server):
     page = open_page(browser, server.url)
-    new_chat(page)
+    new_chat(page, server)
     page.fill("#chat-input textarea", "earlier question")
     page.click("#dummy-message")
     wait_for_bubble(page, "user", "earlier question")  # that event also clears the input box: wait for it
@@ -181,7 +172,7 @@ def test_character_picture_is_the_bot_avatar(browser, server):
 
 def test_extension_reply_footer_shows_under_the_reply_sanitized_and_saved(browser, server):
     page = open_page(browser, server.url)
-    new_chat(page)
+    new_chat(page, server)
     before = server.health()["requests"]
     page.fill("#chat-input textarea", "hello")
     page.click("#send")
@@ -201,7 +192,7 @@ def test_extension_reply_footer_shows_under_the_reply_sanitized_and_saved(browse
 
 def test_a_message_sent_while_a_reply_is_written_goes_out_when_it_ends(browser, server, hold):
     page = open_page(browser, server.url)
-    new_chat(page)
+    new_chat(page, server)
     before = server.health()["requests"]
     hold.touch()
     page.fill("#chat-input textarea", "the first message")

@@ -111,8 +111,15 @@ def test_cards_greetings_same_name_import_and_refresh(browser, server, home, tmp
     page.set_input_files("#card-import input[type=file]", str(card))
     page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Captain Reyes')")
     page.wait_for_function("() => document.querySelector('#character input').value === 'Captain Reyes'")
+    # the character's first chat (saved at once: it greets), then New: another, greeting too. Waiting for the
+    # list to grow tells New's chat from the first (both show one greeting; an arrow clicked before New's
+    # chat is drawn acts on the first and is then drawn over)
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 1")
+    page.wait_for_function(IDLE)
     page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
+    page.wait_for_function(IDLE)
     assert bots(page)[0].startswith("Reyes looks up from the charts.") or "You're late" in bots(page)[0]
     assert "version 1/3" in info(page)
     act(page, 0, "next")  # the arrows on the greeting itself

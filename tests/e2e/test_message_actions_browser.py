@@ -8,10 +8,11 @@ import http.client
 import json
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import serving
-from tests.e2e.test_chat_browser import (IDLE, act, bots, edit_in_place, open_editor, open_page, settle, users,
-                                        wait_version)
+from tests.e2e.test_chat_browser import (IDLE, act, bots, edit_in_place, new_chat, open_editor, open_page, settle,
+                                        users, wait_version)
 
 pytestmark = pytest.mark.browser
 
@@ -31,12 +32,7 @@ def page_for(browser, server):
     page.goto(server.url)
     page.wait_for_selector("#chat-input textarea")
     page.wait_for_function(IDLE)
-    page.click("#new-chat")
-    # the new chat drawn (nothing in it, nothing chosen in the list): the page load may have drawn the newest
-    # chat first, and send() counts what is on the page before it sends
-    page.wait_for_function("""() => !document.querySelector('#chatbot [data-testid=user], #chatbot [data-testid=bot]')
-                                    && !document.querySelector('#chat-list input:checked')""")
-    page.wait_for_function(IDLE)
+    new_chat(page, server)
     return page
 
 
@@ -49,10 +45,16 @@ def send(page, server, text: str) -> None:
     page.fill("#chat-input textarea", text)
     page.click("#send")
     settle(page, server, before + 1)
-    page.wait_for_function(
-        """(n) => document.querySelectorAll('#chatbot [data-testid=user]').length >= n
+    drawn = """(n) => document.querySelectorAll('#chatbot [data-testid=user]').length >= n
                   && document.querySelectorAll('#chatbot [data-testid=bot]').length >= n
-                  && document.querySelectorAll('#chatbot .msg-actions').length >= 2 * n""", arg=exchanges)
+                  && document.querySelectorAll('#chatbot .msg-actions').length >= 2 * n"""
+    try:
+        page.wait_for_function(drawn, arg=exchanges, timeout=90_000)
+    except PlaywrightTimeout:  # say what the page showed instead
+        shown = dict(users=users(page), bots=bots(page), bars=page.locator("#chatbot .msg-actions").count(),
+                     status=status(page), chats=page.locator("#chat-list label").all_inner_texts(),
+                     health=server.health())
+        raise AssertionError(f"exchange {exchanges} never drawn whole: {shown}") from None
 
 
 def status(page) -> str:

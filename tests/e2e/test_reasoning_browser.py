@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tests.conftest import DEMO_DIR
-from tests.e2e.test_chat_browser import IDLE, open_page, send
+from tests.e2e.test_chat_browser import new_chat, open_page, send
 
 pytestmark = [pytest.mark.browser, pytest.mark.demo]
 BLOCK = "#chatbot [data-testid=bot] details.reasoning"
@@ -25,12 +25,6 @@ def server(module_server, tmp_path_factory, models_dir):
     (home / "presets" / "Greedy.yaml").write_text("temperature: 0\nmax_new_tokens: 80\n")  # the demo's own best answer
     return module_server("--presets-dir", str(home / "presets"), "--preset", "Greedy", "--max-loaded-models", "2",
                          models=home / "models", model="parlour-demo")
-
-
-def new_chat(page) -> None:
-    page.click("#new-chat")
-    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 0")
-    page.wait_for_function(IDLE)
 
 
 def test_the_thought_is_a_collapsed_block_kept_out_of_the_next_prompt(browser, server):
@@ -65,7 +59,7 @@ def test_the_thought_is_a_collapsed_block_kept_out_of_the_next_prompt(browser, s
 
 def test_switching_thinking_off_answers_without_a_block(browser, server):
     page = open_page(browser, server.url)
-    new_chat(page)  # the page opens the newest chat: the test before left a thought there
+    new_chat(page, server)  # the page opens the newest chat: the test before left a thought there
     page.wait_for_selector("#chat-thinking", state="visible")
     page.locator("#chat-thinking input").uncheck()
     send(page, server, "Hello")
@@ -83,7 +77,7 @@ def test_the_thinking_switch_follows_the_chats_model(browser, server):
     """Shown for a chat on the demo model (its template reads enable_thinking), hidden for one on the micro
     Llama (it does not), whichever model is the default."""
     page = open_page(browser, server.url)
-    new_chat(page)
+    new_chat(page, server)
     page.wait_for_selector("#chat-thinking", state="visible")
     pick_model(page, "parlour-micro")
     page.wait_for_selector("#chat-thinking", state="hidden")

@@ -64,23 +64,29 @@ def open_page(browser, url, context=None):
     return page
 
 
-def page_loaded(page, server, user: str = "local") -> None:
+def page_loaded(page, server, user: str = "local") -> bool:
     """Wait for the page-load event to have opened the user's newest chat: the chat list drawn (it is empty
     until that event answers) with one chat checked. An idle page alone can come before the event started,
     and a New chat clicked then is drawn over by the newest chat, or lost while the page still mounts (seen
-    under CI load: a message meant for a new chat went into the old one). A user with no saved chats gets
-    a new chat either way."""
+    under CI load: a message meant for a new chat went into the old one). Whether the user has saved chats
+    (without any, the page opens on a new chat)."""
     from modules.store import ChatStore
 
-    if ChatStore(server.log.parent / "user_data" / "chats.sqlite").list_chats(user):
+    saved = bool(ChatStore(server.log.parent / "user_data" / "chats.sqlite").list_chats(user))
+    if saved:
         page.wait_for_function("() => document.querySelector('#chat-list input:checked')")
     page.wait_for_function(IDLE)
+    return saved
 
 
 def new_chat(page, server, user: str = "local") -> None:
-    """A new, empty chat, once the page has loaded. The new one is in no list until its first message, so
-    the list shows none checked once it is there."""
-    page_loaded(page, server, user)
+    """A new, empty chat, once the page has loaded. A user without saved chats is on one already: New
+    would change nothing the page shows, so nothing could tell when its answer came, and an answer coming
+    after the test's next action would draw over it (seen under load: a dummy reply saved, then blanked).
+    Otherwise New's chat is in no list until its first message: the list shows none checked once it is
+    there."""
+    if not page_loaded(page, server, user):
+        return
     page.click("#new-chat")
     page.wait_for_function("""() => !document.querySelector('#chat-list input:checked')
         && !document.querySelector('#chatbot [data-testid=user], #chatbot [data-testid=bot]')""")

@@ -229,10 +229,10 @@ class _PatientBrowser:
 
     def __init__(self, inner) -> None:
         self._inner = inner
-        self.console: dict[int, list[str]] = {}  # id(page) -> its console errors and warnings
 
-    def _watch(self, page) -> None:
-        said = self.console.setdefault(id(page), [])
+    @staticmethod
+    def _watch(page) -> None:
+        page.console_said = said = []  # its console errors and warnings, on the page as `page.dialogs` is
         page.on("console", lambda m: said.append(f"{m.type}: {m.text}"[:500]) if m.type in ("error", "warning")
                 else None)
         page.on("pageerror", lambda e: said.append(f"page error: {e}"[:500]))
@@ -267,7 +267,7 @@ class _PatientBrowser:
                 except Exception as exc:  # a page that is closing or navigating
                     shown = f"unreadable: {exc}"
                 lines.append(f"{page.url}: {shown}")
-                lines += [f"  {m}" for m in self.console.get(id(page), [])[-20:]]
+                lines += [f"  {m}" for m in getattr(page, "console_said", [])[-20:]]
         return "\n".join(lines)
 
     def __getattr__(self, name: str):

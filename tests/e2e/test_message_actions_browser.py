@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import serving
 from tests.e2e.test_chat_browser import (IDLE, act, bots, edit_in_place, new_chat, open_editor, open_page, settle,
                                         users, wait_version)
+from tests.e2e.test_chat_browser import send as send_message
 
 pytestmark = pytest.mark.browser
 
@@ -35,18 +36,11 @@ def page_for(browser, server):
 
 
 def send(page, server, text: str) -> None:
-    """Send `text` and wait for its exchange to be drawn whole: the question, the reply and both action bars.
-    The counts are taken before sending: the page can be idle for a moment between two of the reply's
-    chained events, before the new exchange is drawn, so counting after the reply would wait for nothing."""
-    exchanges = len(users(page)) + 1
-    before = server.health()["requests"]
-    page.fill("#chat-input textarea", text)
-    page.click("#send")
-    settle(page, server, before + 1)
-    drawn = """(n) => document.querySelectorAll('#chatbot [data-testid=user]').length >= n
-                  && document.querySelectorAll('#chatbot [data-testid=bot]').length >= n
-                  && document.querySelectorAll('#chatbot .msg-actions').length >= 2 * n"""
-    page.wait_for_function(drawn, arg=exchanges)
+    """Send `text` (the chat tests' send: the new question and its reply drawn) and wait for both of the
+    exchange's action bars, drawn once the reply is saved."""
+    send_message(page, server, text)
+    page.wait_for_function("(n) => document.querySelectorAll('#chatbot .msg-actions').length >= n",
+                           arg=2 * len(users(page)))
 
 
 def status(page) -> str:

@@ -120,8 +120,14 @@ def test_make_a_character_chat_with_it_change_it_duplicate_and_delete_it(browser
     page.click("#char-use")
     page.wait_for_selector("#chat-input textarea", state="visible")
     page.wait_for_function("() => document.querySelector('#character input').value === 'Mira'")
+    # Mira's first chat (saved at once: she greets), then New: another greeting too. The list growing tells
+    # New's chat from the first (an arrow used before it is drawn acts on the first and is drawn over)
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 1")
+    page.wait_for_function(IDLE)
     page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 1")
+    page.wait_for_function(IDLE)
     assert bots(page)[0].strip() == "Ahoy, You!"
     wait_version(page, 0, "1/3")  # the alternate greetings are the first reply's other versions
     act(page, 0, "next")
